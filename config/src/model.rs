@@ -1,0 +1,559 @@
+//! The typed configuration. Defaults live here and nowhere else.
+//!
+//! Each field's environment variable is `FACTEUR_` + its dotted path in upper snake case
+//! (`server.grpc_listen_address` → `FACTEUR_SERVER_GRPC_LISTEN_ADDRESS`); aliases are listed in
+//! [`crate::load::ENV_ALIASES`].
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Which process is validating: a key is required only by the process that uses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Process {
+    /// `facteur` (the control plane).
+    Server,
+    /// `facteur-discord`.
+    DiscordAdapter,
+    /// `facteur-argo`.
+    ArgoAdapter,
+}
+
+/// A secret string: serialized as-is (it must round-trip), but never shown by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    /// The secret value. Call only where the value is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// Whether no secret is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"[redacted]\"" })
+    }
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listeners of the control plane.
+    pub server: ServerConfig,
+    /// The database of the control plane.
+    pub database: DatabaseConfig,
+    /// Old name of the database setting (`postgres.dsn`, `FACTEUR_POSTGRES_DSN`).
+    pub postgres: PostgresConfig,
+    /// The session store (Redis, or in-memory when no URL is set).
+    pub redis: RedisConfig,
+    /// Bearer tokens of the gRPC API.
+    pub auth: AuthConfig,
+    /// Logs, traces and metrics.
+    pub telemetry: TelemetryConfig,
+    /// How the adapters and facteurctl reach the control plane.
+    pub control_plane: ControlPlaneConfig,
+    /// Discord application (used by the discord-adapter).
+    pub discord: DiscordConfig,
+    /// Argo Workflows defaults and the argo-adapter.
+    pub argo: ArgoConfig,
+    /// Command name → Discord role ids allowed to run it (seeds the role policy).
+    pub role_map: BTreeMap<String, Vec<String>>,
+    /// Codex implementation orchestration (wire-compat.md §5).
+    pub codex_implementation_orchestrator: CodexOrchestratorConfig,
+    /// Run dispatching.
+    pub dispatcher: DispatcherConfig,
+}
+
+/// `server.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// gRPC listener. Default `127.0.0.1:50051`.
+    pub grpc_listen_address: String,
+    /// HTTP listener (health, readiness, metrics, compatibility endpoints). Default `127.0.0.1:8080`.
+    pub listen_address: String,
+    /// Seconds to let in-flight RPCs finish after SIGTERM. Default 20.
+    pub shutdown_grace_seconds: u64,
+    /// Seconds between dependency health checks. Default 2.
+    pub health_check_interval_seconds: u64,
+    /// PEM certificate chain for TLS on the gRPC listener; empty serves plaintext.
+    pub tls_cert_file: String,
+    /// PEM private key for `tls_cert_file`.
+    pub tls_key_file: String,
+    /// PEM CA bundle; when set, clients must present a certificate signed by it (mTLS).
+    pub tls_client_ca_file: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_listen_address: "127.0.0.1:50051".into(),
+            listen_address: "127.0.0.1:8080".into(),
+            shutdown_grace_seconds: 20,
+            health_check_interval_seconds: 2,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_client_ca_file: String::new(),
+        }
+    }
+}
+
+/// The embedded default database: a SQLite file beside the process, created on first start.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://facteur.db?mode=rwc";
+
+/// `database.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://…` or `postgres://…`. Empty: `postgres.dsn` if set, else the SQLite file
+    /// `./facteur.db`.
+    pub url: Secret,
+    /// Connection pool size. Default 10.
+    pub max_connections: u32,
+    /// Seconds to wait for a connection. Default 5.
+    pub connect_timeout_seconds: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { url: Secret::default(), max_connections: 10, connect_timeout_seconds: 5 }
+    }
+}
+
+/// `postgres.*` (the old service's name for the database).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Postgres DSN (`postgres://user:pass@host/db`).
+    pub dsn: Secret,
+}
+
+/// `redis.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://…` or `rediss://…`. Empty: the in-memory session store (one replica only).
+    pub url: Secret,
+    /// Prefix of every key facteur writes (lets several deployments share one Redis). Default "".
+    pub key_prefix: String,
+    /// Connection pool size. Default 16.
+    pub pool_size: usize,
+    /// Milliseconds before a Redis call is abandoned. Default 1000.
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self { url: Secret::default(), key_prefix: String::new(), pool_size: 16, timeout_ms: 1000 }
+    }
+}
+
+/// The four principal roles of the gRPC API.
+pub const ROLES: [&str; 4] = ["discord-adapter", "argo-adapter", "codex-submitter", "admin"];
+
+/// `auth.*`
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Bearer tokens, one per principal. Empty turns auth off (loopback binds only).
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One entry of `auth.tokens`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Principal name (shown in the audit trail).
+    pub name: String,
+    /// One of `discord-adapter`, `argo-adapter`, `codex-submitter`, `admin`.
+    pub role: String,
+    /// The bearer token (at least 16 characters).
+    pub token: Secret,
+}
+
+/// `telemetry.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `auto` (JSON unless stdout is a terminal), `json` or `pretty`. Default `auto`.
+    pub log_format: String,
+    /// `tracing` filter directive (overridden by `RUST_LOG`). Default `info`.
+    pub log_level: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { log_format: "auto".into(), log_level: "info".into() }
+    }
+}
+
+/// `control_plane.*`
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlPlaneConfig {
+    /// gRPC URL of the server (`http://facteur:50051`). Required by the adapters.
+    pub url: String,
+    /// Bearer token the adapter presents.
+    pub token: Secret,
+    /// PEM CA to trust for an `https://` URL; empty uses the system roots.
+    pub ca_file: String,
+}
+
+/// `discord.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscordConfig {
+    /// Bot token (discord-adapter only).
+    pub bot_token: Secret,
+    /// Application id (snowflake).
+    pub application_id: String,
+    /// Hex Ed25519 public key of the application (64 hex characters).
+    pub public_key: String,
+    /// Register commands in this guild only; empty registers them globally.
+    pub guild_id: String,
+    /// `http` (interactions endpoint) or `gateway`. Default `http`.
+    pub mode: String,
+    /// Interactions endpoint listener. Default `0.0.0.0:8081`.
+    pub interactions_listen_address: String,
+    /// Discord REST base URL (tests and proxies). Default `https://discord.com`.
+    pub api_base_url: String,
+}
+
+impl Default for DiscordConfig {
+    fn default() -> Self {
+        Self {
+            bot_token: Secret::default(),
+            application_id: String::new(),
+            public_key: String::new(),
+            guild_id: String::new(),
+            mode: "http".into(),
+            interactions_listen_address: "0.0.0.0:8081".into(),
+            api_base_url: "https://discord.com".into(),
+        }
+    }
+}
+
+/// `argo.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArgoConfig {
+    /// Namespace of Discord-command Workflows. Default `argo-workflows`.
+    pub namespace: String,
+    /// WorkflowTemplate of Discord commands. Default `facteur-dispatch`.
+    pub workflow_template: String,
+    /// Service account of the Workflows; empty leaves Argo's default.
+    pub service_account: String,
+    /// Parameters every Workflow gets (names keep their case); command options overlay them.
+    pub parameters: BTreeMap<String, String>,
+    /// Kubeconfig path; empty falls back to `KUBECONFIG`, in-cluster, then `~/.kube/config`.
+    pub kubeconfig: String,
+    /// Listener of the exit-handler callback endpoint. Default `0.0.0.0:8082`.
+    pub callback_listen_address: String,
+    /// Base URL of the Argo UI, for links in Discord messages.
+    pub ui_base_url: String,
+}
+
+impl Default for ArgoConfig {
+    fn default() -> Self {
+        Self {
+            namespace: "argo-workflows".into(),
+            workflow_template: "facteur-dispatch".into(),
+            service_account: String::new(),
+            parameters: BTreeMap::new(),
+            kubeconfig: String::new(),
+            callback_listen_address: "0.0.0.0:8082".into(),
+            ui_base_url: String::new(),
+        }
+    }
+}
+
+/// `codex_implementation_orchestrator.*` (wire-compat.md §5).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CodexOrchestratorConfig {
+    /// Accept implementation tasks. Default false.
+    pub enabled: bool,
+    /// Namespace of non-autonomous Workflows (else `argo.namespace`).
+    pub namespace: String,
+    /// Namespace of autonomous Workflows (else `namespace`, `argo.namespace`, `jangar`).
+    pub autonomous_namespace: String,
+    /// Template of non-autonomous tasks. Default `github-codex-implementation`.
+    pub workflow_template: String,
+    /// Template of autonomous tasks. Default `codex-autonomous`.
+    pub autonomous_workflow_template: String,
+    /// Service account of non-autonomous Workflows.
+    pub service_account: String,
+    /// Service account of autonomous Workflows.
+    pub autonomous_service_account: String,
+    /// Extra parameters (names keep their case).
+    pub parameters: BTreeMap<String, String>,
+    /// Prefix of autonomous Workflow names. Default `codex-autonomous-`.
+    pub autonomous_generate_name_prefix: String,
+    /// Judge prompt passed as the `judge_prompt` parameter when set.
+    pub judge_prompt: String,
+}
+
+impl Default for CodexOrchestratorConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            namespace: String::new(),
+            autonomous_namespace: String::new(),
+            workflow_template: "github-codex-implementation".into(),
+            autonomous_workflow_template: "codex-autonomous".into(),
+            service_account: String::new(),
+            autonomous_service_account: String::new(),
+            parameters: BTreeMap::new(),
+            autonomous_generate_name_prefix: "codex-autonomous-".into(),
+            judge_prompt: String::new(),
+        }
+    }
+}
+
+/// `dispatcher.*`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatcherConfig {
+    /// Accept runs but hand no dispatch to adapters (`FACTEUR_DISABLE_DISPATCHER`). Default false.
+    pub disabled: bool,
+    /// Seconds an adapter holds a lease before the job is offered again. Default 30.
+    pub lease_seconds: u64,
+    /// Attempts before a dispatch is dead-lettered. Default 5.
+    pub max_attempts: u32,
+    /// First retry delay in milliseconds, doubled per attempt. Default 1000.
+    pub backoff_initial_ms: u64,
+    /// Cap of the retry delay in milliseconds. Default 60000.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        Self {
+            disabled: false,
+            lease_seconds: 30,
+            max_attempts: 5,
+            backoff_initial_ms: 1000,
+            backoff_max_ms: 60_000,
+        }
+    }
+}
+
+/// Which database backend a URL selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatabaseBackend {
+    /// `sqlite:`
+    Sqlite,
+    /// `postgres:` / `postgresql:`
+    Postgres,
+}
+
+impl Config {
+    /// The database URL in effect: `database.url`, else `postgres.dsn`, else the SQLite default.
+    pub fn database_url(&self) -> &str {
+        if !self.database.url.is_empty() {
+            self.database.url.expose()
+        } else if !self.postgres.dsn.is_empty() {
+            self.postgres.dsn.expose()
+        } else {
+            DEFAULT_DATABASE_URL
+        }
+    }
+
+    /// Backend of [`Config::database_url`], if the scheme is known.
+    pub fn database_backend(&self) -> Option<DatabaseBackend> {
+        backend_of(self.database_url())
+    }
+
+    /// Whether gRPC auth is on (at least one token configured).
+    pub fn auth_enabled(&self) -> bool {
+        !self.auth.tokens.is_empty()
+    }
+
+    /// Every problem with the values, each naming its key (empty when valid).
+    pub fn validate(&self, process: Process) -> Vec<(String, String)> {
+        let mut v = Vec::new();
+        let mut err = |k: &str, m: String| v.push((k.to_string(), m));
+        if process == Process::Server {
+            for (key, addr) in [
+                ("server.grpc_listen_address", &self.server.grpc_listen_address),
+                ("server.listen_address", &self.server.listen_address),
+            ] {
+                if addr.parse::<SocketAddr>().is_err() {
+                    err(key, format!("`{addr}` is not a socket address (host:port)"));
+                }
+            }
+            if !self.database.url.is_empty()
+                && !self.postgres.dsn.is_empty()
+                && self.database.url != self.postgres.dsn
+            {
+                err("database.url", "both database.url and postgres.dsn are set and differ; set one".into());
+            }
+            if self.database_backend().is_none() {
+                err(
+                    if self.database.url.is_empty() { "postgres.dsn" } else { "database.url" },
+                    "must start with sqlite:, postgres: or postgresql:".into(),
+                );
+            }
+            if self.database.max_connections < 2 {
+                // Migrations hold one connection for the advisory lock while running on another.
+                err("database.max_connections", "must be at least 2".into());
+            }
+            if !self.redis.url.is_empty() {
+                let u = self.redis.url.expose();
+                if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("redis+unix://") || u.starts_with("unix://")) {
+                    err("redis.url", "must start with redis://, rediss:// or unix://".into());
+                }
+            }
+            if self.redis.pool_size == 0 {
+                err("redis.pool_size", "must be at least 1".into());
+            }
+            if self.redis.timeout_ms == 0 {
+                err("redis.timeout_ms", "must be at least 1".into());
+            }
+            let tls = [&self.server.tls_cert_file, &self.server.tls_key_file];
+            if tls.iter().filter(|s| s.is_empty()).count() == 1 {
+                err("server.tls_cert_file", "tls_cert_file and tls_key_file must be set together".into());
+            }
+            if !self.server.tls_client_ca_file.is_empty() && self.server.tls_cert_file.is_empty() {
+                err("server.tls_client_ca_file", "needs server.tls_cert_file and server.tls_key_file".into());
+            }
+            let mut names = std::collections::BTreeSet::new();
+            let mut tokens = std::collections::BTreeSet::new();
+            for (i, t) in self.auth.tokens.iter().enumerate() {
+                let key = format!("auth.tokens[{i}]");
+                if t.name.trim().is_empty() {
+                    err(&format!("{key}.name"), "must not be empty".into());
+                } else if !names.insert(t.name.as_str()) {
+                    err(&format!("{key}.name"), format!("duplicate principal name `{}`", t.name));
+                }
+                if !ROLES.contains(&t.role.as_str()) {
+                    err(&format!("{key}.role"), format!("`{}` is not one of {}", t.role, ROLES.join(", ")));
+                }
+                if t.token.expose().len() < 16 {
+                    err(&format!("{key}.token"), "must be at least 16 characters".into());
+                } else if !tokens.insert(t.token.expose()) {
+                    err(&format!("{key}.token"), "the same token is configured twice".into());
+                }
+            }
+            if self.dispatcher.lease_seconds == 0 {
+                err("dispatcher.lease_seconds", "must be at least 1".into());
+            }
+            if self.dispatcher.max_attempts == 0 {
+                err("dispatcher.max_attempts", "must be at least 1".into());
+            }
+            if self.dispatcher.backoff_initial_ms > self.dispatcher.backoff_max_ms {
+                err("dispatcher.backoff_initial_ms", "must not exceed dispatcher.backoff_max_ms".into());
+            }
+            for (k, m) in validate_role_map(&self.role_map) {
+                err(&k, m);
+            }
+        }
+        if !["auto", "json", "pretty"].contains(&self.telemetry.log_format.as_str()) {
+            err("telemetry.log_format", format!("`{}` is not one of auto, json, pretty", self.telemetry.log_format));
+        }
+        if matches!(process, Process::DiscordAdapter | Process::ArgoAdapter) {
+            let url = &self.control_plane.url;
+            if url.is_empty() {
+                err("control_plane.url", "is required (FACTEUR_CONTROL_PLANE_URL)".into());
+            } else if !(url.starts_with("http://") || url.starts_with("https://")) {
+                err("control_plane.url", format!("`{url}` must start with http:// or https://"));
+            }
+        }
+        if process == Process::DiscordAdapter {
+            if self.discord.bot_token.is_empty() {
+                err("discord.bot_token", "is required (FACTEUR_DISCORD_BOT_TOKEN)".into());
+            }
+            if !is_snowflake(&self.discord.application_id) {
+                err("discord.application_id", "must be a Discord snowflake (17-20 digits)".into());
+            }
+            let pk = &self.discord.public_key;
+            if pk.len() != 64 || !pk.bytes().all(|b| b.is_ascii_hexdigit()) {
+                err("discord.public_key", "must be 64 hex characters (the application's Ed25519 key)".into());
+            }
+            if !self.discord.guild_id.is_empty() && !is_snowflake(&self.discord.guild_id) {
+                err("discord.guild_id", "must be a Discord snowflake (17-20 digits)".into());
+            }
+            if !["http", "gateway"].contains(&self.discord.mode.as_str()) {
+                err("discord.mode", format!("`{}` is not one of http, gateway", self.discord.mode));
+            }
+            if self.discord.interactions_listen_address.parse::<SocketAddr>().is_err() {
+                err("discord.interactions_listen_address", "is not a socket address (host:port)".into());
+            }
+        }
+        if process == Process::ArgoAdapter
+            && self.argo.callback_listen_address.parse::<SocketAddr>().is_err()
+        {
+            err("argo.callback_listen_address", "is not a socket address (host:port)".into());
+        }
+        v
+    }
+}
+
+fn backend_of(url: &str) -> Option<DatabaseBackend> {
+    if url.starts_with("sqlite:") {
+        Some(DatabaseBackend::Sqlite)
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Some(DatabaseBackend::Postgres)
+    } else {
+        None
+    }
+}
+
+/// A Discord snowflake as the role-map schema defines it: 17 to 20 digits.
+pub fn is_snowflake(s: &str) -> bool {
+    (17..=20).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A command name as the role-map schema defines it: `^[a-z0-9:_-]+$`.
+pub fn is_command_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b":_-".contains(&b))
+}
+
+/// Checks a role map against `facteur-discord-role-map.schema.json`: command names match
+/// `^[a-z0-9:_-]+$`, each value is a non-empty array of unique snowflakes.
+pub fn validate_role_map(map: &BTreeMap<String, Vec<String>>) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for (command, roles) in map {
+        let key = format!("role_map.{command}");
+        if !is_command_name(command) {
+            v.push((key.clone(), format!("command name `{command}` must match ^[a-z0-9:_-]+$")));
+        }
+        if roles.is_empty() {
+            v.push((key.clone(), "must list at least one role id".into()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for role in roles {
+            if !is_snowflake(role) {
+                v.push((key.clone(), format!("role id `{role}` is not a snowflake (^[0-9]{{17,20}}$)")));
+            } else if !seen.insert(role) {
+                v.push((key.clone(), format!("role id `{role}` is listed twice")));
+            }
+        }
+    }
+    v
+}
+
+/// `scheme://user:password@host/…` → `scheme://user:***@host/…`, for logs and `config check`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let masked = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_string() };
+            format!("{scheme}://{masked}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
