@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 pub const ENV_ALIASES: &[(&str, &str)] = &[
     ("FACTEUR_KUBECONFIG", "argo.kubeconfig"),
     ("FACTEUR_DISABLE_DISPATCHER", "dispatcher.disabled"),
-    ("FACTEUR_CODEX_ENABLE_IMPLEMENTATION_ORCHESTRATION", "codex_implementation_orchestrator.enabled"),
+    (
+        "FACTEUR_CODEX_ENABLE_IMPLEMENTATION_ORCHESTRATION",
+        "codex_implementation_orchestrator.enabled",
+    ),
     ("FACTEUR_LOG_FORMAT", "telemetry.log_format"),
     ("FACTEUR_LOG_LEVEL", "telemetry.log_level"),
 ];
@@ -34,7 +37,12 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "invalid configuration ({} problem{}):", self.0.len(), if self.0.len() == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "invalid configuration ({} problem{}):",
+            self.0.len(),
+            if self.0.len() == 1 { "" } else { "s" }
+        )?;
         for e in &self.0 {
             writeln!(f, "  {}: {}", e.key, e.message)?;
         }
@@ -47,9 +55,13 @@ impl std::error::Error for ConfigErrors {}
 /// Loads the configuration of `process` from `path` (else `FACTEUR_CONFIG_FILE`, else no file)
 /// and the process environment.
 pub fn load(path: Option<&Path>, process: Process) -> Result<Config, ConfigErrors> {
-    let env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("FACTEUR_")).collect();
+    let env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("FACTEUR_"))
+        .collect();
     let path: Option<PathBuf> = path.map(Path::to_path_buf).or_else(|| {
-        env.get("FACTEUR_CONFIG_FILE").filter(|p| !p.is_empty()).map(PathBuf::from)
+        env.get("FACTEUR_CONFIG_FILE")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
     });
     let yaml = match &path {
         Some(p) => match std::fs::read_to_string(p) {
@@ -67,7 +79,11 @@ pub fn load(path: Option<&Path>, process: Process) -> Result<Config, ConfigError
 }
 
 /// Loads from YAML text (if any) and an explicit environment map. Pure: used by tests.
-pub fn load_from(yaml: Option<&str>, env: &BTreeMap<String, String>, process: Process) -> Result<Config, ConfigErrors> {
+pub fn load_from(
+    yaml: Option<&str>,
+    env: &BTreeMap<String, String>,
+    process: Process,
+) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
     let defaults = serde_json::to_value(Config::default()).unwrap_or(Value::Null);
 
@@ -76,7 +92,10 @@ pub fn load_from(yaml: Option<&str>, env: &BTreeMap<String, String>, process: Pr
         Some(Ok(Value::Null)) => Value::Object(Map::new()),
         Some(Ok(v @ Value::Object(_))) => v,
         Some(Ok(_)) => {
-            errors.push(err("config file", "the top level must be a mapping of keys"));
+            errors.push(err(
+                "config file",
+                "the top level must be a mapping of keys",
+            ));
             Value::Object(Map::new())
         }
         Some(Err(e)) => {
@@ -132,7 +151,11 @@ pub fn load_from(yaml: Option<&str>, env: &BTreeMap<String, String>, process: Pr
     };
 
     if let Some(c) = &config {
-        errors.extend(c.validate(process).into_iter().map(|(key, message)| ConfigError { key, message }));
+        errors.extend(
+            c.validate(process)
+                .into_iter()
+                .map(|(key, message)| ConfigError { key, message }),
+        );
     }
     match config {
         Some(c) if errors.is_empty() => Ok(c),
@@ -141,11 +164,18 @@ pub fn load_from(yaml: Option<&str>, env: &BTreeMap<String, String>, process: Pr
 }
 
 fn err(key: &str, message: &str) -> ConfigError {
-    ConfigError { key: key.into(), message: message.into() }
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 fn join(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") }
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
 }
 
 /// `server.grpc_listen_address` → `FACTEUR_SERVER_GRPC_LISTEN_ADDRESS`.
@@ -158,7 +188,9 @@ fn is_section(v: &Value) -> bool {
 }
 
 fn drop_unknown(tree: &mut Value, defaults: &Value, prefix: &str, errors: &mut Vec<ConfigError>) {
-    let (Value::Object(map), Value::Object(known)) = (tree, defaults) else { return };
+    let (Value::Object(map), Value::Object(known)) = (tree, defaults) else {
+        return;
+    };
     let keys: Vec<String> = map.keys().cloned().collect();
     for k in keys {
         let path = join(prefix, &k);
@@ -193,7 +225,11 @@ pub fn all_keys() -> Vec<(String, String)> {
     let defaults = serde_json::to_value(Config::default()).unwrap_or(Value::Null);
     let mut leaves = Vec::new();
     collect_leaves(&defaults, "", &mut leaves);
-    leaves.into_iter().map(|(p, _)| (env_name(&p), p)).map(|(e, p)| (p, e)).collect()
+    leaves
+        .into_iter()
+        .map(|(p, _)| (env_name(&p), p))
+        .map(|(e, p)| (p, e))
+        .collect()
 }
 
 /// Parses an environment value by the type of the key's default. `Ok(None)`: empty, ignored.
@@ -229,7 +265,9 @@ fn set_path(tree: &mut Value, path: &str, value: Value) {
             map.insert(part.to_string(), value);
             return;
         }
-        cur = map.entry(part.to_string()).or_insert_with(|| Value::Object(Map::new()));
+        cur = map
+            .entry(part.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
     }
 }
 
@@ -247,7 +285,9 @@ fn remove_path(tree: &mut Value, path: &str) -> bool {
             }
         }
     }
-    let Some((last, init)) = segs.split_last() else { return false };
+    let Some((last, init)) = segs.split_last() else {
+        return false;
+    };
     let mut cur = tree;
     for s in init {
         let next = match (s, cur) {

@@ -38,7 +38,11 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"[redacted]\"" })
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"[redacted]\""
+        })
     }
 }
 
@@ -124,7 +128,11 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: Secret::default(), max_connections: 10, connect_timeout_seconds: 5 }
+        Self {
+            url: Secret::default(),
+            max_connections: 10,
+            connect_timeout_seconds: 5,
+        }
     }
 }
 
@@ -152,12 +160,22 @@ pub struct RedisConfig {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        Self { url: Secret::default(), key_prefix: String::new(), pool_size: 16, timeout_ms: 1000 }
+        Self {
+            url: Secret::default(),
+            key_prefix: String::new(),
+            pool_size: 16,
+            timeout_ms: 1000,
+        }
     }
 }
 
 /// The four principal roles of the gRPC API.
-pub const ROLES: [&str; 4] = ["discord-adapter", "argo-adapter", "codex-submitter", "admin"];
+pub const ROLES: [&str; 4] = [
+    "discord-adapter",
+    "argo-adapter",
+    "codex-submitter",
+    "admin",
+];
 
 /// `auth.*`
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -191,7 +209,10 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { log_format: "auto".into(), log_level: "info".into() }
+        Self {
+            log_format: "auto".into(),
+            log_level: "info".into(),
+        }
     }
 }
 
@@ -383,7 +404,10 @@ impl Config {
         let mut err = |k: &str, m: String| v.push((k.to_string(), m));
         if process == Process::Server {
             for (key, addr) in [
-                ("server.grpc_listen_address", &self.server.grpc_listen_address),
+                (
+                    "server.grpc_listen_address",
+                    &self.server.grpc_listen_address,
+                ),
                 ("server.listen_address", &self.server.listen_address),
             ] {
                 if addr.parse::<SocketAddr>().is_err() {
@@ -394,11 +418,18 @@ impl Config {
                 && !self.postgres.dsn.is_empty()
                 && self.database.url != self.postgres.dsn
             {
-                err("database.url", "both database.url and postgres.dsn are set and differ; set one".into());
+                err(
+                    "database.url",
+                    "both database.url and postgres.dsn are set and differ; set one".into(),
+                );
             }
             if self.database_backend().is_none() {
                 err(
-                    if self.database.url.is_empty() { "postgres.dsn" } else { "database.url" },
+                    if self.database.url.is_empty() {
+                        "postgres.dsn"
+                    } else {
+                        "database.url"
+                    },
                     "must start with sqlite:, postgres: or postgresql:".into(),
                 );
             }
@@ -408,8 +439,15 @@ impl Config {
             }
             if !self.redis.url.is_empty() {
                 let u = self.redis.url.expose();
-                if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("redis+unix://") || u.starts_with("unix://")) {
-                    err("redis.url", "must start with redis://, rediss:// or unix://".into());
+                if !(u.starts_with("redis://")
+                    || u.starts_with("rediss://")
+                    || u.starts_with("redis+unix://")
+                    || u.starts_with("unix://"))
+                {
+                    err(
+                        "redis.url",
+                        "must start with redis://, rediss:// or unix://".into(),
+                    );
                 }
             }
             if self.redis.pool_size == 0 {
@@ -420,10 +458,16 @@ impl Config {
             }
             let tls = [&self.server.tls_cert_file, &self.server.tls_key_file];
             if tls.iter().filter(|s| s.is_empty()).count() == 1 {
-                err("server.tls_cert_file", "tls_cert_file and tls_key_file must be set together".into());
+                err(
+                    "server.tls_cert_file",
+                    "tls_cert_file and tls_key_file must be set together".into(),
+                );
             }
             if !self.server.tls_client_ca_file.is_empty() && self.server.tls_cert_file.is_empty() {
-                err("server.tls_client_ca_file", "needs server.tls_cert_file and server.tls_key_file".into());
+                err(
+                    "server.tls_client_ca_file",
+                    "needs server.tls_cert_file and server.tls_key_file".into(),
+                );
             }
             let mut names = std::collections::BTreeSet::new();
             let mut tokens = std::collections::BTreeSet::new();
@@ -432,15 +476,27 @@ impl Config {
                 if t.name.trim().is_empty() {
                     err(&format!("{key}.name"), "must not be empty".into());
                 } else if !names.insert(t.name.as_str()) {
-                    err(&format!("{key}.name"), format!("duplicate principal name `{}`", t.name));
+                    err(
+                        &format!("{key}.name"),
+                        format!("duplicate principal name `{}`", t.name),
+                    );
                 }
                 if !ROLES.contains(&t.role.as_str()) {
-                    err(&format!("{key}.role"), format!("`{}` is not one of {}", t.role, ROLES.join(", ")));
+                    err(
+                        &format!("{key}.role"),
+                        format!("`{}` is not one of {}", t.role, ROLES.join(", ")),
+                    );
                 }
                 if t.token.expose().len() < 16 {
-                    err(&format!("{key}.token"), "must be at least 16 characters".into());
+                    err(
+                        &format!("{key}.token"),
+                        "must be at least 16 characters".into(),
+                    );
                 } else if !tokens.insert(t.token.expose()) {
-                    err(&format!("{key}.token"), "the same token is configured twice".into());
+                    err(
+                        &format!("{key}.token"),
+                        "the same token is configured twice".into(),
+                    );
                 }
             }
             if self.dispatcher.lease_seconds == 0 {
@@ -450,48 +506,93 @@ impl Config {
                 err("dispatcher.max_attempts", "must be at least 1".into());
             }
             if self.dispatcher.backoff_initial_ms > self.dispatcher.backoff_max_ms {
-                err("dispatcher.backoff_initial_ms", "must not exceed dispatcher.backoff_max_ms".into());
+                err(
+                    "dispatcher.backoff_initial_ms",
+                    "must not exceed dispatcher.backoff_max_ms".into(),
+                );
             }
             for (k, m) in validate_role_map(&self.role_map) {
                 err(&k, m);
             }
         }
         if !["auto", "json", "pretty"].contains(&self.telemetry.log_format.as_str()) {
-            err("telemetry.log_format", format!("`{}` is not one of auto, json, pretty", self.telemetry.log_format));
+            err(
+                "telemetry.log_format",
+                format!(
+                    "`{}` is not one of auto, json, pretty",
+                    self.telemetry.log_format
+                ),
+            );
         }
         if matches!(process, Process::DiscordAdapter | Process::ArgoAdapter) {
             let url = &self.control_plane.url;
             if url.is_empty() {
-                err("control_plane.url", "is required (FACTEUR_CONTROL_PLANE_URL)".into());
+                err(
+                    "control_plane.url",
+                    "is required (FACTEUR_CONTROL_PLANE_URL)".into(),
+                );
             } else if !(url.starts_with("http://") || url.starts_with("https://")) {
-                err("control_plane.url", format!("`{url}` must start with http:// or https://"));
+                err(
+                    "control_plane.url",
+                    format!("`{url}` must start with http:// or https://"),
+                );
             }
         }
         if process == Process::DiscordAdapter {
             if self.discord.bot_token.is_empty() {
-                err("discord.bot_token", "is required (FACTEUR_DISCORD_BOT_TOKEN)".into());
+                err(
+                    "discord.bot_token",
+                    "is required (FACTEUR_DISCORD_BOT_TOKEN)".into(),
+                );
             }
             if !is_snowflake(&self.discord.application_id) {
-                err("discord.application_id", "must be a Discord snowflake (17-20 digits)".into());
+                err(
+                    "discord.application_id",
+                    "must be a Discord snowflake (17-20 digits)".into(),
+                );
             }
             let pk = &self.discord.public_key;
             if pk.len() != 64 || !pk.bytes().all(|b| b.is_ascii_hexdigit()) {
-                err("discord.public_key", "must be 64 hex characters (the application's Ed25519 key)".into());
+                err(
+                    "discord.public_key",
+                    "must be 64 hex characters (the application's Ed25519 key)".into(),
+                );
             }
             if !self.discord.guild_id.is_empty() && !is_snowflake(&self.discord.guild_id) {
-                err("discord.guild_id", "must be a Discord snowflake (17-20 digits)".into());
+                err(
+                    "discord.guild_id",
+                    "must be a Discord snowflake (17-20 digits)".into(),
+                );
             }
             if !["http", "gateway"].contains(&self.discord.mode.as_str()) {
-                err("discord.mode", format!("`{}` is not one of http, gateway", self.discord.mode));
+                err(
+                    "discord.mode",
+                    format!("`{}` is not one of http, gateway", self.discord.mode),
+                );
             }
-            if self.discord.interactions_listen_address.parse::<SocketAddr>().is_err() {
-                err("discord.interactions_listen_address", "is not a socket address (host:port)".into());
+            if self
+                .discord
+                .interactions_listen_address
+                .parse::<SocketAddr>()
+                .is_err()
+            {
+                err(
+                    "discord.interactions_listen_address",
+                    "is not a socket address (host:port)".into(),
+                );
             }
         }
         if process == Process::ArgoAdapter
-            && self.argo.callback_listen_address.parse::<SocketAddr>().is_err()
+            && self
+                .argo
+                .callback_listen_address
+                .parse::<SocketAddr>()
+                .is_err()
         {
-            err("argo.callback_listen_address", "is not a socket address (host:port)".into());
+            err(
+                "argo.callback_listen_address",
+                "is not a socket address (host:port)".into(),
+            );
         }
         v
     }
@@ -514,7 +615,9 @@ pub fn is_snowflake(s: &str) -> bool {
 
 /// A command name as the role-map schema defines it: `^[a-z0-9:_-]+$`.
 pub fn is_command_name(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b":_-".contains(&b))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b":_-".contains(&b))
 }
 
 /// Checks a role map against `facteur-discord-role-map.schema.json`: command names match
@@ -524,7 +627,10 @@ pub fn validate_role_map(map: &BTreeMap<String, Vec<String>>) -> Vec<(String, St
     for (command, roles) in map {
         let key = format!("role_map.{command}");
         if !is_command_name(command) {
-            v.push((key.clone(), format!("command name `{command}` must match ^[a-z0-9:_-]+$")));
+            v.push((
+                key.clone(),
+                format!("command name `{command}` must match ^[a-z0-9:_-]+$"),
+            ));
         }
         if roles.is_empty() {
             v.push((key.clone(), "must list at least one role id".into()));
@@ -532,7 +638,10 @@ pub fn validate_role_map(map: &BTreeMap<String, Vec<String>>) -> Vec<(String, St
         let mut seen = std::collections::BTreeSet::new();
         for role in roles {
             if !is_snowflake(role) {
-                v.push((key.clone(), format!("role id `{role}` is not a snowflake (^[0-9]{{17,20}}$)")));
+                v.push((
+                    key.clone(),
+                    format!("role id `{role}` is not a snowflake (^[0-9]{{17,20}}$)"),
+                ));
             } else if !seen.insert(role) {
                 v.push((key.clone(), format!("role id `{role}` is listed twice")));
             }
@@ -543,7 +652,9 @@ pub fn validate_role_map(map: &BTreeMap<String, Vec<String>>) -> Vec<(String, St
 
 /// `scheme://user:password@host/…` → `scheme://user:***@host/…`, for logs and `config check`.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
@@ -551,7 +662,11 @@ pub fn redact_url(url: &str) -> String {
     match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let masked = if userinfo.contains(':') { format!("{user}:***") } else { "***".to_string() };
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_string()
+            };
             format!("{scheme}://{masked}@{host}{path}")
         }
         None => url.to_string(),

@@ -36,8 +36,10 @@ fn otlp_protocol(signal: &str) -> Option<Protocol> {
     if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return None;
     }
-    var(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")).or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))?;
-    let proto = var(&format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")).or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"));
+    var(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
+        .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))?;
+    let proto = var(&format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"))
+        .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"));
     Some(match proto.as_deref() {
         Some("grpc") => Protocol::Grpc,
         _ => Protocol::HttpBinary,
@@ -59,7 +61,11 @@ pub fn init(service: &'static str, cfg: &TelemetryConfig, force_json: bool) -> T
             _ => !std::io::stdout().is_terminal(),
         };
     let fmt_layer = if json {
-        tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(true).boxed()
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .boxed()
     } else {
         tracing_subscriber::fmt::layer().boxed()
     };
@@ -68,11 +74,21 @@ pub fn init(service: &'static str, cfg: &TelemetryConfig, force_json: bool) -> T
     let mut problems = Vec::new();
     let tracer = otlp_protocol("TRACES").and_then(|protocol| {
         let exporter = match protocol {
-            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder().with_tonic().build(),
-            _ => opentelemetry_otlp::SpanExporter::builder().with_http().with_protocol(protocol).build(),
+            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build(),
+            _ => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(protocol)
+                .build(),
         };
         match exporter {
-            Ok(e) => Some(SdkTracerProvider::builder().with_resource(resource.clone()).with_batch_exporter(e).build()),
+            Ok(e) => Some(
+                SdkTracerProvider::builder()
+                    .with_resource(resource.clone())
+                    .with_batch_exporter(e)
+                    .build(),
+            ),
             Err(e) => {
                 problems.push(format!("OTLP trace exporter disabled: {e}"));
                 None
@@ -81,11 +97,21 @@ pub fn init(service: &'static str, cfg: &TelemetryConfig, force_json: bool) -> T
     });
     let meter = otlp_protocol("METRICS").and_then(|protocol| {
         let exporter = match protocol {
-            Protocol::Grpc => opentelemetry_otlp::MetricExporter::builder().with_tonic().build(),
-            _ => opentelemetry_otlp::MetricExporter::builder().with_http().with_protocol(protocol).build(),
+            Protocol::Grpc => opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .build(),
+            _ => opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_protocol(protocol)
+                .build(),
         };
         match exporter {
-            Ok(e) => Some(SdkMeterProvider::builder().with_resource(resource.clone()).with_periodic_exporter(e).build()),
+            Ok(e) => Some(
+                SdkMeterProvider::builder()
+                    .with_resource(resource.clone())
+                    .with_periodic_exporter(e)
+                    .build(),
+            ),
             Err(e) => {
                 problems.push(format!("OTLP metric exporter disabled: {e}"));
                 None
@@ -103,7 +129,9 @@ pub fn init(service: &'static str, cfg: &TelemetryConfig, force_json: bool) -> T
     if let Some(m) = &meter {
         opentelemetry::global::set_meter_provider(m.clone());
     }
-    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
 
     let _ = tracing_subscriber::registry()
         .with(fmt_layer.with_filter(filter()))
@@ -112,6 +140,10 @@ pub fn init(service: &'static str, cfg: &TelemetryConfig, force_json: bool) -> T
     for p in problems {
         tracing::warn!("{p}");
     }
-    tracing::debug!(traces = tracer.is_some(), metrics = meter.is_some(), "telemetry initialised");
+    tracing::debug!(
+        traces = tracer.is_some(),
+        metrics = meter.is_some(),
+        "telemetry initialised"
+    );
     TelemetryGuard { tracer, meter }
 }

@@ -4,7 +4,10 @@ use facteur_config::{Config, ConfigErrors, Process, all_keys, load, load_from};
 use std::collections::BTreeMap;
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[track_caller]
@@ -17,18 +20,25 @@ fn errors(r: Result<Config, ConfigErrors>) -> Vec<(String, String)> {
 
 #[track_caller]
 fn assert_key(errs: &[(String, String)], key: &str) {
-    assert!(errs.iter().any(|(k, _)| k == key), "no error for `{key}` in {errs:?}");
+    assert!(
+        errs.iter().any(|(k, _)| k == key),
+        "no error for `{key}` in {errs:?}"
+    );
 }
 
 #[test]
 fn example_file_loads_and_documents_every_key() {
     let text = include_str!("../example.yaml");
-    let c = load_from(Some(text), &BTreeMap::new(), Process::Server).expect("example.yaml is valid");
+    let c =
+        load_from(Some(text), &BTreeMap::new(), Process::Server).expect("example.yaml is valid");
     assert_eq!(c.server.grpc_listen_address, "127.0.0.1:50051");
     let doc: serde_json::Value = serde_yaml::from_str(text).expect("yaml");
     for (key, _) in all_keys() {
         let pointer = format!("/{}", key.replace('.', "/"));
-        assert!(doc.pointer(&pointer).is_some(), "example.yaml does not document `{key}`");
+        assert!(
+            doc.pointer(&pointer).is_some(),
+            "example.yaml does not document `{key}`"
+        );
     }
 }
 
@@ -52,18 +62,30 @@ fn environment_wins_over_file_and_old_names_work() {
         ("FACTEUR_ARGO_NAMESPACE", "from-env"),
         ("FACTEUR_ARGO_WORKFLOW_TEMPLATE", "tmpl"),
         ("FACTEUR_ARGO_SERVICE_ACCOUNT", "sa"),
-        ("FACTEUR_ARGO_PARAMETERS", r#"{"rawEvent":"x","Payload":"y"}"#),
+        (
+            "FACTEUR_ARGO_PARAMETERS",
+            r#"{"rawEvent":"x","Payload":"y"}"#,
+        ),
         ("FACTEUR_ROLE_MAP", r#"{"dispatch":["123456789012345678"]}"#),
         ("FACTEUR_DISABLE_DISPATCHER", "true"),
         ("FACTEUR_KUBECONFIG", "/tmp/kc"),
         ("FACTEUR_CODEX_ENABLE_IMPLEMENTATION_ORCHESTRATION", "1"),
-        ("FACTEUR_CODEX_IMPLEMENTATION_ORCHESTRATOR_AUTONOMOUS_NAMESPACE", "jangar"),
-        ("FACTEUR_CODEX_IMPLEMENTATION_ORCHESTRATOR_PARAMETERS", r#"{"Mixed_Case":"v"}"#),
+        (
+            "FACTEUR_CODEX_IMPLEMENTATION_ORCHESTRATOR_AUTONOMOUS_NAMESPACE",
+            "jangar",
+        ),
+        (
+            "FACTEUR_CODEX_IMPLEMENTATION_ORCHESTRATOR_PARAMETERS",
+            r#"{"Mixed_Case":"v"}"#,
+        ),
         ("FACTEUR_DISCORD_BOT_TOKEN", "bot"),
         ("FACTEUR_DISCORD_APPLICATION_ID", "123456789012345678"),
         ("FACTEUR_DISCORD_PUBLIC_KEY", "ab"),
         ("FACTEUR_DISCORD_GUILD_ID", "123456789012345679"),
-        ("FACTEUR_AUTH_TOKENS", r#"[{"name":"ops","role":"admin","token":"0123456789abcdef0"}]"#),
+        (
+            "FACTEUR_AUTH_TOKENS",
+            r#"[{"name":"ops","role":"admin","token":"0123456789abcdef0"}]"#,
+        ),
     ]);
     let c = load_from(Some(yaml), &e, Process::Server).expect("valid");
     assert_eq!(c.server.listen_address, "127.0.0.1:9100");
@@ -73,14 +95,31 @@ fn environment_wins_over_file_and_old_names_work() {
     assert_eq!(c.argo.namespace, "from-env");
     assert_eq!(c.argo.workflow_template, "tmpl");
     assert_eq!(c.argo.service_account, "sa");
-    assert_eq!(c.argo.parameters.get("rawEvent").map(String::as_str), Some("x"));
-    assert_eq!(c.argo.parameters.get("Payload").map(String::as_str), Some("y"), "keys keep their case");
-    assert_eq!(c.role_map["dispatch"], vec!["123456789012345678".to_string()]);
+    assert_eq!(
+        c.argo.parameters.get("rawEvent").map(String::as_str),
+        Some("x")
+    );
+    assert_eq!(
+        c.argo.parameters.get("Payload").map(String::as_str),
+        Some("y"),
+        "keys keep their case"
+    );
+    assert_eq!(
+        c.role_map["dispatch"],
+        vec!["123456789012345678".to_string()]
+    );
     assert!(c.dispatcher.disabled);
     assert_eq!(c.argo.kubeconfig, "/tmp/kc");
     assert!(c.codex_implementation_orchestrator.enabled);
-    assert_eq!(c.codex_implementation_orchestrator.autonomous_namespace, "jangar");
-    assert!(c.codex_implementation_orchestrator.parameters.contains_key("Mixed_Case"));
+    assert_eq!(
+        c.codex_implementation_orchestrator.autonomous_namespace,
+        "jangar"
+    );
+    assert!(
+        c.codex_implementation_orchestrator
+            .parameters
+            .contains_key("Mixed_Case")
+    );
     assert_eq!(c.discord.guild_id, "123456789012345679");
     assert_eq!(c.auth.tokens[0].role, "admin");
     assert!(c.auth_enabled());
@@ -114,29 +153,56 @@ auth:
     ] {
         assert_key(&errs, key);
     }
-    let unknown = errs.iter().find(|(k, _)| k == "bogus").map(|(_, m)| m.as_str());
+    let unknown = errs
+        .iter()
+        .find(|(k, _)| k == "bogus")
+        .map(|(_, m)| m.as_str());
     assert_eq!(unknown, Some("unknown key"));
 }
 
 #[test]
 fn role_map_follows_the_schema() {
-    let dup = env(&[("FACTEUR_ROLE_MAP", r#"{"deploy":["123456789012345678","123456789012345678"]}"#)]);
+    let dup = env(&[(
+        "FACTEUR_ROLE_MAP",
+        r#"{"deploy":["123456789012345678","123456789012345678"]}"#,
+    )]);
     let errs = errors(load_from(None, &dup, Process::Server));
-    assert!(errs.iter().any(|(k, m)| k == "role_map.deploy" && m.contains("twice")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|(k, m)| k == "role_map.deploy" && m.contains("twice")),
+        "{errs:?}"
+    );
     let wrong_type = env(&[("FACTEUR_ROLE_MAP", r#"{"deploy":"123456789012345678"}"#)]);
-    assert_key(&errors(load_from(None, &wrong_type, Process::Server)), "role_map.deploy");
+    assert_key(
+        &errors(load_from(None, &wrong_type, Process::Server)),
+        "role_map.deploy",
+    );
     let not_json = env(&[("FACTEUR_ROLE_MAP", "deploy=1")]);
     let errs = errors(load_from(None, &not_json, Process::Server));
-    assert!(errs.iter().any(|(k, m)| k == "role_map" && m.contains("FACTEUR_ROLE_MAP")), "{errs:?}");
-    let good = env(&[("FACTEUR_ROLE_MAP", r#"{"codex:plan":["12345678901234567","99999999999999999999"]}"#)]);
+    assert!(
+        errs.iter()
+            .any(|(k, m)| k == "role_map" && m.contains("FACTEUR_ROLE_MAP")),
+        "{errs:?}"
+    );
+    let good = env(&[(
+        "FACTEUR_ROLE_MAP",
+        r#"{"codex:plan":["12345678901234567","99999999999999999999"]}"#,
+    )]);
     load_from(None, &good, Process::Server).expect("valid role map");
 }
 
 #[test]
 fn bad_environment_values_name_the_variable() {
-    let e = env(&[("FACTEUR_DISABLE_DISPATCHER", "maybe"), ("FACTEUR_REDIS_POOL_SIZE", "-1")]);
+    let e = env(&[
+        ("FACTEUR_DISABLE_DISPATCHER", "maybe"),
+        ("FACTEUR_REDIS_POOL_SIZE", "-1"),
+    ]);
     let errs = errors(load_from(None, &e, Process::Server));
-    assert!(errs.iter().any(|(k, m)| k == "dispatcher.disabled" && m.contains("FACTEUR_DISABLE_DISPATCHER")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|(k, m)| k == "dispatcher.disabled" && m.contains("FACTEUR_DISABLE_DISPATCHER")),
+        "{errs:?}"
+    );
     assert_key(&errs, "redis.pool_size");
 }
 
@@ -145,36 +211,72 @@ fn each_process_requires_only_its_keys() {
     // The server needs no Discord token; the adapters need no database but need the control plane.
     load_from(None, &BTreeMap::new(), Process::Server).expect("server needs nothing");
     let errs = errors(load_from(None, &BTreeMap::new(), Process::DiscordAdapter));
-    for key in ["control_plane.url", "discord.bot_token", "discord.application_id", "discord.public_key"] {
+    for key in [
+        "control_plane.url",
+        "discord.bot_token",
+        "discord.application_id",
+        "discord.public_key",
+    ] {
         assert_key(&errs, key);
     }
-    assert!(!errs.iter().any(|(k, _)| k.starts_with("database") || k.starts_with("postgres")));
-    let argo = env(&[("FACTEUR_CONTROL_PLANE_URL", "http://127.0.0.1:50051"), ("FACTEUR_DATABASE_URL", "mysql://x")]);
+    assert!(
+        !errs
+            .iter()
+            .any(|(k, _)| k.starts_with("database") || k.starts_with("postgres"))
+    );
+    let argo = env(&[
+        ("FACTEUR_CONTROL_PLANE_URL", "http://127.0.0.1:50051"),
+        ("FACTEUR_DATABASE_URL", "mysql://x"),
+    ]);
     load_from(None, &argo, Process::ArgoAdapter).expect("the argo-adapter ignores the database");
-    assert_key(&errors(load_from(None, &argo, Process::Server)), "database.url");
+    assert_key(
+        &errors(load_from(None, &argo, Process::Server)),
+        "database.url",
+    );
 }
 
 #[test]
 fn secrets_never_appear_in_the_redacted_view_or_debug() {
     let e = env(&[
-        ("FACTEUR_POSTGRES_DSN", "postgres://facteur:hunter2-db@db/facteur"),
+        (
+            "FACTEUR_POSTGRES_DSN",
+            "postgres://facteur:hunter2-db@db/facteur",
+        ),
         ("FACTEUR_REDIS_URL", "redis://:hunter2-redis@cache:6379"),
         ("FACTEUR_DISCORD_BOT_TOKEN", "hunter2-bot"),
         ("FACTEUR_CONTROL_PLANE_TOKEN", "hunter2-cp"),
-        ("FACTEUR_AUTH_TOKENS", r#"[{"name":"ops","role":"admin","token":"hunter2-token-0123"}]"#),
+        (
+            "FACTEUR_AUTH_TOKENS",
+            r#"[{"name":"ops","role":"admin","token":"hunter2-token-0123"}]"#,
+        ),
     ]);
     let c = load_from(None, &e, Process::Server).expect("valid");
     let shown = c.redacted_yaml();
     let debug = format!("{c:?}");
-    for secret in ["hunter2-db", "hunter2-redis", "hunter2-bot", "hunter2-cp", "hunter2-token"] {
-        assert!(!shown.contains(secret), "{secret} leaked into config check output:\n{shown}");
+    for secret in [
+        "hunter2-db",
+        "hunter2-redis",
+        "hunter2-bot",
+        "hunter2-cp",
+        "hunter2-token",
+    ] {
+        assert!(
+            !shown.contains(secret),
+            "{secret} leaked into config check output:\n{shown}"
+        );
         assert!(!debug.contains(secret), "{secret} leaked into Debug");
     }
-    assert!(shown.contains("postgres://facteur:***@db/facteur"), "{shown}");
+    assert!(
+        shown.contains("postgres://facteur:***@db/facteur"),
+        "{shown}"
+    );
 }
 
 #[test]
 fn a_missing_config_file_is_an_error() {
-    let errs = errors(load(Some(std::path::Path::new("/nonexistent/facteur.yaml")), Process::Server));
+    let errs = errors(load(
+        Some(std::path::Path::new("/nonexistent/facteur.yaml")),
+        Process::Server,
+    ));
     assert_key(&errs, "config file");
 }

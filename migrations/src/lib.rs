@@ -1,0 +1,45 @@
+//! Schema migrations of the facteur control plane, for Postgres and SQLite alike.
+//!
+//! [`migrate`] applies every pending migration. On Postgres it first takes a transaction-scoped
+//! advisory lock, so replicas starting together apply them once, one after the other.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::{
+    ConnectionTrait, DatabaseBackend, DatabaseConnection, Statement, TransactionTrait,
+};
+
+mod m20261123_000001_runs;
+
+/// Every migration, in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261123_000001_runs::Migration)]
+    }
+}
+
+/// Arbitrary but fixed key of the migration advisory lock ("facteur" in ASCII).
+const MIGRATION_LOCK_KEY: i64 = 0x0066_6163_7465_7572;
+
+/// Applies pending migrations; safe to call from several processes at once.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    match db.get_database_backend() {
+        DatabaseBackend::Postgres => {
+            // The lock lives on the transaction's connection while the migrator runs on others
+            // from the pool; it is released by commit, or by the connection dying.
+            let lock = db.begin().await?;
+            lock.execute_raw(Statement::from_sql_and_values(
+                DatabaseBackend::Postgres,
+                "SELECT pg_advisory_xact_lock($1)",
+                [MIGRATION_LOCK_KEY.into()],
+            ))
+            .await?;
+            let result = Migrator::up(db, None).await;
+            lock.commit().await?;
+            result
+        }
+        _ => Migrator::up(db, None).await,
+    }
+}

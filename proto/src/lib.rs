@@ -42,7 +42,8 @@ pub use proompteng::facteur::v1 as legacy;
 pub use proompteng::froussard::v1 as froussard;
 
 /// Encoded `FileDescriptorSet` of every file above, for `tonic-reflection`.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/facteur_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/facteur_descriptor.bin"));
 
 /// Fully qualified names of the four `facteur.v1` services.
 pub const SERVICE_NAMES: [&str; 4] = [

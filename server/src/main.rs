@@ -1,1 +1,149 @@
-fn main() {}
+//! `facteur`: serve the control plane, apply migrations, or check the configuration.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use facteur_config::{Process, load, telemetry};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "facteur",
+    version,
+    about = "facteur control plane: Discord and Codex requests become Argo Workflows runs"
+)]
+struct Cli {
+    /// Configuration file (YAML). Also FACTEUR_CONFIG_FILE.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Log as JSON whatever the terminal.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gRPC and HTTP (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load and validate; print the effective configuration with secrets redacted.
+    Check {
+        /// Validate for this process: server, discord-adapter or argo-adapter.
+        #[arg(long, default_value = "server")]
+        process: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    if let Some(Command::Config {
+        command: ConfigCommand::Check { process },
+    }) = &cli.command
+    {
+        let process = match process.as_str() {
+            "server" => Process::Server,
+            "discord-adapter" => Process::DiscordAdapter,
+            "argo-adapter" => Process::ArgoAdapter,
+            other => {
+                eprintln!(
+                    "unknown process `{other}`: expected server, discord-adapter or argo-adapter"
+                );
+                return ExitCode::from(2);
+            }
+        };
+        return match load(cli.config.as_deref(), process) {
+            Ok(c) => {
+                print!("{}", c.redacted_yaml());
+                eprintln!("configuration is valid");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let config = match load(cli.config.as_deref(), Process::Server) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _telemetry = telemetry::init("facteur", &config.telemetry, cli.log_json);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Migrate => facteur_server::app::open_store(&config).await.map(|_| ()),
+        Command::Serve => serve(config).await,
+        Command::Config { .. } => Ok(()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "facteur stopped on an error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: facteur_config::Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let server = facteur_server::start(config, shutdown.clone()).await?;
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!(
+            "shutting down: finishing in-flight requests (signal again to exit at once)"
+        );
+        shutdown.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    server.wait().await.context("server stopped")?;
+    tracing::info!("facteur stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

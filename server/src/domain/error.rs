@@ -1,0 +1,50 @@
+//! Domain errors. One mapping to `tonic::Status` lives in `grpc::status`; one to HTTP status in
+//! `http`. The variant carries the meaning; the message says what failed, in lower case.
+
+/// What can go wrong, by meaning.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller sent something malformed (INVALID_ARGUMENT / 400).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No such thing (NOT_FOUND / 404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is valid but not in the current state (FAILED_PRECONDITION / 409).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The role policy refuses it (PERMISSION_DENIED / 403).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A dependency (database, session store) did not answer (UNAVAILABLE / 503).
+    #[error("{dependency} unavailable: {message}")]
+    Unavailable {
+        /// `database` or `session_store`.
+        dependency: &'static str,
+        /// What failed.
+        message: String,
+    },
+    /// A bug or an unexpected state (INTERNAL / 500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Database failure.
+    pub fn database(e: impl std::fmt::Display) -> Self {
+        Error::Unavailable {
+            dependency: "database",
+            message: e.to_string(),
+        }
+    }
+    /// Session store failure.
+    pub fn session_store(e: impl std::fmt::Display) -> Self {
+        Error::Unavailable {
+            dependency: "session_store",
+            message: e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The domain: runs and their state machine, and the errors every edge maps from.
+//! Free of tonic, sea-orm and redis types: handlers translate at the edge.
+
+pub mod error;
+pub mod run;
+
+pub use error::{Error, Result};
+pub use run::{NewRun, Run, RunEvent, RunSource, RunStatus};

@@ -1,0 +1,401 @@
+//! Runs and the run state machine (DESIGN.md §3).
+//!
+//! ```text
+//! queued ─▶ dispatching ─▶ submitted ─▶ running ─▶ succeeded
+//!    │           │             │           ├─────▶ failed
+//!    │           │             │           └─────▶ error
+//!    └───────────┴─────────────┴───────────────────▶ cancelled
+//! dispatching ─(attempts exhausted)─▶ dead_lettered ─(requeue)─▶ queued
+//! ```
+//!
+//! Transitions only move forward. [`RunStatus::can_move_to`] is the single authority: a late or
+//! repeated report that would move a run backwards is refused, and callers treat it as a no-op.
+
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// State of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RunStatus {
+    /// Accepted; its dispatch waits for an adapter.
+    Queued,
+    /// Leased by an adapter creating the Workflow.
+    Dispatching,
+    /// The Workflow exists; not started yet.
+    Submitted,
+    /// The Workflow runs.
+    Running,
+    /// Terminal: the Workflow succeeded.
+    Succeeded,
+    /// Terminal: the Workflow failed (stopped and terminated Workflows end here too).
+    Failed,
+    /// Terminal: Argo reported an error.
+    Error,
+    /// Terminal: cancelled.
+    Cancelled,
+    /// Every dispatch attempt failed; an admin may requeue it.
+    DeadLettered,
+}
+
+impl RunStatus {
+    /// Every state, in order.
+    pub const ALL: [RunStatus; 9] = [
+        RunStatus::Queued,
+        RunStatus::Dispatching,
+        RunStatus::Submitted,
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Error,
+        RunStatus::Cancelled,
+        RunStatus::DeadLettered,
+    ];
+
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Dispatching => "dispatching",
+            RunStatus::Submitted => "submitted",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Error => "error",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::DeadLettered => "dead_lettered",
+        }
+    }
+
+    /// No transition leaves a terminal state.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Error | RunStatus::Cancelled
+        )
+    }
+
+    /// Position along the forward path; states of one rank are alternatives, not successors.
+    fn rank(self) -> u8 {
+        match self {
+            RunStatus::Queued => 0,
+            RunStatus::Dispatching => 1,
+            RunStatus::DeadLettered => 2,
+            RunStatus::Submitted => 2,
+            RunStatus::Running => 3,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Error | RunStatus::Cancelled => 4,
+        }
+    }
+
+    /// Whether `self → to` is a legal transition.
+    pub fn can_move_to(self, to: RunStatus) -> bool {
+        use RunStatus::*;
+        match (self, to) {
+            (a, b) if a.is_terminal() || a == b => false,
+            // An admin requeue is the one way back, and only from the dead-letter state.
+            (DeadLettered, Queued) => true,
+            (DeadLettered, Cancelled) => true,
+            (DeadLettered, _) => false,
+            (_, DeadLettered) => self == Dispatching || self == Queued,
+            // A failed create attempt hands the dispatch back to the queue for a retry.
+            (Dispatching, Queued) => true,
+            // Argo may report a Workflow's outcome before we saw it running, or before the
+            // adapter's Complete arrived: skipping ahead is fine, going back is not.
+            _ => to.rank() > self.rank(),
+        }
+    }
+
+    /// The run state an Argo Workflow phase means, if any (`""` and unknown phases mean none).
+    pub fn from_argo_phase(phase: &str) -> Option<RunStatus> {
+        match phase {
+            "Pending" => Some(RunStatus::Submitted),
+            "Running" => Some(RunStatus::Running),
+            "Succeeded" => Some(RunStatus::Succeeded),
+            "Failed" => Some(RunStatus::Failed),
+            "Error" => Some(RunStatus::Error),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RunStatus::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown run status `{s}`"))
+    }
+}
+
+/// Where a run came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunSource {
+    /// Discord interaction.
+    Discord,
+    /// CodexTask delivery.
+    Codex,
+    /// Admin call.
+    Admin,
+    /// Legacy `POST /events`.
+    CompatEvent,
+    /// Retry of an earlier run.
+    Retry,
+}
+
+impl RunSource {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunSource::Discord => "discord",
+            RunSource::Codex => "codex",
+            RunSource::Admin => "admin",
+            RunSource::CompatEvent => "compat_event",
+            RunSource::Retry => "retry",
+        }
+    }
+}
+
+impl FromStr for RunSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            RunSource::Discord,
+            RunSource::Codex,
+            RunSource::Admin,
+            RunSource::CompatEvent,
+            RunSource::Retry,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+        .ok_or_else(|| format!("unknown run source `{s}`"))
+    }
+}
+
+/// Who asked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Requester {
+    /// Authenticated principal (token name).
+    pub principal: String,
+    /// Discord user id.
+    pub user_id: String,
+    /// Discord guild id.
+    pub guild_id: String,
+    /// Discord channel id.
+    pub channel_id: String,
+    /// Display name.
+    pub display_name: String,
+}
+
+/// What a caller asks to run; persisted with its dispatch in one transaction.
+#[derive(Clone, Debug)]
+pub struct NewRun {
+    /// Idempotency key (unique across runs).
+    pub idempotency_key: String,
+    /// Command name.
+    pub command: String,
+    /// Origin.
+    pub source: RunSource,
+    /// Requester.
+    pub requester: Requester,
+    /// Namespace of the Workflow.
+    pub namespace: String,
+    /// WorkflowTemplate.
+    pub workflow_template: String,
+    /// Service account (empty: Argo's default).
+    pub service_account: String,
+    /// Prefix of the Workflow name; the rest is derived from the run id.
+    pub workflow_name_prefix: String,
+    /// Parameters (sorted by name by the map).
+    pub parameters: BTreeMap<String, String>,
+    /// The run this retries.
+    pub parent_run_id: Option<String>,
+}
+
+/// A run as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Run {
+    /// UUID.
+    pub id: String,
+    /// Idempotency key.
+    pub idempotency_key: String,
+    /// Command name.
+    pub command: String,
+    /// Origin.
+    pub source: RunSource,
+    /// Current state.
+    pub status: RunStatus,
+    /// Requester.
+    pub requester: Requester,
+    /// Namespace.
+    pub namespace: String,
+    /// WorkflowTemplate.
+    pub workflow_template: String,
+    /// Service account.
+    pub service_account: String,
+    /// Workflow name (deterministic).
+    pub workflow_name: String,
+    /// Workflow UID once created.
+    pub workflow_uid: String,
+    /// Parameters.
+    pub parameters: BTreeMap<String, String>,
+    /// Last message.
+    pub message: String,
+    /// Argo progress.
+    pub progress: String,
+    /// Retried run.
+    pub parent_run_id: Option<String>,
+    /// Dispatch attempts.
+    pub attempts: u32,
+    /// Accepted at.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Workflow start.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Terminal at.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// One history entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunEvent {
+    /// 1-based position.
+    pub sequence: i64,
+    /// Run id.
+    pub run_id: String,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub kind: String,
+    /// Before.
+    pub from_status: RunStatus,
+    /// After.
+    pub to_status: RunStatus,
+    /// Details (JSON object).
+    pub payload: serde_json::Value,
+    /// When.
+    pub time: DateTime<Utc>,
+}
+
+/// Kubernetes names: at most 253 characters of `[a-z0-9-.]`; we keep to 63 so the name also fits
+/// a label value. The run id's 32 hex digits make it unique.
+pub fn workflow_name(prefix: &str, run_id: &uuid::Uuid) -> String {
+    let mut p: String = prefix
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    p.truncate(63 - 32);
+    let p = p.trim_start_matches('-');
+    let p = if p.is_empty() { "run-" } else { p };
+    format!("{p}{}", run_id.simple())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunStatus::*;
+    use super::*;
+
+    #[test]
+    fn forward_path_is_legal() {
+        for (a, b) in [
+            (Queued, Dispatching),
+            (Dispatching, Submitted),
+            (Submitted, Running),
+            (Running, Succeeded),
+            (Running, Failed),
+            (Running, Error),
+        ] {
+            assert!(a.can_move_to(b), "{a} -> {b}");
+        }
+    }
+
+    #[test]
+    fn skipping_ahead_is_legal_going_back_is_not() {
+        assert!(Dispatching.can_move_to(Running));
+        assert!(Submitted.can_move_to(Succeeded));
+        assert!(!Running.can_move_to(Submitted));
+        assert!(!Running.can_move_to(Dispatching));
+        assert!(!Submitted.can_move_to(Dispatching));
+    }
+
+    #[test]
+    fn terminal_states_are_final() {
+        for t in [Succeeded, Failed, Error, Cancelled] {
+            for to in RunStatus::ALL {
+                assert!(!t.can_move_to(to), "{t} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn cancel_from_every_live_state() {
+        for s in [Queued, Dispatching, Submitted, Running, DeadLettered] {
+            assert!(s.can_move_to(Cancelled), "{s}");
+        }
+    }
+
+    #[test]
+    fn dead_letter_only_from_dispatch_and_back_only_by_requeue() {
+        assert!(Dispatching.can_move_to(DeadLettered));
+        assert!(!Running.can_move_to(DeadLettered));
+        assert!(!Submitted.can_move_to(DeadLettered));
+        assert!(DeadLettered.can_move_to(Queued));
+        assert!(!DeadLettered.can_move_to(Running));
+    }
+
+    #[test]
+    fn repeated_state_is_not_a_transition() {
+        for s in RunStatus::ALL {
+            assert!(!s.can_move_to(s));
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for s in RunStatus::ALL {
+            assert_eq!(s.as_str().parse::<RunStatus>(), Ok(s));
+        }
+        assert!("bogus".parse::<RunStatus>().is_err());
+    }
+
+    #[test]
+    fn argo_phases() {
+        assert_eq!(RunStatus::from_argo_phase("Pending"), Some(Submitted));
+        assert_eq!(RunStatus::from_argo_phase("Failed"), Some(Failed));
+        assert_eq!(RunStatus::from_argo_phase(""), None);
+    }
+
+    #[test]
+    fn workflow_names_are_valid_and_deterministic() {
+        let id = uuid::Uuid::parse_str("0190b7a4-7c4e-7b4a-9a57-3c1f2e7d9a10").expect("uuid");
+        let n = workflow_name("codex-autonomous-", &id);
+        assert_eq!(n, "codex-autonomous-0190b7a47c4e7b4a9a573c1f2e7d9a10");
+        assert_eq!(n, workflow_name("codex-autonomous-", &id));
+        let long = workflow_name(
+            "Facteur_Dispatch.With.A.Very.Long.Prefix.That.Goes.On-",
+            &id,
+        );
+        assert!(long.len() <= 63, "{long}");
+        assert!(
+            long.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "{long}"
+        );
+        assert!(workflow_name("", &id).starts_with("run-"));
+    }
+}

@@ -1,0 +1,103 @@
+//! Domain ↔ protobuf conversions.
+
+use crate::domain::run::{Run, RunEvent, RunSource, RunStatus};
+use chrono::{DateTime, Utc};
+use facteur_proto::v1 as pb;
+
+/// `DateTime` → `Timestamp`.
+pub fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// `Timestamp` → `DateTime`, rejecting out-of-range values.
+pub fn from_ts(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+}
+
+/// Domain status → proto enum.
+pub fn status(s: RunStatus) -> pb::RunStatus {
+    match s {
+        RunStatus::Queued => pb::RunStatus::Queued,
+        RunStatus::Dispatching => pb::RunStatus::Dispatching,
+        RunStatus::Submitted => pb::RunStatus::Submitted,
+        RunStatus::Running => pb::RunStatus::Running,
+        RunStatus::Succeeded => pb::RunStatus::Succeeded,
+        RunStatus::Failed => pb::RunStatus::Failed,
+        RunStatus::Error => pb::RunStatus::Error,
+        RunStatus::Cancelled => pb::RunStatus::Cancelled,
+        RunStatus::DeadLettered => pb::RunStatus::DeadLettered,
+    }
+}
+
+/// Proto enum → domain status (`None` for unspecified).
+pub fn status_from(s: pb::RunStatus) -> Option<RunStatus> {
+    RunStatus::ALL.into_iter().find(|d| status(*d) == s)
+}
+
+fn source(s: RunSource) -> pb::RunSource {
+    match s {
+        RunSource::Discord => pb::RunSource::Discord,
+        RunSource::Codex => pb::RunSource::Codex,
+        RunSource::Admin => pb::RunSource::Admin,
+        RunSource::CompatEvent => pb::RunSource::CompatEvent,
+        RunSource::Retry => pb::RunSource::Retry,
+    }
+}
+
+/// Domain run → proto run.
+pub fn run(r: &Run) -> pb::Run {
+    pb::Run {
+        id: r.id.clone(),
+        idempotency_key: r.idempotency_key.clone(),
+        command: r.command.clone(),
+        source: source(r.source) as i32,
+        status: status(r.status) as i32,
+        requester: Some(pb::Requester {
+            principal: r.requester.principal.clone(),
+            discord_user_id: r.requester.user_id.clone(),
+            guild_id: r.requester.guild_id.clone(),
+            channel_id: r.requester.channel_id.clone(),
+            display_name: r.requester.display_name.clone(),
+        }),
+        target: Some(pb::WorkflowTarget {
+            namespace: r.namespace.clone(),
+            workflow_template: r.workflow_template.clone(),
+            service_account: r.service_account.clone(),
+            workflow_name: r.workflow_name.clone(),
+        }),
+        parameters: r
+            .parameters
+            .iter()
+            .map(|(k, v)| pb::Parameter {
+                name: k.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+        workflow_uid: r.workflow_uid.clone(),
+        message: r.message.clone(),
+        progress: r.progress.clone(),
+        parent_run_id: r.parent_run_id.clone().unwrap_or_default(),
+        attempts: r.attempts,
+        created_at: Some(ts(r.created_at)),
+        updated_at: Some(ts(r.updated_at)),
+        started_at: r.started_at.map(ts),
+        finished_at: r.finished_at.map(ts),
+    }
+}
+
+/// Domain event → proto event.
+pub fn event(e: &RunEvent) -> pb::RunEvent {
+    pb::RunEvent {
+        sequence: e.sequence,
+        run_id: e.run_id.clone(),
+        actor: e.actor.clone(),
+        kind: e.kind.clone(),
+        from_status: status(e.from_status) as i32,
+        to_status: status(e.to_status) as i32,
+        payload_json: e.payload.to_string(),
+        time: Some(ts(e.time)),
+    }
+}

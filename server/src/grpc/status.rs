@@ -1,0 +1,30 @@
+//! The one mapping from domain errors to gRPC status codes. Adapters branch on the code.
+
+use crate::domain::Error;
+use tonic::Status;
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        match e {
+            Error::InvalidArgument(m) => Status::invalid_argument(m),
+            Error::NotFound(m) => Status::not_found(m),
+            Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::PermissionDenied(m) => Status::permission_denied(m),
+            e @ Error::Unavailable { .. } => {
+                tracing::warn!(error = %e, "dependency unavailable");
+                Status::unavailable(e.to_string())
+            }
+            Error::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                Status::internal(m)
+            }
+        }
+    }
+}
+
+/// UNIMPLEMENTED naming the capability and the issue that brings it.
+pub fn not_yet(rpc: &str, capability: &str, issue: u32) -> Status {
+    Status::unimplemented(format!(
+        "{rpc} is not available yet: {capability} arrives with issue #{issue}"
+    ))
+}

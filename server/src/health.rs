@@ -1,0 +1,151 @@
+//! Dependency checks behind `/readyz`, `grpc.health.v1` and `AdminService.GetStatus`.
+//!
+//! The database and the session store are each checked with a deadline. A background loop feeds
+//! the gRPC health service, so probes see NOT_SERVING while a dependency is down and SERVING again
+//! as soon as it answers, without a restart.
+
+use crate::metrics::Metrics;
+use crate::session::SessionStore;
+use crate::store::Store;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// Result of one dependency check.
+#[derive(Clone, Debug)]
+pub struct DependencyReport {
+    /// `database` or `session_store`.
+    pub name: &'static str,
+    /// `postgres`, `sqlite`, `redis`, `memory`.
+    pub backend: &'static str,
+    /// Whether it answered in time.
+    pub healthy: bool,
+    /// The error, when unhealthy.
+    pub message: String,
+    /// Round trip.
+    pub latency: Duration,
+}
+
+/// The checks.
+#[derive(Clone)]
+pub struct Health {
+    store: Store,
+    sessions: Arc<dyn SessionStore>,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+}
+
+impl Health {
+    /// Checks `store` and `sessions`, each within `timeout`.
+    pub fn new(
+        store: Store,
+        sessions: Arc<dyn SessionStore>,
+        metrics: Arc<Metrics>,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            store,
+            sessions,
+            metrics,
+            timeout,
+        }
+    }
+
+    /// Runs both checks concurrently.
+    pub async fn check(&self) -> Vec<DependencyReport> {
+        let db = timed(
+            "database",
+            self.store.backend_name(),
+            self.timeout,
+            self.store.ping(),
+        );
+        let ss = timed(
+            "session_store",
+            self.sessions.backend(),
+            self.timeout,
+            self.sessions.ping(),
+        );
+        let (db, ss) = tokio::join!(db, ss);
+        for r in [&db, &ss] {
+            self.metrics.set_gauge(
+                "facteur_dependency_up",
+                vec![("dependency", r.name.into()), ("backend", r.backend.into())],
+                if r.healthy { 1.0 } else { 0.0 },
+            );
+        }
+        vec![db, ss]
+    }
+
+    /// Checks now and publishes the result to the gRPC health service; true when all healthy.
+    pub async fn publish(&self, reporter: &HealthReporter) -> bool {
+        let reports = self.check().await;
+        let ok = reports.iter().all(|r| r.healthy);
+        for r in reports.iter().filter(|r| !r.healthy) {
+            tracing::warn!(dependency = r.name, backend = r.backend, error = %r.message, "dependency check failed");
+        }
+        let status = if ok {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter.set_service_status("", status).await;
+        for name in facteur_proto::SERVICE_NAMES {
+            reporter.set_service_status(name, status).await;
+        }
+        ok
+    }
+
+    /// Re-checks every `interval` until `shutdown`, logging transitions; then NOT_SERVING.
+    pub async fn watch(
+        self,
+        reporter: HealthReporter,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut was_ok = true;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let ok = self.publish(&reporter).await;
+            if ok != was_ok {
+                if ok {
+                    tracing::info!("all dependencies healthy again: serving");
+                } else {
+                    tracing::warn!("a dependency is down: not serving");
+                }
+                was_ok = ok;
+            }
+        }
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+    }
+}
+
+async fn timed(
+    name: &'static str,
+    backend: &'static str,
+    timeout: Duration,
+    fut: impl std::future::Future<Output = crate::domain::Result<()>>,
+) -> DependencyReport {
+    let start = Instant::now();
+    let (healthy, message) = match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(())) => (true, String::new()),
+        Ok(Err(e)) => (false, e.to_string()),
+        Err(_) => (
+            false,
+            format!("{backend} did not answer within {timeout:?}"),
+        ),
+    };
+    DependencyReport {
+        name,
+        backend,
+        healthy,
+        message,
+        latency: start.elapsed(),
+    }
+}

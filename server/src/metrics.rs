@@ -1,0 +1,264 @@
+//! Metrics: one registry rendered as Prometheus text on `/metrics`, mirrored to OpenTelemetry
+//! instruments (exported over OTLP when configured; no-ops otherwise).
+//!
+//! Names of the old service are kept (`facteur_command_events_*`); new ones share the prefix.
+
+use opentelemetry::KeyValue;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Histogram bucket bounds in milliseconds.
+const BUCKETS_MS: [f64; 14] = [
+    0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+
+/// Metric descriptions: name, type, help. Every metric is declared here once.
+const DESCRIPTORS: &[(&str, &str, &str)] = &[
+    (
+        "facteur_build_info",
+        "gauge",
+        "Build information; always 1.",
+    ),
+    (
+        "facteur_grpc_requests_total",
+        "counter",
+        "gRPC requests by method and status code.",
+    ),
+    (
+        "facteur_grpc_request_duration_ms",
+        "histogram",
+        "gRPC request latency in milliseconds.",
+    ),
+    (
+        "facteur_dependency_up",
+        "gauge",
+        "1 when the dependency answered its last health check.",
+    ),
+    (
+        "facteur_command_events_processed_total",
+        "counter",
+        "Runs accepted.",
+    ),
+    (
+        "facteur_command_events_failed_total",
+        "counter",
+        "Runs whose dispatch attempt failed.",
+    ),
+    (
+        "facteur_command_events_dlq_total",
+        "counter",
+        "Dispatches dead-lettered after their last attempt.",
+    ),
+    (
+        "facteur_command_events_duration_ms",
+        "histogram",
+        "Time from run acceptance to Workflow creation, ms.",
+    ),
+];
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS_MS.len()],
+    sum: f64,
+    count: u64,
+}
+
+/// The registry.
+pub struct Metrics {
+    counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
+    gauges: Mutex<BTreeMap<(&'static str, Labels), f64>>,
+    histograms: Mutex<BTreeMap<(&'static str, Labels), Histogram>>,
+    meter: opentelemetry::metrics::Meter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with the build info set and the stable counters at zero.
+    pub fn new() -> Self {
+        let m = Metrics {
+            counters: Mutex::default(),
+            gauges: Mutex::default(),
+            histograms: Mutex::default(),
+            meter: opentelemetry::global::meter("facteur"),
+        };
+        m.set_gauge(
+            "facteur_build_info",
+            vec![("version", env!("CARGO_PKG_VERSION").to_string())],
+            1.0,
+        );
+        for name in [
+            "facteur_command_events_processed_total",
+            "facteur_command_events_failed_total",
+            "facteur_command_events_dlq_total",
+        ] {
+            m.add(name, vec![], 0);
+        }
+        m
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(&self, name: &'static str, labels: Labels, n: u64) {
+        if n > 0 {
+            self.meter.u64_counter(name).build().add(n, &kv(&labels));
+        }
+        if let Ok(mut c) = self.counters.lock() {
+            *c.entry((name, labels)).or_default() += n;
+        }
+    }
+
+    /// Sets a gauge.
+    pub fn set_gauge(&self, name: &'static str, labels: Labels, v: f64) {
+        self.meter.f64_gauge(name).build().record(v, &kv(&labels));
+        if let Ok(mut g) = self.gauges.lock() {
+            g.insert((name, labels), v);
+        }
+    }
+
+    /// Records a duration in a histogram (milliseconds).
+    pub fn observe(&self, name: &'static str, labels: Labels, d: Duration) {
+        let ms = d.as_secs_f64() * 1000.0;
+        self.meter
+            .f64_histogram(name)
+            .with_unit("ms")
+            .build()
+            .record(ms, &kv(&labels));
+        if let Ok(mut h) = self.histograms.lock() {
+            let e = h.entry((name, labels)).or_default();
+            for (i, b) in BUCKETS_MS.iter().enumerate() {
+                if ms <= *b {
+                    e.counts[i] += 1;
+                }
+            }
+            e.sum += ms;
+            e.count += 1;
+        }
+    }
+
+    /// Current value of a counter (tests and status).
+    pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> u64 {
+        let key: Labels = labels.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        self.counters
+            .lock()
+            .map(|c| c.get(&(name, key)).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let counters = self.counters.lock().map(|c| c.clone()).unwrap_or_default();
+        let gauges = self.gauges.lock().map(|g| g.clone()).unwrap_or_default();
+        let histograms = self
+            .histograms
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_default();
+        for (name, kind, help) in DESCRIPTORS {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for ((n, labels), v) in counters.iter().filter(|((n, _), _)| n == name) {
+                let _ = writeln!(out, "{n}{} {v}", fmt_labels(labels, None));
+            }
+            for ((n, labels), v) in gauges.iter().filter(|((n, _), _)| n == name) {
+                let _ = writeln!(out, "{n}{} {v}", fmt_labels(labels, None));
+            }
+            for ((n, labels), h) in histograms.iter().filter(|((n, _), _)| n == name) {
+                for (i, b) in BUCKETS_MS.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "{n}_bucket{} {}",
+                        fmt_labels(labels, Some(&b.to_string())),
+                        h.counts[i]
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "{n}_bucket{} {}",
+                    fmt_labels(labels, Some("+Inf")),
+                    h.count
+                );
+                let _ = writeln!(out, "{n}_sum{} {}", fmt_labels(labels, None), h.sum);
+                let _ = writeln!(out, "{n}_count{} {}", fmt_labels(labels, None), h.count);
+            }
+        }
+        out
+    }
+}
+
+fn kv(labels: &Labels) -> Vec<KeyValue> {
+    labels
+        .iter()
+        .map(|(k, v)| KeyValue::new(*k, v.clone()))
+        .collect()
+}
+
+fn fmt_labels(labels: &Labels, le: Option<&str>) -> String {
+    let mut parts: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}=\"{}\"",
+                v.replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n")
+            )
+        })
+        .collect();
+    if let Some(le) = le {
+        parts.push(format!("le=\"{le}\""));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::new();
+        m.add(
+            "facteur_grpc_requests_total",
+            vec![("method", "/a.B/C".into()), ("code", "0".into())],
+            2,
+        );
+        m.observe(
+            "facteur_grpc_request_duration_ms",
+            vec![("method", "/a.B/C".into())],
+            Duration::from_millis(3),
+        );
+        let text = m.render();
+        assert!(text.contains("# TYPE facteur_grpc_requests_total counter"));
+        assert!(
+            text.contains("facteur_grpc_requests_total{method=\"/a.B/C\",code=\"0\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("facteur_grpc_request_duration_ms_bucket{method=\"/a.B/C\",le=\"5\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "facteur_grpc_request_duration_ms_bucket{method=\"/a.B/C\",le=\"2.5\"} 0"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("facteur_command_events_dlq_total 0"),
+            "{text}"
+        );
+        assert!(text.contains("facteur_build_info{version="), "{text}");
+    }
+}

@@ -1,0 +1,28 @@
+//! What every handler shares.
+
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::session::SessionStore;
+use crate::store::Store;
+use chrono::{DateTime, Utc};
+use facteur_config::Config;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Shared state of one server process.
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Config,
+    /// The database.
+    pub store: Store,
+    /// The session store.
+    pub sessions: Arc<dyn SessionStore>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Dependency checks.
+    pub health: Health,
+    /// Process start.
+    pub started_at: DateTime<Utc>,
+    /// Cancelled when shutdown starts; server streams end on it.
+    pub shutdown: CancellationToken,
+}

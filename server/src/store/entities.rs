@@ -1,0 +1,93 @@
+//! sea-orm entities of the facteur tables (created by `facteur-migrations`).
+#![allow(missing_docs)] // generated-style entity modules: the columns are documented in the migration
+
+pub mod runs {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "runs")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub idempotency_key: String,
+        pub command: String,
+        pub source: String,
+        pub status: String,
+        pub requester_principal: String,
+        pub requester_user_id: String,
+        pub guild_id: String,
+        pub channel_id: String,
+        pub requester_name: String,
+        pub namespace: String,
+        pub workflow_template: String,
+        pub service_account: String,
+        pub workflow_name: String,
+        pub workflow_uid: String,
+        pub parameters: String,
+        pub message: String,
+        pub progress: String,
+        pub parent_run_id: Option<String>,
+        pub attempts: i32,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+        pub started_at: Option<DateTimeUtc>,
+        pub finished_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod run_events {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "run_events")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub run_id: String,
+        pub sequence: i64,
+        pub actor: String,
+        pub kind: String,
+        pub from_status: String,
+        pub to_status: String,
+        pub payload: String,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod dispatches {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "dispatches")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub run_id: String,
+        pub kind: String,
+        pub state: String,
+        pub attempts: i32,
+        pub available_at: DateTimeUtc,
+        pub lease_owner: String,
+        pub lease_token: String,
+        pub lease_expires_at: Option<DateTimeUtc>,
+        pub last_error: String,
+        pub dead_lettered_at: Option<DateTimeUtc>,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

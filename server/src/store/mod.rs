@@ -1,0 +1,379 @@
+//! Persistence of runs, their history and their dispatches, on Postgres or SQLite (sea-orm).
+//!
+//! A run, its first dispatch and its first history entry are written in one transaction (the
+//! outbox): no run without a dispatch, no dispatch without a run. The idempotency key is unique,
+//! so a replay, on any replica and at any time, finds the original run.
+
+pub mod entities;
+
+use crate::domain::run::{NewRun, Requester, Run, RunEvent, RunSource, RunStatus, workflow_name};
+use crate::domain::{Error, Result};
+use chrono::{DateTime, Utc};
+use entities::{dispatches, run_events, runs};
+use facteur_config::DatabaseBackend;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbErr,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Dispatch kinds as stored.
+pub mod dispatch_kind {
+    /// Create the Workflow.
+    pub const CREATE: &str = "create";
+}
+
+/// Dispatch states as stored.
+pub mod dispatch_state {
+    /// Waiting for `available_at`.
+    pub const PENDING: &str = "pending";
+}
+
+/// Filter of [`Store::list_runs`].
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    /// Only this state.
+    pub status: Option<RunStatus>,
+    /// Only this command.
+    pub command: Option<String>,
+    /// Principal or Discord user id.
+    pub requester: Option<String>,
+    /// Guild id.
+    pub guild_id: Option<String>,
+    /// Created at or after.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before.
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+/// The database of the control plane.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+    backend: DatabaseBackend,
+}
+
+impl Store {
+    /// Connects (creating the SQLite file if needed). Does not migrate.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        connect_timeout: Duration,
+    ) -> Result<Store> {
+        let backend = if url.starts_with("sqlite:") {
+            DatabaseBackend::Sqlite
+        } else {
+            DatabaseBackend::Postgres
+        };
+        let mut opts = ConnectOptions::new(url.to_string());
+        opts.max_connections(max_connections)
+            .min_connections(1)
+            .connect_timeout(connect_timeout)
+            .acquire_timeout(connect_timeout)
+            // Statements are not logged: parameters could carry user data.
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true)
+            });
+        let db = Database::connect(opts).await.map_err(Error::database)?;
+        Ok(Store { db, backend })
+    }
+
+    /// Applies pending migrations (under an advisory lock on Postgres).
+    pub async fn migrate(&self) -> Result<()> {
+        facteur_migrations::migrate(&self.db)
+            .await
+            .map_err(Error::database)
+    }
+
+    /// `postgres` or `sqlite`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            DatabaseBackend::Postgres => "postgres",
+            DatabaseBackend::Sqlite => "sqlite",
+        }
+    }
+
+    /// The underlying connection (for tests and later stores sharing the pool).
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Round trip to the database.
+    pub async fn ping(&self) -> Result<()> {
+        self.db.ping().await.map_err(Error::database)
+    }
+
+    /// Closes the pool.
+    pub async fn close(self) {
+        let _ = self.db.close().await;
+    }
+
+    /// Persists a run with its create dispatch and its `created` event in one transaction.
+    /// Returns the run and whether it already existed under the same idempotency key.
+    pub async fn create_run(&self, new: NewRun, actor: &str) -> Result<(Run, bool)> {
+        if new.idempotency_key.is_empty() || new.idempotency_key.len() > 200 {
+            return Err(Error::InvalidArgument(
+                "idempotency key must be 1 to 200 characters".into(),
+            ));
+        }
+        if let Some(existing) = self.run_by_key(&new.idempotency_key).await? {
+            return Ok((existing, true));
+        }
+        let id = uuid::Uuid::now_v7();
+        let now = Utc::now();
+        let run = runs::ActiveModel {
+            id: Set(id.to_string()),
+            idempotency_key: Set(new.idempotency_key.clone()),
+            command: Set(new.command.clone()),
+            source: Set(new.source.as_str().into()),
+            status: Set(RunStatus::Queued.as_str().into()),
+            requester_principal: Set(new.requester.principal.clone()),
+            requester_user_id: Set(new.requester.user_id.clone()),
+            guild_id: Set(new.requester.guild_id.clone()),
+            channel_id: Set(new.requester.channel_id.clone()),
+            requester_name: Set(new.requester.display_name.clone()),
+            namespace: Set(new.namespace.clone()),
+            workflow_template: Set(new.workflow_template.clone()),
+            service_account: Set(new.service_account.clone()),
+            workflow_name: Set(workflow_name(&new.workflow_name_prefix, &id)),
+            workflow_uid: Set(String::new()),
+            parameters: Set(serde_json::to_string(&new.parameters)
+                .map_err(|e| Error::Internal(e.to_string()))?),
+            message: Set(String::new()),
+            progress: Set(String::new()),
+            parent_run_id: Set(new.parent_run_id.clone()),
+            attempts: Set(0),
+            created_at: Set(now),
+            updated_at: Set(now),
+            started_at: Set(None),
+            finished_at: Set(None),
+        };
+        let dispatch = dispatches::ActiveModel {
+            id: Set(uuid::Uuid::now_v7().to_string()),
+            run_id: Set(id.to_string()),
+            kind: Set(dispatch_kind::CREATE.into()),
+            state: Set(dispatch_state::PENDING.into()),
+            attempts: Set(0),
+            available_at: Set(now),
+            lease_owner: Set(String::new()),
+            lease_token: Set(String::new()),
+            lease_expires_at: Set(None),
+            last_error: Set(String::new()),
+            dead_lettered_at: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        let payload = serde_json::json!({
+            "source": new.source.as_str(),
+            "command": new.command,
+            "workflow_template": new.workflow_template,
+            "namespace": new.namespace,
+            "parent_run_id": new.parent_run_id,
+        });
+        let event = run_events::ActiveModel {
+            run_id: Set(id.to_string()),
+            sequence: Set(1),
+            actor: Set(actor.to_string()),
+            kind: Set("created".into()),
+            from_status: Set(RunStatus::Queued.as_str().into()),
+            to_status: Set(RunStatus::Queued.as_str().into()),
+            payload: Set(payload.to_string()),
+            created_at: Set(now),
+            ..Default::default()
+        };
+
+        // The insert is the transaction's first statement, so SQLite takes the write lock at
+        // once instead of failing a read-to-write upgrade under contention.
+        let txn = self.db.begin().await.map_err(Error::database)?;
+        let inserted = runs::Entity::insert(run).exec_without_returning(&txn).await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                let _ = txn.rollback().await;
+                // Another replica or request won the race for this key: answer with its run.
+                return match self.run_by_key(&new.idempotency_key).await? {
+                    Some(existing) => Ok((existing, true)),
+                    None => Err(Error::Internal(format!(
+                        "run insert conflicted but no run has key: {e}"
+                    ))),
+                };
+            }
+            Err(e) => return Err(Error::database(e)),
+        }
+        dispatches::Entity::insert(dispatch)
+            .exec_without_returning(&txn)
+            .await
+            .map_err(Error::database)?;
+        run_events::Entity::insert(event)
+            .exec_without_returning(&txn)
+            .await
+            .map_err(Error::database)?;
+        txn.commit().await.map_err(Error::database)?;
+        let run = self
+            .get_run(&id.to_string())
+            .await?
+            .ok_or_else(|| Error::Internal("run vanished after commit".into()))?;
+        Ok((run, false))
+    }
+
+    /// A run by id.
+    pub async fn get_run(&self, id: &str) -> Result<Option<Run>> {
+        let m = runs::Entity::find_by_id(id.to_string())
+            .one(&self.db)
+            .await
+            .map_err(Error::database)?;
+        m.map(run_from_model).transpose()
+    }
+
+    /// A run by idempotency key.
+    pub async fn run_by_key(&self, key: &str) -> Result<Option<Run>> {
+        let m = runs::Entity::find()
+            .filter(runs::Column::IdempotencyKey.eq(key))
+            .one(&self.db)
+            .await
+            .map_err(Error::database)?;
+        m.map(run_from_model).transpose()
+    }
+
+    /// A run's history, oldest first.
+    pub async fn run_events(&self, run_id: &str) -> Result<Vec<RunEvent>> {
+        run_events::Entity::find()
+            .filter(run_events::Column::RunId.eq(run_id))
+            .order_by_asc(run_events::Column::Sequence)
+            .all(&self.db)
+            .await
+            .map_err(Error::database)?
+            .into_iter()
+            .map(event_from_model)
+            .collect()
+    }
+
+    /// Runs newest first, after the keyset cursor `after` (`created_at` and id of the last one).
+    pub async fn list_runs(
+        &self,
+        f: &RunFilter,
+        limit: u64,
+        after: Option<(DateTime<Utc>, String)>,
+    ) -> Result<Vec<Run>> {
+        let mut q = runs::Entity::find();
+        if let Some(s) = f.status {
+            q = q.filter(runs::Column::Status.eq(s.as_str()));
+        }
+        if let Some(c) = &f.command {
+            q = q.filter(runs::Column::Command.eq(c.as_str()));
+        }
+        if let Some(r) = &f.requester {
+            q = q.filter(
+                sea_orm::Condition::any()
+                    .add(runs::Column::RequesterPrincipal.eq(r.as_str()))
+                    .add(runs::Column::RequesterUserId.eq(r.as_str())),
+            );
+        }
+        if let Some(g) = &f.guild_id {
+            q = q.filter(runs::Column::GuildId.eq(g.as_str()));
+        }
+        if let Some(t) = f.created_after {
+            q = q.filter(runs::Column::CreatedAt.gte(t));
+        }
+        if let Some(t) = f.created_before {
+            q = q.filter(runs::Column::CreatedAt.lt(t));
+        }
+        if let Some((t, id)) = after {
+            q = q.filter(
+                sea_orm::Condition::any()
+                    .add(runs::Column::CreatedAt.lt(t))
+                    .add(
+                        sea_orm::Condition::all()
+                            .add(runs::Column::CreatedAt.eq(t))
+                            .add(runs::Column::Id.lt(id)),
+                    ),
+            );
+        }
+        q.order_by_desc(runs::Column::CreatedAt)
+            .order_by_desc(runs::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(Error::database)?
+            .into_iter()
+            .map(run_from_model)
+            .collect()
+    }
+
+    /// Number of dispatches of a run (the outbox invariant: every run has at least one).
+    pub async fn dispatch_count(&self, run_id: &str) -> Result<u64> {
+        dispatches::Entity::find()
+            .filter(dispatches::Column::RunId.eq(run_id))
+            .count(&self.db)
+            .await
+            .map_err(Error::database)
+    }
+}
+
+fn is_unique_violation(e: &DbErr) -> bool {
+    matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("stored {what} is invalid: {e}"))
+}
+
+fn run_from_model(m: runs::Model) -> Result<Run> {
+    let parameters: BTreeMap<String, String> =
+        serde_json::from_str(&m.parameters).map_err(|e| corrupt("parameters", e))?;
+    Ok(Run {
+        status: m.status.parse().map_err(|e| corrupt("status", e))?,
+        source: m
+            .source
+            .parse::<RunSource>()
+            .map_err(|e| corrupt("source", e))?,
+        requester: Requester {
+            principal: m.requester_principal,
+            user_id: m.requester_user_id,
+            guild_id: m.guild_id,
+            channel_id: m.channel_id,
+            display_name: m.requester_name,
+        },
+        id: m.id,
+        idempotency_key: m.idempotency_key,
+        command: m.command,
+        namespace: m.namespace,
+        workflow_template: m.workflow_template,
+        service_account: m.service_account,
+        workflow_name: m.workflow_name,
+        workflow_uid: m.workflow_uid,
+        parameters,
+        message: m.message,
+        progress: m.progress,
+        parent_run_id: m.parent_run_id,
+        attempts: m.attempts.max(0) as u32,
+        created_at: m.created_at,
+        updated_at: m.updated_at,
+        started_at: m.started_at,
+        finished_at: m.finished_at,
+    })
+}
+
+fn event_from_model(m: run_events::Model) -> Result<RunEvent> {
+    Ok(RunEvent {
+        sequence: m.sequence,
+        from_status: m
+            .from_status
+            .parse()
+            .map_err(|e| corrupt("event status", e))?,
+        to_status: m
+            .to_status
+            .parse()
+            .map_err(|e| corrupt("event status", e))?,
+        payload: serde_json::from_str(&m.payload).map_err(|e| corrupt("event payload", e))?,
+        run_id: m.run_id,
+        actor: m.actor,
+        kind: m.kind,
+        time: m.created_at,
+    })
+}
