@@ -320,7 +320,7 @@ impl Config {
     pub fn redacted_yaml(&self) -> String {
         let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
         for path in ["database.url", "postgres.dsn", "redis.url"] {
-            redact_at(&mut v, path, |s| crate::model::redact_url(s));
+            redact_at(&mut v, path, crate::model::redact_url);
         }
         for path in ["discord.bot_token", "control_plane.token"] {
             redact_at(&mut v, path, |_| "[redacted]".into());

@@ -1,1 +1,357 @@
+//! Shared support of the cross-process suite: a real server on port 0 over SQLite or a freshly
+//! created Postgres database, Redis with a unique key prefix, a TCP proxy that can cut a
+//! dependency off, and condition-waiting helpers (no fixed sleeps).
+//!
+//! Postgres and Redis are real servers: `FACTEUR_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and `FACTEUR_TEST_REDIS_URL` (default
+//! `redis://127.0.0.1:6379`). Every test makes its own database and key prefix and removes them.
 
+use facteur_client::{Client, ClientConfig};
+use facteur_config::{Config, Process, Secret, TokenConfig};
+use facteur_server::RunningServer;
+use sea_orm::{ConnectionTrait, Database};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// Admin token used by [`with_tokens`].
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// argo-adapter token used by [`with_tokens`].
+pub const ARGO_TOKEN: &str = "test-argo-token-0123456789";
+/// discord-adapter token used by [`with_tokens`].
+pub const DISCORD_TOKEN: &str = "test-discord-token-0123456789";
+/// codex-submitter token used by [`with_tokens`].
+pub const CODEX_TOKEN: &str = "test-codex-token-0123456789";
+
+/// Which database a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in a temporary directory.
+    Sqlite,
+    /// A new database on the local Postgres server.
+    Postgres,
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("FACTEUR_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Redis URL of the test server.
+pub fn redis_url() -> String {
+    std::env::var("FACTEUR_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A database made for one test; removed on drop.
+pub struct TestDb {
+    /// Connection URL.
+    pub url: String,
+    pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    /// Creates an empty database on `backend`.
+    pub async fn new(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let url = format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("facteur.db").display()
+                );
+                TestDb {
+                    url,
+                    pg_name: None,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let name = format!("facteur_test_{}", uuid::Uuid::new_v4().simple());
+                let admin = Database::connect(postgres_admin_url())
+                    .await
+                    .expect("connect to the test Postgres server");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create test database");
+                let _ = admin.close().await;
+                let base = postgres_admin_url();
+                let url = match base.rsplit_once('/') {
+                    Some((head, _)) => format!("{head}/{name}"),
+                    None => panic!("FACTEUR_TEST_POSTGRES_URL must name a database"),
+                };
+                TestDb {
+                    url,
+                    pg_name: Some(name),
+                    _dir: None,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
+        // Drop runs outside any runtime guarantee: use a private one on a helper thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok(admin) = Database::connect(postgres_admin_url()).await {
+                    let _ = admin
+                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                    let _ = admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A unique Redis key prefix; its keys are deleted on drop.
+pub struct RedisPrefix(pub String);
+
+impl RedisPrefix {
+    /// `facteur-test:<uuid>:`.
+    pub fn new() -> Self {
+        RedisPrefix(format!("facteur-test:{}:", uuid::Uuid::new_v4().simple()))
+    }
+}
+
+impl Default for RedisPrefix {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        let pattern = format!("{}*", self.0);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let Ok(pool) = deadpool_redis::Config::from_url(redis_url())
+                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+                else {
+                    return;
+                };
+                let Ok(mut conn) = pool.get().await else {
+                    return;
+                };
+                let keys: Vec<String> = deadpool_redis::redis::cmd("KEYS")
+                    .arg(&pattern)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: Result<i64, _> = deadpool_redis::redis::cmd("DEL")
+                        .arg(keys)
+                        .query_async(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A configuration for tests: loopback listeners on port 0, the given database, in-memory sessions.
+pub fn config(db: &TestDb) -> Config {
+    let mut c = facteur_config::load_from(None, &Default::default(), Process::Server)
+        .expect("default config");
+    c.server.grpc_listen_address = "127.0.0.1:0".into();
+    c.server.listen_address = "127.0.0.1:0".into();
+    c.server.health_check_interval_seconds = 1;
+    c.server.shutdown_grace_seconds = 5;
+    c.database.url = Secret(db.url.clone());
+    c.database.max_connections = 5;
+    c
+}
+
+/// Adds one token per role ([`ADMIN_TOKEN`], [`ARGO_TOKEN`], ...).
+pub fn with_tokens(mut c: Config) -> Config {
+    c.auth.tokens = [
+        ("ops", "admin", ADMIN_TOKEN),
+        ("argo", "argo-adapter", ARGO_TOKEN),
+        ("discord", "discord-adapter", DISCORD_TOKEN),
+        ("froussard", "codex-submitter", CODEX_TOKEN),
+    ]
+    .into_iter()
+    .map(|(name, role, token)| TokenConfig {
+        name: name.into(),
+        role: role.into(),
+        token: Secret(token.into()),
+    })
+    .collect();
+    c
+}
+
+/// A server started for one test.
+pub struct TestServer {
+    /// The running server.
+    pub server: RunningServer,
+}
+
+impl TestServer {
+    /// Starts `config` (validated like the binary does).
+    pub async fn start(config: Config) -> TestServer {
+        let errs = config.validate(Process::Server);
+        assert!(errs.is_empty(), "test config invalid: {errs:?}");
+        let server = facteur_server::start(config, CancellationToken::new())
+            .await
+            .expect("server starts");
+        TestServer { server }
+    }
+
+    /// `http://<grpc addr>`.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.server.grpc_addr)
+    }
+
+    /// `http://<http addr><path>`.
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.server.http_addr)
+    }
+
+    /// A client presenting `token` (empty: none).
+    pub async fn client(&self, token: &str) -> Client {
+        Client::connect(ClientConfig::new(self.grpc_url()).with_token(token))
+            .await
+            .expect("client connects")
+    }
+
+    /// Shuts down and waits.
+    pub async fn stop(self) {
+        self.server.stop().await.expect("clean shutdown");
+    }
+}
+
+/// Polls `cond` every 20 ms until it is true or `timeout` passes; panics with `what` on timeout.
+#[track_caller]
+pub fn wait_until<'a, F, Fut>(
+    what: &'a str,
+    timeout: Duration,
+    mut cond: F,
+) -> impl Future<Output = ()> + 'a
+where
+    F: FnMut() -> Fut + 'a,
+    Fut: Future<Output = bool> + 'a,
+{
+    let caller = std::panic::Location::caller();
+    async move {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cond().await {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out after {timeout:?} waiting for {what} (at {caller})");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A TCP proxy in front of a dependency that a test can cut off and restore. While cut, open
+/// connections are closed and new ones are accepted and closed at once.
+pub struct CuttableProxy {
+    /// Address to connect to instead of the upstream.
+    pub addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+    stop: CancellationToken,
+}
+
+impl CuttableProxy {
+    /// Proxies to `upstream` (`host:port`).
+    pub async fn start(upstream: &str) -> CuttableProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let cut = Arc::new(AtomicBool::new(false));
+        let (tx, _) = tokio::sync::watch::channel(0u64);
+        let generation = Arc::new(tx);
+        let stop = CancellationToken::new();
+        let upstream = upstream.to_string();
+        let (c, g, s) = (cut.clone(), generation.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = s.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((mut inbound, _)) = accepted else {
+                    continue;
+                };
+                if c.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut killed = g.subscribe();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = killed.changed() => {}
+                    }
+                });
+            }
+        });
+        CuttableProxy {
+            addr,
+            cut,
+            generation,
+            stop,
+        }
+    }
+
+    /// Closes every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+/// A run for store-level set-up.
+pub fn sample_run(key: &str) -> facteur_server::domain::NewRun {
+    facteur_server::domain::NewRun {
+        idempotency_key: key.into(),
+        command: "dispatch".into(),
+        source: facteur_server::domain::RunSource::Admin,
+        requester: Default::default(),
+        namespace: "argo-workflows".into(),
+        workflow_template: "facteur-dispatch".into(),
+        service_account: String::new(),
+        workflow_name_prefix: "facteur-dispatch-".into(),
+        parameters: [("payload".to_string(), "{}".to_string())].into(),
+        parent_run_id: None,
+    }
+}

@@ -1,0 +1,254 @@
+//! The run store on both backends: the outbox transaction, durable idempotency (including under
+//! concurrency), history, listing with filters and pagination, and concurrent migrations.
+
+use facteur_client::pb;
+use facteur_server::domain::{RunSource, RunStatus};
+use facteur_server::store::{RunFilter, Store};
+use facteur_tests::*;
+use std::time::Duration;
+
+async fn store(db: &TestDb) -> Store {
+    let s = Store::connect(&db.url, 10, Duration::from_secs(5))
+        .await
+        .expect("connect");
+    s.migrate().await.expect("migrate");
+    s
+}
+
+async fn create_is_transactional_and_idempotent(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = store(&db).await;
+    let (run, dup) = s
+        .create_run(sample_run("key-1"), "ops")
+        .await
+        .expect("create");
+    assert!(!dup);
+    assert_eq!(run.status, RunStatus::Queued);
+    assert_eq!(run.source, RunSource::Admin);
+    assert_eq!(
+        run.parameters.get("payload").map(String::as_str),
+        Some("{}")
+    );
+    assert!(
+        run.workflow_name.starts_with("facteur-dispatch-") && run.workflow_name.len() <= 63,
+        "{}",
+        run.workflow_name
+    );
+    assert_eq!(
+        s.dispatch_count(&run.id).await.expect("count"),
+        1,
+        "a run comes with its dispatch"
+    );
+    let events = s.run_events(&run.id).await.expect("events");
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (
+            events[0].sequence,
+            events[0].kind.as_str(),
+            events[0].actor.as_str()
+        ),
+        (1, "created", "ops")
+    );
+
+    let (again, dup) = s
+        .create_run(sample_run("key-1"), "ops")
+        .await
+        .expect("replay");
+    assert!(dup);
+    assert_eq!(again.id, run.id);
+    assert_eq!(
+        s.dispatch_count(&run.id).await.expect("count"),
+        1,
+        "a replay starts nothing"
+    );
+
+    // A replay finds the run through a new connection pool too (another replica).
+    let other = store(&db).await;
+    let (third, dup) = other
+        .create_run(sample_run("key-1"), "ops")
+        .await
+        .expect("replay elsewhere");
+    assert!(dup && third.id == run.id);
+}
+
+#[tokio::test]
+async fn create_is_transactional_and_idempotent_on_sqlite() {
+    create_is_transactional_and_idempotent(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn create_is_transactional_and_idempotent_on_postgres() {
+    create_is_transactional_and_idempotent(Backend::Postgres).await;
+}
+
+async fn concurrent_replays_make_one_run(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = store(&db).await;
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.create_run(sample_run("same-key"), "ops").await
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    let mut fresh = 0;
+    for t in tasks {
+        let (run, dup) = t.await.expect("task").expect("create under contention");
+        ids.insert(run.id);
+        fresh += usize::from(!dup);
+    }
+    assert_eq!(ids.len(), 1, "one run for one key");
+    assert_eq!(fresh, 1, "exactly one call created it");
+    let all = s
+        .list_runs(&RunFilter::default(), 100, None)
+        .await
+        .expect("list");
+    assert_eq!(all.len(), 1);
+    assert_eq!(s.dispatch_count(&all[0].id).await.expect("count"), 1);
+}
+
+#[tokio::test]
+async fn concurrent_replays_make_one_run_on_sqlite() {
+    concurrent_replays_make_one_run(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn concurrent_replays_make_one_run_on_postgres() {
+    concurrent_replays_make_one_run(Backend::Postgres).await;
+}
+
+async fn list_filters_and_pages(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut cfg = config(&db);
+    cfg.database.max_connections = 5;
+    let srv = TestServer::start(cfg).await;
+    let s = srv.server.state.store.clone();
+    for i in 0..7 {
+        let mut r = sample_run(&format!("k{i}"));
+        if i % 2 == 0 {
+            r.command = "deploy".into();
+            r.requester.user_id = "123456789012345678".into();
+        }
+        s.create_run(r, "ops").await.expect("create");
+    }
+    let c = srv.client("").await;
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .admin()
+            .list_runs(pb::ListRunsRequest {
+                page_size: 3,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        assert!(page.runs.len() <= 3);
+        seen.extend(page.runs.into_iter().map(|r| r.idempotency_key));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(
+        seen,
+        vec!["k6", "k5", "k4", "k3", "k2", "k1", "k0"],
+        "newest first, no gaps or repeats"
+    );
+
+    let deploys = c
+        .admin()
+        .list_runs(pb::ListRunsRequest {
+            command: "deploy".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("filter")
+        .into_inner();
+    assert_eq!(deploys.runs.len(), 4);
+    let by_user = c
+        .admin()
+        .list_runs(pb::ListRunsRequest {
+            requester: "123456789012345678".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("filter")
+        .into_inner();
+    assert_eq!(by_user.runs.len(), 4);
+    let running = c
+        .admin()
+        .list_runs(pb::ListRunsRequest {
+            status: pb::RunStatus::Running as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("filter")
+        .into_inner();
+    assert!(running.runs.is_empty());
+
+    let bad = c
+        .admin()
+        .list_runs(pb::ListRunsRequest {
+            page_token: "garbage".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad token");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("page_token"));
+    let bad = c
+        .admin()
+        .get_run(pb::GetRunRequest {
+            run_id: "nope".into(),
+        })
+        .await
+        .expect_err("bad id");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let missing = c
+        .admin()
+        .get_run(pb::GetRunRequest {
+            run_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .expect_err("missing");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn list_filters_and_pages_on_sqlite() {
+    list_filters_and_pages(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn list_filters_and_pages_on_postgres() {
+    list_filters_and_pages(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn replicas_migrating_together_on_postgres_are_safe() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let url = db.url.clone();
+        tasks.push(tokio::spawn(async move {
+            let s = Store::connect(&url, 3, Duration::from_secs(10))
+                .await
+                .expect("connect");
+            s.migrate().await
+        }));
+    }
+    for t in tasks {
+        t.await
+            .expect("task")
+            .expect("every replica migrates without error");
+    }
+    let s = store(&db).await;
+    s.create_run(sample_run("after-migrate"), "ops")
+        .await
+        .expect("schema usable");
+}
