@@ -115,22 +115,9 @@ fn code_name(c: tonic::Code) -> String {
 }
 
 fn fmt_time(unix: i64) -> String {
-    // Days since the epoch → civil date (Howard Hinnant's algorithm), to avoid a date crate here.
-    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
+    chrono::DateTime::from_timestamp(unix, 0).map_or_else(
+        || unix.to_string(),
+        |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string(),
     )
 }
 
@@ -167,7 +154,7 @@ mod tests {
     #[test]
     fn dates_and_tables() {
         assert_eq!(fmt_time(0), "1970-01-01 00:00:00Z");
-        assert_eq!(fmt_time(1_795_363_200), "2026-11-23 00:00:00Z");
+        assert_eq!(fmt_time(1_795_392_000), "2026-11-23 00:00:00Z");
         let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
         assert_eq!(t, "A    BB\nxxx  y\n");
     }

@@ -322,7 +322,11 @@ impl Config {
         for path in ["database.url", "postgres.dsn", "redis.url"] {
             redact_at(&mut v, path, crate::model::redact_url);
         }
-        for path in ["discord.bot_token", "control_plane.token"] {
+        for path in [
+            "discord.bot_token",
+            "control_plane.token",
+            "argo.callback_token",
+        ] {
             redact_at(&mut v, path, |_| "[redacted]".into());
         }
         if let Some(Value::Array(tokens)) = v.pointer_mut("/auth/tokens") {

@@ -74,6 +74,190 @@ pub struct Config {
     pub codex_implementation_orchestrator: CodexOrchestratorConfig,
     /// Run dispatching.
     pub dispatcher: DispatcherConfig,
+    /// The command catalog. Empty: one command, `dispatch`, running `argo.workflow_template`
+    /// with a `payload` option (the deployed `facteur-dispatch` template's one parameter).
+    pub commands: Vec<CommandConfig>,
+}
+
+/// One command of the catalog (`commands[]`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommandConfig {
+    /// Command name (`^[a-z0-9:_-]+$`, 1–32 characters).
+    pub name: String,
+    /// Description shown by Discord (1–100 characters).
+    pub description: String,
+    /// WorkflowTemplate; empty uses `argo.workflow_template`.
+    pub workflow_template: String,
+    /// Namespace; empty uses `argo.namespace`.
+    pub namespace: String,
+    /// Service account; empty uses `argo.service_account`.
+    pub service_account: String,
+    /// Prefix of Workflow names; empty uses `<name>-`.
+    pub workflow_name_prefix: String,
+    /// Options; each value becomes the Argo parameter of the same name (or `parameter`).
+    pub options: Vec<OptionConfig>,
+    /// Replies only the invoker sees.
+    pub ephemeral: bool,
+}
+
+/// One option of a command (`commands[].options[]`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptionConfig {
+    /// Option name (lower case, 1–32 characters).
+    pub name: String,
+    /// Description shown by Discord.
+    pub description: String,
+    /// `string`, `integer`, `number`, `boolean`, `user`, `channel` or `role`. Default `string`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Must be given.
+    pub required: bool,
+    /// Fixed choices (at most 25).
+    pub choices: Vec<ChoiceConfig>,
+    /// Minimum for numbers.
+    pub min_value: Option<f64>,
+    /// Maximum for numbers.
+    pub max_value: Option<f64>,
+    /// Minimum length for strings.
+    pub min_length: Option<u32>,
+    /// Maximum length for strings.
+    pub max_length: Option<u32>,
+    /// Offer values through autocomplete (not with `choices`).
+    pub autocomplete: bool,
+    /// Argo parameter that receives the value; empty uses the option name (case kept).
+    pub parameter: String,
+}
+
+/// A fixed choice.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChoiceConfig {
+    /// Label.
+    pub name: String,
+    /// Value.
+    pub value: String,
+}
+
+/// Option types of the catalog.
+pub const OPTION_TYPES: [&str; 7] = [
+    "string", "integer", "number", "boolean", "user", "channel", "role",
+];
+
+impl Config {
+    /// The catalog in effect (the implicit `dispatch` command when none is configured).
+    pub fn catalog(&self) -> Vec<CommandConfig> {
+        if !self.commands.is_empty() {
+            return self.commands.clone();
+        }
+        vec![CommandConfig {
+            name: "dispatch".into(),
+            description: "Run the configured Argo WorkflowTemplate".into(),
+            options: vec![OptionConfig {
+                name: "payload".into(),
+                description: "Payload handed to the workflow".into(),
+                kind: "string".into(),
+                max_length: Some(6000),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }]
+    }
+}
+
+fn validate_commands(commands: &[CommandConfig], err: &mut impl FnMut(&str, String)) {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, c) in commands.iter().enumerate() {
+        let key = format!("commands[{i}]");
+        if !is_command_name(&c.name) || c.name.len() > 32 {
+            err(
+                &format!("{key}.name"),
+                format!(
+                    "`{}` must match ^[a-z0-9:_-]+$ and be at most 32 characters",
+                    c.name
+                ),
+            );
+        } else if !names.insert(c.name.as_str())
+            || ["status", "runs", "cancel"].contains(&c.name.as_str())
+        {
+            err(
+                &format!("{key}.name"),
+                format!("`{}` is already taken (or built in)", c.name),
+            );
+        }
+        if c.description.is_empty() || c.description.chars().count() > 100 {
+            err(
+                &format!("{key}.description"),
+                "must be 1 to 100 characters".into(),
+            );
+        }
+        if c.options.len() > 25 {
+            err(&format!("{key}.options"), "at most 25 options".into());
+        }
+        let mut opts = std::collections::BTreeSet::new();
+        let mut seen_optional = false;
+        for (j, o) in c.options.iter().enumerate() {
+            let okey = format!("{key}.options[{j}]");
+            if !is_command_name(&o.name) || o.name.len() > 32 {
+                err(
+                    &format!("{okey}.name"),
+                    format!(
+                        "`{}` must match ^[a-z0-9_-]+$ and be at most 32 characters",
+                        o.name
+                    ),
+                );
+            } else if !opts.insert(o.name.as_str()) {
+                err(
+                    &format!("{okey}.name"),
+                    format!("duplicate option `{}`", o.name),
+                );
+            }
+            let kind = if o.kind.is_empty() {
+                "string"
+            } else {
+                o.kind.as_str()
+            };
+            if !OPTION_TYPES.contains(&kind) {
+                err(
+                    &format!("{okey}.type"),
+                    format!("`{}` is not one of {}", o.kind, OPTION_TYPES.join(", ")),
+                );
+            }
+            if o.required && seen_optional {
+                err(
+                    &format!("{okey}.required"),
+                    "required options must come before optional ones".into(),
+                );
+            }
+            seen_optional |= !o.required;
+            if o.choices.len() > 25 {
+                err(&format!("{okey}.choices"), "at most 25 choices".into());
+            }
+            if o.autocomplete && !o.choices.is_empty() {
+                err(
+                    &format!("{okey}.autocomplete"),
+                    "cannot be combined with choices".into(),
+                );
+            }
+            if let (Some(a), Some(b)) = (o.min_value, o.max_value)
+                && a > b
+            {
+                err(
+                    &format!("{okey}.min_value"),
+                    "must not exceed max_value".into(),
+                );
+            }
+            if let (Some(a), Some(b)) = (o.min_length, o.max_length)
+                && a > b
+            {
+                err(
+                    &format!("{okey}.min_length"),
+                    "must not exceed max_length".into(),
+                );
+            }
+        }
+    }
 }
 
 /// `server.*`
@@ -280,6 +464,13 @@ pub struct ArgoConfig {
     pub callback_listen_address: String,
     /// Base URL of the Argo UI, for links in Discord messages.
     pub ui_base_url: String,
+    /// Namespaces the argo-adapter works in (lease filter and watches); empty: `argo.namespace`
+    /// plus the Codex namespaces.
+    pub namespaces: Vec<String>,
+    /// Bearer token Argo exit handlers present to the callback endpoint; empty disables it.
+    pub callback_token: Secret,
+    /// Dispatch jobs one argo-adapter works on at once. Default 16.
+    pub max_in_flight: u32,
 }
 
 impl Default for ArgoConfig {
@@ -292,6 +483,9 @@ impl Default for ArgoConfig {
             kubeconfig: String::new(),
             callback_listen_address: "0.0.0.0:8082".into(),
             ui_base_url: String::new(),
+            namespaces: Vec::new(),
+            callback_token: Secret::default(),
+            max_in_flight: 16,
         }
     }
 }
@@ -391,6 +585,33 @@ impl Config {
     /// Backend of [`Config::database_url`], if the scheme is known.
     pub fn database_backend(&self) -> Option<DatabaseBackend> {
         backend_of(self.database_url())
+    }
+
+    /// Namespaces the argo-adapter leases for and watches.
+    pub fn watch_namespaces(&self) -> Vec<String> {
+        let mut ns: Vec<String> = if self.argo.namespaces.is_empty() {
+            let c = &self.codex_implementation_orchestrator;
+            let mut v = vec![self.argo.namespace.clone()];
+            for cmd in &self.commands {
+                v.push(cmd.namespace.clone());
+            }
+            if c.enabled {
+                v.extend([c.namespace.clone(), c.autonomous_namespace.clone()]);
+                if c.namespace.is_empty()
+                    && c.autonomous_namespace.is_empty()
+                    && self.argo.namespace.is_empty()
+                {
+                    v.push("jangar".into());
+                }
+            }
+            v
+        } else {
+            self.argo.namespaces.clone()
+        };
+        ns.retain(|n| !n.is_empty());
+        ns.sort();
+        ns.dedup();
+        ns
     }
 
     /// Whether gRPC auth is on (at least one token configured).
@@ -514,6 +735,7 @@ impl Config {
             for (k, m) in validate_role_map(&self.role_map) {
                 err(&k, m);
             }
+            validate_commands(&self.commands, &mut err);
         }
         if !["auto", "json", "pretty"].contains(&self.telemetry.log_format.as_str()) {
             err(

@@ -1,0 +1,295 @@
+//! The command catalog: which commands exist, what they run, and the server-side validation of
+//! their options. Discord's client-side checks are never trusted; only declared options reach
+//! Argo, on top of the configured base parameters (`argo.parameters`).
+
+use crate::domain::{Error, Result};
+use facteur_config::{CommandConfig, Config, OptionConfig, is_snowflake};
+use std::collections::BTreeMap;
+
+/// Discord's integer range (±2^53).
+const MAX_SAFE_INTEGER: i64 = 9_007_199_254_740_991;
+
+/// What a validated command invocation runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    /// Command name.
+    pub command: String,
+    /// WorkflowTemplate.
+    pub workflow_template: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service account.
+    pub service_account: String,
+    /// Prefix of the Workflow name.
+    pub workflow_name_prefix: String,
+    /// Base parameters overlaid by the option values.
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// The catalog in effect.
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    commands: Vec<CommandConfig>,
+    base: BTreeMap<String, String>,
+    namespace: String,
+    template: String,
+    service_account: String,
+}
+
+impl Catalog {
+    /// From the configuration.
+    pub fn from_config(c: &Config) -> Catalog {
+        Catalog {
+            commands: c.catalog(),
+            base: c.argo.parameters.clone(),
+            namespace: c.argo.namespace.clone(),
+            template: c.argo.workflow_template.clone(),
+            service_account: c.argo.service_account.clone(),
+        }
+    }
+
+    /// The commands.
+    pub fn commands(&self) -> &[CommandConfig] {
+        &self.commands
+    }
+
+    /// Validates `values` against `command` and resolves what it runs.
+    pub fn resolve(&self, command: &str, values: &BTreeMap<String, String>) -> Result<Resolved> {
+        let Some(cmd) = self.commands.iter().find(|c| c.name == command) else {
+            let known: Vec<&str> = self.commands.iter().map(|c| c.name.as_str()).collect();
+            return Err(Error::InvalidArgument(format!(
+                "unknown command `{command}`; known: {}",
+                known.join(", ")
+            )));
+        };
+        let mut problems = Vec::new();
+        for name in values.keys() {
+            if !cmd.options.iter().any(|o| &o.name == name) {
+                let declared: Vec<&str> = cmd.options.iter().map(|o| o.name.as_str()).collect();
+                problems.push(format!(
+                    "command `{command}` has no option `{name}` (declared: {})",
+                    declared.join(", ")
+                ));
+            }
+        }
+        let mut parameters = self.base.clone();
+        for o in &cmd.options {
+            match values.get(&o.name) {
+                None if o.required => problems.push(format!("option `{}` is required", o.name)),
+                None => {}
+                Some(v) => match check_value(o, v) {
+                    Ok(v) => {
+                        let param = if o.parameter.is_empty() {
+                            o.name.clone()
+                        } else {
+                            o.parameter.clone()
+                        };
+                        parameters.insert(param, v);
+                    }
+                    Err(m) => problems.push(format!("option `{}`: {m}", o.name)),
+                },
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::InvalidArgument(problems.join("; ")));
+        }
+        let or = |v: &str, d: &str| {
+            if v.is_empty() {
+                d.to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        Ok(Resolved {
+            command: cmd.name.clone(),
+            workflow_template: or(&cmd.workflow_template, &self.template),
+            namespace: or(&cmd.namespace, &self.namespace),
+            service_account: or(&cmd.service_account, &self.service_account),
+            workflow_name_prefix: or(
+                &cmd.workflow_name_prefix,
+                &format!("{}-", cmd.name.replace([':', '_'], "-")),
+            ),
+            parameters,
+        })
+    }
+}
+
+/// Checks one value by the option's type and bounds; returns it normalised.
+fn check_value(o: &OptionConfig, v: &str) -> std::result::Result<String, String> {
+    let kind = if o.kind.is_empty() {
+        "string"
+    } else {
+        o.kind.as_str()
+    };
+    let value = match kind {
+        "integer" => {
+            let n: i64 = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{v}` is not an integer"))?;
+            if n.abs() > MAX_SAFE_INTEGER {
+                return Err(format!("{n} is outside ±2^53"));
+            }
+            check_range(o, n as f64)?;
+            n.to_string()
+        }
+        "number" => {
+            let n: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{v}` is not a number"))?;
+            if !n.is_finite() {
+                return Err(format!("`{v}` is not a finite number"));
+            }
+            check_range(o, n)?;
+            v.trim().to_string()
+        }
+        "boolean" => match v.trim() {
+            "true" | "false" => v.trim().to_string(),
+            _ => return Err(format!("`{v}` is not true or false")),
+        },
+        "user" | "channel" | "role" => {
+            if !is_snowflake(v.trim()) {
+                return Err(format!("`{v}` is not a {kind} id"));
+            }
+            v.trim().to_string()
+        }
+        _ => {
+            let len = v.chars().count() as u32;
+            if o.min_length.is_some_and(|m| len < m) || o.max_length.is_some_and(|m| len > m) {
+                return Err(format!(
+                    "length {len} is outside {}..={}",
+                    o.min_length.unwrap_or(0),
+                    o.max_length.map_or("∞".to_string(), |m| m.to_string())
+                ));
+            }
+            v.to_string()
+        }
+    };
+    if !o.choices.is_empty() && !o.choices.iter().any(|c| c.value == value) {
+        let allowed: Vec<&str> = o.choices.iter().map(|c| c.value.as_str()).collect();
+        return Err(format!("`{value}` is not one of {}", allowed.join(", ")));
+    }
+    Ok(value)
+}
+
+fn check_range(o: &OptionConfig, n: f64) -> std::result::Result<(), String> {
+    if o.min_value.is_some_and(|m| n < m) || o.max_value.is_some_and(|m| n > m) {
+        return Err(format!(
+            "{n} is outside {:?}..={:?}",
+            o.min_value, o.max_value
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use facteur_config::{ChoiceConfig, Process};
+
+    fn catalog() -> Catalog {
+        let mut c =
+            facteur_config::load_from(None, &Default::default(), Process::Server).expect("config");
+        c.argo.parameters.insert("Base".into(), "b".into());
+        c.commands = vec![CommandConfig {
+            name: "deploy".into(),
+            description: "d".into(),
+            workflow_template: "deploy-tmpl".into(),
+            options: vec![
+                OptionConfig {
+                    name: "service".into(),
+                    required: true,
+                    choices: vec![ChoiceConfig {
+                        name: "API".into(),
+                        value: "api".into(),
+                    }],
+                    ..Default::default()
+                },
+                OptionConfig {
+                    name: "replicas".into(),
+                    kind: "integer".into(),
+                    min_value: Some(1.0),
+                    max_value: Some(10.0),
+                    ..Default::default()
+                },
+                OptionConfig {
+                    name: "owner".into(),
+                    kind: "user".into(),
+                    parameter: "ownerId".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }];
+        Catalog::from_config(&c)
+    }
+
+    fn vals(p: &[(&str, &str)]) -> BTreeMap<String, String> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn resolves_declared_options_over_base_parameters() {
+        let r = catalog()
+            .resolve(
+                "deploy",
+                &vals(&[
+                    ("service", "api"),
+                    ("replicas", "3"),
+                    ("owner", "123456789012345678"),
+                ]),
+            )
+            .expect("ok");
+        assert_eq!(r.workflow_template, "deploy-tmpl");
+        assert_eq!(r.namespace, "argo-workflows");
+        assert_eq!(r.workflow_name_prefix, "deploy-");
+        assert_eq!(
+            r.parameters,
+            vals(&[
+                ("Base", "b"),
+                ("service", "api"),
+                ("replicas", "3"),
+                ("ownerId", "123456789012345678")
+            ])
+        );
+    }
+
+    #[test]
+    fn rejects_what_discord_would_have_checked_client_side() {
+        let c = catalog();
+        let err = |v: &[(&str, &str)]| match c.resolve("deploy", &vals(v)) {
+            Err(Error::InvalidArgument(m)) => m,
+            other => panic!("expected invalid argument, got {other:?}"),
+        };
+        assert!(err(&[]).contains("`service` is required"));
+        assert!(err(&[("service", "web")]).contains("not one of api"));
+        assert!(err(&[("service", "api"), ("replicas", "11")]).contains("outside"));
+        assert!(err(&[("service", "api"), ("replicas", "two")]).contains("not an integer"));
+        assert!(err(&[("service", "api"), ("owner", "bob")]).contains("not a user id"));
+        assert!(err(&[("service", "api"), ("extra", "x")]).contains("no option `extra`"));
+        assert!(
+            matches!(c.resolve("nope", &BTreeMap::new()), Err(Error::InvalidArgument(m)) if m.contains("unknown command"))
+        );
+    }
+
+    #[test]
+    fn the_default_catalog_is_the_deployed_dispatch_template() {
+        let c = Catalog::from_config(
+            &facteur_config::load_from(None, &Default::default(), Process::Server).expect("config"),
+        );
+        let r = c
+            .resolve("dispatch", &vals(&[("payload", "{\"a\":1}")]))
+            .expect("ok");
+        assert_eq!(
+            (r.workflow_template.as_str(), r.namespace.as_str()),
+            ("facteur-dispatch", "argo-workflows")
+        );
+        assert_eq!(
+            r.parameters.get("payload").map(String::as_str),
+            Some("{\"a\":1}")
+        );
+    }
+}
