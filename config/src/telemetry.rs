@@ -147,3 +147,26 @@ pub fn init(service: &'static str, cfg: &TelemetryConfig, force_json: bool) -> T
     );
     TelemetryGuard { tracer, meter }
 }
+
+/// The W3C `traceparent` of the current span, when it is sampled and exported (else `None`).
+pub fn current_traceparent() -> Option<String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of the trace context found by `get` (an incoming request's headers).
+pub fn adopt_parent(span: &tracing::Span, get: impl Fn(&str) -> Option<String>) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let map: std::collections::HashMap<String, String> = ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|k| get(k).map(|v| (k.to_string(), v)))
+        .collect();
+    if map.is_empty() {
+        return;
+    }
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&map));
+    let _ = span.set_parent(cx);
+}

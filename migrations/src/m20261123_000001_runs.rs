@@ -36,12 +36,16 @@ impl MigrationTrait for Migration {
                 .col(text("parameters"))
                 .col(text("message").default(""))
                 .col(string_len("progress", 32).default(""))
+                .col(string_len("workflow_phase", 20).default(""))
                 .col(string_len_null("parent_run_id", 36))
                 .col(integer("attempts").default(0))
                 .col(timestamp_with_time_zone("created_at"))
                 .col(timestamp_with_time_zone("updated_at"))
                 .col(timestamp_with_time_zone_null("started_at"))
                 .col(timestamp_with_time_zone_null("finished_at"))
+                .col(timestamp_with_time_zone_null("cancel_requested_at"))
+                .col(string_len("cancel_mode", 10).default(""))
+                .col(string_len("trace_parent", 100).default(""))
                 .to_owned(),
         )
         .await?;

@@ -141,6 +141,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let interval = Duration::from_secs(config.server.health_check_interval_seconds.max(1));
 
     let state = Arc::new(AppState {
+        catalog: crate::domain::catalog::Catalog::from_config(&config),
+        dispatch_policy: crate::domain::dispatch::DispatchPolicy::from_config(&config.dispatcher),
+        dispatch_wake: tokio::sync::Notify::new(),
         config,
         store,
         sessions,

@@ -1,5 +1,7 @@
 //! What every handler shares.
 
+use crate::domain::catalog::Catalog;
+use crate::domain::dispatch::DispatchPolicy;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::session::SessionStore;
@@ -7,6 +9,7 @@ use crate::store::Store;
 use chrono::{DateTime, Utc};
 use facteur_config::Config;
 use std::sync::Arc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Shared state of one server process.
@@ -25,4 +28,17 @@ pub struct AppState {
     pub started_at: DateTime<Utc>,
     /// Cancelled when shutdown starts; server streams end on it.
     pub shutdown: CancellationToken,
+    /// The command catalog.
+    pub catalog: Catalog,
+    /// Leasing and retry policy.
+    pub dispatch_policy: DispatchPolicy,
+    /// Woken whenever a dispatch may have become leasable (new run, retry, requeue, capacity).
+    pub dispatch_wake: Notify,
+}
+
+impl AppState {
+    /// Wakes every waiting lease stream of this replica.
+    pub fn wake_dispatchers(&self) {
+        self.dispatch_wake.notify_waiters();
+    }
 }

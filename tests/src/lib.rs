@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+pub mod fake_kube;
+pub mod stack;
+
 /// Admin token used by [`with_tokens`].
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 /// argo-adapter token used by [`with_tokens`].
@@ -353,5 +356,6 @@ pub fn sample_run(key: &str) -> facteur_server::domain::NewRun {
         workflow_name_prefix: "facteur-dispatch-".into(),
         parameters: [("payload".to_string(), "{}".to_string())].into(),
         parent_run_id: None,
+        trace_parent: String::new(),
     }
 }

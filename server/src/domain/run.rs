@@ -217,6 +217,8 @@ pub struct NewRun {
     pub parameters: BTreeMap<String, String>,
     /// The run this retries.
     pub parent_run_id: Option<String>,
+    /// W3C `traceparent` of the creating request, carried to the Workflow.
+    pub trace_parent: String,
 }
 
 /// A run as stored.
@@ -250,6 +252,8 @@ pub struct Run {
     pub message: String,
     /// Argo progress.
     pub progress: String,
+    /// Last Argo phase reported.
+    pub workflow_phase: String,
     /// Retried run.
     pub parent_run_id: Option<String>,
     /// Dispatch attempts.
@@ -262,6 +266,10 @@ pub struct Run {
     pub started_at: Option<DateTime<Utc>>,
     /// Terminal at.
     pub finished_at: Option<DateTime<Utc>>,
+    /// When a cancel was requested for a Workflow that already existed.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// W3C `traceparent` of the request that created the run (empty when not traced).
+    pub trace_parent: String,
 }
 
 /// One history entry.

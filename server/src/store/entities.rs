@@ -26,12 +26,16 @@ pub mod runs {
         pub parameters: String,
         pub message: String,
         pub progress: String,
+        pub workflow_phase: String,
         pub parent_run_id: Option<String>,
         pub attempts: i32,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
         pub started_at: Option<DateTimeUtc>,
         pub finished_at: Option<DateTimeUtc>,
+        pub cancel_requested_at: Option<DateTimeUtc>,
+        pub cancel_mode: String,
+        pub trace_parent: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -4,6 +4,7 @@
 //! outbox): no run without a dispatch, no dispatch without a run. The idempotency key is unique,
 //! so a replay, on any replica and at any time, finds the original run.
 
+pub mod dispatch;
 pub mod entities;
 
 use crate::domain::run::{NewRun, Requester, Run, RunEvent, RunSource, RunStatus, workflow_name};
@@ -22,12 +23,24 @@ use std::time::Duration;
 pub mod dispatch_kind {
     /// Create the Workflow.
     pub const CREATE: &str = "create";
+    /// Patch `spec.shutdown: Stop`.
+    pub const STOP: &str = "stop";
+    /// Patch `spec.shutdown: Terminate`.
+    pub const TERMINATE: &str = "terminate";
 }
 
 /// Dispatch states as stored.
 pub mod dispatch_state {
     /// Waiting for `available_at`.
     pub const PENDING: &str = "pending";
+    /// Held by an adapter until `lease_expires_at`.
+    pub const LEASED: &str = "leased";
+    /// Completed.
+    pub const DONE: &str = "done";
+    /// Attempts exhausted or permanent failure; an admin may requeue it.
+    pub const DEAD: &str = "dead";
+    /// The run was cancelled before the job ran.
+    pub const CANCELLED: &str = "cancelled";
 }
 
 /// Filter of [`Store::list_runs`].
@@ -146,12 +159,16 @@ impl Store {
                 .map_err(|e| Error::Internal(e.to_string()))?),
             message: Set(String::new()),
             progress: Set(String::new()),
+            workflow_phase: Set(String::new()),
             parent_run_id: Set(new.parent_run_id.clone()),
             attempts: Set(0),
             created_at: Set(now),
             updated_at: Set(now),
             started_at: Set(None),
             finished_at: Set(None),
+            cancel_requested_at: Set(None),
+            cancel_mode: Set(String::new()),
+            trace_parent: Set(new.trace_parent.clone()),
         };
         let dispatch = dispatches::ActiveModel {
             id: Set(uuid::Uuid::now_v7().to_string()),
@@ -315,7 +332,7 @@ impl Store {
     }
 }
 
-fn is_unique_violation(e: &DbErr) -> bool {
+pub(crate) fn is_unique_violation(e: &DbErr) -> bool {
     matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }
 
@@ -323,7 +340,7 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("stored {what} is invalid: {e}"))
 }
 
-fn run_from_model(m: runs::Model) -> Result<Run> {
+pub(crate) fn run_from_model(m: runs::Model) -> Result<Run> {
     let parameters: BTreeMap<String, String> =
         serde_json::from_str(&m.parameters).map_err(|e| corrupt("parameters", e))?;
     Ok(Run {
@@ -350,12 +367,15 @@ fn run_from_model(m: runs::Model) -> Result<Run> {
         parameters,
         message: m.message,
         progress: m.progress,
+        workflow_phase: m.workflow_phase,
         parent_run_id: m.parent_run_id,
         attempts: m.attempts.max(0) as u32,
         created_at: m.created_at,
         updated_at: m.updated_at,
         started_at: m.started_at,
         finished_at: m.finished_at,
+        cancel_requested_at: m.cancel_requested_at,
+        trace_parent: m.trace_parent,
     })
 }
 

@@ -1,0 +1,148 @@
+//! Leases jobs from the server and carries them out, reconnecting with capped backoff.
+
+use crate::workflows::{Applied, Workflows};
+use facteur_client::{Backoff, Client, pb, retry};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Keeps a lease stream open until `shutdown`; jobs run concurrently up to `max_in_flight`.
+pub async fn run(
+    control: Client,
+    workflows: Workflows,
+    adapter_id: String,
+    namespaces: Vec<String>,
+    max_in_flight: u32,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let permits = Arc::new(Semaphore::new(max_in_flight as usize));
+    // Jobs live in this set: if the adapter stops, they stop with it (as a killed process would),
+    // and their leases expire and are redelivered.
+    let mut jobs = tokio::task::JoinSet::new();
+    let mut backoff = Backoff::new(crate::BACKOFF_INITIAL, crate::BACKOFF_CAP);
+    while !shutdown.is_cancelled() {
+        let req = pb::LeaseRequest {
+            adapter_id: adapter_id.clone(),
+            max_in_flight,
+            namespaces: namespaces.clone(),
+        };
+        let mut dispatch = control.dispatch();
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            s = dispatch.lease(req) => s,
+        };
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(s) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(code = ?s.code(), error = %s.message(), retry_in = ?delay, "cannot lease from the server");
+                tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(delay) => continue }
+            }
+        };
+        tracing::info!("lease stream open");
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                n = stream.next() => n,
+            };
+            match next {
+                Some(Ok(job)) => {
+                    backoff.reset();
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        return Ok(());
+                    };
+                    let span = tracing::info_span!("dispatch", run_id = %job.run_id, dispatch_id = %job.dispatch_id, attempt = job.attempt);
+                    let (control, workflows) = (control.clone(), workflows.clone());
+                    while jobs.try_join_next().is_some() {}
+                    jobs.spawn(
+                        async move {
+                            execute(&control, &workflows, job).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
+                }
+                Some(Err(s)) => {
+                    tracing::warn!(code = ?s.code(), error = %s.message(), "lease stream failed");
+                    break;
+                }
+                None => {
+                    tracing::info!("lease stream ended by the server");
+                    break;
+                }
+            }
+        }
+        let delay = backoff.next_delay();
+        tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(delay) => {} }
+    }
+    Ok(())
+}
+
+/// Carries out one job and reports its outcome.
+pub async fn execute(control: &Client, workflows: &Workflows, job: pb::LeaseResponse) {
+    let Some(spec) = job.workflow.as_ref() else {
+        tracing::error!("job without a workflow spec; leaving it to expire");
+        return;
+    };
+    let applied = match pb::DispatchKind::try_from(job.kind) {
+        Ok(pb::DispatchKind::Create) => workflows.create(spec).await,
+        Ok(pb::DispatchKind::Stop) => {
+            workflows
+                .shutdown(&spec.namespace, &spec.name, "Stop")
+                .await
+        }
+        Ok(pb::DispatchKind::Terminate) => {
+            workflows
+                .shutdown(&spec.namespace, &spec.name, "Terminate")
+                .await
+        }
+        _ => Applied::Failed {
+            message: format!("unknown dispatch kind {}", job.kind),
+            retryable: false,
+        },
+    };
+    let outcome = match &applied {
+        Applied::Ok {
+            name,
+            uid,
+            already_existed,
+        } => {
+            tracing::info!(workflow = %name, uid = %uid, already_existed, "workflow applied");
+            pb::complete_request::Outcome::Success(pb::DispatchSuccess {
+                workflow_name: name.clone(),
+                workflow_uid: uid.clone(),
+                already_existed: *already_existed,
+            })
+        }
+        Applied::Failed { message, retryable } => {
+            tracing::warn!(error = %message, retryable, "workflow not applied");
+            pb::complete_request::Outcome::Failure(pb::DispatchFailure {
+                message: message.clone(),
+                retryable: *retryable,
+            })
+        }
+    };
+    let req = pb::CompleteRequest {
+        dispatch_id: job.dispatch_id.clone(),
+        lease_token: job.lease_token.clone(),
+        outcome: Some(outcome),
+    };
+    // Complete is idempotent for a success; retried while the server is unreachable. If it never
+    // lands, the lease expires, the job is redelivered, and the create answers AlreadyExists.
+    let result = retry(
+        8,
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+        || {
+            let mut c = control.dispatch();
+            let req = req.clone();
+            async move { c.complete(req).await }
+        },
+    )
+    .await;
+    if let Err(s) = result {
+        tracing::warn!(code = ?s.code(), error = %s.message(), "complete not recorded; the lease will expire and the job be redelivered");
+    }
+}

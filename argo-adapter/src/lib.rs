@@ -1,0 +1,110 @@
+//! The argo-adapter (`facteur-argo`): thin, stateless, several replicas at once.
+//!
+//! ```text
+//!  facteur server ──Lease stream──▶ leaser ──create/patch──▶ Kubernetes API (Workflow objects)
+//!        ▲                            │                              │
+//!        └──── Complete ◀─────────────┘                              │ watch (label selector)
+//!        └──── ReportWorkflowStatus ◀── watcher ◀────────────────────┘
+//!        └──── ReportWorkflowStatus ◀── callback (Argo exit handlers, a fast path only)
+//! ```
+//!
+//! Leases make each job go to one adapter; the Workflow name derived from the run id makes a
+//! repeated create answer AlreadyExists, which counts as success. The watch is the source of
+//! truth for status: it resumes with backoff and re-lists after reconnecting, so nothing missed
+//! while disconnected is lost; the server ignores any report that would move a run backwards.
+
+pub mod callback;
+pub mod kubeconfig;
+pub mod leaser;
+pub mod status;
+pub mod watch;
+pub mod workflows;
+
+use facteur_client::Client;
+use facteur_config::Config;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Reconnect backoff to the server and to the Kubernetes API.
+pub const BACKOFF_INITIAL: Duration = Duration::from_millis(200);
+/// Cap of the reconnect backoff.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(15);
+
+/// Runs the leaser, one watcher per namespace, and (when configured) the callback endpoint,
+/// until `shutdown`. A task that dies ends the whole adapter with its error.
+pub async fn run(
+    config: &Config,
+    control: Client,
+    kube: kube::Client,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let namespaces = config.watch_namespaces();
+    let adapter_id = adapter_id();
+    tracing::info!(adapter_id = %adapter_id, namespaces = ?namespaces, "argo-adapter starting");
+    let workflows = workflows::Workflows::new(kube.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(leaser::run(
+        control.clone(),
+        workflows.clone(),
+        adapter_id,
+        namespaces.clone(),
+        config.argo.max_in_flight,
+        shutdown.clone(),
+    ));
+    let reporter = status::Reporter::new(control.clone());
+    for ns in namespaces {
+        tasks.spawn(watch::run(
+            workflows.clone(),
+            ns,
+            reporter.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if !config.argo.callback_token.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&config.argo.callback_listen_address)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {} (argo.callback_listen_address): {e}",
+                    config.argo.callback_listen_address
+                )
+            })?;
+        tasks.spawn(callback::serve(
+            listener,
+            config.argo.callback_token.clone(),
+            reporter,
+            shutdown.clone(),
+        ));
+    } else {
+        tracing::info!("callback endpoint off (set argo.callback_token to enable it)");
+    }
+    let mut result = Ok(());
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+                shutdown.cancel();
+            }
+            Err(e) => {
+                if result.is_ok() {
+                    result = Err(anyhow::anyhow!("adapter task panicked: {e}"));
+                }
+                shutdown.cancel();
+            }
+        }
+    }
+    result
+}
+
+/// `<pod name>-<8 hex>`: stable enough to read in the audit trail, unique per process so a
+/// restarted adapter does not inherit its predecessor's unexpired leases.
+pub fn adapter_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "facteur-argo".into());
+    format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}

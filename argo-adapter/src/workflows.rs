@@ -1,0 +1,135 @@
+//! `argoproj.io/v1alpha1` `Workflow` objects through kube-rs, without generated types.
+
+use facteur_proto::v1 as pb;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::json;
+
+/// How a create or patch ended, as the server's `Complete` wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Done: the Workflow's name and UID, and whether it existed already.
+    Ok {
+        /// Name.
+        name: String,
+        /// UID.
+        uid: String,
+        /// AlreadyExists was answered.
+        already_existed: bool,
+    },
+    /// Failed.
+    Failed {
+        /// What failed.
+        message: String,
+        /// Another attempt may succeed.
+        retryable: bool,
+    },
+}
+
+/// Access to Workflows in any namespace.
+#[derive(Clone)]
+pub struct Workflows {
+    client: kube::Client,
+    resource: ApiResource,
+}
+
+impl Workflows {
+    /// Without discovery: the plural is known.
+    pub fn new(client: kube::Client) -> Self {
+        let gvk = GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Workflow");
+        Self {
+            client,
+            resource: ApiResource::from_gvk_with_plural(&gvk, "workflows"),
+        }
+    }
+
+    /// The namespaced API.
+    pub fn api(&self, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), namespace, &self.resource)
+    }
+
+    /// The Workflow object for a job.
+    pub fn object(&self, spec: &pb::WorkflowSpec) -> DynamicObject {
+        let mut parameters: Vec<_> = spec
+            .parameters
+            .iter()
+            .map(|p| json!({"name": p.name, "value": p.value}))
+            .collect();
+        parameters.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        let mut body = json!({
+            "workflowTemplateRef": {"name": spec.workflow_template},
+            "arguments": {"parameters": parameters},
+        });
+        if !spec.service_account.is_empty() {
+            body["serviceAccountName"] = json!(spec.service_account);
+        }
+        let mut obj = DynamicObject::new(&spec.name, &self.resource)
+            .within(&spec.namespace)
+            .data(json!({"spec": body}));
+        obj.metadata.labels = Some(spec.labels.clone().into_iter().collect());
+        obj.metadata.annotations = Some(spec.annotations.clone().into_iter().collect());
+        obj
+    }
+
+    /// Creates the Workflow; AlreadyExists counts as success (the name is the run's).
+    pub async fn create(&self, spec: &pb::WorkflowSpec) -> Applied {
+        let api = self.api(&spec.namespace);
+        match api.create(&PostParams::default(), &self.object(spec)).await {
+            Ok(created) => Applied::Ok {
+                name: spec.name.clone(),
+                uid: created.metadata.uid.unwrap_or_default(),
+                already_existed: false,
+            },
+            Err(kube::Error::Api(s)) if s.code == 409 => match api.get(&spec.name).await {
+                Ok(existing) => Applied::Ok {
+                    name: spec.name.clone(),
+                    uid: existing.metadata.uid.unwrap_or_default(),
+                    already_existed: true,
+                },
+                Err(e) => failed("reading the existing workflow", e, true),
+            },
+            // A missing namespace (404) will not appear by retrying.
+            Err(e) => failed("creating the workflow", e, false),
+        }
+    }
+
+    /// Merge-patches `spec.shutdown` to `Stop` or `Terminate` (what `argo stop|terminate` do).
+    pub async fn shutdown(&self, namespace: &str, name: &str, mode: &str) -> Applied {
+        let patch = json!({"spec": {"shutdown": mode}});
+        match self
+            .api(namespace)
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(wf) => Applied::Ok {
+                name: name.to_string(),
+                uid: wf.metadata.uid.unwrap_or_default(),
+                already_existed: false,
+            },
+            // 404: the create may not have landed yet.
+            Err(e) => failed("patching spec.shutdown", e, true),
+        }
+    }
+}
+
+/// Classifies a Kubernetes error: network trouble, 5xx, 429 and conflicts are worth retrying,
+/// 404 when `not_found_retryable`; other 4xx (forbidden, invalid) are not.
+fn failed(what: &str, e: kube::Error, not_found_retryable: bool) -> Applied {
+    let retryable = match &e {
+        kube::Error::Api(s) => {
+            s.code >= 500
+                || s.code == 429
+                || s.code == 409
+                || (s.code == 404 && not_found_retryable)
+        }
+        _ => true,
+    };
+    let message = match &e {
+        kube::Error::Api(s) => format!(
+            "{what}: kubernetes answered {} {}: {}",
+            s.code, s.reason, s.message
+        ),
+        other => format!("{what}: {other}"),
+    };
+    Applied::Failed { message, retryable }
+}

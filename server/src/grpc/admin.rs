@@ -1,0 +1,377 @@
+//! `facteur.v1.AdminService`: runs, dead letters, status (policy and sessions come with the
+//! Discord issue).
+
+use super::convert;
+use super::status::not_yet;
+use crate::auth::Principal;
+use crate::domain::dispatch::DispatchKind;
+use crate::domain::run::{NewRun, Requester, RunSource};
+use crate::state::AppState;
+use crate::store::RunFilter;
+use chrono::{DateTime, Utc};
+use facteur_proto::v1 as pb;
+use pb::admin_service_server::AdminService;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// `facteur.v1.AdminService`.
+#[derive(Clone)]
+pub struct AdminApi(pub Arc<AppState>);
+
+const ISSUE_DISCORD: u32 = 5;
+const PAGE_DEFAULT: u32 = 50;
+const PAGE_MAX: u32 = 500;
+
+fn page_size(requested: u32) -> u64 {
+    u64::from(if requested == 0 {
+        PAGE_DEFAULT
+    } else {
+        requested.min(PAGE_MAX)
+    })
+}
+
+/// Keyset cursor: `<unix nanos>.<uuid>`.
+fn parse_cursor(token: &str) -> Result<Option<(DateTime<Utc>, String)>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        Status::invalid_argument(format!(
+            "page_token `{token}` is not a token from a previous response"
+        ))
+    };
+    let (nanos, id) = token.split_once('.').ok_or_else(bad)?;
+    let nanos: i64 = nanos.parse().map_err(|_| bad())?;
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(bad());
+    }
+    Ok(Some((
+        DateTime::from_timestamp_nanos(nanos),
+        id.to_string(),
+    )))
+}
+
+fn cursor(t: DateTime<Utc>, id: &str) -> String {
+    format!("{}.{id}", t.timestamp_nanos_opt().unwrap_or(0))
+}
+
+fn run_id(id: &str) -> Result<(), Status> {
+    uuid::Uuid::parse_str(id)
+        .map(|_| ())
+        .map_err(|_| Status::invalid_argument(format!("run_id `{id}` is not a UUID")))
+}
+
+fn idempotency_key(given: &str, default: impl FnOnce() -> String) -> Result<String, Status> {
+    if given.is_empty() {
+        return Ok(default());
+    }
+    if given.len() > 200 {
+        return Err(Status::invalid_argument(
+            "idempotency_key must be at most 200 characters",
+        ));
+    }
+    Ok(given.to_string())
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn get_status(
+        &self,
+        _req: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        let deps = self.0.health.check().await;
+        Ok(Response::new(pb::GetStatusResponse {
+            version: env!("CARGO_PKG_VERSION").into(),
+            ready: deps.iter().all(|d| d.healthy),
+            dependencies: deps
+                .into_iter()
+                .map(|d| pb::DependencyStatus {
+                    name: d.name.into(),
+                    backend: d.backend.into(),
+                    healthy: d.healthy,
+                    message: d.message,
+                    latency_ms: d.latency.as_secs_f64() * 1000.0,
+                })
+                .collect(),
+            started_at: Some(convert::ts(self.0.started_at)),
+        }))
+    }
+
+    async fn start_run(
+        &self,
+        req: Request<pb::StartRunRequest>,
+    ) -> Result<Response<pb::StartRunResponse>, Status> {
+        let principal = Principal::of(&req);
+        let trace_parent = facteur_config::telemetry::current_traceparent().unwrap_or_default();
+        let r = req.into_inner();
+        let params: std::collections::BTreeMap<String, String> = r.parameters.into_iter().collect();
+        let resolved = self.0.catalog.resolve(&r.command, &params)?;
+        let key = idempotency_key(&r.idempotency_key, || {
+            format!("admin:{}", uuid::Uuid::new_v4())
+        })?;
+        let new = NewRun {
+            idempotency_key: key,
+            command: resolved.command,
+            source: RunSource::Admin,
+            requester: Requester {
+                principal: principal.name.clone(),
+                display_name: principal.name.clone(),
+                ..Default::default()
+            },
+            namespace: resolved.namespace,
+            workflow_template: resolved.workflow_template,
+            service_account: resolved.service_account,
+            workflow_name_prefix: resolved.workflow_name_prefix,
+            parameters: resolved.parameters,
+            parent_run_id: None,
+            trace_parent,
+        };
+        let (run, duplicate) = self.0.store.create_run(new, &principal.name).await?;
+        if !duplicate {
+            tracing::info!(run_id = %run.id, command = %run.command, principal = %principal.name, "run accepted");
+            self.0.wake_dispatchers();
+        }
+        Ok(Response::new(pb::StartRunResponse {
+            run: Some(convert::run(&run)),
+            duplicate,
+        }))
+    }
+
+    async fn list_runs(
+        &self,
+        req: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let r = req.into_inner();
+        let status = match pb::RunStatus::try_from(r.status) {
+            Ok(pb::RunStatus::Unspecified) => None,
+            Ok(s) => convert::status_from(s),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "status {} is not a RunStatus",
+                    r.status
+                )));
+            }
+        };
+        let nonempty = |s: String| (!s.is_empty()).then_some(s);
+        let time = |t: Option<prost_types::Timestamp>, field: &str| -> Result<_, Status> {
+            t.map(|t| {
+                convert::from_ts(&t)
+                    .ok_or_else(|| Status::invalid_argument(format!("{field} is out of range")))
+            })
+            .transpose()
+        };
+        let filter = RunFilter {
+            status,
+            command: nonempty(r.command),
+            requester: nonempty(r.requester),
+            guild_id: nonempty(r.guild_id),
+            created_after: time(r.created_after, "created_after")?,
+            created_before: time(r.created_before, "created_before")?,
+        };
+        let limit = page_size(r.page_size);
+        let runs = self
+            .0
+            .store
+            .list_runs(&filter, limit + 1, parse_cursor(&r.page_token)?)
+            .await?;
+        let more = runs.len() as u64 > limit;
+        let runs: Vec<_> = runs.into_iter().take(limit as usize).collect();
+        let next_page_token = match runs.last() {
+            Some(last) if more => cursor(last.created_at, &last.id),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListRunsResponse {
+            runs: runs.iter().map(convert::run).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_run(
+        &self,
+        req: Request<pb::GetRunRequest>,
+    ) -> Result<Response<pb::GetRunResponse>, Status> {
+        let id = req.into_inner().run_id;
+        run_id(&id)?;
+        let run = self
+            .0
+            .store
+            .get_run(&id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no run `{id}`")))?;
+        let events = self.0.store.run_events(&id).await?;
+        Ok(Response::new(pb::GetRunResponse {
+            run: Some(convert::run(&run)),
+            events: events.iter().map(convert::event).collect(),
+        }))
+    }
+
+    async fn cancel_run(
+        &self,
+        req: Request<pb::CancelRunRequest>,
+    ) -> Result<Response<pb::CancelRunResponse>, Status> {
+        let principal = Principal::of(&req);
+        let r = req.into_inner();
+        run_id(&r.run_id)?;
+        let kind = match pb::CancelMode::try_from(r.mode) {
+            Ok(pb::CancelMode::Unspecified | pb::CancelMode::Stop) => DispatchKind::Stop,
+            Ok(pb::CancelMode::Terminate) => DispatchKind::Terminate,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "mode {} is not a CancelMode",
+                    r.mode
+                )));
+            }
+        };
+        let run = self
+            .0
+            .store
+            .cancel_run(&r.run_id, kind, &principal.name, &r.reason)
+            .await?;
+        tracing::info!(run_id = %run.id, status = %run.status, mode = kind.as_str(), principal = %principal.name, "cancel requested");
+        self.0.wake_dispatchers();
+        Ok(Response::new(pb::CancelRunResponse {
+            run: Some(convert::run(&run)),
+        }))
+    }
+
+    async fn retry_run(
+        &self,
+        req: Request<pb::RetryRunRequest>,
+    ) -> Result<Response<pb::RetryRunResponse>, Status> {
+        let principal = Principal::of(&req);
+        let trace_parent = facteur_config::telemetry::current_traceparent().unwrap_or_default();
+        let r = req.into_inner();
+        run_id(&r.run_id)?;
+        let old = self
+            .0
+            .store
+            .get_run(&r.run_id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no run `{}`", r.run_id)))?;
+        if !old.status.is_terminal() {
+            return Err(Status::failed_precondition(format!(
+                "run `{}` is {}; only a finished run can be retried",
+                old.id, old.status
+            )));
+        }
+        let prefix = old
+            .workflow_name
+            .trim_end_matches(|c: char| c.is_ascii_hexdigit())
+            .to_string();
+        let key = idempotency_key(&r.idempotency_key, || {
+            format!("retry:{}:{}", old.id, uuid::Uuid::new_v4())
+        })?;
+        let new = NewRun {
+            idempotency_key: key,
+            command: old.command.clone(),
+            source: RunSource::Retry,
+            requester: Requester {
+                principal: principal.name.clone(),
+                ..old.requester.clone()
+            },
+            namespace: old.namespace.clone(),
+            workflow_template: old.workflow_template.clone(),
+            service_account: old.service_account.clone(),
+            workflow_name_prefix: prefix,
+            parameters: old.parameters.clone(),
+            parent_run_id: Some(old.id.clone()),
+            trace_parent,
+        };
+        let (run, duplicate) = self.0.store.create_run(new, &principal.name).await?;
+        if !duplicate {
+            self.0.wake_dispatchers();
+        }
+        Ok(Response::new(pb::RetryRunResponse {
+            run: Some(convert::run(&run)),
+        }))
+    }
+
+    async fn get_policy(
+        &self,
+        _: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::GetPolicyResponse>, Status> {
+        Err(not_yet(
+            "AdminService.GetPolicy",
+            "the per-guild role policy",
+            ISSUE_DISCORD,
+        ))
+    }
+
+    async fn set_policy(
+        &self,
+        _: Request<pb::SetPolicyRequest>,
+    ) -> Result<Response<pb::SetPolicyResponse>, Status> {
+        Err(not_yet(
+            "AdminService.SetPolicy",
+            "the per-guild role policy",
+            ISSUE_DISCORD,
+        ))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        req: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let r = req.into_inner();
+        let limit = page_size(r.page_size);
+        let rows = self
+            .0
+            .store
+            .list_dead_letters(limit + 1, parse_cursor(&r.page_token)?)
+            .await?;
+        let more = rows.len() as u64 > limit;
+        let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
+        let next_page_token = match rows.last() {
+            Some((d, _)) if more => cursor(d.dead_lettered_at.unwrap_or_default(), &d.id),
+            _ => String::new(),
+        };
+        let dead_letters = rows
+            .iter()
+            .map(|(d, run)| pb::DeadLetter {
+                dispatch_id: d.id.clone(),
+                run: Some(convert::run(run)),
+                attempts: d.attempts,
+                last_error: d.last_error.clone(),
+                dead_lettered_at: d.dead_lettered_at.map(convert::ts),
+            })
+            .collect();
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            dead_letters,
+            next_page_token,
+        }))
+    }
+
+    async fn requeue_dead_letter(
+        &self,
+        req: Request<pb::RequeueDeadLetterRequest>,
+    ) -> Result<Response<pb::RequeueDeadLetterResponse>, Status> {
+        let principal = Principal::of(&req);
+        let id = req.into_inner().dispatch_id;
+        if uuid::Uuid::parse_str(&id).is_err() {
+            return Err(Status::invalid_argument(format!(
+                "dispatch_id `{id}` is not a UUID"
+            )));
+        }
+        let run = self
+            .0
+            .store
+            .requeue_dead_letter(&id, &principal.name)
+            .await?;
+        tracing::info!(run_id = %run.id, dispatch_id = %id, principal = %principal.name, "dead letter requeued");
+        self.0.wake_dispatchers();
+        Ok(Response::new(pb::RequeueDeadLetterResponse {
+            run: Some(convert::run(&run)),
+        }))
+    }
+
+    async fn list_sessions(
+        &self,
+        _: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        Err(not_yet(
+            "AdminService.ListSessions",
+            "Discord interaction sessions",
+            ISSUE_DISCORD,
+        ))
+    }
+}

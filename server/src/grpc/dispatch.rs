@@ -1,0 +1,317 @@
+//! `facteur.v1.DispatchService`: leases, completions and status reports from argo-adapters.
+
+use super::{BoxStream, convert};
+use crate::auth::Principal;
+use crate::domain::dispatch::{DispatchKind, Leased, Outcome, StatusReport};
+use crate::state::AppState;
+use crate::store::dispatch::{CompleteEffect, LeaseOutcome};
+use facteur_proto::v1 as pb;
+use pb::dispatch_service_server::DispatchService;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+/// `facteur.v1.DispatchService`.
+#[derive(Clone)]
+pub struct DispatchApi(pub Arc<AppState>);
+
+/// Longest wait between two looks at the queue when nothing woke the stream: bounds how late
+/// an expired lease, a retry whose backoff ended, or a job created on another replica is seen.
+const IDLE_RECHECK: Duration = Duration::from_millis(500);
+const DEFAULT_IN_FLIGHT: u32 = 16;
+const MAX_IN_FLIGHT: u32 = 256;
+
+/// Label values: at most 63 of `[A-Za-z0-9-_.]`, alphanumeric at both ends.
+pub fn label_value(s: &str) -> String {
+    let mut v: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    v.truncate(63);
+    v.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
+}
+
+/// Label carrying the run id on every Workflow we create.
+pub const RUN_ID_LABEL: &str = "facteur.proompteng.ai/run-id";
+/// Label selecting the Workflows facteur manages.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+
+fn job(l: &Leased) -> pb::LeaseResponse {
+    let run = &l.run;
+    let kind = match l.dispatch.kind {
+        DispatchKind::Create => pb::DispatchKind::Create,
+        DispatchKind::Stop => pb::DispatchKind::Stop,
+        DispatchKind::Terminate => pb::DispatchKind::Terminate,
+    };
+    let labels = [
+        (MANAGED_BY_LABEL.to_string(), "facteur".to_string()),
+        (RUN_ID_LABEL.to_string(), run.id.clone()),
+        (
+            "facteur.proompteng.ai/command".to_string(),
+            label_value(&run.command),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let requester = if run.requester.user_id.is_empty() {
+        &run.requester.principal
+    } else {
+        &run.requester.user_id
+    };
+    let mut annotations: std::collections::HashMap<String, String> = [
+        (
+            "facteur.proompteng.ai/requester".to_string(),
+            requester.clone(),
+        ),
+        (
+            "facteur.proompteng.ai/source".to_string(),
+            run.source.as_str().to_string(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    if !run.trace_parent.is_empty() {
+        annotations.insert(
+            "facteur.proompteng.ai/traceparent".into(),
+            run.trace_parent.clone(),
+        );
+    }
+    pb::LeaseResponse {
+        dispatch_id: l.dispatch.id.clone(),
+        run_id: run.id.clone(),
+        kind: kind as i32,
+        attempt: l.dispatch.attempts,
+        lease_expires_at: l.dispatch.lease_expires_at.map(convert::ts),
+        lease_token: l.dispatch.lease_token.clone(),
+        workflow: Some(pb::WorkflowSpec {
+            namespace: run.namespace.clone(),
+            name: run.workflow_name.clone(),
+            workflow_template: run.workflow_template.clone(),
+            service_account: run.service_account.clone(),
+            parameters: run
+                .parameters
+                .iter()
+                .map(|(k, v)| pb::Parameter {
+                    name: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            labels,
+            annotations,
+        }),
+    }
+}
+
+async fn lease_loop(
+    state: Arc<AppState>,
+    owner: String,
+    namespaces: Vec<String>,
+    max: u32,
+    tx: mpsc::Sender<Result<pb::LeaseResponse, Status>>,
+) {
+    tracing::info!(owner = %owner, max_in_flight = max, "adapter leasing");
+    loop {
+        let notified = state.dispatch_wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let mut wait = IDLE_RECHECK;
+        match state.store.count_leased(&owner).await {
+            Ok(held) if held < u64::from(max) => match state
+                .store
+                .lease_next(&owner, &namespaces, &state.dispatch_policy)
+                .await
+            {
+                Ok(LeaseOutcome::Leased(l)) => {
+                    tracing::info!(run_id = %l.run.id, dispatch = l.dispatch.kind.as_str(), attempt = l.dispatch.attempts, owner = %owner, "dispatch leased");
+                    if tx.send(Ok(job(&l))).await.is_err() {
+                        // The adapter is gone; the lease expires and the job goes to another one.
+                        break;
+                    }
+                    continue;
+                }
+                Ok(LeaseOutcome::Idle { next_due }) => {
+                    if let Some(due) = next_due {
+                        wait = (due - chrono::Utc::now())
+                            .to_std()
+                            .unwrap_or(Duration::ZERO)
+                            .min(IDLE_RECHECK);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "leasing failed; retrying");
+                }
+            },
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot count leases; retrying"),
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = tx.closed() => break,
+            _ = state.shutdown.cancelled() => break,
+        }
+    }
+    tracing::info!(owner = %owner, "adapter lease stream ended");
+}
+
+#[tonic::async_trait]
+impl DispatchService for DispatchApi {
+    type LeaseStream = BoxStream<pb::LeaseResponse>;
+
+    async fn lease(
+        &self,
+        req: Request<pb::LeaseRequest>,
+    ) -> Result<Response<Self::LeaseStream>, Status> {
+        let principal = Principal::of(&req);
+        let r = req.into_inner();
+        let id = r.adapter_id.trim();
+        if id.is_empty() || id.len() > 100 {
+            return Err(Status::invalid_argument(
+                "adapter_id is required (1 to 100 characters, e.g. the pod name)",
+            ));
+        }
+        if self.0.config.dispatcher.disabled {
+            return Err(Status::failed_precondition(
+                "dispatching is disabled on this server (dispatcher.disabled / FACTEUR_DISABLE_DISPATCHER)",
+            ));
+        }
+        let max = if r.max_in_flight == 0 {
+            DEFAULT_IN_FLIGHT
+        } else {
+            r.max_in_flight.min(MAX_IN_FLIGHT)
+        };
+        let owner = format!("{}/{id}", principal.name);
+        let (tx, rx) = mpsc::channel(max as usize);
+        let span = tracing::info_span!("lease_stream", owner = %owner);
+        tokio::spawn(lease_loop(self.0.clone(), owner, r.namespaces, max, tx).instrument(span));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn complete(
+        &self,
+        req: Request<pb::CompleteRequest>,
+    ) -> Result<Response<pb::CompleteResponse>, Status> {
+        let principal = Principal::of(&req);
+        let r = req.into_inner();
+        if r.dispatch_id.is_empty() || r.lease_token.is_empty() {
+            return Err(Status::invalid_argument(
+                "dispatch_id and lease_token are required",
+            ));
+        }
+        let outcome = match r.outcome {
+            Some(pb::complete_request::Outcome::Success(s)) => Outcome::Success {
+                workflow_name: s.workflow_name,
+                workflow_uid: s.workflow_uid,
+                already_existed: s.already_existed,
+            },
+            Some(pb::complete_request::Outcome::Failure(f)) => {
+                if f.message.is_empty() {
+                    return Err(Status::invalid_argument("failure.message is required"));
+                }
+                Outcome::Failure {
+                    message: f.message,
+                    retryable: f.retryable,
+                }
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "outcome is required: success or failure",
+                ));
+            }
+        };
+        let st = &self.0;
+        let (run, effect) = st
+            .store
+            .complete_dispatch(
+                &r.dispatch_id,
+                &r.lease_token,
+                &outcome,
+                &st.dispatch_policy,
+                &principal.name,
+            )
+            .await?;
+        let m = &st.metrics;
+        match effect {
+            CompleteEffect::Submitted(latency) => {
+                m.add("facteur_command_events_processed_total", vec![], 1);
+                m.observe("facteur_command_events_duration_ms", vec![], latency);
+            }
+            CompleteEffect::RetryScheduled => {
+                m.add("facteur_command_events_failed_total", vec![], 1)
+            }
+            CompleteEffect::DeadLettered => {
+                m.add("facteur_command_events_failed_total", vec![], 1);
+                m.add("facteur_command_events_dlq_total", vec![], 1);
+                tracing::warn!(run_id = %run.id, dispatch_id = %r.dispatch_id, "dispatch dead-lettered");
+            }
+            CompleteEffect::ShutdownSent
+            | CompleteEffect::Cancelled
+            | CompleteEffect::AlreadyDone => {}
+        }
+        tracing::info!(run_id = %run.id, status = %run.status, effect = ?effect, "dispatch completed");
+        st.wake_dispatchers();
+        Ok(Response::new(pb::CompleteResponse {
+            run_status: convert::status(run.status) as i32,
+        }))
+    }
+
+    async fn report_workflow_status(
+        &self,
+        req: Request<pb::ReportWorkflowStatusRequest>,
+    ) -> Result<Response<pb::ReportWorkflowStatusResponse>, Status> {
+        let principal = Principal::of(&req);
+        let r = req.into_inner();
+        if r.run_id.is_empty() && r.workflow_name.is_empty() {
+            return Err(Status::invalid_argument(
+                "run_id or workflow_name is required",
+            ));
+        }
+        if !r.run_id.is_empty() && uuid::Uuid::parse_str(&r.run_id).is_err() {
+            return Err(Status::invalid_argument(format!(
+                "run_id `{}` is not a UUID",
+                r.run_id
+            )));
+        }
+        if !["", "Pending", "Running", "Succeeded", "Failed", "Error"].contains(&r.phase.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "phase `{}` is not an Argo Workflow phase (Pending, Running, Succeeded, Failed, Error)",
+                r.phase
+            )));
+        }
+        let time = |t: &Option<prost_types::Timestamp>| t.as_ref().and_then(convert::from_ts);
+        let report = StatusReport {
+            run_id: (!r.run_id.is_empty()).then(|| r.run_id.clone()),
+            started_at: time(&r.started_at),
+            finished_at: time(&r.finished_at),
+            namespace: r.namespace,
+            workflow_name: r.workflow_name,
+            workflow_uid: r.workflow_uid,
+            phase: r.phase,
+            message: r.message,
+            progress: r.progress,
+            failed_node: r.failed_node,
+            failed_node_message: r.failed_node_message,
+            source: r.source,
+        };
+        let (run, changed) = self.0.store.report_status(&report, &principal.name).await?;
+        if changed {
+            tracing::info!(run_id = %run.id, status = %run.status, phase = %report.phase, source = %report.source, "workflow status");
+            self.0.wake_dispatchers();
+        }
+        Ok(Response::new(pb::ReportWorkflowStatusResponse {
+            run_status: convert::status(run.status) as i32,
+            changed,
+        }))
+    }
+}
