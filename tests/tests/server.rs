@@ -242,13 +242,13 @@ async fn later_capabilities_answer_unimplemented_naming_them() {
     let srv = TestServer::start(config(&db)).await;
     let c = srv.client("").await;
     let err = c
-        .dispatch()
-        .complete(pb::CompleteRequest::default())
+        .admin()
+        .set_policy(pb::SetPolicyRequest::default())
         .await
         .expect_err("not yet");
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(
-        err.message().contains("DispatchService.Complete") && err.message().contains("issue #3"),
+        err.message().contains("AdminService.SetPolicy") && err.message().contains("issue #5"),
         "{}",
         err.message()
     );
