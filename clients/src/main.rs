@@ -39,6 +39,73 @@ struct Cli {
 enum Command {
     /// Server version and the health of each dependency; exits 1 when not ready.
     Status,
+    /// Start a run: `facteurctl run <command> key=value…`; or `facteurctl run get <id>`.
+    #[command(args_conflicts_with_subcommands = true)]
+    Run {
+        #[command(subcommand)]
+        sub: Option<RunSub>,
+        /// Catalog command to run.
+        command: Option<String>,
+        /// Parameters as key=value.
+        params: Vec<String>,
+        /// Idempotency key (a replay returns the original run).
+        #[arg(long)]
+        key: Option<String>,
+        /// Follow the run until it ends; exit 1 unless it succeeded.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Runs, newest first.
+    Runs {
+        /// Only this state (queued, dispatching, submitted, running, succeeded, failed, error, cancelled, dead_lettered).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this command.
+        #[arg(long)]
+        command: Option<String>,
+        /// Only this requester (principal or Discord user id).
+        #[arg(long)]
+        requester: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Cancel a run (a running Workflow is stopped, or terminated with --terminate).
+    Cancel {
+        /// Run id.
+        run_id: String,
+        /// Terminate (exit handlers do not run) instead of Stop.
+        #[arg(long)]
+        terminate: bool,
+        /// Why, for the audit trail.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Start a new run with the parameters of a finished one.
+    Retry {
+        /// Run id.
+        run_id: String,
+    },
+    /// Dispatches that exhausted their attempts.
+    DeadLetters {
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Put a dead-lettered dispatch back in the queue.
+    Requeue {
+        /// Dispatch id (from `dead-letters`).
+        dispatch_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunSub {
+    /// One run with its history.
+    Get {
+        /// Run id.
+        run_id: String,
+    },
 }
 
 #[tokio::main]
@@ -64,7 +131,374 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = Client::connect(cfg).await?;
     match cli.command {
         Command::Status => status(&client, &cli.url).await,
+        Command::Run {
+            sub: Some(RunSub::Get { run_id }),
+            ..
+        } => get_run(&client, &run_id).await,
+        Command::Run {
+            sub: None,
+            command: Some(command),
+            params,
+            key,
+            wait,
+        } => start_run(&client, command, &params, key, wait).await,
+        Command::Run { .. } => Err(anyhow::anyhow!(
+            "usage: facteurctl run <command> key=value… | facteurctl run get <id>"
+        )),
+        Command::Runs {
+            status,
+            command,
+            requester,
+            limit,
+        } => list_runs(&client, status, command, requester, limit).await,
+        Command::Cancel {
+            run_id,
+            terminate,
+            reason,
+        } => {
+            let mode = if terminate {
+                pb::CancelMode::Terminate
+            } else {
+                pb::CancelMode::Stop
+            };
+            let req = pb::CancelRunRequest {
+                run_id,
+                mode: mode as i32,
+                reason,
+            };
+            let run = client
+                .admin()
+                .cancel_run(req)
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .run
+                .unwrap_or_default();
+            println!("run {}: {}", run.id, status_name(run.status));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retry { run_id } => {
+            let req = pb::RetryRunRequest {
+                run_id,
+                idempotency_key: String::new(),
+            };
+            let run = client
+                .admin()
+                .retry_run(req)
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .run
+                .unwrap_or_default();
+            println!(
+                "new run {} (retry of {}): {}",
+                run.id,
+                run.parent_run_id,
+                status_name(run.status)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DeadLetters { limit } => dead_letters(&client, limit).await,
+        Command::Requeue { dispatch_id } => {
+            let req = pb::RequeueDeadLetterRequest { dispatch_id };
+            let run = client
+                .admin()
+                .requeue_dead_letter(req)
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .run
+                .unwrap_or_default();
+            println!("run {} requeued: {}", run.id, status_name(run.status));
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn status_err(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", code_name(e.code()), e.message())
+}
+
+/// `RUN_STATUS_DEAD_LETTERED` → `dead_lettered`.
+fn status_name(s: i32) -> String {
+    pb::RunStatus::try_from(s)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("RUN_STATUS_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_else(|_| s.to_string())
+}
+
+fn parse_status(s: &str) -> anyhow::Result<pb::RunStatus> {
+    pb::RunStatus::from_str_name(&format!("RUN_STATUS_{}", s.to_ascii_uppercase()))
+        .filter(|s| *s != pb::RunStatus::Unspecified)
+        .ok_or_else(|| anyhow::anyhow!("unknown status `{s}`"))
+}
+
+fn ts(t: &Option<prost_types::Timestamp>) -> String {
+    t.as_ref().map(|t| fmt_time(t.seconds)).unwrap_or_default()
+}
+
+async fn start_run(
+    client: &Client,
+    command: String,
+    params: &[String],
+    key: Option<String>,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut parameters = std::collections::HashMap::new();
+    for p in params {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("parameter `{p}` is not key=value"))?;
+        parameters.insert(k.to_string(), v.to_string());
+    }
+    let req = pb::StartRunRequest {
+        command,
+        parameters,
+        idempotency_key: key.unwrap_or_default(),
+    };
+    let resp = client
+        .admin()
+        .start_run(req)
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let run = resp.run.unwrap_or_default();
+    let target = run.target.clone().unwrap_or_default();
+    println!(
+        "run {}{}: {} (workflow {}/{})",
+        run.id,
+        if resp.duplicate {
+            " (already accepted)"
+        } else {
+            ""
+        },
+        status_name(run.status),
+        target.namespace,
+        target.workflow_name
+    );
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut last = run.status;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let r = client
+            .admin()
+            .get_run(pb::GetRunRequest {
+                run_id: run.id.clone(),
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        let r = r.run.unwrap_or_default();
+        if r.status != last {
+            println!(
+                "{}  {}{}",
+                status_name(r.status),
+                r.progress,
+                if r.message.is_empty() {
+                    String::new()
+                } else {
+                    format!("  {}", r.message)
+                }
+            );
+            last = r.status;
+        }
+        let s = pb::RunStatus::try_from(r.status).unwrap_or(pb::RunStatus::Unspecified);
+        match s {
+            pb::RunStatus::Succeeded => return Ok(ExitCode::SUCCESS),
+            pb::RunStatus::Failed
+            | pb::RunStatus::Error
+            | pb::RunStatus::Cancelled
+            | pb::RunStatus::DeadLettered => {
+                return Ok(ExitCode::FAILURE);
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn get_run(client: &Client, run_id: &str) -> anyhow::Result<ExitCode> {
+    let r = client
+        .admin()
+        .get_run(pb::GetRunRequest {
+            run_id: run_id.into(),
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let run = r.run.unwrap_or_default();
+    let target = run.target.clone().unwrap_or_default();
+    let req = run.requester.clone().unwrap_or_default();
+    let params: Vec<String> = run
+        .parameters
+        .iter()
+        .map(|p| format!("{}={}", p.name, p.value))
+        .collect();
+    let rows = vec![
+        vec!["id".to_string(), run.id.clone()],
+        vec!["status".into(), status_name(run.status)],
+        vec!["command".into(), run.command.clone()],
+        vec![
+            "requester".into(),
+            if req.discord_user_id.is_empty() {
+                req.principal.clone()
+            } else {
+                req.discord_user_id.clone()
+            },
+        ],
+        vec!["template".into(), target.workflow_template.clone()],
+        vec![
+            "workflow".into(),
+            format!("{}/{}", target.namespace, target.workflow_name),
+        ],
+        vec!["uid".into(), run.workflow_uid.clone()],
+        vec!["parameters".into(), params.join(" ")],
+        vec!["progress".into(), run.progress.clone()],
+        vec!["message".into(), run.message.clone()],
+        vec!["attempts".into(), run.attempts.to_string()],
+        vec!["retry of".into(), run.parent_run_id.clone()],
+        vec!["created".into(), ts(&run.created_at)],
+        vec!["started".into(), ts(&run.started_at)],
+        vec!["finished".into(), ts(&run.finished_at)],
+    ];
+    print!("{}", table(&["FIELD", "VALUE"], &rows));
+    println!();
+    let events: Vec<Vec<String>> = r
+        .events
+        .iter()
+        .map(|e| {
+            vec![
+                e.sequence.to_string(),
+                ts(&e.time),
+                e.actor.clone(),
+                e.kind.clone(),
+                format!(
+                    "{} -> {}",
+                    status_name(e.from_status),
+                    status_name(e.to_status)
+                ),
+                e.payload_json.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["SEQ", "TIME", "ACTOR", "EVENT", "STATE", "DETAILS"],
+            &events
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list_runs(
+    client: &Client,
+    status: Option<String>,
+    command: Option<String>,
+    requester: Option<String>,
+    limit: u32,
+) -> anyhow::Result<ExitCode> {
+    let status = status
+        .map(|s| parse_status(&s))
+        .transpose()?
+        .map_or(0, |s| s as i32);
+    let req = pb::ListRunsRequest {
+        status,
+        command: command.unwrap_or_default(),
+        requester: requester.unwrap_or_default(),
+        page_size: limit,
+        ..Default::default()
+    };
+    let runs = client
+        .admin()
+        .list_runs(req)
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .runs;
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            let req = r.requester.clone().unwrap_or_default();
+            vec![
+                r.id.clone(),
+                status_name(r.status),
+                r.command.clone(),
+                if req.discord_user_id.is_empty() {
+                    req.principal
+                } else {
+                    req.discord_user_id
+                },
+                r.target
+                    .as_ref()
+                    .map(|t| t.workflow_name.clone())
+                    .unwrap_or_default(),
+                ts(&r.created_at),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "RUN",
+                "STATUS",
+                "COMMAND",
+                "REQUESTER",
+                "WORKFLOW",
+                "CREATED"
+            ],
+            &rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dead_letters(client: &Client, limit: u32) -> anyhow::Result<ExitCode> {
+    let req = pb::ListDeadLettersRequest {
+        page_size: limit,
+        page_token: String::new(),
+    };
+    let dl = client
+        .admin()
+        .list_dead_letters(req)
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .dead_letters;
+    let rows: Vec<Vec<String>> = dl
+        .iter()
+        .map(|d| {
+            let run = d.run.clone().unwrap_or_default();
+            vec![
+                d.dispatch_id.clone(),
+                run.id,
+                run.command,
+                d.attempts.to_string(),
+                ts(&d.dead_lettered_at),
+                d.last_error.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "DISPATCH",
+                "RUN",
+                "COMMAND",
+                "ATTEMPTS",
+                "DEAD-LETTERED",
+                "ERROR"
+            ],
+            &rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn status(client: &Client, url: &str) -> anyhow::Result<ExitCode> {
@@ -110,8 +544,16 @@ async fn status(client: &Client, url: &str) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `InvalidArgument` → `INVALID_ARGUMENT`, as gRPC names its codes.
 fn code_name(c: tonic::Code) -> String {
-    format!("{c:?}").to_ascii_uppercase()
+    let mut out = String::new();
+    for (i, ch) in format!("{c:?}").chars().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(ch.to_ascii_uppercase());
+    }
+    out
 }
 
 fn fmt_time(unix: i64) -> String {

@@ -1,0 +1,98 @@
+//! `facteurctl` against a real server (SQLite, auth on).
+
+use facteur_config::{Process, Secret, TokenConfig};
+use std::process::Command;
+
+const TOKEN: &str = "ctl-test-admin-token-0123";
+
+async fn server(dir: &std::path::Path) -> facteur_server::RunningServer {
+    let mut c =
+        facteur_config::load_from(None, &Default::default(), Process::Server).expect("config");
+    c.server.grpc_listen_address = "127.0.0.1:0".into();
+    c.server.listen_address = "127.0.0.1:0".into();
+    c.database.url = Secret(format!("sqlite://{}?mode=rwc", dir.join("f.db").display()));
+    c.auth.tokens = vec![TokenConfig {
+        name: "ops".into(),
+        role: "admin".into(),
+        token: Secret(TOKEN.into()),
+    }];
+    facteur_server::start(c, Default::default())
+        .await
+        .expect("server")
+}
+
+fn ctl(url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_facteurctl"))
+        .args(args)
+        .env("FACTEUR_CONTROL_PLANE_URL", url)
+        .env("FACTEUR_CONTROL_PLANE_TOKEN", TOKEN)
+        .output()
+        .expect("run facteurctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_command_against_a_live_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = server(dir.path()).await;
+    let url = format!("http://{}", srv.grpc_addr);
+    let url = url.as_str();
+
+    let (ok, out, err) = tokio::task::block_in_place(|| ctl(url, &["status"]));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("ready") && out.contains("sqlite") && out.contains("memory"),
+        "{out}"
+    );
+
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        ctl(url, &["run", "dispatch", "payload=hello", "--key", "k1"])
+    });
+    assert!(ok, "{err}");
+    assert!(out.contains(": queued"), "{out}");
+    let run_id = out
+        .split_whitespace()
+        .nth(1)
+        .expect("run id")
+        .trim_end_matches(':')
+        .to_string();
+    let (_, again, _) = tokio::task::block_in_place(|| {
+        ctl(url, &["run", "dispatch", "payload=hello", "--key", "k1"])
+    });
+    assert!(
+        again.contains("already accepted") && again.contains(&run_id),
+        "{again}"
+    );
+
+    let (ok, out, _) = tokio::task::block_in_place(|| ctl(url, &["runs", "--status", "queued"]));
+    assert!(
+        ok && out.starts_with("RUN") && out.contains(&run_id) && out.contains("dispatch"),
+        "{out}"
+    );
+    let (ok, out, _) = tokio::task::block_in_place(|| ctl(url, &["run", "get", &run_id]));
+    assert!(
+        ok && out.contains("payload=hello") && out.contains("created"),
+        "{out}"
+    );
+
+    let (ok, out, _) =
+        tokio::task::block_in_place(|| ctl(url, &["cancel", &run_id, "--reason", "test"]));
+    assert!(ok && out.contains("cancelled"), "{out}");
+    let (ok, out, _) = tokio::task::block_in_place(|| ctl(url, &["retry", &run_id]));
+    assert!(ok && out.contains(&format!("retry of {run_id}")), "{out}");
+    let (ok, out, _) = tokio::task::block_in_place(|| ctl(url, &["dead-letters"]));
+    assert!(ok && out.starts_with("DISPATCH"), "{out}");
+
+    let (ok, _, err) = tokio::task::block_in_place(|| ctl(url, &["run", "dispatch", "bogus=1"]));
+    assert!(
+        !ok && err.contains("INVALID_ARGUMENT") && err.contains("bogus"),
+        "{err}"
+    );
+    let (ok, _, err) = tokio::task::block_in_place(|| ctl(url, &["requeue", "not-a-uuid"]));
+    assert!(!ok && err.contains("dispatch_id"), "{err}");
+    srv.stop().await.expect("stop");
+}
