@@ -195,8 +195,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             auth::interceptor(auth, auth::allowed::ADMIN),
         ));
 
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    // Nagle's algorithm plus delayed ACKs adds ~40 ms to small request/response exchanges.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+        |s| {
+            s.inspect(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            })
+        },
+    );
     let grpc = router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let http = axum::serve(http_listener, crate::http::router(state.clone()))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     tracing::info!(grpc = %grpc_addr, http = %http_addr, version = env!("CARGO_PKG_VERSION"), "facteur serving");

@@ -34,6 +34,7 @@ struct Inner {
     patches: Vec<(String, String, Value)>,
     fail_creates: VecDeque<u16>,
     hang_creates: usize,
+    create_seen: HashMap<String, std::time::Instant>,
 }
 
 /// Handle to a running fake.
@@ -106,6 +107,9 @@ impl FakeKube {
             .route(&format!("{BASE}/{{name}}"), get(get_one).patch(patch))
             .with_state(Ctx(fake.clone()));
         tokio::spawn(async move {
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app).await;
         });
         fake
@@ -133,6 +137,16 @@ impl FakeKube {
             .lock()
             .map(|i| i.creates.clone())
             .unwrap_or_default()
+    }
+
+    /// When the first create request for `name` arrived.
+    pub fn create_seen(&self, name: &str) -> Option<std::time::Instant> {
+        self.inner.lock().ok()?.create_seen.get(name).copied()
+    }
+
+    /// How many distinct Workflows had a create request.
+    pub fn create_seen_count(&self) -> usize {
+        self.inner.lock().map(|i| i.create_seen.len()).unwrap_or(0)
     }
 
     /// Every merge patch received: (namespace, name, patch).
@@ -212,10 +226,14 @@ async fn create(State(Ctx(fake)): State<Ctx>, Path(ns): Path<String>, body: Byte
         return status(400, "BadRequest", "body is not JSON".into());
     };
     let hang = {
+        let seen = std::time::Instant::now();
         let Ok(mut inner) = fake.inner.lock() else {
             return status(500, "InternalError", "lock".into());
         };
         inner.creates.push(obj.clone());
+        if let Some(name) = obj["metadata"]["name"].as_str() {
+            inner.create_seen.entry(name.to_string()).or_insert(seen);
+        }
         if let Some(code) = inner.fail_creates.pop_front() {
             return status(code, "InternalError", format!("injected failure {code}"));
         }

@@ -1,0 +1,144 @@
+//! facteur benchmarks. Each starts what it needs on loopback (the server in process, the fake
+//! Kubernetes API server, an argo-adapter on the real kube-rs client, a fresh Postgres database
+//! or SQLite file) and prints one JSON object with the figures as its last line.
+//!
+//! `dispatch`: run accepted → Workflow create request seen by the fake Kubernetes API server.
+//! Latency is measured one run at a time from the moment `StartRun` is sent (so it includes the
+//! acceptance itself); throughput by submitting many runs at once and timing until every
+//! Workflow create has been seen.
+
+use facteur_client::pb;
+use facteur_tests::fake_kube::FakeKube;
+use facteur_tests::stack::{Adapter, admin};
+use facteur_tests::{Backend, TestDb, TestServer, config, with_tokens};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const NS: &str = "argo-workflows";
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+async fn dispatch(
+    backend: Backend,
+    latency_runs: usize,
+    burst_runs: usize,
+    concurrency: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let db = TestDb::new(backend).await;
+    let mut cfg = with_tokens(config(&db));
+    cfg.database.max_connections = 16;
+    let srv = TestServer::start(cfg).await;
+    let kube = FakeKube::start().await;
+    let adapter = Adapter::start(&srv.grpc_url(), &kube, NS);
+    let a = admin(&srv).await;
+
+    // Warm-up: connections, prepared statements, the adapter's watch.
+    for _ in 0..20 {
+        let run = a.start_run("dispatch", &[("payload", "warm-up")]).await;
+        let name = run.target.expect("target").workflow_name;
+        while kube.create_seen(&name).is_none() {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+
+    let mut lat = Vec::with_capacity(latency_runs);
+    for _ in 0..latency_runs {
+        let t0 = Instant::now();
+        let run = a.start_run("dispatch", &[("payload", "latency")]).await;
+        let name = run.target.expect("target").workflow_name;
+        let seen = loop {
+            if let Some(t) = kube.create_seen(&name) {
+                break t;
+            }
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        };
+        lat.push(seen.duration_since(t0).as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(f64::total_cmp);
+
+    let before = kube.create_seen_count();
+    let start = Instant::now();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut tasks = Vec::with_capacity(burst_runs);
+    for i in 0..burst_runs {
+        let permit = sem.clone().acquire_owned().await?;
+        let client = a.0.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = pb::StartRunRequest {
+                command: "dispatch".into(),
+                parameters: [("payload".into(), format!("burst-{i}"))].into(),
+                idempotency_key: String::new(),
+            };
+            let r = client.admin().start_run(req).await;
+            drop(permit);
+            r.map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let accepted = start.elapsed();
+    while kube.create_seen_count() < before + burst_runs {
+        if start.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("burst did not finish in 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let all_created = start.elapsed();
+    adapter.stop().await;
+    srv.stop().await;
+    let per_s = burst_runs as f64 / all_created.as_secs_f64();
+    let out = json!({
+        "backend": format!("{backend:?}").to_lowercase(),
+        "latency_runs": latency_runs,
+        "p50_ms": (percentile(&lat, 50.0) * 100.0).round() / 100.0,
+        "p99_ms": (percentile(&lat, 99.0) * 100.0).round() / 100.0,
+        "max_ms": (lat.last().copied().unwrap_or(0.0) * 100.0).round() / 100.0,
+        "burst_runs": burst_runs,
+        "burst_concurrency": concurrency,
+        "accept_per_s": (burst_runs as f64 / accepted.as_secs_f64()).round(),
+        "per_s": per_s.round(),
+    });
+    println!("{out}");
+    Ok(out)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // Logs only when asked (RUST_LOG), so they do not disturb the figures.
+    let _telemetry = std::env::var("RUST_LOG")
+        .is_ok()
+        .then(|| facteur_config::telemetry::init("facteur-bench", &Default::default(), false));
+    let which = std::env::args().nth(1).unwrap_or_default();
+    let n = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    match which.as_str() {
+        "dispatch" => {
+            let (lat, burst, conc) = (
+                n("BENCH_LATENCY_RUNS", 500),
+                n("BENCH_BURST_RUNS", 2000),
+                n("BENCH_CONCURRENCY", 32),
+            );
+            let sqlite = dispatch(Backend::Sqlite, lat, burst, conc).await?;
+            let postgres = dispatch(Backend::Postgres, lat, burst, conc).await?;
+            let summary = json!({
+                "bench": "dispatch",
+                "p50_ms": postgres["p50_ms"], "p99_ms": postgres["p99_ms"], "per_s": postgres["per_s"],
+                "postgres": postgres, "sqlite": sqlite,
+            });
+            println!("{summary}");
+            Ok(())
+        }
+        other => anyhow::bail!("unknown benchmark `{other}`; available: dispatch"),
+    }
+}
