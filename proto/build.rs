@@ -18,10 +18,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proompteng");
     let fds = protox::compile(FILES, ["."])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    fs::write(out.join("facteur_descriptor.bin"), fds.encode_to_vec())?;
+    let bytes = fds.encode_to_vec();
+    fs::write(out.join("facteur_descriptor.bin"), &bytes)?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Timestamps with protobuf's JSON mapping (RFC 3339), so CodexTask round-trips as proto-JSON.
+        .extern_path(".google.protobuf.Timestamp", "::pbjson_types::Timestamp")
         .compile_fds(fds)?;
+    // serde impls following protobuf's JSON mapping, for the legacy CodexTask only.
+    pbjson_build::Builder::new()
+        .register_descriptors(&bytes)?
+        .build(&[".proompteng.froussard.v1"])?;
     Ok(())
 }

@@ -12,9 +12,9 @@ pub const RUN_ID_LABEL: &str = "facteur.proompteng.ai/run-id";
 /// Selector of the Workflows facteur manages.
 pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=facteur";
 
-fn ts(v: &Value) -> Option<prost_types::Timestamp> {
+fn ts(v: &Value) -> Option<facteur_proto::Timestamp> {
     let t = chrono::DateTime::parse_from_rfc3339(v.as_str()?).ok()?;
-    Some(prost_types::Timestamp {
+    Some(facteur_proto::Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,
     })

@@ -236,7 +236,7 @@ fn parse_status(s: &str) -> anyhow::Result<pb::RunStatus> {
         .ok_or_else(|| anyhow::anyhow!("unknown status `{s}`"))
 }
 
-fn ts(t: &Option<prost_types::Timestamp>) -> String {
+fn ts(t: &Option<facteur_proto::Timestamp>) -> String {
     t.as_ref().map(|t| fmt_time(t.seconds)).unwrap_or_default()
 }
 

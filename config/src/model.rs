@@ -278,6 +278,10 @@ pub struct ServerConfig {
     pub tls_key_file: String,
     /// PEM CA bundle; when set, clients must present a certificate signed by it (mTLS).
     pub tls_client_ca_file: String,
+    /// Accept `POST /codex/tasks` and `POST /events` without a bearer token, for producers
+    /// that cannot send one (a Knative KafkaSource sink). Only on a cluster-internal listener.
+    /// Default false.
+    pub compat_unauthenticated: bool,
 }
 
 impl Default for ServerConfig {
@@ -290,6 +294,7 @@ impl Default for ServerConfig {
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
             tls_client_ca_file: String::new(),
+            compat_unauthenticated: false,
         }
     }
 }

@@ -9,6 +9,7 @@ use sea_orm_migration::sea_orm::{
 };
 
 mod m20261123_000001_runs;
+mod m20261123_000002_codex_kb;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -16,7 +17,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261123_000001_runs::Migration)]
+        vec![
+            Box::new(m20261123_000001_runs::Migration),
+            Box::new(m20261123_000002_codex_kb::Migration),
+        ]
     }
 }
 

@@ -1,12 +1,16 @@
 //! The HTTP surface: liveness (`/healthz`, `/health`), readiness (`/readyz`, `/ready`) and
-//! Prometheus metrics (`/metrics`). The compatibility endpoints join it in later issues.
+//! Prometheus metrics (`/metrics`), and the compatibility endpoint `POST /codex/tasks`.
 
+use crate::auth::{AuthError, Role};
+use crate::domain::Error;
+use crate::grpc::codex::{ingest, reject};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use facteur_proto::froussard::CodexTask;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -18,6 +22,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(ready))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route(
+            "/codex/tasks",
+            post(codex_tasks).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -61,6 +69,123 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
     } else {
         let body = json!({"status": "not ready", "failing": failing, "checks": checks});
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+/// Largest accepted CodexTask body.
+const MAX_TASK_BODY: usize = 4 * 1024 * 1024;
+
+fn json_error(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, Json(json!({"error": message.into()}))).into_response()
+}
+
+/// Bearer token check for the compatibility endpoints (same tokens as gRPC).
+fn compat_principal(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    allowed: &[Role],
+) -> Result<String, Box<Response>> {
+    if state.config.server.compat_unauthenticated && headers.get("authorization").is_none() {
+        return Ok("unauthenticated-compat".into());
+    }
+    state
+        .auth
+        .authorize(headers.get("authorization").map(|v| v.as_bytes()), allowed)
+        .map(|p| p.name)
+        .map_err(|e| -> Box<Response> {
+            Box::new(match e {
+                AuthError::Forbidden { .. } => {
+                    json_error(StatusCode::FORBIDDEN, tonic::Status::from(e).message())
+                }
+                other => json_error(
+                    StatusCode::UNAUTHORIZED,
+                    tonic::Status::from(other).message(),
+                ),
+            })
+        })
+}
+
+/// Domain error → HTTP status, as the old service answered (503 when orchestration is off).
+fn http_error(e: &Error) -> StatusCode {
+    match e {
+        Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
+        Error::FailedPrecondition(_) | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// `POST /codex/tasks`: a binary `proompteng.froussard.v1.CodexTask` (or proto-JSON with
+/// `content-type: application/json`) → 202 `{stage, namespace, workflowName, submittedAt,
+/// duplicate}`.
+async fn codex_tasks(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let principal = match compat_principal(&state, &headers, crate::auth::allowed::CODEX) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let bytes = match axum::body::to_bytes(body, MAX_TASK_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            reject(&state, "too_large");
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body is larger than {MAX_TASK_BODY} bytes"),
+            );
+        }
+    };
+    if bytes.is_empty() {
+        reject(&state, "empty_body");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "empty body: expected a proompteng.froussard.v1.CodexTask",
+        );
+    }
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    let decoded = if is_json {
+        facteur_proto::codex_task_from_json(&bytes)
+    } else {
+        <CodexTask as prost::Message>::decode(bytes.as_ref()).map_err(|e| e.to_string())
+    };
+    let task = match decoded {
+        Ok(t) => t,
+        Err(e) => {
+            reject(&state, "undecodable");
+            let what = if is_json {
+                "proto-JSON"
+            } else {
+                "binary protobuf"
+            };
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("body is not a {what} CodexTask: {e}"),
+            );
+        }
+    };
+    match ingest(&state, &task, "", &principal).await {
+        Ok(a) => {
+            let namespace = a
+                .run
+                .as_ref()
+                .map(|r| r.namespace.clone())
+                .unwrap_or_default();
+            let body = json!({
+                "stage": "implementation",
+                "namespace": namespace,
+                "workflowName": a.workflow_name,
+                "submittedAt": a.submitted_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "duplicate": a.duplicate,
+            });
+            (StatusCode::ACCEPTED, Json(body)).into_response()
+        }
+        Err(e) => json_error(http_error(&e), e.to_string()),
     }
 }
 

@@ -56,6 +56,26 @@ const DESCRIPTORS: &[(&str, &str, &str)] = &[
         "histogram",
         "Time from run acceptance to Workflow creation, ms.",
     ),
+    (
+        "facteur_codex_tasks_accepted_total",
+        "counter",
+        "Codex tasks accepted (new delivery ids).",
+    ),
+    (
+        "facteur_codex_tasks_duplicate_total",
+        "counter",
+        "Codex task deliveries replayed (answered with the original).",
+    ),
+    (
+        "facteur_codex_tasks_rejected_total",
+        "counter",
+        "Codex tasks refused, by reason.",
+    ),
+    (
+        "facteur_codex_ingest_duration_ms",
+        "histogram",
+        "Codex task ingestion latency (validation and persistence), ms.",
+    ),
 ];
 
 type Labels = Vec<(&'static str, String)>;
@@ -99,6 +119,8 @@ impl Metrics {
             "facteur_command_events_processed_total",
             "facteur_command_events_failed_total",
             "facteur_command_events_dlq_total",
+            "facteur_codex_tasks_accepted_total",
+            "facteur_codex_tasks_duplicate_total",
         ] {
             m.add(name, vec![], 0);
         }

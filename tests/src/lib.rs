@@ -359,3 +359,80 @@ pub fn sample_run(key: &str) -> facteur_server::domain::NewRun {
         trace_parent: String::new(),
     }
 }
+
+/// One HTTP/1.1 request over a fresh connection; returns the status code and body.
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect http");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.expect("write head");
+    // A server may answer (413) before reading a large body; a failed write is then expected.
+    let _ = s.write_all(body).await;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("http response head");
+    let status_line = String::from_utf8_lossy(&buf[..split]).to_string();
+    let code = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    let mut body = buf[split + 4..].to_vec();
+    if status_line
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (code, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(pos) = b.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..pos]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[pos + 2..pos + 2 + size]);
+        b = &b[pos + 2 + size + 2..];
+    }
+    out
+}
+
+/// Rows in a table (`codex_kb.x` on Postgres is `codex_kb_x` on SQLite: pass `codex_kb.x`).
+pub async fn count_rows(store: &facteur_server::store::Store, table: &str) -> i64 {
+    let db = store.connection();
+    let backend = db.get_database_backend();
+    let table = if backend == sea_orm::DatabaseBackend::Sqlite {
+        table.replace("codex_kb.", "codex_kb_")
+    } else {
+        table.to_string()
+    };
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            backend,
+            format!("SELECT COUNT(*) AS n FROM {table}"),
+        ))
+        .await
+        .expect("count query")
+        .expect("one row");
+    row.try_get::<i64>("", "n").expect("count")
+}

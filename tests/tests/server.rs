@@ -253,12 +253,16 @@ async fn later_capabilities_answer_unimplemented_naming_them() {
         err.message()
     );
     let err = c
-        .codex()
-        .submit_task(pb::SubmitTaskRequest::default())
+        .command()
+        .invoke(pb::InvokeRequest::default())
         .await
         .expect_err("not yet");
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("Codex"), "{}", err.message());
+    assert!(
+        err.message().contains("CommandService.Invoke"),
+        "{}",
+        err.message()
+    );
     srv.stop().await;
 }
 

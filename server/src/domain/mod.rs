@@ -2,6 +2,7 @@
 //! Free of tonic, sea-orm and redis types: handlers translate at the edge.
 
 pub mod catalog;
+pub mod codex;
 pub mod dispatch;
 pub mod error;
 pub mod run;

@@ -31,7 +31,7 @@ fn page_size(requested: u32) -> u64 {
 }
 
 /// Keyset cursor: `<unix nanos>.<uuid>`.
-fn parse_cursor(token: &str) -> Result<Option<(DateTime<Utc>, String)>, Status> {
+pub(crate) fn parse_cursor(token: &str) -> Result<Option<(DateTime<Utc>, String)>, Status> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -51,7 +51,7 @@ fn parse_cursor(token: &str) -> Result<Option<(DateTime<Utc>, String)>, Status> 
     )))
 }
 
-fn cursor(t: DateTime<Utc>, id: &str) -> String {
+pub(crate) fn cursor(t: DateTime<Utc>, id: &str) -> String {
     format!("{}.{id}", t.timestamp_nanos_opt().unwrap_or(0))
 }
 
@@ -153,7 +153,7 @@ impl AdminService for AdminApi {
             }
         };
         let nonempty = |s: String| (!s.is_empty()).then_some(s);
-        let time = |t: Option<prost_types::Timestamp>, field: &str| -> Result<_, Status> {
+        let time = |t: Option<facteur_proto::Timestamp>, field: &str| -> Result<_, Status> {
             t.map(|t| {
                 convert::from_ts(&t)
                     .ok_or_else(|| Status::invalid_argument(format!("{field} is out of range")))

@@ -5,15 +5,15 @@ use chrono::{DateTime, Utc};
 use facteur_proto::v1 as pb;
 
 /// `DateTime` → `Timestamp`.
-pub fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
+pub fn ts(t: DateTime<Utc>) -> facteur_proto::Timestamp {
+    facteur_proto::Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,
     }
 }
 
 /// `Timestamp` → `DateTime`, rejecting out-of-range values.
-pub fn from_ts(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+pub fn from_ts(t: &facteur_proto::Timestamp) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
 }
 

@@ -289,7 +289,7 @@ impl DispatchService for DispatchApi {
                 r.phase
             )));
         }
-        let time = |t: &Option<prost_types::Timestamp>| t.as_ref().and_then(convert::from_ts);
+        let time = |t: &Option<facteur_proto::Timestamp>| t.as_ref().and_then(convert::from_ts);
         let report = StatusReport {
             run_id: (!r.run_id.is_empty()).then(|| r.run_id.clone()),
             started_at: time(&r.started_at),

@@ -2,17 +2,18 @@
 //! Handlers hold no business rule; errors map to codes in [`status`].
 
 pub mod admin;
+pub mod codex;
 pub mod convert;
 pub mod dispatch;
 pub mod layer;
 pub mod status;
 
 pub use admin::AdminApi;
+pub use codex::CodexApi;
 pub use dispatch::DispatchApi;
 
 use crate::state::AppState;
 use facteur_proto::v1 as pb;
-use pb::codex_service_server::CodexService;
 use pb::command_service_server::CommandService;
 use status::not_yet;
 use std::pin::Pin;
@@ -22,15 +23,11 @@ use tonic::{Request, Response, Status};
 
 pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-const ISSUE_CODEX: u32 = 4;
 const ISSUE_DISCORD: u32 = 5;
 
 /// `facteur.v1.CommandService`.
 #[derive(Clone)]
 pub struct CommandApi(pub Arc<AppState>);
-/// `facteur.v1.CodexService`.
-#[derive(Clone)]
-pub struct CodexApi(pub Arc<AppState>);
 
 const CATALOG: &str = "the Discord command catalog, role policy and interaction handling";
 
@@ -88,29 +85,5 @@ impl CommandService for CommandApi {
             "live run status in Discord",
             ISSUE_DISCORD,
         ))
-    }
-}
-
-const CODEX: &str = "Codex task ingestion into codex_kb";
-
-#[tonic::async_trait]
-impl CodexService for CodexApi {
-    async fn submit_task(
-        &self,
-        _: Request<pb::SubmitTaskRequest>,
-    ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
-        Err(not_yet("CodexService.SubmitTask", CODEX, ISSUE_CODEX))
-    }
-    async fn get_task(
-        &self,
-        _: Request<pb::GetTaskRequest>,
-    ) -> Result<Response<pb::GetTaskResponse>, Status> {
-        Err(not_yet("CodexService.GetTask", CODEX, ISSUE_CODEX))
-    }
-    async fn list_tasks(
-        &self,
-        _: Request<pb::ListTasksRequest>,
-    ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        Err(not_yet("CodexService.ListTasks", CODEX, ISSUE_CODEX))
     }
 }

@@ -12,7 +12,7 @@ use super::{Store, dispatch_kind, dispatch_state, run_from_model};
 use crate::domain::dispatch::{
     Dispatch, DispatchKind, DispatchPolicy, Leased, Outcome, StatusReport,
 };
-use crate::domain::run::{Run, RunStatus};
+use crate::domain::run::{Run, RunSource, RunStatus};
 use crate::domain::{Error, Result};
 use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
@@ -135,7 +135,11 @@ async fn cas_run<C: ConnectionTrait>(
         .exec(c)
         .await
         .map_err(Error::database)?;
-    Ok(r.rows_affected == 1)
+    let won = r.rows_affected == 1;
+    if won && to != run.status && run.source == RunSource::Codex {
+        super::codex::sync_task_run(c, run, to).await?;
+    }
+    Ok(won)
 }
 
 fn terminal_fields(to: RunStatus, finished_at: Option<DateTime<Utc>>) -> Vec<(runs::Column, Expr)> {

@@ -4,6 +4,7 @@
 //! outbox): no run without a dispatch, no dispatch without a run. The idempotency key is unique,
 //! so a replay, on any replica and at any time, finds the original run.
 
+pub mod codex;
 pub mod dispatch;
 pub mod entities;
 
@@ -129,88 +130,15 @@ impl Store {
     /// Persists a run with its create dispatch and its `created` event in one transaction.
     /// Returns the run and whether it already existed under the same idempotency key.
     pub async fn create_run(&self, new: NewRun, actor: &str) -> Result<(Run, bool)> {
-        if new.idempotency_key.is_empty() || new.idempotency_key.len() > 200 {
-            return Err(Error::InvalidArgument(
-                "idempotency key must be 1 to 200 characters".into(),
-            ));
-        }
+        check_key(&new.idempotency_key)?;
         if let Some(existing) = self.run_by_key(&new.idempotency_key).await? {
             return Ok((existing, true));
         }
         let id = uuid::Uuid::now_v7();
-        let now = Utc::now();
-        let run = runs::ActiveModel {
-            id: Set(id.to_string()),
-            idempotency_key: Set(new.idempotency_key.clone()),
-            command: Set(new.command.clone()),
-            source: Set(new.source.as_str().into()),
-            status: Set(RunStatus::Queued.as_str().into()),
-            requester_principal: Set(new.requester.principal.clone()),
-            requester_user_id: Set(new.requester.user_id.clone()),
-            guild_id: Set(new.requester.guild_id.clone()),
-            channel_id: Set(new.requester.channel_id.clone()),
-            requester_name: Set(new.requester.display_name.clone()),
-            namespace: Set(new.namespace.clone()),
-            workflow_template: Set(new.workflow_template.clone()),
-            service_account: Set(new.service_account.clone()),
-            workflow_name: Set(workflow_name(&new.workflow_name_prefix, &id)),
-            workflow_uid: Set(String::new()),
-            parameters: Set(serde_json::to_string(&new.parameters)
-                .map_err(|e| Error::Internal(e.to_string()))?),
-            message: Set(String::new()),
-            progress: Set(String::new()),
-            workflow_phase: Set(String::new()),
-            parent_run_id: Set(new.parent_run_id.clone()),
-            attempts: Set(0),
-            created_at: Set(now),
-            updated_at: Set(now),
-            started_at: Set(None),
-            finished_at: Set(None),
-            cancel_requested_at: Set(None),
-            cancel_mode: Set(String::new()),
-            trace_parent: Set(new.trace_parent.clone()),
-        };
-        let dispatch = dispatches::ActiveModel {
-            id: Set(uuid::Uuid::now_v7().to_string()),
-            run_id: Set(id.to_string()),
-            kind: Set(dispatch_kind::CREATE.into()),
-            state: Set(dispatch_state::PENDING.into()),
-            attempts: Set(0),
-            available_at: Set(now),
-            lease_owner: Set(String::new()),
-            lease_token: Set(String::new()),
-            lease_expires_at: Set(None),
-            last_error: Set(String::new()),
-            dead_lettered_at: Set(None),
-            created_at: Set(now),
-            updated_at: Set(now),
-        };
-        let payload = serde_json::json!({
-            "source": new.source.as_str(),
-            "command": new.command,
-            "workflow_template": new.workflow_template,
-            "namespace": new.namespace,
-            "parent_run_id": new.parent_run_id,
-        });
-        let event = run_events::ActiveModel {
-            run_id: Set(id.to_string()),
-            sequence: Set(1),
-            actor: Set(actor.to_string()),
-            kind: Set("created".into()),
-            from_status: Set(RunStatus::Queued.as_str().into()),
-            to_status: Set(RunStatus::Queued.as_str().into()),
-            payload: Set(payload.to_string()),
-            created_at: Set(now),
-            ..Default::default()
-        };
-
-        // The insert is the transaction's first statement, so SQLite takes the write lock at
-        // once instead of failing a read-to-write upgrade under contention.
         let txn = self.db.begin().await.map_err(Error::database)?;
-        let inserted = runs::Entity::insert(run).exec_without_returning(&txn).await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
+        match insert_run(&txn, id, &new, actor).await {
+            Ok(()) => {}
+            Err(Inserted::Duplicate(e)) => {
                 let _ = txn.rollback().await;
                 // Another replica or request won the race for this key: answer with its run.
                 return match self.run_by_key(&new.idempotency_key).await? {
@@ -220,16 +148,8 @@ impl Store {
                     ))),
                 };
             }
-            Err(e) => return Err(Error::database(e)),
+            Err(Inserted::Failed(e)) => return Err(e),
         }
-        dispatches::Entity::insert(dispatch)
-            .exec_without_returning(&txn)
-            .await
-            .map_err(Error::database)?;
-        run_events::Entity::insert(event)
-            .exec_without_returning(&txn)
-            .await
-            .map_err(Error::database)?;
         txn.commit().await.map_err(Error::database)?;
         let run = self
             .get_run(&id.to_string())
@@ -330,6 +250,115 @@ impl Store {
             .await
             .map_err(Error::database)
     }
+}
+
+/// Why [`insert_run`] did not insert.
+pub(crate) enum Inserted {
+    /// The idempotency key (or Workflow name) is taken.
+    Duplicate(DbErr),
+    /// Anything else.
+    Failed(Error),
+}
+
+pub(crate) fn check_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > 200 {
+        return Err(Error::InvalidArgument(
+            "idempotency key must be 1 to 200 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Inserts a run, its create dispatch and its `created` event on `c` (inside the caller's
+/// transaction). The run row goes first, so SQLite takes the write lock at once instead of
+/// failing a read-to-write upgrade under contention.
+pub(crate) async fn insert_run<C: sea_orm::ConnectionTrait>(
+    c: &C,
+    id: uuid::Uuid,
+    new: &NewRun,
+    actor: &str,
+) -> std::result::Result<(), Inserted> {
+    let now = Utc::now();
+    let run = runs::ActiveModel {
+        id: Set(id.to_string()),
+        idempotency_key: Set(new.idempotency_key.clone()),
+        command: Set(new.command.clone()),
+        source: Set(new.source.as_str().into()),
+        status: Set(RunStatus::Queued.as_str().into()),
+        requester_principal: Set(new.requester.principal.clone()),
+        requester_user_id: Set(new.requester.user_id.clone()),
+        guild_id: Set(new.requester.guild_id.clone()),
+        channel_id: Set(new.requester.channel_id.clone()),
+        requester_name: Set(new.requester.display_name.clone()),
+        namespace: Set(new.namespace.clone()),
+        workflow_template: Set(new.workflow_template.clone()),
+        service_account: Set(new.service_account.clone()),
+        workflow_name: Set(workflow_name(&new.workflow_name_prefix, &id)),
+        workflow_uid: Set(String::new()),
+        parameters: Set(serde_json::to_string(&new.parameters)
+            .map_err(|e| Inserted::Failed(Error::Internal(e.to_string())))?),
+        message: Set(String::new()),
+        progress: Set(String::new()),
+        workflow_phase: Set(String::new()),
+        parent_run_id: Set(new.parent_run_id.clone()),
+        attempts: Set(0),
+        created_at: Set(now),
+        updated_at: Set(now),
+        started_at: Set(None),
+        finished_at: Set(None),
+        cancel_requested_at: Set(None),
+        cancel_mode: Set(String::new()),
+        trace_parent: Set(new.trace_parent.clone()),
+    };
+    let dispatch = dispatches::ActiveModel {
+        id: Set(uuid::Uuid::now_v7().to_string()),
+        run_id: Set(id.to_string()),
+        kind: Set(dispatch_kind::CREATE.into()),
+        state: Set(dispatch_state::PENDING.into()),
+        attempts: Set(0),
+        available_at: Set(now),
+        lease_owner: Set(String::new()),
+        lease_token: Set(String::new()),
+        lease_expires_at: Set(None),
+        last_error: Set(String::new()),
+        dead_lettered_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    let payload = serde_json::json!({
+        "source": new.source.as_str(),
+        "command": new.command,
+        "workflow_template": new.workflow_template,
+        "namespace": new.namespace,
+        "parent_run_id": new.parent_run_id,
+    });
+    let event = run_events::ActiveModel {
+        run_id: Set(id.to_string()),
+        sequence: Set(1),
+        actor: Set(actor.to_string()),
+        kind: Set("created".into()),
+        from_status: Set(RunStatus::Queued.as_str().into()),
+        to_status: Set(RunStatus::Queued.as_str().into()),
+        payload: Set(payload.to_string()),
+        created_at: Set(now),
+        ..Default::default()
+    };
+
+    match runs::Entity::insert(run).exec_without_returning(c).await {
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => return Err(Inserted::Duplicate(e)),
+        Err(e) => return Err(Inserted::Failed(Error::database(e))),
+    }
+    let fail = |e: DbErr| Inserted::Failed(Error::database(e));
+    dispatches::Entity::insert(dispatch)
+        .exec_without_returning(c)
+        .await
+        .map_err(fail)?;
+    run_events::Entity::insert(event)
+        .exec_without_returning(c)
+        .await
+        .map_err(fail)?;
+    Ok(())
 }
 
 pub(crate) fn is_unique_violation(e: &DbErr) -> bool {

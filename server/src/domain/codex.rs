@@ -1,0 +1,408 @@
+//! Codex tasks: validation and the orchestration rules of wire-compat.md §5 (which template,
+//! namespace, service account and parameters a task runs with). Pure functions.
+
+use crate::domain::Error;
+use facteur_config::Config;
+use facteur_proto::froussard::{CodexTask, CodexTaskStage};
+use std::collections::BTreeMap;
+
+/// Iterations are capped here whatever the task asks (wire-compat.md §5).
+pub const MAX_ITERATIONS: i32 = 25;
+/// Delivery ids are GitHub GUIDs; anything much longer is not one.
+pub const MAX_DELIVERY_ID: usize = 200;
+
+/// What a task runs: resolved template, namespace, service account and parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodexPlan {
+    /// Delivery id (the idempotency key).
+    pub delivery_id: String,
+    /// WorkflowTemplate.
+    pub workflow_template: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service account.
+    pub service_account: String,
+    /// Prefix of the Workflow name (the run id completes it).
+    pub workflow_name_prefix: String,
+    /// Workflow parameters (names keep their case).
+    pub parameters: BTreeMap<String, String>,
+    /// `owner/name`.
+    pub repository: String,
+    /// Issue number.
+    pub issue_number: i64,
+    /// Stage name as stored (`implementation`).
+    pub stage: &'static str,
+}
+
+/// Why a task was refused (also the metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// No delivery id.
+    MissingDeliveryId,
+    /// Not the implementation stage.
+    UnsupportedStage,
+    /// Orchestration is switched off.
+    Disabled,
+}
+
+impl Rejection {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::MissingDeliveryId => "missing_delivery_id",
+            Rejection::UnsupportedStage => "unsupported_stage",
+            Rejection::Disabled => "disabled",
+        }
+    }
+}
+
+/// The stage's stored name.
+pub fn stage_name(stage: i32) -> &'static str {
+    match CodexTaskStage::try_from(stage) {
+        Ok(CodexTaskStage::Planning) => "planning",
+        Ok(CodexTaskStage::Implementation) => "implementation",
+        Ok(CodexTaskStage::Review) => "review",
+        _ => "unspecified",
+    }
+}
+
+/// `implementation_iterations` by the rules of wire-compat.md §5.
+pub fn iterations(task: &CodexTask) -> i32 {
+    let n = match &task.iterations {
+        None => 1,
+        Some(p) => match p.mode.as_str() {
+            "" | "fixed" => p.count.filter(|c| *c > 0).unwrap_or(1),
+            "until" => p.max.or(p.count).unwrap_or(1),
+            _ => 1,
+        },
+    };
+    n.clamp(1, MAX_ITERATIONS)
+}
+
+fn first_non_empty<'a>(candidates: &[&'a str]) -> Option<&'a str> {
+    candidates.iter().copied().find(|s| !s.is_empty())
+}
+
+/// Validates a task and resolves what it runs. `proto_json` renders the task as proto-JSON
+/// (for `rawEvent` and `eventBody`).
+pub fn plan(
+    task: &CodexTask,
+    delivery_override: &str,
+    config: &Config,
+    proto_json: impl Fn(&CodexTask) -> String,
+) -> std::result::Result<CodexPlan, (Rejection, Error)> {
+    let delivery_id = first_non_empty(&[delivery_override.trim(), task.delivery_id.trim()])
+        .unwrap_or("")
+        .to_string();
+    if delivery_id.is_empty() {
+        return Err((
+            Rejection::MissingDeliveryId,
+            Error::InvalidArgument("delivery_id is required (the task's idempotency key)".into()),
+        ));
+    }
+    if delivery_id.len() > MAX_DELIVERY_ID {
+        return Err((
+            Rejection::MissingDeliveryId,
+            Error::InvalidArgument(format!(
+                "delivery_id is longer than {MAX_DELIVERY_ID} characters"
+            )),
+        ));
+    }
+    if task.stage != CodexTaskStage::Implementation as i32 {
+        let name = CodexTaskStage::try_from(task.stage)
+            .map(|s| s.as_str_name().to_string())
+            .unwrap_or_else(|_| task.stage.to_string());
+        return Err((
+            Rejection::UnsupportedStage,
+            Error::InvalidArgument(format!(
+                "unsupported stage {name}: only CODEX_TASK_STAGE_IMPLEMENTATION is orchestrated"
+            )),
+        ));
+    }
+    let c = &config.codex_implementation_orchestrator;
+    if !c.enabled {
+        return Err((
+            Rejection::Disabled,
+            Error::FailedPrecondition(
+                "codex implementation orchestration is disabled (codex_implementation_orchestrator.enabled)".into(),
+            ),
+        ));
+    }
+    let argo = &config.argo;
+    let autonomous = task.autonomous.unwrap_or(true);
+    let (workflow_template, namespace, service_account, prefix) = if autonomous {
+        (
+            c.autonomous_workflow_template.clone(),
+            first_non_empty(&[&c.autonomous_namespace, &c.namespace, &argo.namespace])
+                .unwrap_or("jangar")
+                .to_string(),
+            first_non_empty(&[
+                &c.autonomous_service_account,
+                &c.service_account,
+                &argo.service_account,
+            ])
+            .unwrap_or("")
+            .to_string(),
+            c.autonomous_generate_name_prefix.clone(),
+        )
+    } else {
+        (
+            c.workflow_template.clone(),
+            first_non_empty(&[&c.namespace, &argo.namespace])
+                .unwrap_or("")
+                .to_string(),
+            first_non_empty(&[&c.service_account, &argo.service_account])
+                .unwrap_or("")
+                .to_string(),
+            format!("{}-", c.workflow_template),
+        )
+    };
+
+    let mut p: BTreeMap<String, String> = c.parameters.clone();
+    if !task.repository.is_empty() {
+        p.insert("repository".into(), task.repository.clone());
+    }
+    if task.issue_number > 0 {
+        p.insert("issue_number".into(), task.issue_number.to_string());
+    }
+    p.insert("head".into(), task.head.clone());
+    p.insert(
+        "base".into(),
+        if task.base.is_empty() {
+            "main".into()
+        } else {
+            task.base.clone()
+        },
+    );
+    p.insert("prompt".into(), task.prompt.clone());
+    p.insert(
+        "implementation_iterations".into(),
+        iterations(task).to_string(),
+    );
+    p.insert(
+        "iteration_cycle".into(),
+        task.iteration_cycle
+            .filter(|c| *c > 0)
+            .unwrap_or(1)
+            .to_string(),
+    );
+    if !c.judge_prompt.is_empty() {
+        p.insert("judge_prompt".into(), c.judge_prompt.clone());
+    }
+    let raw = proto_json(task);
+    let mut as_implementation = task.clone();
+    as_implementation.stage = CodexTaskStage::Implementation as i32;
+    p.insert("rawEvent".into(), base64(raw.as_bytes()));
+    p.insert(
+        "eventBody".into(),
+        base64(proto_json(&as_implementation).as_bytes()),
+    );
+
+    Ok(CodexPlan {
+        delivery_id,
+        workflow_template,
+        namespace,
+        service_account,
+        workflow_name_prefix: prefix,
+        parameters: p,
+        repository: task.repository.clone(),
+        issue_number: task.issue_number,
+        stage: "implementation",
+    })
+}
+
+/// Standard base64 with padding (what Go's `base64.StdEncoding` produced for these parameters).
+pub fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use facteur_config::Process;
+    use facteur_proto::froussard::CodexIterationsPolicy;
+
+    fn config() -> Config {
+        let mut c =
+            facteur_config::load_from(None, &Default::default(), Process::Server).expect("config");
+        c.codex_implementation_orchestrator.enabled = true;
+        c
+    }
+
+    fn task() -> CodexTask {
+        CodexTask {
+            stage: CodexTaskStage::Implementation as i32,
+            repository: "proompteng/lab".into(),
+            issue_number: 1635,
+            head: "codex/x".into(),
+            prompt: "do it".into(),
+            delivery_id: "d-1".into(),
+            ..Default::default()
+        }
+    }
+
+    fn json(t: &CodexTask) -> String {
+        format!("{{\"stage\":{}}}", t.stage)
+    }
+
+    #[test]
+    fn base64_matches_the_standard_alphabet() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"\xfb\xff"), "+/8=");
+    }
+
+    #[test]
+    fn iteration_rules() {
+        let with = |mode: &str, count: Option<i32>, max: Option<i32>| {
+            let mut t = task();
+            t.iterations = Some(CodexIterationsPolicy {
+                mode: mode.into(),
+                count,
+                max,
+                ..Default::default()
+            });
+            iterations(&t)
+        };
+        assert_eq!(iterations(&task()), 1);
+        assert_eq!(with("fixed", Some(3), None), 3);
+        assert_eq!(with("", Some(0), None), 1);
+        assert_eq!(with("fixed", Some(-2), None), 1);
+        assert_eq!(with("until", Some(2), Some(7)), 7);
+        assert_eq!(with("until", Some(2), None), 2);
+        assert_eq!(with("until", None, None), 1);
+        assert_eq!(with("budget", Some(9), Some(9)), 1);
+        assert_eq!(with("fixed", Some(100), None), 25);
+    }
+
+    #[test]
+    fn autonomous_path_selection() {
+        let mut c = config();
+        c.argo.namespace = String::new();
+        let p = plan(&task(), "", &c, json).expect("plan");
+        assert_eq!(
+            (p.workflow_template.as_str(), p.namespace.as_str()),
+            ("codex-autonomous", "jangar")
+        );
+        assert_eq!(p.workflow_name_prefix, "codex-autonomous-");
+        c.argo.namespace = "argo".into();
+        c.argo.service_account = "argo-sa".into();
+        assert_eq!(plan(&task(), "", &c, json).expect("plan").namespace, "argo");
+        assert_eq!(
+            plan(&task(), "", &c, json).expect("plan").service_account,
+            "argo-sa"
+        );
+        c.codex_implementation_orchestrator.namespace = "codex".into();
+        c.codex_implementation_orchestrator.service_account = "codex-sa".into();
+        assert_eq!(
+            plan(&task(), "", &c, json).expect("plan").namespace,
+            "codex"
+        );
+        c.codex_implementation_orchestrator.autonomous_namespace = "jangar".into();
+        c.codex_implementation_orchestrator
+            .autonomous_service_account = "jangar-inspector".into();
+        let p = plan(&task(), "", &c, json).expect("plan");
+        assert_eq!(
+            (p.namespace.as_str(), p.service_account.as_str()),
+            ("jangar", "jangar-inspector")
+        );
+    }
+
+    #[test]
+    fn non_autonomous_path_selection() {
+        let mut c = config();
+        c.codex_implementation_orchestrator.namespace = "codex".into();
+        c.codex_implementation_orchestrator.autonomous_namespace = "jangar".into();
+        let mut t = task();
+        t.autonomous = Some(false);
+        let p = plan(&t, "", &c, json).expect("plan");
+        assert_eq!(
+            (p.workflow_template.as_str(), p.namespace.as_str()),
+            ("github-codex-implementation", "codex")
+        );
+        c.codex_implementation_orchestrator.namespace = String::new();
+        assert_eq!(
+            plan(&t, "", &c, json).expect("plan").namespace,
+            "argo-workflows"
+        );
+    }
+
+    #[test]
+    fn parameters() {
+        let mut c = config();
+        c.codex_implementation_orchestrator.judge_prompt = "judge".into();
+        c.codex_implementation_orchestrator
+            .parameters
+            .insert("Extra_Param".into(), "x".into());
+        let mut t = task();
+        t.iteration_cycle = Some(2);
+        t.stage = CodexTaskStage::Implementation as i32;
+        let p = plan(&t, "", &c, json).expect("plan").parameters;
+        assert_eq!(p["repository"], "proompteng/lab");
+        assert_eq!(p["issue_number"], "1635");
+        assert_eq!(p["base"], "main");
+        assert_eq!(p["head"], "codex/x");
+        assert_eq!(p["prompt"], "do it");
+        assert_eq!(p["implementation_iterations"], "1");
+        assert_eq!(p["iteration_cycle"], "2");
+        assert_eq!(p["judge_prompt"], "judge");
+        assert_eq!(p["Extra_Param"], "x");
+        assert_eq!(p["rawEvent"], base64(b"{\"stage\":2}"));
+        let mut t = task();
+        t.repository = String::new();
+        t.issue_number = 0;
+        let p = plan(&t, "", &config(), json).expect("plan").parameters;
+        assert!(
+            !p.contains_key("repository")
+                && !p.contains_key("issue_number")
+                && !p.contains_key("judge_prompt")
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let mut t = task();
+        t.delivery_id = "  ".into();
+        assert_eq!(
+            plan(&t, "", &config(), json).map(|_| ()).map_err(|e| e.0),
+            Err(Rejection::MissingDeliveryId)
+        );
+        assert!(
+            plan(&t, "from-request", &config(), json).is_ok(),
+            "the request's delivery id counts"
+        );
+        let mut t = task();
+        t.stage = CodexTaskStage::Planning as i32;
+        match plan(&t, "", &config(), json) {
+            Err((Rejection::UnsupportedStage, Error::InvalidArgument(m))) => {
+                assert!(m.contains("CODEX_TASK_STAGE_PLANNING"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut c = config();
+        c.codex_implementation_orchestrator.enabled = false;
+        assert!(matches!(
+            plan(&task(), "", &c, json),
+            Err((Rejection::Disabled, Error::FailedPrecondition(_)))
+        ));
+    }
+}

@@ -1,0 +1,664 @@
+//! Codex task ingestion: wire compatibility, durable idempotency, validation that writes
+//! nothing, adoption of the old codex_kb schema, and a task followed to its end.
+
+use facteur_client::pb;
+use facteur_proto::froussard::CodexTask;
+use facteur_tests::fake_kube::FakeKube;
+use facteur_tests::stack::{Adapter, admin};
+use facteur_tests::*;
+use prost::Message;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tonic::Code;
+
+const SAMPLE: &str = include_str!("../../../shared/examples/codex-task.json");
+const WAIT: Duration = Duration::from_secs(20);
+
+fn sample() -> CodexTask {
+    facteur_proto::codex_task_from_json(SAMPLE.as_bytes())
+        .expect("the shared sample parses as proto-JSON")
+}
+
+fn codex_config(db: &TestDb) -> facteur_config::Config {
+    let mut c = with_tokens(config(db));
+    let o = &mut c.codex_implementation_orchestrator;
+    o.enabled = true;
+    o.autonomous_namespace = "jangar".into();
+    o.autonomous_service_account = "jangar-inspector".into();
+    o.judge_prompt = "be strict".into();
+    c.dispatcher.lease_seconds = 2;
+    c
+}
+
+async fn post_task(srv: &TestServer, token: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
+    let auth = format!("Bearer {token}");
+    let mut headers = vec![("Content-Type", content_type)];
+    if !token.is_empty() {
+        headers.push(("Authorization", auth.as_str()));
+    }
+    let (code, body) = http(srv.server.http_addr, "POST", "/codex/tasks", &headers, body).await;
+    (code, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+async fn rows(srv: &TestServer) -> [i64; 5] {
+    let s = &srv.server.state.store;
+    [
+        count_rows(s, "codex_kb.ideas").await,
+        count_rows(s, "codex_kb.tasks").await,
+        count_rows(s, "codex_kb.task_runs").await,
+        count_rows(s, "runs").await,
+        count_rows(s, "dispatches").await,
+    ]
+}
+
+async fn compat_endpoint(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let srv = TestServer::start(codex_config(&db)).await;
+    let bytes = sample().encode_to_vec();
+    let (code, body) = post_task(&srv, CODEX_TOKEN, "application/x-protobuf", &bytes).await;
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["stage"], "implementation");
+    assert_eq!(body["namespace"], "jangar");
+    assert_eq!(body["duplicate"], false);
+    let name = body["workflowName"]
+        .as_str()
+        .expect("workflowName")
+        .to_string();
+    assert!(name.starts_with("codex-autonomous-"), "{name}");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(body["submittedAt"].as_str().expect("submittedAt"))
+            .is_ok()
+    );
+    assert_eq!(rows(&srv).await, [1, 1, 1, 1, 1]);
+
+    // The replay answers with the original, and writes nothing.
+    let (code, again) = post_task(&srv, CODEX_TOKEN, "application/x-protobuf", &bytes).await;
+    assert_eq!(code, 202);
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["workflowName"], name.as_str());
+    assert_eq!(again["submittedAt"], body["submittedAt"]);
+    assert_eq!(rows(&srv).await, [1, 1, 1, 1, 1]);
+
+    // proto-JSON with content-type application/json is accepted too.
+    let mut other = serde_json::from_str::<Value>(SAMPLE).expect("json");
+    other["deliveryId"] = json!("delivery-json-1");
+    let (code, body) = post_task(
+        &srv,
+        CODEX_TOKEN,
+        "application/json",
+        other.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(
+        rows(&srv).await,
+        [1, 1, 2, 2, 2],
+        "same issue and stage: one idea, one task, two task runs"
+    );
+
+    // What was recorded.
+    let c = srv.client(CODEX_TOKEN).await;
+    let got = c
+        .codex()
+        .get_task(pb::GetTaskRequest {
+            key: Some(pb::get_task_request::Key::DeliveryId(
+                "delivery-1635-implementation".into(),
+            )),
+        })
+        .await
+        .expect("get task")
+        .into_inner()
+        .task
+        .expect("task");
+    assert_eq!(
+        (
+            got.repository.as_str(),
+            got.issue_number,
+            got.stage.as_str()
+        ),
+        ("proompteng/lab", 1635, "implementation")
+    );
+    assert_eq!(got.status, "queued");
+    let run = got.run.expect("run");
+    assert_eq!(
+        run.target.as_ref().map(|t| t.workflow_name.as_str()),
+        Some(name.as_str())
+    );
+    let params: std::collections::BTreeMap<_, _> = run
+        .parameters
+        .iter()
+        .map(|p| (p.name.as_str(), p.value.as_str()))
+        .collect();
+    assert_eq!(params["repository"], "proompteng/lab");
+    assert_eq!(params["issue_number"], "1635");
+    assert_eq!(params["base"], "main");
+    assert_eq!(params["head"], "codex/issue-1635-ingestion");
+    assert_eq!(params["implementation_iterations"], "1");
+    assert_eq!(params["iteration_cycle"], "1");
+    assert_eq!(params["judge_prompt"], "be strict");
+    let raw: Value = serde_json::from_slice(&base64_decode(params["rawEvent"]))
+        .expect("rawEvent is base64 proto-JSON");
+    assert_eq!(raw["stage"], "CODEX_TASK_STAGE_IMPLEMENTATION");
+    assert_eq!(
+        raw["issueNumber"], "1635",
+        "int64 as a string, as protojson renders it"
+    );
+    assert_eq!(raw["deliveryId"], "delivery-1635-implementation");
+    assert_eq!(raw["issuedAt"], "2025-10-30T20:55:00Z");
+    let list = c
+        .codex()
+        .list_tasks(pb::ListTasksRequest {
+            repository: "proompteng/lab".into(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await;
+    let list = list.expect("list").into_inner();
+    assert_eq!(list.tasks.len(), 1);
+    assert!(!list.next_page_token.is_empty());
+    let (_, metrics) = http(srv.server.http_addr, "GET", "/metrics", &[], b"").await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("facteur_codex_tasks_accepted_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("facteur_codex_tasks_duplicate_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("facteur_codex_ingest_duration_ms_count 3"),
+        "{metrics}"
+    );
+    srv.stop().await;
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|b| *b != b'=').collect();
+    let mut out = Vec::new();
+    for chunk in bytes.chunks(4) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| {
+            acc | (u32::from(val(*b)) << (18 - 6 * i))
+        });
+        for i in 0..chunk.len().saturating_sub(1) {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn compat_endpoint_with_the_sample_on_sqlite() {
+    compat_endpoint(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn compat_endpoint_with_the_sample_on_postgres() {
+    compat_endpoint(Backend::Postgres).await;
+}
+
+async fn rejections_write_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let srv = TestServer::start(codex_config(&db)).await;
+    let pbuf = "application/x-protobuf";
+    let mut no_delivery = sample();
+    no_delivery.delivery_id = String::new();
+    let mut blank = sample();
+    blank.delivery_id = "   ".into();
+    let mut planning = sample();
+    planning.stage = facteur_proto::froussard::CodexTaskStage::Planning as i32;
+    // (case, token, content type, body, expected status, expected message fragment)
+    type Case<'a> = (&'a str, String, &'a str, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        ("empty", CODEX_TOKEN.into(), pbuf, vec![], 400, "empty body"),
+        (
+            "garbage",
+            CODEX_TOKEN.into(),
+            pbuf,
+            b"\xff\xff\xff\xff not protobuf".to_vec(),
+            400,
+            "not a binary protobuf CodexTask",
+        ),
+        (
+            "bad json",
+            CODEX_TOKEN.into(),
+            "application/json",
+            b"{\"stage\": 12.5}".to_vec(),
+            400,
+            "proto-JSON",
+        ),
+        (
+            "no delivery id",
+            CODEX_TOKEN.into(),
+            pbuf,
+            no_delivery.encode_to_vec(),
+            400,
+            "delivery_id is required",
+        ),
+        (
+            "blank delivery id",
+            CODEX_TOKEN.into(),
+            pbuf,
+            blank.encode_to_vec(),
+            400,
+            "delivery_id is required",
+        ),
+        (
+            "planning stage",
+            CODEX_TOKEN.into(),
+            pbuf,
+            planning.encode_to_vec(),
+            400,
+            "CODEX_TASK_STAGE_PLANNING",
+        ),
+        (
+            "too large",
+            CODEX_TOKEN.into(),
+            pbuf,
+            vec![b'x'; 4 * 1024 * 1024 + 1],
+            413,
+            "larger than",
+        ),
+        (
+            "no token",
+            String::new(),
+            pbuf,
+            sample().encode_to_vec(),
+            401,
+            "authorization",
+        ),
+        (
+            "wrong role",
+            ARGO_TOKEN.into(),
+            pbuf,
+            sample().encode_to_vec(),
+            403,
+            "argo-adapter",
+        ),
+    ];
+    for (what, token, ct, body, want, says) in cases {
+        let (code, resp) = post_task(&srv, &token, ct, &body).await;
+        assert_eq!(code, want, "{what}: {resp}");
+        assert!(
+            resp["error"].as_str().unwrap_or("").contains(says),
+            "{what}: {resp}"
+        );
+        assert_eq!(rows(&srv).await, [0, 0, 0, 0, 0], "{what} wrote something");
+    }
+    let c = srv.client(CODEX_TOKEN).await;
+    let err = c
+        .codex()
+        .submit_task(pb::SubmitTaskRequest {
+            task: Some(no_delivery),
+            delivery_id: String::new(),
+        })
+        .await;
+    assert_eq!(err.expect_err("no delivery").code(), Code::InvalidArgument);
+    let err = c
+        .codex()
+        .submit_task(pb::SubmitTaskRequest {
+            task: None,
+            delivery_id: "x".into(),
+        })
+        .await;
+    assert_eq!(err.expect_err("no task").code(), Code::InvalidArgument);
+    srv.stop().await;
+
+    // Orchestration off: 503 over HTTP, FAILED_PRECONDITION over gRPC; nothing written.
+    let mut cfg = codex_config(&db);
+    cfg.codex_implementation_orchestrator.enabled = false;
+    let srv = TestServer::start(cfg).await;
+    let (code, resp) = post_task(&srv, CODEX_TOKEN, pbuf, &sample().encode_to_vec()).await;
+    assert_eq!(code, 503, "{resp}");
+    let err = srv
+        .client(CODEX_TOKEN)
+        .await
+        .codex()
+        .submit_task(pb::SubmitTaskRequest {
+            task: Some(sample()),
+            delivery_id: String::new(),
+        })
+        .await;
+    assert_eq!(err.expect_err("disabled").code(), Code::FailedPrecondition);
+    assert_eq!(rows(&srv).await, [0, 0, 0, 0, 0]);
+    let (_, metrics) = http(srv.server.http_addr, "GET", "/metrics", &[], b"").await;
+    assert!(
+        String::from_utf8_lossy(&metrics)
+            .contains("facteur_codex_tasks_rejected_total{reason=\"disabled\"} 2")
+    );
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn rejections_write_nothing_on_sqlite() {
+    rejections_write_nothing(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn rejections_write_nothing_on_postgres() {
+    rejections_write_nothing(Backend::Postgres).await;
+}
+
+async fn replay_after_restart(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let srv = TestServer::start(codex_config(&db)).await;
+    let c = srv.client(CODEX_TOKEN).await;
+    let first = c
+        .codex()
+        .submit_task(pb::SubmitTaskRequest {
+            task: Some(sample()),
+            delivery_id: String::new(),
+        })
+        .await;
+    let first = first.expect("submit").into_inner();
+    assert!(!first.duplicate);
+    srv.stop().await;
+
+    let srv = TestServer::start(codex_config(&db)).await;
+    let c = srv.client(CODEX_TOKEN).await;
+    let again = c
+        .codex()
+        .submit_task(pb::SubmitTaskRequest {
+            task: Some(sample()),
+            delivery_id: String::new(),
+        })
+        .await;
+    let again = again.expect("replay").into_inner();
+    assert!(again.duplicate);
+    assert_eq!(
+        (
+            &again.idea_id,
+            &again.task_id,
+            &again.task_run_id,
+            &again.run_id,
+            &again.workflow_name
+        ),
+        (
+            &first.idea_id,
+            &first.task_id,
+            &first.task_run_id,
+            &first.run_id,
+            &first.workflow_name
+        )
+    );
+    assert_eq!(again.submitted_at, first.submitted_at);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn replay_after_restart_on_sqlite() {
+    replay_after_restart(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn replay_after_restart_on_postgres() {
+    replay_after_restart(Backend::Postgres).await;
+}
+
+async fn concurrent_duplicates(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut cfg = codex_config(&db);
+    cfg.database.max_connections = 16;
+    let srv = TestServer::start(cfg).await;
+    let kube = FakeKube::start().await;
+    let adapter = Adapter::start(&srv.grpc_url(), &kube, "jangar");
+    let c = srv.client(CODEX_TOKEN).await;
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.codex()
+                .submit_task(pb::SubmitTaskRequest {
+                    task: Some(sample()),
+                    delivery_id: String::new(),
+                })
+                .await
+        }));
+    }
+    let mut fresh = 0;
+    let mut runs = std::collections::BTreeSet::new();
+    for t in tasks {
+        let r = t
+            .await
+            .expect("task")
+            .expect("submit under contention")
+            .into_inner();
+        fresh += usize::from(!r.duplicate);
+        runs.insert(r.run_id);
+    }
+    assert_eq!(fresh, 1, "exactly one submission created it");
+    assert_eq!(runs.len(), 1, "every answer names the same run");
+    assert_eq!(rows(&srv).await, [1, 1, 1, 1, 1]);
+    let a = admin(&srv).await;
+    let run_id = runs.into_iter().next().expect("run");
+    wait_until("the workflow", WAIT, || async {
+        a.status(&run_id).await == pb::RunStatus::Submitted
+    })
+    .await;
+    assert_eq!(kube.workflows().len(), 1, "exactly one Workflow");
+    adapter.stop().await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn sixty_four_concurrent_duplicates_on_sqlite() {
+    concurrent_duplicates(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn sixty_four_concurrent_duplicates_on_postgres() {
+    concurrent_duplicates(Backend::Postgres).await;
+}
+
+async fn followed_to_the_end(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let srv = TestServer::start(codex_config(&db)).await;
+    let kube = FakeKube::start().await;
+    let adapter = Adapter::start(&srv.grpc_url(), &kube, "jangar");
+    let c = srv.client(CODEX_TOKEN).await;
+    let r = c
+        .codex()
+        .submit_task(pb::SubmitTaskRequest {
+            task: Some(sample()),
+            delivery_id: String::new(),
+        })
+        .await;
+    let r = r.expect("submit").into_inner();
+    wait_until("the workflow", WAIT, || async {
+        kube.workflow("jangar", &r.workflow_name).is_some()
+    })
+    .await;
+    let wf = kube.workflow("jangar", &r.workflow_name).expect("workflow");
+    assert_eq!(
+        wf["spec"]["workflowTemplateRef"]["name"],
+        "codex-autonomous"
+    );
+    assert_eq!(wf["spec"]["serviceAccountName"], "jangar-inspector");
+    let names: Vec<&str> = wf["spec"]["arguments"]["parameters"]
+        .as_array()
+        .expect("params")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for p in [
+        "base",
+        "eventBody",
+        "head",
+        "implementation_iterations",
+        "issue_number",
+        "iteration_cycle",
+        "judge_prompt",
+        "prompt",
+        "rawEvent",
+        "repository",
+    ] {
+        assert!(names.contains(&p), "parameter {p} missing: {names:?}");
+    }
+    let task = |c: facteur_client::Client, id: String| async move {
+        c.codex()
+            .get_task(pb::GetTaskRequest {
+                key: Some(pb::get_task_request::Key::TaskRunId(id)),
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .task
+            .expect("task")
+    };
+    kube.set_phase("jangar", &r.workflow_name, "Running", json!({}));
+    wait_until("task run running", WAIT, || async {
+        task(c.clone(), r.task_run_id.clone()).await.status == "running"
+    })
+    .await;
+    kube.set_phase("jangar", &r.workflow_name, "Succeeded", json!({}));
+    wait_until("task run succeeded", WAIT, || async {
+        task(c.clone(), r.task_run_id.clone()).await.status == "succeeded"
+    })
+    .await;
+
+    // The codex_kb row itself, as other readers of the table see it.
+    let db_conn = srv.server.state.store.connection();
+    let b = db_conn.get_database_backend();
+    let (table, id) = if b == sea_orm::DatabaseBackend::Postgres {
+        ("codex_kb.task_runs", "id::text")
+    } else {
+        ("codex_kb_task_runs", "id")
+    };
+    use sea_orm::ConnectionTrait;
+    let row = db_conn
+        .query_one_raw(sea_orm::Statement::from_string(
+            b,
+            format!("SELECT status, external_run_id, started_at IS NOT NULL AS s, completed_at IS NOT NULL AS c FROM {table} WHERE {id} = '{}'", r.task_run_id),
+        ))
+        .await
+        .expect("query")
+        .expect("row");
+    assert_eq!(
+        row.try_get::<String>("", "status").expect("status"),
+        "succeeded"
+    );
+    assert_eq!(
+        row.try_get::<String>("", "external_run_id")
+            .expect("external"),
+        r.workflow_name
+    );
+    assert!(row.try_get::<bool>("", "s").expect("s") && row.try_get::<bool>("", "c").expect("c"));
+    adapter.stop().await;
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_task_followed_to_succeeded_on_sqlite() {
+    followed_to_the_end(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_task_followed_to_succeeded_on_postgres() {
+    followed_to_the_end(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn an_old_service_database_is_adopted_without_loss() {
+    let db = TestDb::new(Backend::Postgres).await;
+    // The old service's schema and rows, created by hand (no facteur tables yet).
+    let old = sea_orm::Database::connect(&db.url).await.expect("connect");
+    use sea_orm::ConnectionTrait;
+    for sql in [
+        "CREATE SCHEMA codex_kb",
+        "CREATE TABLE codex_kb.ideas (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), source_type text NOT NULL, source_ref text NOT NULL,
+            priority smallint NOT NULL DEFAULT 0, status text NOT NULL, risk_flags jsonb NOT NULL DEFAULT '{}', payload jsonb NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(),
+            CONSTRAINT ideas_source_unique UNIQUE (source_type, source_ref))",
+        "CREATE TABLE codex_kb.tasks (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), idea_id uuid NOT NULL REFERENCES codex_kb.ideas(id) ON DELETE CASCADE,
+            stage text NOT NULL, state text NOT NULL, assignee text, sla_deadline timestamptz, metadata jsonb NOT NULL DEFAULT '{}',
+            created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(),
+            CONSTRAINT tasks_idea_stage_unique UNIQUE (idea_id, stage))",
+        "CREATE INDEX tasks_state_idx ON codex_kb.tasks (state, updated_at DESC)",
+        "CREATE TABLE codex_kb.task_runs (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), task_id uuid NOT NULL REFERENCES codex_kb.tasks(id) ON DELETE CASCADE,
+            external_run_id text, status text NOT NULL, queued_at timestamptz NOT NULL DEFAULT now(), started_at timestamptz, completed_at timestamptz,
+            input_ref text, output_ref text, retry_count smallint NOT NULL DEFAULT 0, error_code text, metadata jsonb NOT NULL DEFAULT '{}',
+            created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(), delivery_id text NOT NULL,
+            CONSTRAINT task_runs_delivery_unique UNIQUE (delivery_id))",
+        "CREATE TABLE codex_kb.run_events (id bigserial PRIMARY KEY, task_run_id uuid, event_type text, actor text, payload jsonb, emitted_at timestamptz)",
+        "INSERT INTO codex_kb.ideas (id, source_type, source_ref, status, payload) VALUES ('11111111-1111-4111-8111-111111111111', 'github_issue', 'proompteng/lab#7', 'received', '{\"old\": true}')",
+        "INSERT INTO codex_kb.tasks (id, idea_id, stage, state) VALUES ('22222222-2222-4222-8222-222222222222', '11111111-1111-4111-8111-111111111111', 'implementation', 'queued')",
+        "INSERT INTO codex_kb.task_runs (id, task_id, status, delivery_id) VALUES ('33333333-3333-4333-8333-333333333333', '22222222-2222-4222-8222-222222222222', 'queued', 'old-delivery-7')",
+        "INSERT INTO codex_kb.run_events (task_run_id, event_type, actor) VALUES ('33333333-3333-4333-8333-333333333333', 'created', 'go-facteur')",
+    ] {
+        old.execute_unprepared(sql).await.expect(sql);
+    }
+    let _ = old.close().await;
+
+    // Our migrations run over it; the rows read back through the API.
+    let srv = TestServer::start(codex_config(&db)).await;
+    let c = srv.client(CODEX_TOKEN).await;
+    let got = c
+        .codex()
+        .get_task(pb::GetTaskRequest {
+            key: Some(pb::get_task_request::Key::DeliveryId(
+                "old-delivery-7".into(),
+            )),
+        })
+        .await
+        .expect("old task run readable")
+        .into_inner()
+        .task
+        .expect("task");
+    assert_eq!(got.task_run_id, "33333333-3333-4333-8333-333333333333");
+    assert_eq!(got.idea_id, "11111111-1111-4111-8111-111111111111");
+    assert_eq!(
+        (
+            got.repository.as_str(),
+            got.issue_number,
+            got.status.as_str()
+        ),
+        ("proompteng/lab", 7, "queued")
+    );
+    assert!(
+        got.run.is_none(),
+        "the old service ran nothing we can follow"
+    );
+
+    // A replay of the old delivery is a duplicate; a new task for the same issue reuses its idea.
+    let mut replay = sample();
+    replay.delivery_id = "old-delivery-7".into();
+    let r = c
+        .codex()
+        .submit_task(pb::SubmitTaskRequest {
+            task: Some(replay),
+            delivery_id: String::new(),
+        })
+        .await
+        .expect("replay")
+        .into_inner();
+    assert!(r.duplicate);
+    assert_eq!(r.task_run_id, "33333333-3333-4333-8333-333333333333");
+    let mut fresh = sample();
+    fresh.issue_number = 7;
+    fresh.delivery_id = "new-delivery-7".into();
+    let r = c
+        .codex()
+        .submit_task(pb::SubmitTaskRequest {
+            task: Some(fresh),
+            delivery_id: String::new(),
+        })
+        .await
+        .expect("new")
+        .into_inner();
+    assert!(!r.duplicate);
+    assert_eq!(r.idea_id, "11111111-1111-4111-8111-111111111111");
+    assert_eq!(r.task_id, "22222222-2222-4222-8222-222222222222");
+    assert_eq!(
+        count_rows(&srv.server.state.store, "codex_kb.run_events").await,
+        1,
+        "the old tables are left alone"
+    );
+    srv.stop().await;
+}
