@@ -7,6 +7,8 @@
 //! acceptance itself); throughput by submitting many runs at once and timing until every
 //! Workflow create has been seen.
 
+mod ingest;
+
 use facteur_client::pb;
 use facteur_tests::fake_kube::FakeKube;
 use facteur_tests::stack::{Adapter, admin};
@@ -139,6 +141,11 @@ async fn main() -> anyhow::Result<()> {
             println!("{summary}");
             Ok(())
         }
-        other => anyhow::bail!("unknown benchmark `{other}`; available: dispatch"),
+        "ingest" => {
+            let summary = ingest::run(n("BENCH_SECONDS", 10) as u64).await?;
+            println!("{summary}");
+            Ok(())
+        }
+        other => anyhow::bail!("unknown benchmark `{other}`; available: dispatch, ingest"),
     }
 }
