@@ -87,6 +87,9 @@ impl Store {
             .acquire_timeout(connect_timeout)
             // Statements are not logged: parameters could carry user data.
             .sqlx_logging(false)
+            // A ping before every acquire doubles the round trips of a short query; ping only
+            // connections idle long enough to have been cut (database restart, proxy timeout).
+            .test_before_acquire_if_idle_for(Duration::from_secs(30))
             .map_sqlx_sqlite_opts(|o| {
                 o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
