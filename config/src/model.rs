@@ -435,6 +435,9 @@ pub struct DiscordConfig {
     pub interactions_listen_address: String,
     /// Discord REST base URL (tests and proxies). Default `https://discord.com`.
     pub api_base_url: String,
+    /// What a command without a `role_map` entry allows: `allow` (everyone) or `deny`.
+    /// Default `allow`, as the old service.
+    pub default_policy: String,
 }
 
 impl Default for DiscordConfig {
@@ -447,6 +450,7 @@ impl Default for DiscordConfig {
             mode: "http".into(),
             interactions_listen_address: "0.0.0.0:8081".into(),
             api_base_url: "https://discord.com".into(),
+            default_policy: "allow".into(),
         }
     }
 }
@@ -741,6 +745,15 @@ impl Config {
                 err(&k, m);
             }
             validate_commands(&self.commands, &mut err);
+            if !["allow", "deny"].contains(&self.discord.default_policy.as_str()) {
+                err(
+                    "discord.default_policy",
+                    format!(
+                        "`{}` is not one of allow, deny",
+                        self.discord.default_policy
+                    ),
+                );
+            }
         }
         if !["auto", "json", "pretty"].contains(&self.telemetry.log_format.as_str()) {
             err(

@@ -286,15 +286,28 @@ fn the_kubernetes_configuration_is_valid_for_every_process() {
     let text = include_str!("../../deploy/kubernetes/base/app/facteur.yaml");
     // What the Deployments inject from the Secret `facteur-secrets`.
     let secrets = env(&[
-        ("FACTEUR_POSTGRES_DSN", "postgres://facteur:pw@postgres/facteur"),
+        (
+            "FACTEUR_POSTGRES_DSN",
+            "postgres://facteur:pw@postgres/facteur",
+        ),
         ("FACTEUR_REDIS_URL", "redis://redis:6379"),
-        ("FACTEUR_AUTH_TOKENS", r#"[{"name":"ops","role":"admin","token":"0123456789abcdef0123"}]"#),
+        (
+            "FACTEUR_AUTH_TOKENS",
+            r#"[{"name":"ops","role":"admin","token":"0123456789abcdef0123"}]"#,
+        ),
         ("FACTEUR_CONTROL_PLANE_TOKEN", "0123456789abcdef0123"),
         ("FACTEUR_DISCORD_BOT_TOKEN", "bot-token"),
         ("FACTEUR_DISCORD_APPLICATION_ID", "123456789012345678"),
-        ("FACTEUR_DISCORD_PUBLIC_KEY", "ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12"),
+        (
+            "FACTEUR_DISCORD_PUBLIC_KEY",
+            "ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12",
+        ),
     ]);
-    for process in [Process::Server, Process::DiscordAdapter, Process::ArgoAdapter] {
+    for process in [
+        Process::Server,
+        Process::DiscordAdapter,
+        Process::ArgoAdapter,
+    ] {
         if let Err(e) = load_from(Some(text), &secrets, process) {
             panic!("deploy/kubernetes/base/app/facteur.yaml is invalid for {process:?}: {e}");
         }

@@ -10,6 +10,7 @@ use sea_orm_migration::sea_orm::{
 
 mod m20261123_000001_runs;
 mod m20261123_000002_codex_kb;
+mod m20261123_000003_audit;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_runs::Migration),
             Box::new(m20261123_000002_codex_kb::Migration),
+            Box::new(m20261123_000003_audit::Migration),
         ]
     }
 }

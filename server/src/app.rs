@@ -127,6 +127,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 
     let tls = tls_config(&config)?;
     let store = open_store(&config).await?;
+    store
+        .seed_policy(
+            &config.role_map,
+            crate::domain::policy::DefaultPolicy::parse(&config.discord.default_policy),
+        )
+        .await
+        .context("cannot seed the role policy from role_map")?;
     let sessions = open_sessions(&config)?;
     let metrics = Arc::new(Metrics::new());
     let check_timeout = Duration::from_millis(config.redis.timeout_ms.clamp(100, 5000));

@@ -242,24 +242,26 @@ async fn later_capabilities_answer_unimplemented_naming_them() {
     let srv = TestServer::start(config(&db)).await;
     let c = srv.client("").await;
     let err = c
-        .admin()
-        .set_policy(pb::SetPolicyRequest::default())
+        .command()
+        .record_run_message(pb::RecordRunMessageRequest::default())
         .await
         .expect_err("not yet");
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(
-        err.message().contains("AdminService.SetPolicy") && err.message().contains("issue #5"),
+        err.message().contains("CommandService.RecordRunMessage")
+            && err.message().contains("issue #5"),
         "{}",
         err.message()
     );
     let err = c
         .command()
-        .invoke(pb::InvokeRequest::default())
+        .watch_runs(pb::WatchRunsRequest::default())
         .await
+        .map(|_| ())
         .expect_err("not yet");
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(
-        err.message().contains("CommandService.Invoke"),
+        err.message().contains("live run status"),
         "{}",
         err.message()
     );

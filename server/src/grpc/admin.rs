@@ -5,6 +5,7 @@ use super::convert;
 use super::status::not_yet;
 use crate::auth::Principal;
 use crate::domain::dispatch::DispatchKind;
+use crate::domain::policy::{DefaultPolicy, GuildPolicy, commands_from};
 use crate::domain::run::{NewRun, Requester, RunSource};
 use crate::state::AppState;
 use crate::store::RunFilter;
@@ -288,24 +289,67 @@ impl AdminService for AdminApi {
 
     async fn get_policy(
         &self,
-        _: Request<pb::GetPolicyRequest>,
+        req: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::GetPolicyResponse>, Status> {
-        Err(not_yet(
-            "AdminService.GetPolicy",
-            "the per-guild role policy",
-            ISSUE_DISCORD,
-        ))
+        let guild = req.into_inner().guild_id;
+        if !guild.is_empty() && !facteur_config::is_snowflake(&guild) {
+            return Err(Status::invalid_argument(format!(
+                "guild_id `{guild}` is not a snowflake"
+            )));
+        }
+        let p = self.0.store.policy_for(&guild).await?;
+        Ok(Response::new(pb::GetPolicyResponse {
+            policy: Some(convert::policy(&p)),
+        }))
     }
 
     async fn set_policy(
         &self,
-        _: Request<pb::SetPolicyRequest>,
+        req: Request<pb::SetPolicyRequest>,
     ) -> Result<Response<pb::SetPolicyResponse>, Status> {
-        Err(not_yet(
-            "AdminService.SetPolicy",
-            "the per-guild role policy",
-            ISSUE_DISCORD,
-        ))
+        let principal = Principal::of(&req);
+        let r = req.into_inner();
+        let p = r
+            .policy
+            .ok_or_else(|| Status::invalid_argument("policy is required"))?;
+        let default = match pb::DefaultPolicy::try_from(p.default_policy) {
+            Ok(pb::DefaultPolicy::Allow) => DefaultPolicy::Allow,
+            Ok(pb::DefaultPolicy::Deny) => DefaultPolicy::Deny,
+            // Unspecified keeps the default in force.
+            Ok(pb::DefaultPolicy::Unspecified) => {
+                self.0.store.policy_for(&p.guild_id).await?.default
+            }
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "default_policy {} is not a DefaultPolicy",
+                    p.default_policy
+                )));
+            }
+        };
+        let commands = commands_from(
+            p.commands
+                .into_iter()
+                .map(|c| (c.command, c.role_ids))
+                .collect(),
+        )?;
+        let policy = GuildPolicy {
+            guild_id: p.guild_id,
+            commands,
+            default,
+            version: 0,
+            updated_by: principal.name.clone(),
+            updated_at: None,
+        };
+        let expected = (r.expected_version != 0).then_some(r.expected_version);
+        let stored = self
+            .0
+            .store
+            .set_policy(&policy, expected, &principal.name)
+            .await?;
+        tracing::info!(guild_id = %stored.guild_id, version = stored.version, principal = %principal.name, "role policy replaced");
+        Ok(Response::new(pb::SetPolicyResponse {
+            policy: Some(convert::policy(&stored)),
+        }))
     }
 
     async fn list_dead_letters(

@@ -88,6 +88,28 @@ pub fn run(r: &Run) -> pb::Run {
     }
 }
 
+/// Domain policy → proto policy.
+pub fn policy(p: &crate::domain::policy::GuildPolicy) -> pb::GuildPolicy {
+    pb::GuildPolicy {
+        guild_id: p.guild_id.clone(),
+        commands: p
+            .commands
+            .iter()
+            .map(|(c, r)| pb::CommandPolicy {
+                command: c.clone(),
+                role_ids: r.clone(),
+            })
+            .collect(),
+        default_policy: match p.default {
+            crate::domain::policy::DefaultPolicy::Allow => pb::DefaultPolicy::Allow as i32,
+            crate::domain::policy::DefaultPolicy::Deny => pb::DefaultPolicy::Deny as i32,
+        },
+        version: p.version,
+        updated_by: p.updated_by.clone(),
+        updated_at: p.updated_at.map(ts),
+    }
+}
+
 /// Domain event → proto event.
 pub fn event(e: &RunEvent) -> pb::RunEvent {
     pb::RunEvent {

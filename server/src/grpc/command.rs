@@ -1,0 +1,532 @@
+//! `facteur.v1.CommandService`: Discord commands and buttons, decided on the server. The
+//! discord-adapter only translates; permission, validation and state are here.
+
+use super::{BoxStream, convert, status::not_yet};
+use crate::domain::policy::Decision;
+use crate::domain::run::{NewRun, Requester, Run, RunSource, RunStatus};
+use crate::domain::{Error, Result};
+use crate::state::AppState;
+use crate::store::RunFilter;
+use facteur_config::is_snowflake;
+use facteur_proto::v1 as pb;
+use pb::command_service_server::CommandService;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// `facteur.v1.CommandService`.
+#[derive(Clone)]
+pub struct CommandApi(pub Arc<AppState>);
+
+/// Interaction tokens live 15 minutes; so do the sessions that hold them.
+pub const SESSION_TTL: Duration = Duration::from_secs(15 * 60);
+/// Built-in commands answered by the server itself.
+pub const BUILTINS: [&str; 3] = ["status", "runs", "cancel"];
+const ISSUE_DISCORD: u32 = 5;
+
+fn option_type(kind: &str) -> pb::OptionType {
+    match kind {
+        "integer" => pb::OptionType::Integer,
+        "number" => pb::OptionType::Number,
+        "boolean" => pb::OptionType::Boolean,
+        "user" => pb::OptionType::User,
+        "channel" => pb::OptionType::Channel,
+        "role" => pb::OptionType::Role,
+        _ => pb::OptionType::String,
+    }
+}
+
+fn run_option(required: bool, description: &str) -> pb::CommandOption {
+    pb::CommandOption {
+        name: "run".into(),
+        description: description.into(),
+        r#type: pb::OptionType::String as i32,
+        required,
+        ..Default::default()
+    }
+}
+
+/// The catalog as Discord registers it, built-ins last.
+pub fn definitions(state: &AppState) -> Vec<pb::CommandDefinition> {
+    let mut out: Vec<pb::CommandDefinition> = state
+        .catalog
+        .commands()
+        .iter()
+        .map(|c| pb::CommandDefinition {
+            name: c.name.clone(),
+            description: c.description.clone(),
+            options: c
+                .options
+                .iter()
+                .map(|o| pb::CommandOption {
+                    name: o.name.clone(),
+                    description: if o.description.is_empty() {
+                        o.name.clone()
+                    } else {
+                        o.description.clone()
+                    },
+                    r#type: option_type(&o.kind) as i32,
+                    required: o.required,
+                    choices: o
+                        .choices
+                        .iter()
+                        .map(|c| pb::OptionChoice {
+                            name: c.name.clone(),
+                            value: c.value.clone(),
+                        })
+                        .collect(),
+                    min_value: o.min_value,
+                    max_value: o.max_value,
+                    min_length: o.min_length,
+                    max_length: o.max_length,
+                    autocomplete: o.autocomplete,
+                })
+                .collect(),
+            ephemeral: c.ephemeral,
+            ..Default::default()
+        })
+        .collect();
+    for (name, description, options) in [
+        (
+            "status",
+            "Show a run's status (default: your latest run)",
+            vec![run_option(false, "Run id")],
+        ),
+        ("runs", "List your recent runs", vec![]),
+        ("cancel", "Cancel a run", vec![run_option(true, "Run id")]),
+    ] {
+        out.push(pb::CommandDefinition {
+            name: name.into(),
+            description: description.into(),
+            options,
+            ephemeral: true,
+            builtin: true,
+            ..Default::default()
+        });
+    }
+    out
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+/// The message that shows a run, with the buttons that act on it.
+pub fn run_reply(run: &Run, ephemeral: bool) -> pb::Reply {
+    let mut content = format!(
+        "**/{}** run `{}`: **{}**",
+        run.command,
+        short(&run.id),
+        run.status
+    );
+    if !run.progress.is_empty() && run.status == RunStatus::Running {
+        content.push_str(&format!(" ({})", run.progress));
+    }
+    content.push_str(&format!(
+        "\nworkflow `{}/{}`",
+        run.namespace, run.workflow_name
+    ));
+    if let (Some(start), Some(end)) = (run.started_at, run.finished_at) {
+        content.push_str(&format!(" in {}s", (end - start).num_seconds().max(0)));
+    }
+    if !run.message.is_empty() && run.status != RunStatus::Succeeded {
+        content.push_str(&format!(
+            "\n> {}",
+            run.message.chars().take(500).collect::<String>()
+        ));
+    }
+    let mut buttons = Vec::new();
+    if run.status.is_terminal() {
+        buttons.push(pb::Button {
+            custom_id: format!("retry:{}", run.id),
+            label: "Retry".into(),
+            action: pb::ComponentAction::Retry as i32,
+            run_id: run.id.clone(),
+            danger: false,
+        });
+    } else {
+        buttons.push(pb::Button {
+            custom_id: format!("cancel:{}", run.id),
+            label: "Cancel".into(),
+            action: pb::ComponentAction::Cancel as i32,
+            run_id: run.id.clone(),
+            danger: true,
+        });
+    }
+    pb::Reply {
+        content: content.chars().take(2000).collect(),
+        ephemeral,
+        buttons,
+    }
+}
+
+fn ctx(c: Option<pb::InteractionContext>) -> Result<pb::InteractionContext> {
+    let c = c.ok_or_else(|| Error::InvalidArgument("context is required".into()))?;
+    if c.interaction_id.is_empty() || c.interaction_id.len() > 100 {
+        return Err(Error::InvalidArgument(
+            "context.interaction_id is required".into(),
+        ));
+    }
+    if !is_snowflake(&c.guild_id) {
+        return Err(Error::InvalidArgument(
+            "context.guild_id must be a guild snowflake: commands run in guilds only".into(),
+        ));
+    }
+    if !is_snowflake(&c.user_id) {
+        return Err(Error::InvalidArgument(
+            "context.user_id must be a snowflake".into(),
+        ));
+    }
+    Ok(c)
+}
+
+impl CommandApi {
+    /// Checks the role policy; a denial is audited and answered PERMISSION_DENIED with the roles
+    /// that would allow it.
+    async fn authorize(&self, c: &pb::InteractionContext, command: &str) -> Result<()> {
+        let policy = self.0.store.policy_for(&c.guild_id).await?;
+        match policy.decide(command, &c.role_ids) {
+            Decision::Allowed => Ok(()),
+            Decision::Denied { reason, roles } => {
+                let payload = serde_json::json!({"user_id": c.user_id, "member_roles": c.role_ids, "allowed_roles": roles, "channel_id": c.channel_id, "interaction_id": c.interaction_id});
+                self.0
+                    .store
+                    .audit(&c.guild_id, &c.user_id, "denied", command, payload)
+                    .await?;
+                tracing::info!(guild_id = %c.guild_id, user_id = %c.user_id, command, "command denied by role policy");
+                Err(Error::PermissionDenied(reason))
+            }
+        }
+    }
+
+    async fn guild_run(&self, c: &pb::InteractionContext, id: &str) -> Result<Run> {
+        let not_found = || Error::NotFound(format!("no run `{id}` in this server"));
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Err(Error::InvalidArgument(format!("`{id}` is not a run id")));
+        }
+        let run = self.0.store.get_run(id).await?.ok_or_else(not_found)?;
+        // Guild data stays in its guild.
+        if run.requester.guild_id != c.guild_id {
+            return Err(not_found());
+        }
+        Ok(run)
+    }
+
+    async fn remember(&self, c: &pb::InteractionContext, run: &Run) -> Result<()> {
+        let expires =
+            chrono::Utc::now() + chrono::Duration::from_std(SESSION_TTL).unwrap_or_default();
+        let session = serde_json::json!({
+            "interaction_id": c.interaction_id, "application_id": c.application_id, "token": c.token,
+            "guild_id": c.guild_id, "channel_id": c.channel_id, "user_id": c.user_id, "run_id": run.id,
+            "expires_at": expires,
+        });
+        let s = &self.0.sessions;
+        s.put(
+            &format!("facteur:session:{}", c.interaction_id),
+            &session.to_string(),
+            SESSION_TTL,
+        )
+        .await?;
+        // The old service's per-user "last dispatch" key.
+        let last = serde_json::json!({"run_id": run.id, "command": run.command, "workflow_name": run.workflow_name});
+        s.put(
+            &format!("facteur:dispatch:{}", c.user_id),
+            &last.to_string(),
+            SESSION_TTL,
+        )
+        .await
+    }
+
+    async fn builtin(
+        &self,
+        c: &pb::InteractionContext,
+        command: &str,
+        options: &BTreeMap<String, String>,
+    ) -> Result<pb::Reply> {
+        match command {
+            "status" => {
+                let run = match options.get("run") {
+                    Some(id) => self.guild_run(c, id).await?,
+                    None => {
+                        let filter = RunFilter {
+                            requester: Some(c.user_id.clone()),
+                            guild_id: Some(c.guild_id.clone()),
+                            ..Default::default()
+                        };
+                        self.0
+                            .store
+                            .list_runs(&filter, 1, None)
+                            .await?
+                            .into_iter()
+                            .next()
+                            .ok_or_else(|| {
+                                Error::NotFound("you have no runs in this server".into())
+                            })?
+                    }
+                };
+                Ok(run_reply(&run, true))
+            }
+            "runs" => {
+                let filter = RunFilter {
+                    requester: Some(c.user_id.clone()),
+                    guild_id: Some(c.guild_id.clone()),
+                    ..Default::default()
+                };
+                let runs = self.0.store.list_runs(&filter, 10, None).await?;
+                let lines: Vec<String> = runs
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "`{}` /{} **{}** {}",
+                            short(&r.id),
+                            r.command,
+                            r.status,
+                            r.created_at.format("%Y-%m-%d %H:%M UTC")
+                        )
+                    })
+                    .collect();
+                let content = if lines.is_empty() {
+                    "You have no runs in this server.".to_string()
+                } else {
+                    lines.join("\n")
+                };
+                Ok(pb::Reply {
+                    content,
+                    ephemeral: true,
+                    buttons: vec![],
+                })
+            }
+            _ => {
+                let id = options
+                    .get("run")
+                    .ok_or_else(|| Error::InvalidArgument("option `run` is required".into()))?;
+                let run = self.guild_run(c, id).await?;
+                self.authorize(c, &run.command).await?;
+                let run = self
+                    .0
+                    .store
+                    .cancel_run(
+                        &run.id,
+                        crate::domain::dispatch::DispatchKind::Stop,
+                        &c.user_id,
+                        "cancelled from Discord",
+                    )
+                    .await?;
+                self.0.wake_dispatchers();
+                Ok(run_reply(&run, true))
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl CommandService for CommandApi {
+    async fn list_commands(
+        &self,
+        req: Request<pb::ListCommandsRequest>,
+    ) -> Result<Response<pb::ListCommandsResponse>, Status> {
+        let guild = req.into_inner().guild_id;
+        if !guild.is_empty() && !is_snowflake(&guild) {
+            return Err(Status::invalid_argument(format!(
+                "guild_id `{guild}` is not a snowflake"
+            )));
+        }
+        Ok(Response::new(pb::ListCommandsResponse {
+            commands: definitions(&self.0),
+        }))
+    }
+
+    async fn invoke(
+        &self,
+        req: Request<pb::InvokeRequest>,
+    ) -> Result<Response<pb::InvokeResponse>, Status> {
+        let r = req.into_inner();
+        let c = ctx(r.context)?;
+        match pb::InvocationKind::try_from(r.kind) {
+            Ok(pb::InvocationKind::SlashCommand) => {}
+            Ok(pb::InvocationKind::ModalSubmit) => {
+                return Err(not_yet(
+                    "CommandService.Invoke (modal submit)",
+                    "command modals",
+                    ISSUE_DISCORD,
+                ));
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "kind must be SLASH_COMMAND or MODAL_SUBMIT",
+                ));
+            }
+        }
+        let mut options = BTreeMap::new();
+        for o in r.options {
+            if options.insert(o.name.clone(), o.value).is_some() {
+                return Err(Status::invalid_argument(format!(
+                    "option `{}` given twice",
+                    o.name
+                )));
+            }
+        }
+        self.authorize(&c, &r.command).await?;
+        if BUILTINS.contains(&r.command.as_str()) {
+            let reply = self.builtin(&c, &r.command, &options).await?;
+            return Ok(Response::new(pb::InvokeResponse {
+                reply: Some(reply),
+                ..Default::default()
+            }));
+        }
+        let resolved = self.0.catalog.resolve(&r.command, &options)?;
+        let ephemeral = self
+            .0
+            .catalog
+            .commands()
+            .iter()
+            .any(|cmd| cmd.name == r.command && cmd.ephemeral);
+        let new = NewRun {
+            idempotency_key: format!("discord:{}", c.interaction_id),
+            command: resolved.command,
+            source: RunSource::Discord,
+            requester: Requester {
+                principal: "discord".into(),
+                user_id: c.user_id.clone(),
+                guild_id: c.guild_id.clone(),
+                channel_id: c.channel_id.clone(),
+                display_name: c.user_name.clone(),
+            },
+            namespace: resolved.namespace,
+            workflow_template: resolved.workflow_template,
+            service_account: resolved.service_account,
+            workflow_name_prefix: resolved.workflow_name_prefix,
+            parameters: resolved.parameters,
+            parent_run_id: None,
+            trace_parent: facteur_config::telemetry::current_traceparent().unwrap_or_default(),
+        };
+        let (run, duplicate) = self.0.store.create_run(new, &c.user_id).await?;
+        if !duplicate {
+            self.remember(&c, &run).await?;
+            self.0.wake_dispatchers();
+            tracing::info!(run_id = %run.id, command = %run.command, guild_id = %c.guild_id, user_id = %c.user_id, "run accepted from Discord");
+        }
+        Ok(Response::new(pb::InvokeResponse {
+            reply: Some(run_reply(&run, ephemeral)),
+            modal: None,
+            run: Some(convert::run(&run)),
+            duplicate,
+        }))
+    }
+
+    async fn autocomplete(
+        &self,
+        _: Request<pb::AutocompleteRequest>,
+    ) -> Result<Response<pb::AutocompleteResponse>, Status> {
+        Err(not_yet(
+            "CommandService.Autocomplete",
+            "option autocomplete",
+            ISSUE_DISCORD,
+        ))
+    }
+
+    async fn interact(
+        &self,
+        req: Request<pb::InteractRequest>,
+    ) -> Result<Response<pb::InteractResponse>, Status> {
+        let r = req.into_inner();
+        let c = ctx(r.context)?;
+        let (action, run_id) = r.custom_id.split_once(':').ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "custom_id `{}` is not <action>:<run id>",
+                r.custom_id
+            ))
+        })?;
+        // Every click is checked again: the button may be old, the member's roles may have changed.
+        let run = self.guild_run(&c, run_id).await?;
+        self.authorize(&c, &run.command).await?;
+        let (run, update) = match action {
+            "cancel" => {
+                let run = self
+                    .0
+                    .store
+                    .cancel_run(
+                        &run.id,
+                        crate::domain::dispatch::DispatchKind::Stop,
+                        &c.user_id,
+                        "Cancel button",
+                    )
+                    .await?;
+                (run, true)
+            }
+            "retry" => {
+                if !run.status.is_terminal() {
+                    return Err(Status::failed_precondition(format!(
+                        "run `{}` is {}; only a finished run can be retried",
+                        short(&run.id),
+                        run.status
+                    )));
+                }
+                let prefix = run
+                    .workflow_name
+                    .trim_end_matches(|ch: char| ch.is_ascii_hexdigit())
+                    .to_string();
+                let new = NewRun {
+                    idempotency_key: format!("discord:{}", c.interaction_id),
+                    command: run.command.clone(),
+                    source: RunSource::Retry,
+                    requester: Requester {
+                        principal: "discord".into(),
+                        user_id: c.user_id.clone(),
+                        guild_id: c.guild_id.clone(),
+                        channel_id: c.channel_id.clone(),
+                        display_name: c.user_name.clone(),
+                    },
+                    namespace: run.namespace.clone(),
+                    workflow_template: run.workflow_template.clone(),
+                    service_account: run.service_account.clone(),
+                    workflow_name_prefix: prefix,
+                    parameters: run.parameters.clone(),
+                    parent_run_id: Some(run.id.clone()),
+                    trace_parent: String::new(),
+                };
+                let (new_run, duplicate) = self.0.store.create_run(new, &c.user_id).await?;
+                if !duplicate {
+                    self.remember(&c, &new_run).await?;
+                }
+                (new_run, false)
+            }
+            "refresh" => (run, true),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown action `{other}`"
+                )));
+            }
+        };
+        self.0.wake_dispatchers();
+        Ok(Response::new(pb::InteractResponse {
+            reply: Some(run_reply(&run, false)),
+            run: Some(convert::run(&run)),
+            update_message: update,
+        }))
+    }
+
+    async fn record_run_message(
+        &self,
+        _: Request<pb::RecordRunMessageRequest>,
+    ) -> Result<Response<pb::RecordRunMessageResponse>, Status> {
+        Err(not_yet(
+            "CommandService.RecordRunMessage",
+            "live run status in Discord",
+            ISSUE_DISCORD,
+        ))
+    }
+
+    type WatchRunsStream = BoxStream<pb::WatchRunsResponse>;
+    async fn watch_runs(
+        &self,
+        _: Request<pb::WatchRunsRequest>,
+    ) -> Result<Response<Self::WatchRunsStream>, Status> {
+        Err(not_yet(
+            "CommandService.WatchRuns",
+            "live run status in Discord",
+            ISSUE_DISCORD,
+        ))
+    }
+}
