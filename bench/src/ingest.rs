@@ -4,9 +4,12 @@
 //!
 //! What the server does for one new delivery, and what the pgbench script replays:
 //! 1. look the delivery id up (replay fast path);
-//! 2. `BEGIN`; upsert the idea; upsert the task; insert the task run (`ON CONFLICT DO NOTHING`);
-//!    insert the run, its dispatch and its first history entry; `COMMIT`;
+//! 2. one statement (`store::codex::SUBMIT_POSTGRES`) upserting the idea and the task, inserting
+//!    the task run (`ON CONFLICT DO NOTHING`), the run, its dispatch and its first history entry;
 //! 3. read the run back.
+//!
+//! The pgbench script is generated from the same SQL text, parameters replaced by pgbench
+//! expressions, so both sides run exactly the same statements.
 //!
 //! The gRPC path adds validation, proto-JSON and base64 rendering of the task, and the RPC.
 
@@ -115,27 +118,49 @@ fn pgbench_script() -> anyhow::Result<String> {
     let task_meta = json!({"repository": plan.repository, "issue_number": plan.issue_number, "delivery_id": plan.delivery_id}).to_string();
     let run_meta = json!({"facteur_run_id": "00000000-0000-0000-0000-000000000000", "workflow_name": "codex-autonomous-00000000000000000000000000000000", "namespace": plan.namespace, "workflow_template": plan.workflow_template}).to_string();
     let event = json!({"source": "codex", "command": "codex:implementation", "workflow_template": plan.workflow_template, "namespace": plan.namespace, "parent_run_id": null}).to_string();
+    // The server's own statement, its parameters replaced by pgbench expressions.
+    let delivery = "('pgb-' || :client_id::text || '-' || :d::text)";
+    let subs: [(usize, String); 23] = [
+        (1, "gen_random_uuid()::text".into()),
+        (2, "('proompteng/lab#' || :issue::text)".into()),
+        (3, sql_str(&payload)),
+        (4, "now()::text".into()),
+        (5, "gen_random_uuid()::text".into()),
+        (6, "'implementation'".into()),
+        (7, sql_str(&task_meta)),
+        (8, "gen_random_uuid()::text".into()),
+        (
+            9,
+            "('codex-autonomous-' || :client_id::text || '-' || :d::text)".into(),
+        ),
+        (10, sql_str(&run_meta)),
+        (11, delivery.into()),
+        (12, "gen_random_uuid()::text".into()),
+        (13, format!("({} || {delivery})", sql_str("codex:"))),
+        (14, sql_str("codex:implementation")),
+        (15, "'local'".into()),
+        (16, sql_str(&plan.repository)),
+        (17, sql_str(&plan.namespace)),
+        (18, sql_str(&plan.workflow_template)),
+        (19, "''".into()),
+        (20, sql_str(&params)),
+        (21, "''".into()),
+        (22, "gen_random_uuid()::text".into()),
+        (23, sql_str(&event)),
+    ];
+    let mut submit = facteur_server::store::codex::SUBMIT_POSTGRES.replace('\n', " ");
+    for (n, expr) in subs.iter().rev() {
+        submit = submit.replace(&format!("${n}"), expr);
+    }
+    let lookup = format!(
+        "SELECT tr.id::text AS task_run_id, tr.task_id::text AS task_id, tk.idea_id::text AS idea_id, tr.delivery_id, tr.status, tk.stage, i.source_ref, to_char(tr.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24' || chr(58) || 'MI' || chr(58) || 'SS.US\"Z\"') AS created_at, tr.created_at AS created_sort FROM codex_kb.task_runs tr JOIN codex_kb.tasks tk ON tk.id = tr.task_id JOIN codex_kb.ideas i ON i.id = tk.idea_id WHERE tr.delivery_id = {delivery}"
+    );
+    let read_back = format!(
+        "SELECT * FROM runs WHERE idempotency_key = ({} || {delivery})",
+        sql_str("codex:")
+    );
     Ok(format!(
-        r#"\set issue random(1, {ISSUES})
-\set d random(1, 9000000000000000)
-SELECT tr.id::text AS task_run_id, tr.task_id::text AS task_id, tk.idea_id::text AS idea_id, tr.delivery_id, tr.status, tk.stage, i.source_ref, to_char(tr.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24' || chr(58) || 'MI' || chr(58) || 'SS.US"Z"') AS created_at, tr.created_at AS created_sort FROM codex_kb.task_runs tr JOIN codex_kb.tasks tk ON tk.id = tr.task_id JOIN codex_kb.ideas i ON i.id = tk.idea_id WHERE tr.delivery_id = 'pgb-' || :client_id::text || '-' || :d::text;
-BEGIN;
-INSERT INTO codex_kb.ideas (id, source_type, source_ref, priority, status, risk_flags, payload, created_at, updated_at) VALUES (gen_random_uuid(), 'github_issue', 'proompteng/lab#' || :issue::text, 0, 'received', '{{}}', {payload}::jsonb, now(), now()) ON CONFLICT (source_type, source_ref) DO UPDATE SET payload = excluded.payload, updated_at = excluded.updated_at RETURNING id::text AS idea_id \gset
-INSERT INTO codex_kb.tasks (id, idea_id, stage, state, metadata, created_at, updated_at) VALUES (gen_random_uuid(), :idea_id::uuid, 'implementation', 'queued', {task_meta}::jsonb, now(), now()) ON CONFLICT (idea_id, stage) DO UPDATE SET state = 'queued', metadata = excluded.metadata, updated_at = excluded.updated_at RETURNING id::text AS task_id \gset
-INSERT INTO codex_kb.task_runs (id, task_id, external_run_id, status, queued_at, retry_count, metadata, created_at, updated_at, delivery_id) VALUES (gen_random_uuid(), :task_id::uuid, 'codex-autonomous-' || replace(gen_random_uuid()::text, '-', ''), 'queued', now(), 0, {run_meta}::jsonb, now(), now(), 'pgb-' || :client_id::text || '-' || :d::text) ON CONFLICT (delivery_id) DO NOTHING RETURNING id::text AS task_run_id \gset
-INSERT INTO runs (id, idempotency_key, command, source, status, requester_principal, requester_user_id, guild_id, channel_id, requester_name, namespace, workflow_template, service_account, workflow_name, workflow_uid, parameters, message, progress, workflow_phase, parent_run_id, attempts, created_at, updated_at, started_at, finished_at, cancel_requested_at, cancel_mode, trace_parent) VALUES (gen_random_uuid()::text, 'codex' || chr(58) || 'pgb-' || :client_id || '-' || :d, 'codex' || chr(58) || 'implementation', 'codex', 'queued', 'local', '', '', '', 'proompteng/lab', {ns}, {tmpl}, '', 'codex-autonomous-' || replace(gen_random_uuid()::text, '-', ''), '', {params}, '', '', '', NULL, 0, now(), now(), NULL, NULL, NULL, '', '') RETURNING id AS run_id \gset
-INSERT INTO dispatches (id, run_id, kind, state, attempts, available_at, lease_owner, lease_token, lease_expires_at, last_error, dead_lettered_at, created_at, updated_at) VALUES (gen_random_uuid()::text, :run_id::text, 'create', 'pending', 0, now(), '', '', NULL, '', NULL, now(), now());
-INSERT INTO run_events (run_id, sequence, actor, kind, from_status, to_status, payload, created_at) VALUES (:run_id::text, 1, 'local', 'created', 'queued', 'queued', {event}, now());
-END;
-SELECT * FROM runs WHERE id = :run_id::text;
-"#,
-        payload = sql_str(&payload),
-        task_meta = sql_str(&task_meta),
-        run_meta = sql_str(&run_meta),
-        ns = sql_str(&plan.namespace),
-        tmpl = sql_str(&plan.workflow_template),
-        params = sql_str(&params),
-        event = sql_str(&event),
+        "\\set issue random(1, {ISSUES})\n\\set d random(1, 9000000000000000)\n{lookup};\n{submit};\n{read_back};\n"
     ))
 }
 

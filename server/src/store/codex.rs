@@ -58,6 +58,51 @@ pub struct CodexRecord {
     pub created_at: DateTime<Utc>,
 }
 
+/// Postgres: a delivery's rows in one statement (data-modifying CTEs are atomic together):
+/// idea and task upserts, the task run (nothing more if the delivery id is taken), the run, its
+/// dispatch and its first history entry. One round trip instead of eight. The column lists
+/// mirror `insert_run`; the tests run both paths (SQLite uses `insert_run`).
+///
+/// `$1` idea id, `$2` source_ref, `$3` payload, `$4` now, `$5` task id, `$6` stage, `$7` task
+/// metadata, `$8` task run id, `$9` workflow name, `$10` task run metadata, `$11` delivery id,
+/// `$12` run id, `$13` idempotency key, `$14` command, `$15` principal, `$16` display name,
+/// `$17` namespace, `$18` template, `$19` service account, `$20` parameters, `$21` traceparent,
+/// `$22` dispatch id, `$23` event payload.
+pub const SUBMIT_POSTGRES: &str = "WITH idea AS (
+    INSERT INTO codex_kb.ideas (id, source_type, source_ref, priority, status, risk_flags, payload, created_at, updated_at)
+    VALUES ($1::uuid, 'github_issue', $2, 0, 'received', '{}', $3::jsonb, $4::timestamptz, $4::timestamptz)
+    ON CONFLICT (source_type, source_ref) DO UPDATE SET payload = excluded.payload, updated_at = excluded.updated_at
+    RETURNING id),
+task AS (
+    INSERT INTO codex_kb.tasks (id, idea_id, stage, state, metadata, created_at, updated_at)
+    SELECT $5::uuid, idea.id, $6, 'queued', $7::jsonb, $4::timestamptz, $4::timestamptz FROM idea
+    ON CONFLICT (idea_id, stage) DO UPDATE SET state = 'queued', metadata = excluded.metadata, updated_at = excluded.updated_at
+    RETURNING id),
+tr AS (
+    INSERT INTO codex_kb.task_runs (id, task_id, external_run_id, status, queued_at, retry_count, metadata, created_at, updated_at, delivery_id)
+    SELECT $8::uuid, task.id, $9, 'queued', $4::timestamptz, 0, $10::jsonb, $4::timestamptz, $4::timestamptz, $11 FROM task
+    ON CONFLICT (delivery_id) DO NOTHING
+    RETURNING id),
+run AS (
+    INSERT INTO runs (id, idempotency_key, command, source, status, requester_principal, requester_user_id, guild_id,
+        channel_id, requester_name, namespace, workflow_template, service_account, workflow_name, workflow_uid, parameters,
+        message, progress, workflow_phase, parent_run_id, attempts, created_at, updated_at, started_at, finished_at,
+        cancel_requested_at, cancel_mode, trace_parent)
+    SELECT $12, $13, $14, 'codex', 'queued', $15, '', '', '', $16, $17, $18, $19, $9, '', $20, '', '', '', NULL, 0,
+        $4::timestamptz, $4::timestamptz, NULL, NULL, NULL, '', $21 FROM tr
+    RETURNING id),
+disp AS (
+    INSERT INTO dispatches (id, run_id, kind, state, attempts, available_at, lease_owner, lease_token, lease_expires_at,
+        last_error, dead_lettered_at, created_at, updated_at)
+    SELECT $22, run.id, 'create', 'pending', 0, $4::timestamptz, '', '', NULL, '', NULL, $4::timestamptz, $4::timestamptz FROM run
+    RETURNING id),
+ev AS (
+    INSERT INTO run_events (run_id, sequence, actor, kind, from_status, to_status, payload, created_at)
+    SELECT run.id, 1, $15, 'created', 'queued', 'queued', $23, $4::timestamptz FROM run
+    RETURNING id)
+SELECT (SELECT id::text FROM idea) AS idea_id, (SELECT id::text FROM task) AS task_id,
+    (SELECT id::text FROM tr) AS task_run_id, (SELECT count(*) FROM disp) + (SELECT count(*) FROM ev) AS outbox";
+
 /// Idempotency key of the run of a delivery.
 pub fn run_key(delivery_id: &str) -> String {
     format!("codex:{delivery_id}")
@@ -148,6 +193,79 @@ impl Store {
         let task_meta = serde_json::json!({"repository": plan.repository, "issue_number": plan.issue_number, "delivery_id": plan.delivery_id});
         let run_meta = serde_json::json!({"facteur_run_id": run_id.to_string(), "workflow_name": workflow_name, "namespace": plan.namespace, "workflow_template": plan.workflow_template});
 
+        let new = NewRun {
+            idempotency_key: run_key(&plan.delivery_id),
+            command: format!("codex:{}", plan.stage),
+            source: RunSource::Codex,
+            requester: Requester {
+                principal: principal.to_string(),
+                display_name: plan.repository.clone(),
+                ..Default::default()
+            },
+            namespace: plan.namespace.clone(),
+            workflow_template: plan.workflow_template.clone(),
+            service_account: plan.service_account.clone(),
+            workflow_name_prefix: plan.workflow_name_prefix.clone(),
+            parameters: plan.parameters.clone(),
+            parent_run_id: None,
+            trace_parent,
+        };
+        if pg(b) {
+            let params = serde_json::to_string(&new.parameters)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            let values: Vec<Value> = vec![
+                uuid::Uuid::new_v4().to_string().into(),
+                source_ref.into(),
+                payload.to_string().into(),
+                now.clone().into(),
+                uuid::Uuid::new_v4().to_string().into(),
+                plan.stage.into(),
+                task_meta.to_string().into(),
+                uuid::Uuid::new_v4().to_string().into(),
+                workflow_name.clone().into(),
+                run_meta.to_string().into(),
+                plan.delivery_id.clone().into(),
+                run_id.to_string().into(),
+                new.idempotency_key.clone().into(),
+                new.command.clone().into(),
+                principal.into(),
+                new.requester.display_name.clone().into(),
+                new.namespace.clone().into(),
+                new.workflow_template.clone().into(),
+                new.service_account.clone().into(),
+                params.into(),
+                new.trace_parent.clone().into(),
+                uuid::Uuid::now_v7().to_string().into(),
+                super::created_payload(&new).to_string().into(),
+            ];
+            let row = self
+                .db
+                .query_one_raw(Statement::from_sql_and_values(b, SUBMIT_POSTGRES, values))
+                .await
+                .map_err(Error::database)?
+                .ok_or_else(|| Error::Internal("codex insert returned nothing".into()))?;
+            let Some(task_run_id) = row
+                .try_get::<Option<String>>("", "task_run_id")
+                .map_err(Error::database)?
+            else {
+                // Another submission of this delivery committed first.
+                return self
+                    .codex_accepted(&plan.delivery_id)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::Internal("delivery conflicted but is not recorded".into())
+                    });
+            };
+            return Ok(CodexAccepted {
+                idea_id: get(&row, "idea_id")?,
+                task_id: get(&row, "task_id")?,
+                task_run_id,
+                submitted_at: parse_stamp(&now)?,
+                duplicate: false,
+                workflow_name,
+                run: self.get_run(&run_id.to_string()).await?,
+            });
+        }
         let txn = self.db.begin().await.map_err(Error::database)?;
         let idea = txn
             .query_one_raw(stmt(
@@ -211,23 +329,6 @@ impl Store {
                 .ok_or_else(|| Error::Internal("delivery conflicted but is not recorded".into()));
         };
         let task_run_id = get(&task_run, "id")?;
-        let new = NewRun {
-            idempotency_key: run_key(&plan.delivery_id),
-            command: format!("codex:{}", plan.stage),
-            source: RunSource::Codex,
-            requester: Requester {
-                principal: principal.to_string(),
-                display_name: plan.repository.clone(),
-                ..Default::default()
-            },
-            namespace: plan.namespace.clone(),
-            workflow_template: plan.workflow_template.clone(),
-            service_account: plan.service_account.clone(),
-            workflow_name_prefix: plan.workflow_name_prefix.clone(),
-            parameters: plan.parameters.clone(),
-            parent_run_id: None,
-            trace_parent,
-        };
         match insert_run(&txn, run_id, &new, principal).await {
             Ok(()) => {}
             Err(Inserted::Duplicate(e)) => {

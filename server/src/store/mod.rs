@@ -264,6 +264,17 @@ pub(crate) enum Inserted {
     Failed(Error),
 }
 
+/// Details of a run's first history entry.
+pub(crate) fn created_payload(new: &NewRun) -> serde_json::Value {
+    serde_json::json!({
+        "source": new.source.as_str(),
+        "command": new.command,
+        "workflow_template": new.workflow_template,
+        "namespace": new.namespace,
+        "parent_run_id": new.parent_run_id,
+    })
+}
+
 pub(crate) fn check_key(key: &str) -> Result<()> {
     if key.is_empty() || key.len() > 200 {
         return Err(Error::InvalidArgument(
@@ -329,13 +340,7 @@ pub(crate) async fn insert_run<C: sea_orm::ConnectionTrait>(
         created_at: Set(now),
         updated_at: Set(now),
     };
-    let payload = serde_json::json!({
-        "source": new.source.as_str(),
-        "command": new.command,
-        "workflow_template": new.workflow_template,
-        "namespace": new.namespace,
-        "parent_run_id": new.parent_run_id,
-    });
+    let payload = created_payload(new);
     let event = run_events::ActiveModel {
         run_id: Set(id.to_string()),
         sequence: Set(1),
