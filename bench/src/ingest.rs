@@ -49,13 +49,15 @@ async fn app(
     cfg.database.max_connections = 64;
     cfg.codex_implementation_orchestrator.enabled = true;
     let srv = TestServer::start(cfg).await;
-    let client = Client::connect(ClientConfig::new(srv.grpc_url())).await?;
     let task = sample()?;
     let stop_warm = Instant::now() + warmup;
     let stop = stop_warm + duration;
     let mut handles = Vec::new();
     for worker in 0..concurrency {
-        let (client, task) = (client.clone(), task.clone());
+        // One connection per worker, as pgbench has one per client and producers are separate
+        // services; all workers on one HTTP/2 connection would measure that connection instead.
+        let client = Client::connect(ClientConfig::new(srv.grpc_url())).await?;
+        let task = task.clone();
         handles.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut n: u64 = 0;
