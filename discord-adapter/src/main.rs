@@ -1,24 +1,34 @@
-//! `facteur-discord`: validates its configuration section. Serving (Discord interactions) arrives with issue #5;
-//! until then `run` says so and exits non-zero instead of pretending to work.
+//! `facteur-discord`: the discord-adapter process (HTTP interactions mode).
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use facteur_config::{Process, load};
+use facteur_client::{Client, ClientConfig};
+use facteur_config::{Process, load, telemetry};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "facteur-discord", version)]
+#[command(
+    name = "facteur-discord",
+    version,
+    about = "facteur discord-adapter: Discord interactions for the control plane"
+)]
 struct Cli {
     /// Configuration file (YAML). Also FACTEUR_CONFIG_FILE.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// Log as JSON whatever the terminal.
+    #[arg(long, global = true)]
+    log_json: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the adapter.
+    /// Run the adapter (the default).
     Run,
     /// Load and validate this process's configuration; print it with secrets redacted.
     ConfigCheck,
@@ -33,14 +43,86 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
-        Command::ConfigCheck => {
-            print!("{}", config.redacted_yaml());
-            ExitCode::SUCCESS
-        }
-        Command::Run => {
-            eprintln!("facteur-discord: Discord interactions is not available yet (issue #5)");
-            ExitCode::from(2)
-        }
+    if matches!(cli.command, Some(Command::ConfigCheck)) {
+        print!("{}", config.redacted_yaml());
+        return ExitCode::SUCCESS;
     }
+    let Ok(runtime) = tokio::runtime::Runtime::new() else {
+        eprintln!("cannot start the runtime");
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(async move {
+        let _telemetry = telemetry::init("facteur-discord", &config.telemetry, cli.log_json);
+        match run(config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "facteur-discord stopped on an error"
+                );
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
+    if config.discord.mode != "http" {
+        anyhow::bail!(
+            "discord.mode `{}` is not available yet: only `http` (the interactions endpoint) is",
+            config.discord.mode
+        );
+    }
+    let mut cc = ClientConfig::new(config.control_plane.url.clone())
+        .with_token(config.control_plane.token.expose());
+    if !config.control_plane.ca_file.is_empty() {
+        cc.ca_pem = Some(
+            std::fs::read(&config.control_plane.ca_file)
+                .with_context(|| format!("cannot read {}", config.control_plane.ca_file))?,
+        );
+    }
+    let control = Client::lazy(cc)?;
+    let app_id: u64 = config
+        .discord
+        .application_id
+        .parse()
+        .context("discord.application_id")?;
+    let http = Arc::new(facteur_discord::discord_http(
+        config.discord.bot_token.expose(),
+        app_id,
+        &config.discord.api_base_url,
+    ));
+    let verifier = facteur_discord::verify::Verifier::new(&config.discord.public_key)?;
+    let guild = (!config.discord.guild_id.is_empty())
+        .then(|| config.discord.guild_id.parse::<u64>())
+        .transpose()
+        .context("discord.guild_id")?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(facteur_discord::register_until_done(
+        control.clone(),
+        http.clone(),
+        guild,
+        shutdown.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind(&config.discord.interactions_listen_address)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (discord.interactions_listen_address)",
+                config.discord.interactions_listen_address
+            )
+        })?;
+    tracing::info!(addr = %listener.local_addr()?, "interactions endpoint listening");
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let app = facteur_discord::router(facteur_discord::Adapter::new(verifier, control, http));
+    let token = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            token.cancel();
+        })
+        .await?;
+    Ok(())
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+pub mod fake_discord;
 pub mod fake_kube;
 pub mod stack;
 

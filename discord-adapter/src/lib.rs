@@ -1,0 +1,345 @@
+//! The discord-adapter (`facteur-discord`), HTTP interactions mode: thin and stateless.
+//!
+//! ```text
+//!  Discord ──POST /interactions (Ed25519-signed)──▶ verify ─▶ CommandService.Invoke / Interact ─▶ reply
+//!                                    (server slower than 2.5 s: deferred reply, then edit @original)
+//!  start: CommandService.ListCommands ─▶ diff against Discord ─▶ bulk overwrite only if different
+//! ```
+//!
+//! Permission, validation and state live in the server; this process only translates.
+
+pub mod render;
+pub mod verify;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use facteur_client::{Backoff, Client, pb};
+use serde_json::{Value, json};
+use serenity::http::Http;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use verify::{Refusal, Verifier};
+
+/// Discord allows 3 s for the first response; past this we defer and edit later.
+pub const DEFER_AFTER: Duration = Duration::from_millis(2500);
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Adapter {
+    verifier: Verifier,
+    control: Client,
+    http: Arc<Http>,
+}
+
+impl Adapter {
+    /// An adapter over a control-plane client and Discord's REST API.
+    pub fn new(verifier: Verifier, control: Client, http: Arc<Http>) -> Self {
+        Self {
+            verifier,
+            control,
+            http,
+        }
+    }
+}
+
+/// The REST client: `api_base_url` replaces `https://discord.com` (tests, proxies). serenity
+/// 0.12 only honours the proxy with its client-side rate limiter off; Discord's 429s are then
+/// still answered by serenity's retry of the response headers.
+pub fn discord_http(bot_token: &str, application_id: u64, api_base_url: &str) -> Http {
+    let mut b = serenity::http::HttpBuilder::new(bot_token).application_id(application_id.into());
+    let base = api_base_url.trim_end_matches('/');
+    if base != "https://discord.com" {
+        b = b.proxy(base.to_string()).ratelimiter_disabled(true);
+    }
+    b.build()
+}
+
+/// The HTTP router.
+pub fn router(adapter: Adapter) -> Router {
+    Router::new()
+        .route("/interactions", post(interactions))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(adapter)
+}
+
+fn unauthorized(why: Refusal) -> Response {
+    tracing::info!(reason = ?why, "interaction refused: invalid request signature");
+    (StatusCode::UNAUTHORIZED, "invalid request signature").into_response()
+}
+
+fn s(v: &Value, path: &[&str]) -> String {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    match cur {
+        Value::String(x) => x.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn context(i: &Value) -> pb::InteractionContext {
+    let user = if i["member"].is_object() {
+        &i["member"]["user"]
+    } else {
+        &i["user"]
+    };
+    pb::InteractionContext {
+        interaction_id: s(i, &["id"]),
+        application_id: s(i, &["application_id"]),
+        token: s(i, &["token"]),
+        guild_id: s(i, &["guild_id"]),
+        channel_id: if i["channel_id"].is_string() {
+            s(i, &["channel_id"])
+        } else {
+            s(i, &["channel", "id"])
+        },
+        user_id: s(user, &["id"]),
+        user_name: {
+            let g = s(user, &["global_name"]);
+            if g.is_empty() {
+                s(user, &["username"])
+            } else {
+                g
+            }
+        },
+        role_ids: i["member"]["roles"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        locale: s(i, &["locale"]),
+        received_at: None,
+    }
+}
+
+/// A refusal the member should read; anything else is not theirs to see.
+fn status_notice(st: &tonic::Status) -> Value {
+    use tonic::Code::*;
+    match st.code() {
+        PermissionDenied | InvalidArgument | NotFound | FailedPrecondition => {
+            render::notice(st.message())
+        }
+        _ => {
+            tracing::warn!(code = ?st.code(), error = %st.message(), "control plane call failed");
+            render::notice("facteur cannot take this right now; try again in a moment.")
+        }
+    }
+}
+
+async fn interactions(State(a): State<Adapter>, headers: HeaderMap, body: Bytes) -> Response {
+    let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    if let Err(why) = a.verifier.check(
+        header("x-signature-ed25519"),
+        header("x-signature-timestamp"),
+        &body,
+        now,
+    ) {
+        return unauthorized(why);
+    }
+    let Ok(i) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "body is not JSON").into_response();
+    };
+    match i["type"].as_u64() {
+        Some(1) => Json(json!({"type": 1})).into_response(),
+        Some(2) => {
+            let options = i["data"]["options"]
+                .as_array()
+                .map(|o| {
+                    o.iter()
+                        .map(|o| pb::OptionValue {
+                            name: s(o, &["name"]),
+                            value: s(o, &["value"]),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let req = pb::InvokeRequest {
+                context: Some(context(&i)),
+                kind: pb::InvocationKind::SlashCommand as i32,
+                command: s(&i, &["data", "name"]),
+                options,
+                ..Default::default()
+            };
+            let control = a.control.clone();
+            let call = tokio::spawn(async move {
+                control
+                    .command()
+                    .invoke(req)
+                    .await
+                    .map(|r| r.into_inner().reply.unwrap_or_default())
+            });
+            answer(&a, &i, call, 4).await
+        }
+        Some(3) => {
+            let req = pb::InteractRequest {
+                context: Some(context(&i)),
+                custom_id: s(&i, &["data", "custom_id"]),
+            };
+            let control = a.control.clone();
+            let call = tokio::spawn(async move {
+                control.command().interact(req).await.map(|r| {
+                    let r = r.into_inner();
+                    let mut reply = r.reply.unwrap_or_default();
+                    if !r.update_message {
+                        reply.ephemeral = true;
+                    }
+                    (reply, r.update_message)
+                })
+            });
+            // Buttons update the message they sit on, or answer the clicker alone.
+            let call = tokio::spawn(async move {
+                match call.await {
+                    Ok(Ok((reply, true))) => Ok(Ok((reply, 7u8))),
+                    Ok(Ok((reply, false))) => Ok(Ok((reply, 4u8))),
+                    Ok(Err(st)) => Ok(Err(st)),
+                    Err(e) => Err(e),
+                }
+            });
+            match tokio::time::timeout(DEFER_AFTER, call).await {
+                Ok(Ok(Ok(Ok((reply, kind))))) => {
+                    Json(render::response(kind, &reply)).into_response()
+                }
+                Ok(Ok(Ok(Err(st)))) => Json(status_notice(&st)).into_response(),
+                _ => Json(json!({"type": 6})).into_response(),
+            }
+        }
+        _ => (StatusCode::BAD_REQUEST, "unsupported interaction type").into_response(),
+    }
+}
+
+/// Answers within Discord's deadline: the server's reply if it comes in time, else a deferred
+/// response now and an edit of the original message when the reply arrives.
+async fn answer(
+    a: &Adapter,
+    i: &Value,
+    mut call: tokio::task::JoinHandle<Result<pb::Reply, tonic::Status>>,
+    kind: u8,
+) -> Response {
+    match tokio::time::timeout(DEFER_AFTER, &mut call).await {
+        Ok(Ok(Ok(reply))) => Json(render::response(kind, &reply)).into_response(),
+        Ok(Ok(Err(st))) => Json(status_notice(&st)).into_response(),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "interaction handler failed");
+            Json(render::notice("facteur failed to handle this; try again.")).into_response()
+        }
+        Err(_) => {
+            let (http, token) = (a.http.clone(), s(i, &["token"]));
+            tokio::spawn(async move {
+                let body = match call.await {
+                    Ok(Ok(reply)) => render::message(&reply),
+                    Ok(Err(st)) => status_notice(&st)["data"].clone(),
+                    Err(_) => {
+                        render::notice("facteur failed to handle this; try again.")["data"].clone()
+                    }
+                };
+                if let Err(e) = http
+                    .edit_original_interaction_response(&token, &body, vec![])
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot complete a deferred interaction");
+                }
+            });
+            Json(json!({"type": 5})).into_response()
+        }
+    }
+}
+
+/// Normalises a command (ours or one read back from Discord) for comparison.
+pub fn normal(v: &Value) -> Value {
+    let opts: Vec<Value> = v["options"]
+        .as_array()
+        .map(|o| {
+            o.iter()
+                .map(|o| {
+                    json!({
+                        "type": o["type"], "name": o["name"], "description": o["description"],
+                        "required": o["required"].as_bool().unwrap_or(false),
+                        "choices": o["choices"].as_array().cloned().unwrap_or_default().iter().map(|c| json!({"name": c["name"], "value": c["value"]})).collect::<Vec<_>>(),
+                        "min_value": o["min_value"].as_f64(), "max_value": o["max_value"].as_f64(),
+                        "min_length": o["min_length"].as_u64(), "max_length": o["max_length"].as_u64(),
+                        "autocomplete": o["autocomplete"].as_bool().unwrap_or(false),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({"name": v["name"], "description": v["description"], "options": opts})
+}
+
+/// Registers the server's catalog with Discord when it differs from what is registered
+/// (guild-scoped when `guild_id` is set, global otherwise). Returns whether it wrote.
+pub async fn register(
+    control: &Client,
+    http: &Http,
+    guild_id: Option<u64>,
+) -> anyhow::Result<bool> {
+    let catalog = control
+        .command()
+        .list_commands(pb::ListCommandsRequest::default())
+        .await?
+        .into_inner()
+        .commands;
+    let wanted: Vec<Value> = catalog.iter().map(render::command).collect();
+    let existing = match guild_id {
+        Some(g) => http.get_guild_commands(g.into()).await,
+        None => http.get_global_commands().await,
+    };
+    let mut want_norm: Vec<Value> = wanted.iter().map(normal).collect();
+    want_norm.sort_by_key(|v| v["name"].to_string());
+    if let Ok(existing) = existing {
+        let mut have: Vec<Value> = existing
+            .iter()
+            .filter_map(|c| serde_json::to_value(c).ok())
+            .map(|v| normal(&v))
+            .collect();
+        have.sort_by_key(|v| v["name"].to_string());
+        if have == want_norm {
+            tracing::info!(
+                commands = wanted.len(),
+                "discord commands already up to date"
+            );
+            return Ok(false);
+        }
+    }
+    match guild_id {
+        Some(g) => http.create_guild_commands(g.into(), &wanted).await?,
+        None => http.create_global_commands(&wanted).await?,
+    };
+    tracing::info!(commands = wanted.len(), guild_id = ?guild_id, "discord commands registered");
+    Ok(true)
+}
+
+/// Keeps trying to register until it succeeds or `shutdown`: a failure is logged, never fatal.
+pub async fn register_until_done(
+    control: Client,
+    http: Arc<Http>,
+    guild_id: Option<u64>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        match register(&control, &http, guild_id).await {
+            Ok(_) => return,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "discord command registration failed");
+                tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(delay) => {} }
+            }
+        }
+    }
+}

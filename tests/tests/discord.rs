@@ -1,0 +1,317 @@
+//! The discord-adapter's interactions endpoint, end to end: requests signed with a test Ed25519
+//! key, the real server behind it, and a fake Discord REST API recording registrations.
+
+use ed25519_dalek::{Signer, SigningKey};
+use facteur_config::{ChoiceConfig, CommandConfig, OptionConfig};
+use facteur_discord::{Adapter, register, verify::Verifier};
+use facteur_tests::fake_discord::FakeDiscord;
+use facteur_tests::*;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+const APP: &str = "400000000000000001";
+const GUILD: &str = "100000000000000001";
+const DEPLOYER: &str = "200000000000000001";
+const OPS: &str = "200000000000000002";
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[7u8; 32])
+}
+
+fn public_hex() -> String {
+    key()
+        .verifying_key()
+        .to_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+struct Stack {
+    srv: TestServer,
+    discord: FakeDiscord,
+    endpoint: SocketAddr,
+    control: facteur_client::Client,
+    http: Arc<serenity::http::Http>,
+    _db: TestDb,
+}
+
+async fn stack() -> Stack {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut cfg = with_tokens(config(&db));
+    cfg.commands = vec![CommandConfig {
+        name: "deploy".into(),
+        description: "Deploy a service".into(),
+        options: vec![OptionConfig {
+            name: "service".into(),
+            description: "Service".into(),
+            kind: "string".into(),
+            required: true,
+            choices: vec![ChoiceConfig {
+                name: "API".into(),
+                value: "api".into(),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }];
+    cfg.role_map.insert("deploy".into(), vec![DEPLOYER.into()]);
+    let srv = TestServer::start(cfg).await;
+    let discord = FakeDiscord::start().await;
+    let control = facteur_client::Client::lazy(
+        facteur_client::ClientConfig::new(srv.grpc_url()).with_token(DISCORD_TOKEN),
+    )
+    .expect("client");
+    let http = Arc::new(facteur_discord::discord_http(
+        "bot-token",
+        APP.parse().expect("id"),
+        &discord.base_url(),
+    ));
+    let app = facteur_discord::router(Adapter::new(
+        Verifier::new(&public_hex()).expect("key"),
+        control.clone(),
+        http.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Stack {
+        srv,
+        discord,
+        endpoint,
+        control,
+        http,
+        _db: db,
+    }
+}
+
+/// POSTs `body` to the endpoint, signed with `signer` at `ts` (None: no signature headers).
+async fn post(
+    endpoint: SocketAddr,
+    body: &Value,
+    signer: Option<(&SigningKey, i64)>,
+) -> (u16, Value) {
+    let raw = body.to_string();
+    let mut headers: Vec<(String, String)> =
+        vec![("Content-Type".into(), "application/json".into())];
+    if let Some((k, ts)) = signer {
+        let ts = ts.to_string();
+        let sig = k.sign(format!("{ts}{raw}").as_bytes());
+        let hex: String = sig.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        headers.push(("X-Signature-Ed25519".into(), hex));
+        headers.push(("X-Signature-Timestamp".into(), ts));
+    }
+    let h: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let (code, out) = http(endpoint, "POST", "/interactions", &h, raw.as_bytes()).await;
+    (code, serde_json::from_slice(&out).unwrap_or(Value::Null))
+}
+
+fn command(id: &str, roles: &[&str], name: &str, options: Value) -> Value {
+    json!({
+        "id": id, "application_id": APP, "type": 2, "token": format!("token-{id}"), "version": 1,
+        "guild_id": GUILD, "channel_id": "500000000000000001", "locale": "en-US",
+        "member": {"user": {"id": "300000000000000001", "username": "alice"}, "roles": roles},
+        "data": {"id": "600000000000000001", "name": name, "type": 1, "options": options},
+    })
+}
+
+#[tokio::test]
+async fn ping_and_every_bad_signature() {
+    let s = stack().await;
+    let ping = json!({"id": "700000000000000001", "application_id": APP, "type": 1, "token": "t", "version": 1});
+    assert_eq!(
+        post(s.endpoint, &ping, Some((&key(), now()))).await,
+        (200, json!({"type": 1}))
+    );
+
+    let cmd = command(
+        "700000000000000002",
+        &[DEPLOYER],
+        "deploy",
+        json!([{"name": "service", "type": 3, "value": "api"}]),
+    );
+    let stranger = SigningKey::from_bytes(&[9u8; 32]);
+    assert_eq!(post(s.endpoint, &cmd, None).await.0, 401, "missing headers");
+    assert_eq!(
+        post(s.endpoint, &cmd, Some((&stranger, now()))).await.0,
+        401,
+        "wrong key"
+    );
+    assert_eq!(
+        post(s.endpoint, &cmd, Some((&key(), now() - 600))).await.0,
+        401,
+        "stale timestamp"
+    );
+    // Malformed signature header, and a body changed after signing.
+    let raw = cmd.to_string();
+    let h = [
+        ("X-Signature-Ed25519", "abcd"),
+        ("X-Signature-Timestamp", "1"),
+    ];
+    assert_eq!(
+        http(s.endpoint, "POST", "/interactions", &h, raw.as_bytes())
+            .await
+            .0,
+        401
+    );
+    let ts = now().to_string();
+    let sig: String = key()
+        .sign(format!("{ts}{raw}").as_bytes())
+        .to_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let tampered = raw.replace("api", "web");
+    let h = [
+        ("X-Signature-Ed25519", sig.as_str()),
+        ("X-Signature-Timestamp", ts.as_str()),
+    ];
+    assert_eq!(
+        http(s.endpoint, "POST", "/interactions", &h, tampered.as_bytes())
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        count_rows(&s.srv.server.state.store, "runs").await,
+        0,
+        "nothing refused was processed"
+    );
+    s.srv.stop().await;
+}
+
+#[tokio::test]
+async fn commands_buttons_and_denials_through_the_endpoint() {
+    let s = stack().await;
+    let store = &s.srv.server.state.store;
+    let cmd = command(
+        "700000000000000010",
+        &[DEPLOYER],
+        "deploy",
+        json!([{"name": "service", "type": 3, "value": "api"}]),
+    );
+    let (code, resp) = post(s.endpoint, &cmd, Some((&key(), now()))).await;
+    assert_eq!(code, 200, "{resp}");
+    assert_eq!(resp["type"], 4);
+    assert!(
+        resp["data"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .contains("/deploy"),
+        "{resp}"
+    );
+    let button = &resp["data"]["components"][0]["components"][0];
+    assert_eq!(button["label"], "Cancel");
+    let custom_id = button["custom_id"].as_str().expect("custom_id").to_string();
+    assert_eq!(count_rows(store, "runs").await, 1);
+    // A replayed interaction id starts nothing.
+    let (code, _) = post(s.endpoint, &cmd, Some((&key(), now()))).await;
+    assert_eq!((code, count_rows(store, "runs").await), (200, 1));
+
+    // Denied: an ephemeral answer naming the role, and an audit entry.
+    let denied = command(
+        "700000000000000011",
+        &[OPS],
+        "deploy",
+        json!([{"name": "service", "type": 3, "value": "api"}]),
+    );
+    let (code, resp) = post(s.endpoint, &denied, Some((&key(), now()))).await;
+    assert_eq!(code, 200);
+    assert_eq!(resp["data"]["flags"], 64);
+    assert!(
+        resp["data"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .contains(DEPLOYER),
+        "{resp}"
+    );
+    assert!(
+        store
+            .audit_events(GUILD, 5)
+            .await
+            .expect("audit")
+            .iter()
+            .any(|e| e.1 == "denied")
+    );
+
+    // The Cancel button updates the message it sits on.
+    let mut click = command("700000000000000012", &[DEPLOYER], "deploy", json!([]));
+    click["type"] = json!(3);
+    click["data"] = json!({"custom_id": custom_id, "component_type": 2});
+    let (code, resp) = post(s.endpoint, &click, Some((&key(), now()))).await;
+    assert_eq!(code, 200, "{resp}");
+    assert_eq!(resp["type"], 7);
+    assert!(
+        resp["data"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cancelled"),
+        "{resp}"
+    );
+    assert_eq!(
+        resp["data"]["components"][0]["components"][0]["label"],
+        "Retry"
+    );
+    s.srv.stop().await;
+}
+
+#[tokio::test]
+async fn registration_writes_only_when_the_catalog_differs() {
+    let s = stack().await;
+    let guild: u64 = GUILD.parse().expect("guild");
+    assert!(
+        register(&s.control, &s.http, Some(guild))
+            .await
+            .expect("register"),
+        "first registration writes"
+    );
+    let puts: Vec<_> = s
+        .discord
+        .calls()
+        .into_iter()
+        .filter(|(m, _, _)| m == "PUT")
+        .collect();
+    assert_eq!(puts.len(), 1);
+    assert_eq!(
+        puts[0].1,
+        format!("/applications/{APP}/guilds/{GUILD}/commands")
+    );
+    let names: Vec<&str> = puts[0]
+        .2
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["deploy", "status", "runs", "cancel"]);
+    assert_eq!(puts[0].2[0]["options"][0]["choices"][0]["value"], "api");
+
+    assert!(
+        !register(&s.control, &s.http, Some(guild))
+            .await
+            .expect("register"),
+        "an unchanged catalog is not rewritten"
+    );
+    assert_eq!(
+        s.discord
+            .calls()
+            .iter()
+            .filter(|(m, _, _)| m == "PUT")
+            .count(),
+        1
+    );
+    s.srv.stop().await;
+}
