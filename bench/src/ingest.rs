@@ -19,7 +19,7 @@ use facteur_tests::{Backend, TestDb, TestServer, config};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-const SAMPLE: &str = include_str!("../../../shared/examples/codex-task.json");
+const SAMPLE: &str = include_str!("../../tests/fixtures/codex-task.json");
 const ISSUES: u32 = 100_000;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tonic::Code;
 
-const SAMPLE: &str = include_str!("../../../shared/examples/codex-task.json");
+const SAMPLE: &str = include_str!("../fixtures/codex-task.json");
 const WAIT: Duration = Duration::from_secs(20);
 
 fn sample() -> CodexTask {

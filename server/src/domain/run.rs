@@ -221,6 +221,34 @@ pub struct NewRun {
     pub trace_parent: String,
 }
 
+impl NewRun {
+    /// A new run with the command, target and parameters of `run` (which it retries).
+    pub fn retry_of(
+        run: &Run,
+        idempotency_key: String,
+        requester: Requester,
+        trace_parent: String,
+    ) -> NewRun {
+        NewRun {
+            idempotency_key,
+            command: run.command.clone(),
+            source: RunSource::Retry,
+            requester,
+            namespace: run.namespace.clone(),
+            workflow_template: run.workflow_template.clone(),
+            service_account: run.service_account.clone(),
+            // The name's prefix is what precedes the run id's 32 hex digits.
+            workflow_name_prefix: run
+                .workflow_name
+                .trim_end_matches(|c: char| c.is_ascii_hexdigit())
+                .to_string(),
+            parameters: run.parameters.clone(),
+            parent_run_id: Some(run.id.clone()),
+            trace_parent,
+        }
+    }
+}
+
 /// A run as stored.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Run {

@@ -255,29 +255,14 @@ impl AdminService for AdminApi {
                 old.id, old.status
             )));
         }
-        let prefix = old
-            .workflow_name
-            .trim_end_matches(|c: char| c.is_ascii_hexdigit())
-            .to_string();
         let key = idempotency_key(&r.idempotency_key, || {
             format!("retry:{}:{}", old.id, uuid::Uuid::new_v4())
         })?;
-        let new = NewRun {
-            idempotency_key: key,
-            command: old.command.clone(),
-            source: RunSource::Retry,
-            requester: Requester {
-                principal: principal.name.clone(),
-                ..old.requester.clone()
-            },
-            namespace: old.namespace.clone(),
-            workflow_template: old.workflow_template.clone(),
-            service_account: old.service_account.clone(),
-            workflow_name_prefix: prefix,
-            parameters: old.parameters.clone(),
-            parent_run_id: Some(old.id.clone()),
-            trace_parent,
+        let requester = Requester {
+            principal: principal.name.clone(),
+            ..old.requester.clone()
         };
+        let new = NewRun::retry_of(&old, key, requester, trace_parent);
         let (run, duplicate) = self.0.store.create_run(new, &principal.name).await?;
         if !duplicate {
             self.0.wake_dispatchers();

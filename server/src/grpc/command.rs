@@ -161,6 +161,17 @@ pub fn run_reply(run: &Run, ephemeral: bool) -> pb::Reply {
     }
 }
 
+/// The requester of a Discord interaction.
+fn discord_requester(c: &pb::InteractionContext) -> Requester {
+    Requester {
+        principal: "discord".into(),
+        user_id: c.user_id.clone(),
+        guild_id: c.guild_id.clone(),
+        channel_id: c.channel_id.clone(),
+        display_name: c.user_name.clone(),
+    }
+}
+
 fn ctx(c: Option<pb::InteractionContext>) -> Result<pb::InteractionContext> {
     let c = c.ok_or_else(|| Error::InvalidArgument("context is required".into()))?;
     if c.interaction_id.is_empty() || c.interaction_id.len() > 100 {
@@ -386,13 +397,7 @@ impl CommandService for CommandApi {
             idempotency_key: format!("discord:{}", c.interaction_id),
             command: resolved.command,
             source: RunSource::Discord,
-            requester: Requester {
-                principal: "discord".into(),
-                user_id: c.user_id.clone(),
-                guild_id: c.guild_id.clone(),
-                channel_id: c.channel_id.clone(),
-                display_name: c.user_name.clone(),
-            },
+            requester: discord_requester(&c),
             namespace: resolved.namespace,
             workflow_template: resolved.workflow_template,
             service_account: resolved.service_account,
@@ -463,29 +468,8 @@ impl CommandService for CommandApi {
                         run.status
                     )));
                 }
-                let prefix = run
-                    .workflow_name
-                    .trim_end_matches(|ch: char| ch.is_ascii_hexdigit())
-                    .to_string();
-                let new = NewRun {
-                    idempotency_key: format!("discord:{}", c.interaction_id),
-                    command: run.command.clone(),
-                    source: RunSource::Retry,
-                    requester: Requester {
-                        principal: "discord".into(),
-                        user_id: c.user_id.clone(),
-                        guild_id: c.guild_id.clone(),
-                        channel_id: c.channel_id.clone(),
-                        display_name: c.user_name.clone(),
-                    },
-                    namespace: run.namespace.clone(),
-                    workflow_template: run.workflow_template.clone(),
-                    service_account: run.service_account.clone(),
-                    workflow_name_prefix: prefix,
-                    parameters: run.parameters.clone(),
-                    parent_run_id: Some(run.id.clone()),
-                    trace_parent: String::new(),
-                };
+                let key = format!("discord:{}", c.interaction_id);
+                let new = NewRun::retry_of(&run, key, discord_requester(&c), String::new());
                 let (new_run, duplicate) = self.0.store.create_run(new, &c.user_id).await?;
                 if !duplicate {
                     self.remember(&c, &new_run).await?;
