@@ -56,6 +56,8 @@ pub mod allowed {
     pub const DISPATCH: &[Role] = &[Role::ArgoAdapter];
     /// AdminService.
     pub const ADMIN: &[Role] = &[Role::Admin];
+    /// `POST /events` (legacy CommandEvents from the Discord front end).
+    pub const EVENTS: &[Role] = &[Role::DiscordAdapter, Role::Admin];
 }
 
 /// The authenticated caller, put in the request extensions for handlers.

@@ -1,5 +1,6 @@
 //! The HTTP surface: liveness (`/healthz`, `/health`), readiness (`/readyz`, `/ready`) and
-//! Prometheus metrics (`/metrics`), and the compatibility endpoint `POST /codex/tasks`.
+//! Prometheus metrics (`/metrics`), and the compatibility endpoints `POST /codex/tasks` and
+//! `POST /events`.
 
 use crate::auth::{AuthError, Role};
 use crate::domain::Error;
@@ -11,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use facteur_proto::froussard::CodexTask;
+use facteur_proto::legacy::CommandEvent;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -22,6 +24,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(ready))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route(
+            "/events",
+            post(events).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route(
             "/codex/tasks",
             post(codex_tasks).layer(axum::extract::DefaultBodyLimit::disable()),
@@ -183,6 +189,108 @@ async fn codex_tasks(
                 "submittedAt": a.submitted_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 "duplicate": a.duplicate,
             });
+            (StatusCode::ACCEPTED, Json(body)).into_response()
+        }
+        Err(e) => json_error(http_error(&e), e.to_string()),
+    }
+}
+
+/// Largest accepted CommandEvent body.
+const MAX_EVENT_BODY: usize = 1024 * 1024;
+
+/// `POST /events`: a binary `proompteng.facteur.v1.CommandEvent` (what the old Discord front end
+/// published) starts a run the way `CommandService.Invoke` does → 202
+/// `{workflowName, namespace, correlationId}`.
+async fn events(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    if let Err(r) = compat_principal(&state, &headers, crate::auth::allowed::EVENTS) {
+        return *r;
+    }
+    let bytes = match axum::body::to_bytes(body, MAX_EVENT_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body is larger than {MAX_EVENT_BODY} bytes"),
+            );
+        }
+    };
+    if bytes.is_empty() {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "empty body: expected a proompteng.facteur.v1.CommandEvent",
+        );
+    }
+    let ev = match <CommandEvent as prost::Message>::decode(bytes.as_ref()) {
+        Ok(e) => e,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("body is not a binary CommandEvent: {e}"),
+            );
+        }
+    };
+    if ev.command.trim().is_empty() {
+        return json_error(StatusCode::BAD_REQUEST, "command is required");
+    }
+    let user = ev.user.clone().unwrap_or_default();
+    let member = ev.member.clone().unwrap_or_default();
+    let context = facteur_proto::v1::InteractionContext {
+        interaction_id: if ev.interaction_id.is_empty() {
+            format!("event-{}", ev.correlation_id)
+        } else {
+            ev.interaction_id.clone()
+        },
+        application_id: ev.application_id.clone(),
+        token: ev.token.clone(),
+        guild_id: ev.guild_id.clone(),
+        channel_id: ev.channel_id.clone(),
+        user_id: if user.id.is_empty() {
+            member.id.clone()
+        } else {
+            user.id.clone()
+        },
+        user_name: if user.global_name.is_empty() {
+            user.username.clone()
+        } else {
+            user.global_name.clone()
+        },
+        role_ids: member.roles.clone(),
+        locale: ev.locale.clone(),
+        received_at: None,
+    };
+    if ev.interaction_id.is_empty() && ev.correlation_id.is_empty() {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "interaction_id (or correlation_id) is required: it is the idempotency key",
+        );
+    }
+    let api = crate::grpc::CommandApi(state.clone());
+    let result = async {
+        let c = crate::grpc::command::ctx(Some(context))?;
+        api.authorize(&c, &ev.command).await?;
+        let options: std::collections::BTreeMap<String, String> =
+            ev.options.clone().into_iter().collect();
+        api.start(
+            &c,
+            &ev.command,
+            &options,
+            crate::domain::run::RunSource::CompatEvent,
+        )
+        .await
+    }
+    .await;
+    match result {
+        Ok((run, _)) => {
+            let correlation = if ev.correlation_id.is_empty() {
+                run.id.clone()
+            } else {
+                ev.correlation_id.clone()
+            };
+            let body = json!({"workflowName": run.workflow_name, "namespace": run.namespace, "correlationId": correlation});
             (StatusCode::ACCEPTED, Json(body)).into_response()
         }
         Err(e) => json_error(http_error(&e), e.to_string()),

@@ -440,3 +440,115 @@ async fn buttons_and_builtins_recheck_permission_state_and_guild() {
     assert_eq!(err.code(), Code::InvalidArgument);
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn legacy_command_events_start_runs_like_invoke() {
+    use facteur_proto::legacy::{CommandEvent, DiscordMember, DiscordUser};
+    use prost::Message;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let srv = TestServer::start(commands_config(&db)).await;
+    let event = |interaction: &str, roles: &[&str], options: &[(&str, &str)]| CommandEvent {
+        provider: "discord".into(),
+        interaction_id: interaction.into(),
+        application_id: "400000000000000001".into(),
+        command: "deploy".into(),
+        token: "legacy-token".into(),
+        options: options
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        guild_id: GUILD.into(),
+        channel_id: "500000000000000001".into(),
+        user: Some(DiscordUser {
+            id: ALICE.into(),
+            username: "alice".into(),
+            ..Default::default()
+        }),
+        member: Some(DiscordMember {
+            id: ALICE.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        }),
+        correlation_id: format!("corr-{interaction}"),
+        ..Default::default()
+    };
+    let post = |body: Vec<u8>, token: &'static str| {
+        let addr = srv.server.http_addr;
+        async move {
+            let auth = format!("Bearer {token}");
+            let (code, body) = http(
+                addr,
+                "POST",
+                "/events",
+                &[("Authorization", auth.as_str())],
+                &body,
+            )
+            .await;
+            (
+                code,
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default(),
+            )
+        }
+    };
+    let (code, body) = post(
+        event("e-1", &[DEPLOYER], &[("service", "api")]).encode_to_vec(),
+        DISCORD_TOKEN,
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["namespace"], "argo-workflows");
+    assert_eq!(body["correlationId"], "corr-e-1");
+    assert!(
+        body["workflowName"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("deploy-"),
+        "{body}"
+    );
+    let (code, again) = post(
+        event("e-1", &[DEPLOYER], &[("service", "api")]).encode_to_vec(),
+        DISCORD_TOKEN,
+    )
+    .await;
+    assert_eq!(
+        (code, &again["workflowName"]),
+        (202, &body["workflowName"]),
+        "a replay answers with the same run"
+    );
+    let store = &srv.server.state.store;
+    assert_eq!(count_rows(store, "runs").await, 1);
+
+    let mut no_command = event("e-2", &[DEPLOYER], &[]);
+    no_command.command = String::new();
+    for (what, body, token, want) in [
+        ("empty", vec![], DISCORD_TOKEN, 400),
+        ("garbage", b"\xff\xff\xff".to_vec(), DISCORD_TOKEN, 400),
+        ("no command", no_command.encode_to_vec(), DISCORD_TOKEN, 400),
+        (
+            "undeclared option",
+            event("e-3", &[DEPLOYER], &[("service", "api"), ("rm", "-rf")]).encode_to_vec(),
+            DISCORD_TOKEN,
+            400,
+        ),
+        (
+            "denied by policy",
+            event("e-4", &[OPS], &[("service", "api")]).encode_to_vec(),
+            DISCORD_TOKEN,
+            403,
+        ),
+        (
+            "wrong role",
+            event("e-5", &[DEPLOYER], &[("service", "api")]).encode_to_vec(),
+            CODEX_TOKEN,
+            403,
+        ),
+    ] {
+        let (code, resp) = post(body, token).await;
+        assert_eq!(code, want, "{what}: {resp}");
+        assert_eq!(
+            count_rows(store, "runs").await,
+            1,
+            "{what} started something"
+        );
+    }
+    srv.stop().await;
+}

@@ -172,7 +172,7 @@ fn discord_requester(c: &pb::InteractionContext) -> Requester {
     }
 }
 
-fn ctx(c: Option<pb::InteractionContext>) -> Result<pb::InteractionContext> {
+pub(crate) fn ctx(c: Option<pb::InteractionContext>) -> Result<pb::InteractionContext> {
     let c = c.ok_or_else(|| Error::InvalidArgument("context is required".into()))?;
     if c.interaction_id.is_empty() || c.interaction_id.len() > 100 {
         return Err(Error::InvalidArgument(
@@ -195,7 +195,7 @@ fn ctx(c: Option<pb::InteractionContext>) -> Result<pb::InteractionContext> {
 impl CommandApi {
     /// Checks the role policy; a denial is audited and answered PERMISSION_DENIED with the roles
     /// that would allow it.
-    async fn authorize(&self, c: &pb::InteractionContext, command: &str) -> Result<()> {
+    pub(crate) async fn authorize(&self, c: &pb::InteractionContext, command: &str) -> Result<()> {
         let policy = self.0.store.policy_for(&c.guild_id).await?;
         match policy.decide(command, &c.role_ids) {
             Decision::Allowed => Ok(()),
@@ -222,6 +222,40 @@ impl CommandApi {
             return Err(not_found());
         }
         Ok(run)
+    }
+
+    /// Starts a catalog command for an authorized member: validated options, idempotent on
+    /// the interaction id, the session remembered. Shared by `Invoke` and `POST /events`.
+    pub(crate) async fn start(
+        &self,
+        c: &pb::InteractionContext,
+        command: &str,
+        options: &BTreeMap<String, String>,
+        source: RunSource,
+    ) -> Result<(Run, bool)> {
+        let resolved = self.0.catalog.resolve(command, options)?;
+        let new = NewRun {
+            idempotency_key: format!("discord:{}", c.interaction_id),
+            command: resolved.command,
+            source,
+            requester: discord_requester(c),
+            namespace: resolved.namespace,
+            workflow_template: resolved.workflow_template,
+            service_account: resolved.service_account,
+            workflow_name_prefix: resolved.workflow_name_prefix,
+            parameters: resolved.parameters,
+            parent_run_id: None,
+            trace_parent: facteur_config::telemetry::current_traceparent().unwrap_or_default(),
+        };
+        let (run, duplicate) = self.0.store.create_run(new, &c.user_id).await?;
+        if !duplicate {
+            if !c.token.is_empty() {
+                self.remember(c, &run).await?;
+            }
+            self.0.wake_dispatchers();
+            tracing::info!(run_id = %run.id, command = %run.command, guild_id = %c.guild_id, user_id = %c.user_id, source = source.as_str(), "run accepted from Discord");
+        }
+        Ok((run, duplicate))
     }
 
     async fn remember(&self, c: &pb::InteractionContext, run: &Run) -> Result<()> {
@@ -386,32 +420,15 @@ impl CommandService for CommandApi {
                 ..Default::default()
             }));
         }
-        let resolved = self.0.catalog.resolve(&r.command, &options)?;
         let ephemeral = self
             .0
             .catalog
             .commands()
             .iter()
             .any(|cmd| cmd.name == r.command && cmd.ephemeral);
-        let new = NewRun {
-            idempotency_key: format!("discord:{}", c.interaction_id),
-            command: resolved.command,
-            source: RunSource::Discord,
-            requester: discord_requester(&c),
-            namespace: resolved.namespace,
-            workflow_template: resolved.workflow_template,
-            service_account: resolved.service_account,
-            workflow_name_prefix: resolved.workflow_name_prefix,
-            parameters: resolved.parameters,
-            parent_run_id: None,
-            trace_parent: facteur_config::telemetry::current_traceparent().unwrap_or_default(),
-        };
-        let (run, duplicate) = self.0.store.create_run(new, &c.user_id).await?;
-        if !duplicate {
-            self.remember(&c, &run).await?;
-            self.0.wake_dispatchers();
-            tracing::info!(run_id = %run.id, command = %run.command, guild_id = %c.guild_id, user_id = %c.user_id, "run accepted from Discord");
-        }
+        let (run, duplicate) = self
+            .start(&c, &r.command, &options, RunSource::Discord)
+            .await?;
         Ok(Response::new(pb::InvokeResponse {
             reply: Some(run_reply(&run, ephemeral)),
             modal: None,
