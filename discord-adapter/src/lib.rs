@@ -343,3 +343,97 @@ pub async fn register_until_done(
         }
     }
 }
+
+/// Keeps every Discord-started run's message in step with the run, until `shutdown`: edits
+/// the original interaction response while its token lives (15 minutes), then posts once in
+/// the channel with the bot token, records that message, and edits it afterwards. Resumes from
+/// the last cursor after a reconnect, with capped backoff.
+pub async fn follow_runs(control: Client, http: Arc<Http>, shutdown: CancellationToken) {
+    use tokio_stream::StreamExt;
+    let mut cursor = String::new();
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+    while !shutdown.is_cancelled() {
+        let mut command = control.command();
+        let opened = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = command.watch_runs(pb::WatchRunsRequest { cursor: cursor.clone() }) => s,
+        };
+        match opened {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    let next = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        n = stream.next() => n,
+                    };
+                    match next {
+                        Some(Ok(update)) => {
+                            backoff.reset();
+                            show(&control, &http, &update).await;
+                            cursor = update.cursor;
+                        }
+                        Some(Err(st)) => {
+                            tracing::warn!(code = ?st.code(), error = %st.message(), "run updates interrupted");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            Err(st) => {
+                tracing::warn!(code = ?st.code(), error = %st.message(), "cannot follow run updates")
+            }
+        }
+        tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(backoff.next_delay()) => {} }
+    }
+}
+
+/// Renders one update where it belongs. Failures are logged; the next update retries.
+async fn show(control: &Client, http: &Http, u: &pb::WatchRunsResponse) {
+    let (Some(target), Some(reply), Some(run)) = (&u.target, &u.reply, &u.run) else {
+        return;
+    };
+    let mut body = render::message(reply);
+    body.as_object_mut().map(|m| m.remove("flags"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let token_live = !target.interaction_token.is_empty()
+        && target
+            .token_expires_at
+            .as_ref()
+            .is_some_and(|t| t.seconds > now + 5);
+    let result = if token_live {
+        http.edit_original_interaction_response(&target.interaction_token, &body, vec![])
+            .await
+            .map(|_| ())
+    } else if let (Ok(channel), Ok(message)) = (
+        target.channel_id.parse::<u64>(),
+        target.message_id.parse::<u64>(),
+    ) {
+        http.edit_message(channel.into(), message.into(), &body, vec![])
+            .await
+            .map(|_| ())
+    } else if let Ok(channel) = target.channel_id.parse::<u64>() {
+        match http.send_message(channel.into(), vec![], &body).await {
+            Ok(m) => {
+                let req = pb::RecordRunMessageRequest {
+                    run_id: run.id.clone(),
+                    channel_id: channel.to_string(),
+                    message_id: m.id.get().to_string(),
+                };
+                if let Err(st) = control.command().record_run_message(req).await {
+                    tracing::warn!(run_id = %run.id, error = %st.message(), "cannot record the run's message");
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        return;
+    };
+    if let Err(e) = result {
+        tracing::warn!(run_id = %run.id, error = %e, "cannot update the run's message");
+    }
+}

@@ -104,6 +104,11 @@ async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
         guild,
         shutdown.clone(),
     ));
+    tokio::spawn(facteur_discord::follow_runs(
+        control.clone(),
+        http.clone(),
+        shutdown.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind(&config.discord.interactions_listen_address)
         .await
         .with_context(|| {

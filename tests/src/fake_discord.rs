@@ -46,6 +46,14 @@ impl FakeDiscord {
                 "/api/v10/webhooks/{app}/{token}/messages/@original",
                 patch(edit_original),
             )
+            .route(
+                "/api/v10/channels/{channel}/messages",
+                axum::routing::post(post_message),
+            )
+            .route(
+                "/api/v10/channels/{channel}/messages/{message}",
+                patch(edit_message),
+            )
             .with_state(fake.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -148,6 +156,44 @@ async fn overwrite_global(
         body.clone(),
     );
     axum::Json(f.store("global", &app, None, &body)).into_response()
+}
+
+fn message(id: &str, channel: &str, content: &Value) -> Value {
+    json!({
+        "id": id, "channel_id": channel, "type": 0,
+        "author": {"id": "400000000000000001", "username": "facteur", "discriminator": "0000", "avatar": null},
+        "content": content, "timestamp": "2026-11-23T00:00:00+00:00", "edited_timestamp": null,
+        "tts": false, "mention_everyone": false, "mentions": [], "mention_roles": [], "attachments": [],
+        "embeds": [], "pinned": false, "components": []
+    })
+}
+
+async fn post_message(
+    State(f): State<FakeDiscord>,
+    Path(channel): Path<String>,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    f.record(
+        Method::POST,
+        format!("/channels/{channel}/messages"),
+        body.clone(),
+    );
+    axum::Json(message("800000000000000099", &channel, &body["content"])).into_response()
+}
+
+async fn edit_message(
+    State(f): State<FakeDiscord>,
+    Path((channel, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    f.record(
+        Method::PATCH,
+        format!("/channels/{channel}/messages/{id}"),
+        body.clone(),
+    );
+    axum::Json(message(&id, &channel, &body["content"])).into_response()
 }
 
 async fn edit_original(

@@ -315,3 +315,107 @@ async fn registration_writes_only_when_the_catalog_differs() {
     );
     s.srv.stop().await;
 }
+
+#[tokio::test]
+async fn the_message_follows_the_run_then_moves_to_the_bot_token() {
+    use facteur_tests::fake_kube::FakeKube;
+    use facteur_tests::stack::Adapter as ArgoAdapter;
+    let s = stack().await;
+    let kube = FakeKube::start().await;
+    let argo = ArgoAdapter::start(&s.srv.grpc_url(), &kube, "argo-workflows");
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(facteur_discord::follow_runs(
+        s.control.clone(),
+        s.http.clone(),
+        stop.clone(),
+    ));
+    let wait = std::time::Duration::from_secs(20);
+    let edits = |discord: FakeDiscord, path: String, text: &'static str| async move {
+        discord.calls().iter().any(|(m, p, b)| {
+            m == "PATCH" && *p == path && b["content"].as_str().unwrap_or("").contains(text)
+        })
+    };
+
+    let cmd = command(
+        "700000000000000020",
+        &[DEPLOYER],
+        "deploy",
+        json!([{"name": "service", "type": 3, "value": "api"}]),
+    );
+    let (code, _) = post(s.endpoint, &cmd, Some((&key(), now()))).await;
+    assert_eq!(code, 200);
+    let run = s
+        .srv
+        .server
+        .state
+        .store
+        .run_by_key("discord:700000000000000020")
+        .await
+        .expect("query")
+        .expect("run");
+    let original = format!("/webhooks/{APP}/token-700000000000000020/messages/@original");
+    wait_until("the submitted edit", wait, || {
+        edits(s.discord.clone(), original.clone(), "submitted")
+    })
+    .await;
+    kube.set_phase(
+        "argo-workflows",
+        &run.workflow_name,
+        "Running",
+        json!({"progress": "0/1"}),
+    );
+    wait_until("the running edit", wait, || {
+        edits(s.discord.clone(), original.clone(), "running")
+    })
+    .await;
+
+    // The interaction token's 15 minutes are over: the bot posts in the channel once, then edits.
+    s.srv
+        .server
+        .state
+        .sessions
+        .delete(&format!("facteur:run-session:{}", run.id))
+        .await
+        .expect("expire the session");
+    kube.set_phase(
+        "argo-workflows",
+        &run.workflow_name,
+        "Running",
+        json!({"progress": "1/1", "message": "almost"}),
+    );
+    kube.set_phase("argo-workflows", &run.workflow_name, "Succeeded", json!({}));
+    let posted = "/channels/500000000000000001/messages".to_string();
+    wait_until("a bot message in the channel", wait, || {
+        let d = s.discord.clone();
+        let p = posted.clone();
+        async move {
+            d.calls()
+                .iter()
+                .any(|(m, path, _)| m == "POST" && *path == p)
+        }
+    })
+    .await;
+    let edited = "/channels/500000000000000001/messages/800000000000000099".to_string();
+    wait_until("the success message", wait, || {
+        let (d, p, e) = (s.discord.clone(), posted.clone(), edited.clone());
+        async move {
+            d.calls().iter().any(|(m, path, b)| {
+                ((m == "POST" && *path == p) || (m == "PATCH" && *path == e))
+                    && b["content"].as_str().unwrap_or("").contains("succeeded")
+            })
+        }
+    })
+    .await;
+    assert_eq!(
+        s.discord
+            .calls()
+            .iter()
+            .filter(|(m, p, _)| m == "POST" && *p == posted)
+            .count(),
+        1,
+        "posted once, edited after"
+    );
+    stop.cancel();
+    argo.stop().await;
+    s.srv.stop().await;
+}

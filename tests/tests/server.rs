@@ -243,25 +243,12 @@ async fn later_capabilities_answer_unimplemented_naming_them() {
     let c = srv.client("").await;
     let err = c
         .command()
-        .record_run_message(pb::RecordRunMessageRequest::default())
+        .autocomplete(pb::AutocompleteRequest::default())
         .await
         .expect_err("not yet");
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(
-        err.message().contains("CommandService.RecordRunMessage")
-            && err.message().contains("issue #5"),
-        "{}",
-        err.message()
-    );
-    let err = c
-        .command()
-        .watch_runs(pb::WatchRunsRequest::default())
-        .await
-        .map(|_| ())
-        .expect_err("not yet");
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(
-        err.message().contains("live run status"),
+        err.message().contains("CommandService.Autocomplete") && err.message().contains("issue #5"),
         "{}",
         err.message()
     );

@@ -273,6 +273,12 @@ impl CommandApi {
             SESSION_TTL,
         )
         .await?;
+        s.put(
+            &format!("facteur:run-session:{}", run.id),
+            &session.to_string(),
+            SESSION_TTL,
+        )
+        .await?;
         // The old service's per-user "last dispatch" key.
         let last = serde_json::json!({"run_id": run.id, "command": run.command, "workflow_name": run.workflow_name});
         s.put(
@@ -510,24 +516,150 @@ impl CommandService for CommandApi {
 
     async fn record_run_message(
         &self,
-        _: Request<pb::RecordRunMessageRequest>,
+        req: Request<pb::RecordRunMessageRequest>,
     ) -> Result<Response<pb::RecordRunMessageResponse>, Status> {
-        Err(not_yet(
-            "CommandService.RecordRunMessage",
-            "live run status in Discord",
-            ISSUE_DISCORD,
-        ))
+        let r = req.into_inner();
+        if uuid::Uuid::parse_str(&r.run_id).is_err() {
+            return Err(Status::invalid_argument(format!(
+                "run_id `{}` is not a UUID",
+                r.run_id
+            )));
+        }
+        if !is_snowflake(&r.channel_id) || !is_snowflake(&r.message_id) {
+            return Err(Status::invalid_argument(
+                "channel_id and message_id must be snowflakes",
+            ));
+        }
+        let run = self
+            .0
+            .store
+            .get_run(&r.run_id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no run `{}`", r.run_id)))?;
+        if run.requester.guild_id.is_empty() {
+            return Err(Status::failed_precondition(
+                "the run did not come from Discord",
+            ));
+        }
+        let value =
+            serde_json::json!({"channel_id": r.channel_id, "message_id": r.message_id}).to_string();
+        self.0
+            .sessions
+            .put(
+                &format!("facteur:run-message:{}", r.run_id),
+                &value,
+                MESSAGE_TTL,
+            )
+            .await?;
+        Ok(Response::new(pb::RecordRunMessageResponse {}))
     }
 
     type WatchRunsStream = BoxStream<pb::WatchRunsResponse>;
     async fn watch_runs(
         &self,
-        _: Request<pb::WatchRunsRequest>,
+        req: Request<pb::WatchRunsRequest>,
     ) -> Result<Response<Self::WatchRunsStream>, Status> {
-        Err(not_yet(
-            "CommandService.WatchRuns",
-            "live run status in Discord",
-            ISSUE_DISCORD,
-        ))
+        let cursor = req.into_inner().cursor;
+        let start = if cursor.is_empty() {
+            self.0.store.latest_event_id().await?
+        } else {
+            cursor.parse::<i64>().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "cursor `{cursor}` is not a cursor from an update"
+                ))
+            })?
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(watch_loop(self.0.clone(), start, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// Messages of runs are remembered this long for bot-token edits after the interaction token.
+const MESSAGE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest wait between two looks at the change feed (changes on other replicas, expirations).
+const WATCH_RECHECK: Duration = Duration::from_millis(500);
+
+/// Where a run is shown: the interaction while its token lives, then the channel (and the
+/// message recorded by `RecordRunMessage`).
+async fn target(state: &AppState, run: &Run) -> pb::DiscordTarget {
+    let read = |key: String| async move {
+        state
+            .sessions
+            .get(&key)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
+            .unwrap_or_default()
+    };
+    let session = read(format!("facteur:run-session:{}", run.id)).await;
+    let message = read(format!("facteur:run-message:{}", run.id)).await;
+    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or("").to_string();
+    let expires = session["expires_at"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| convert::ts(t.with_timezone(&chrono::Utc)));
+    pb::DiscordTarget {
+        application_id: text(&session, "application_id"),
+        interaction_token: text(&session, "token"),
+        token_expires_at: expires,
+        channel_id: if message.is_object() {
+            text(&message, "channel_id")
+        } else {
+            run.requester.channel_id.clone()
+        },
+        message_id: text(&message, "message_id"),
+        ephemeral: false,
+    }
+}
+
+async fn watch_loop(
+    state: Arc<AppState>,
+    mut cursor: i64,
+    tx: tokio::sync::mpsc::Sender<Result<pb::WatchRunsResponse, Status>>,
+) {
+    loop {
+        let notified = state.dispatch_wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match state.store.discord_changes_after(cursor, 200).await {
+            Ok(changes) if !changes.is_empty() => {
+                // One update per run, at its newest entry, in entry order (cursors only grow).
+                let mut newest: BTreeMap<String, i64> = BTreeMap::new();
+                for (id, run) in changes {
+                    newest.insert(run, id);
+                }
+                let mut order: Vec<(i64, String)> =
+                    newest.into_iter().map(|(r, i)| (i, r)).collect();
+                order.sort();
+                for (id, run_id) in order {
+                    cursor = id;
+                    let Ok(Some(run)) = state.store.get_run(&run_id).await else {
+                        continue;
+                    };
+                    let update = pb::WatchRunsResponse {
+                        cursor: id.to_string(),
+                        target: Some(target(&state, &run).await),
+                        reply: Some(run_reply(&run, false)),
+                        run: Some(convert::run(&run)),
+                    };
+                    if tx.send(Ok(update)).await.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "run change feed failed; retrying"),
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep(WATCH_RECHECK) => {}
+            _ = tx.closed() => return,
+            _ = state.shutdown.cancelled() => return,
+        }
     }
 }

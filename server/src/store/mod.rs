@@ -15,8 +15,9 @@ use chrono::{DateTime, Utc};
 use entities::{dispatches, run_events, runs};
 use facteur_config::DatabaseBackend;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbErr,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    TransactionTrait,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -244,6 +245,54 @@ impl Store {
             .into_iter()
             .map(run_from_model)
             .collect()
+    }
+
+    /// History entries after `cursor` (an entry id) of runs started from Discord, oldest first:
+    /// (entry id, run id). The change feed behind `CommandService.WatchRuns`.
+    pub async fn discord_changes_after(
+        &self,
+        cursor: i64,
+        limit: u64,
+    ) -> Result<Vec<(i64, String)>> {
+        let b = self.db.get_database_backend();
+        let sql = if b == sea_orm::DatabaseBackend::Postgres {
+            "SELECT e.id, e.run_id FROM run_events e JOIN runs r ON r.id = e.run_id WHERE e.id > $1 AND r.guild_id <> '' ORDER BY e.id LIMIT $2"
+        } else {
+            "SELECT e.id, e.run_id FROM run_events e JOIN runs r ON r.id = e.run_id WHERE e.id > ?1 AND r.guild_id <> '' ORDER BY e.id LIMIT ?2"
+        };
+        let rows = self
+            .db
+            .query_all_raw(sea_orm::Statement::from_sql_and_values(
+                b,
+                sql,
+                [cursor.into(), (limit as i64).into()],
+            ))
+            .await
+            .map_err(Error::database)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64>("", "id").map_err(Error::database)?,
+                    r.try_get::<String>("", "run_id").map_err(Error::database)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The newest history entry id (where a watcher without a cursor starts).
+    pub async fn latest_event_id(&self) -> Result<i64> {
+        let b = self.db.get_database_backend();
+        let row = self
+            .db
+            .query_one_raw(sea_orm::Statement::from_string(
+                b,
+                "SELECT COALESCE(MAX(id), 0) AS m FROM run_events",
+            ))
+            .await
+            .map_err(Error::database)?;
+        Ok(row
+            .and_then(|r| r.try_get::<i64>("", "m").ok())
+            .unwrap_or(0))
     }
 
     /// Number of dispatches of a run (the outbox invariant: every run has at least one).
