@@ -26,6 +26,31 @@ pub struct Resolved {
     pub parameters: BTreeMap<String, String>,
 }
 
+impl Resolved {
+    /// The run this resolution asks for.
+    pub fn into_run(
+        self,
+        idempotency_key: String,
+        source: crate::domain::run::RunSource,
+        requester: crate::domain::run::Requester,
+        trace_parent: String,
+    ) -> crate::domain::run::NewRun {
+        crate::domain::run::NewRun {
+            idempotency_key,
+            command: self.command,
+            source,
+            requester,
+            namespace: self.namespace,
+            workflow_template: self.workflow_template,
+            service_account: self.service_account,
+            workflow_name_prefix: self.workflow_name_prefix,
+            parameters: self.parameters,
+            parent_run_id: None,
+            trace_parent,
+        }
+    }
+}
+
 /// The catalog in effect.
 #[derive(Clone, Debug)]
 pub struct Catalog {

@@ -110,23 +110,12 @@ impl AdminService for AdminApi {
         let key = idempotency_key(&r.idempotency_key, || {
             format!("admin:{}", uuid::Uuid::new_v4())
         })?;
-        let new = NewRun {
-            idempotency_key: key,
-            command: resolved.command,
-            source: RunSource::Admin,
-            requester: Requester {
-                principal: principal.name.clone(),
-                display_name: principal.name.clone(),
-                ..Default::default()
-            },
-            namespace: resolved.namespace,
-            workflow_template: resolved.workflow_template,
-            service_account: resolved.service_account,
-            workflow_name_prefix: resolved.workflow_name_prefix,
-            parameters: resolved.parameters,
-            parent_run_id: None,
-            trace_parent,
+        let requester = Requester {
+            principal: principal.name.clone(),
+            display_name: principal.name.clone(),
+            ..Default::default()
         };
+        let new = resolved.into_run(key, RunSource::Admin, requester, trace_parent);
         let (run, duplicate) = self.0.store.create_run(new, &principal.name).await?;
         if !duplicate {
             tracing::info!(run_id = %run.id, command = %run.command, principal = %principal.name, "run accepted");

@@ -234,19 +234,13 @@ impl CommandApi {
         source: RunSource,
     ) -> Result<(Run, bool)> {
         let resolved = self.0.catalog.resolve(command, options)?;
-        let new = NewRun {
-            idempotency_key: format!("discord:{}", c.interaction_id),
-            command: resolved.command,
+        let trace_parent = facteur_config::telemetry::current_traceparent().unwrap_or_default();
+        let new = resolved.into_run(
+            format!("discord:{}", c.interaction_id),
             source,
-            requester: discord_requester(c),
-            namespace: resolved.namespace,
-            workflow_template: resolved.workflow_template,
-            service_account: resolved.service_account,
-            workflow_name_prefix: resolved.workflow_name_prefix,
-            parameters: resolved.parameters,
-            parent_run_id: None,
-            trace_parent: facteur_config::telemetry::current_traceparent().unwrap_or_default(),
-        };
+            discord_requester(c),
+            trace_parent,
+        );
         let (run, duplicate) = self.0.store.create_run(new, &c.user_id).await?;
         if !duplicate {
             if !c.token.is_empty() {
