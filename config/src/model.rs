@@ -99,6 +99,33 @@ pub struct CommandConfig {
     pub options: Vec<OptionConfig>,
     /// Replies only the invoker sees.
     pub ephemeral: bool,
+    /// Open a modal instead of running at once (the old `/plan`); its inputs fill the options
+    /// of the same names.
+    pub modal: Option<ModalConfig>,
+}
+
+/// A command's modal (`commands[].modal`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModalConfig {
+    /// Title (at most 45 characters).
+    pub title: String,
+    /// Text inputs (1 to 5), each named after an option of the command.
+    pub inputs: Vec<ModalInputConfig>,
+}
+
+/// One text input of a modal.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModalInputConfig {
+    /// The option this input fills.
+    pub name: String,
+    /// Label shown above the input.
+    pub label: String,
+    /// Multi-line input.
+    pub paragraph: bool,
+    /// Placeholder text.
+    pub placeholder: String,
 }
 
 /// One option of a command (`commands[].options[]`).
@@ -194,6 +221,28 @@ fn validate_commands(commands: &[CommandConfig], err: &mut impl FnMut(&str, Stri
         }
         if c.options.len() > 25 {
             err(&format!("{key}.options"), "at most 25 options".into());
+        }
+        if let Some(m) = &c.modal {
+            if m.title.is_empty() || m.title.chars().count() > 45 {
+                err(
+                    &format!("{key}.modal.title"),
+                    "must be 1 to 45 characters".into(),
+                );
+            }
+            if m.inputs.is_empty() || m.inputs.len() > 5 {
+                err(
+                    &format!("{key}.modal.inputs"),
+                    "must have 1 to 5 inputs".into(),
+                );
+            }
+            for (j, input) in m.inputs.iter().enumerate() {
+                if !c.options.iter().any(|o| o.name == input.name) {
+                    err(
+                        &format!("{key}.modal.inputs[{j}].name"),
+                        format!("`{}` is not an option of the command", input.name),
+                    );
+                }
+            }
         }
         let mut opts = std::collections::BTreeSet::new();
         let mut seen_optional = false;

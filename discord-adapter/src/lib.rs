@@ -175,15 +175,7 @@ async fn interactions(State(a): State<Adapter>, headers: HeaderMap, body: Bytes)
                 options,
                 ..Default::default()
             };
-            let control = a.control.clone();
-            let call = tokio::spawn(async move {
-                control
-                    .command()
-                    .invoke(req)
-                    .await
-                    .map(|r| r.into_inner().reply.unwrap_or_default())
-            });
-            answer(&a, &i, call, 4).await
+            invoke(&a, &i, req).await
         }
         Some(3) => {
             let req = pb::InteractRequest {
@@ -218,20 +210,76 @@ async fn interactions(State(a): State<Adapter>, headers: HeaderMap, body: Bytes)
                 _ => Json(json!({"type": 6})).into_response(),
             }
         }
+        Some(5) => {
+            let mut values = std::collections::HashMap::new();
+            render::modal_values(&i["data"]["components"], &mut values);
+            let req = pb::InvokeRequest {
+                context: Some(context(&i)),
+                kind: pb::InvocationKind::ModalSubmit as i32,
+                modal_custom_id: s(&i, &["data", "custom_id"]),
+                modal_values: values,
+                ..Default::default()
+            };
+            invoke(&a, &i, req).await
+        }
+        Some(4) => {
+            let options = i["data"]["options"].as_array().cloned().unwrap_or_default();
+            let focused = options
+                .iter()
+                .find(|o| o["focused"].as_bool() == Some(true));
+            let req = pb::AutocompleteRequest {
+                context: Some(context(&i)),
+                command: s(&i, &["data", "name"]),
+                focused_option: focused.map(|o| s(o, &["name"])).unwrap_or_default(),
+                partial_value: focused.map(|o| s(o, &["value"])).unwrap_or_default(),
+                options: options
+                    .iter()
+                    .map(|o| pb::OptionValue {
+                        name: s(o, &["name"]),
+                        value: s(o, &["value"]),
+                    })
+                    .collect(),
+            };
+            let mut command = a.control.command();
+            // Autocomplete cannot be deferred: no answer in time means no suggestions.
+            let choices = match tokio::time::timeout(DEFER_AFTER, command.autocomplete(req)).await {
+                Ok(Ok(r)) => r.into_inner().choices,
+                _ => vec![],
+            };
+            let choices: Vec<Value> = choices
+                .iter()
+                .map(|c| json!({"name": c.name, "value": c.value}))
+                .collect();
+            Json(json!({"type": 8, "data": {"choices": choices}})).into_response()
+        }
         _ => (StatusCode::BAD_REQUEST, "unsupported interaction type").into_response(),
     }
 }
 
-/// Answers within Discord's deadline: the server's reply if it comes in time, else a deferred
-/// response now and an edit of the original message when the reply arrives.
+/// Sends an `Invoke` and answers with a message, a modal, or a deferral.
+async fn invoke(a: &Adapter, i: &Value, req: pb::InvokeRequest) -> Response {
+    let control = a.control.clone();
+    let call = tokio::spawn(async move {
+        control.command().invoke(req).await.map(|r| {
+            let r = r.into_inner();
+            match r.modal {
+                Some(m) => render::modal(&m),
+                None => render::response(4, &r.reply.unwrap_or_default()),
+            }
+        })
+    });
+    answer(a, i, call).await
+}
+
+/// Answers within Discord's deadline: the server's answer if it comes in time, else a deferred
+/// response now and an edit of the original message when the answer arrives.
 async fn answer(
     a: &Adapter,
     i: &Value,
-    mut call: tokio::task::JoinHandle<Result<pb::Reply, tonic::Status>>,
-    kind: u8,
+    mut call: tokio::task::JoinHandle<Result<Value, tonic::Status>>,
 ) -> Response {
     match tokio::time::timeout(DEFER_AFTER, &mut call).await {
-        Ok(Ok(Ok(reply))) => Json(render::response(kind, &reply)).into_response(),
+        Ok(Ok(Ok(response))) => Json(response).into_response(),
         Ok(Ok(Err(st))) => Json(status_notice(&st)).into_response(),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "interaction handler failed");
@@ -241,7 +289,12 @@ async fn answer(
             let (http, token) = (a.http.clone(), s(i, &["token"]));
             tokio::spawn(async move {
                 let body = match call.await {
-                    Ok(Ok(reply)) => render::message(&reply),
+                    // A modal cannot follow a deferral; say so instead.
+                    Ok(Ok(response)) if response["type"] == 9 => render::notice(
+                        "facteur was too slow to open the form; run the command again.",
+                    )["data"]
+                        .clone(),
+                    Ok(Ok(response)) => response["data"].clone(),
                     Ok(Err(st)) => status_notice(&st)["data"].clone(),
                     Err(_) => {
                         render::notice("facteur failed to handle this; try again.")["data"].clone()

@@ -71,3 +71,48 @@ pub fn command(c: &pb::CommandDefinition) -> Value {
         .collect();
     json!({"type": 1, "name": c.name, "description": c.description, "options": options, "contexts": [0], "integration_types": [0]})
 }
+
+/// A modal response (type 9): one text input per row.
+pub fn modal(m: &pb::Modal) -> Value {
+    let rows: Vec<Value> = m
+        .inputs
+        .iter()
+        .map(|i| {
+            let mut input = json!({
+                "type": 4, "custom_id": i.custom_id, "label": i.label,
+                "style": if i.paragraph { 2 } else { 1 }, "required": i.required,
+            });
+            if let Some(n) = i.min_length {
+                input["min_length"] = json!(n);
+            }
+            if let Some(n) = i.max_length {
+                input["max_length"] = json!(n);
+            }
+            if !i.placeholder.is_empty() {
+                input["placeholder"] = json!(i.placeholder);
+            }
+            json!({"type": 1, "components": [input]})
+        })
+        .collect();
+    json!({"type": 9, "data": {"custom_id": m.custom_id, "title": m.title, "components": rows}})
+}
+
+/// The values of a submitted modal, by input `custom_id` (action rows or Label-wrapped inputs).
+pub fn modal_values(components: &Value, out: &mut std::collections::HashMap<String, String>) {
+    match components {
+        Value::Array(items) => items.iter().for_each(|c| modal_values(c, out)),
+        Value::Object(o) => {
+            if let (Some(Value::String(id)), Some(Value::String(v))) =
+                (o.get("custom_id"), o.get("value"))
+            {
+                out.insert(id.clone(), v.clone());
+            }
+            for key in ["components", "component"] {
+                if let Some(child) = o.get(key) {
+                    modal_values(child, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}

@@ -63,6 +63,27 @@ async fn stack() -> Stack {
         }],
         ..Default::default()
     }];
+    cfg.commands.push(CommandConfig {
+        name: "plan".into(),
+        description: "Plan an implementation".into(),
+        options: vec![OptionConfig {
+            name: "payload".into(),
+            kind: "string".into(),
+            required: true,
+            max_length: Some(4000),
+            ..Default::default()
+        }],
+        modal: Some(facteur_config::ModalConfig {
+            title: "Plan".into(),
+            inputs: vec![facteur_config::ModalInputConfig {
+                name: "payload".into(),
+                label: "What should be built?".into(),
+                paragraph: true,
+                ..Default::default()
+            }],
+        }),
+        ..Default::default()
+    });
     cfg.role_map.insert("deploy".into(), vec![DEPLOYER.into()]);
     let srv = TestServer::start(cfg).await;
     let discord = FakeDiscord::start().await;
@@ -296,7 +317,7 @@ async fn registration_writes_only_when_the_catalog_differs() {
         .iter()
         .filter_map(|c| c["name"].as_str())
         .collect();
-    assert_eq!(names, vec!["deploy", "status", "runs", "cancel"]);
+    assert_eq!(names, vec!["deploy", "plan", "status", "runs", "cancel"]);
     assert_eq!(puts[0].2[0]["options"][0]["choices"][0]["value"], "api");
 
     assert!(
@@ -417,5 +438,98 @@ async fn the_message_follows_the_run_then_moves_to_the_bot_token() {
     );
     stop.cancel();
     argo.stop().await;
+    s.srv.stop().await;
+}
+
+#[tokio::test]
+async fn the_plan_modal_and_autocomplete() {
+    let s = stack().await;
+    // /plan opens its modal instead of running.
+    let (code, resp) = post(
+        s.endpoint,
+        &command("700000000000000030", &[], "plan", json!([])),
+        Some((&key(), now())),
+    )
+    .await;
+    assert_eq!(code, 200, "{resp}");
+    assert_eq!(resp["type"], 9);
+    assert_eq!(resp["data"]["custom_id"], "modal:plan");
+    let input = &resp["data"]["components"][0]["components"][0];
+    assert_eq!(
+        (
+            input["custom_id"].as_str(),
+            input["style"].as_u64(),
+            input["max_length"].as_u64()
+        ),
+        (Some("payload"), Some(2), Some(4000))
+    );
+    assert_eq!(count_rows(&s.srv.server.state.store, "runs").await, 0);
+
+    // Its submission starts the run with the paragraph as the payload.
+    let mut submit = command("700000000000000031", &[], "plan", json!([]));
+    submit["type"] = json!(5);
+    submit["data"] = json!({"custom_id": "modal:plan", "components": [{"type": 1, "components": [{"type": 4, "custom_id": "payload", "value": "build the thing"}]}]});
+    let (code, resp) = post(s.endpoint, &submit, Some((&key(), now()))).await;
+    assert_eq!(code, 200, "{resp}");
+    assert_eq!(resp["type"], 4);
+    assert!(
+        resp["data"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .contains("/plan"),
+        "{resp}"
+    );
+    let run = s
+        .srv
+        .server
+        .state
+        .store
+        .run_by_key("discord:700000000000000031")
+        .await
+        .expect("query")
+        .expect("run");
+    assert_eq!(
+        run.parameters.get("payload").map(String::as_str),
+        Some("build the thing")
+    );
+
+    // Autocomplete: the caller's runs for `run` options, fixed choices filtered by what is typed.
+    let mut ac = command(
+        "700000000000000032",
+        &[],
+        "cancel",
+        json!([{"name": "run", "type": 3, "value": "", "focused": true}]),
+    );
+    ac["type"] = json!(4);
+    let (code, resp) = post(s.endpoint, &ac, Some((&key(), now()))).await;
+    assert_eq!(code, 200);
+    assert_eq!(resp["type"], 8);
+    assert_eq!(
+        resp["data"]["choices"][0]["value"],
+        run.id.as_str(),
+        "{resp}"
+    );
+    let mut ac = command(
+        "700000000000000033",
+        &[DEPLOYER],
+        "deploy",
+        json!([{"name": "service", "type": 3, "value": "ap", "focused": true}]),
+    );
+    ac["type"] = json!(4);
+    let (_, resp) = post(s.endpoint, &ac, Some((&key(), now()))).await;
+    assert_eq!(
+        resp["data"]["choices"],
+        json!([{"name": "API", "value": "api"}])
+    );
+    // Nothing is suggested for a command the member may not run.
+    let mut ac = command(
+        "700000000000000034",
+        &[OPS],
+        "deploy",
+        json!([{"name": "service", "type": 3, "value": "", "focused": true}]),
+    );
+    ac["type"] = json!(4);
+    let (_, resp) = post(s.endpoint, &ac, Some((&key(), now()))).await;
+    assert_eq!(resp["data"]["choices"], json!([]));
     s.srv.stop().await;
 }

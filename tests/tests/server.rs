@@ -237,20 +237,105 @@ async fn auth_rejections_carry_the_right_codes() {
 }
 
 #[tokio::test]
-async fn later_capabilities_answer_unimplemented_naming_them() {
+async fn malformed_requests_name_what_is_wrong() {
     let db = TestDb::new(Backend::Sqlite).await;
     let srv = TestServer::start(config(&db)).await;
     let c = srv.client("").await;
-    let err = c
-        .command()
-        .autocomplete(pb::AutocompleteRequest::default())
-        .await
-        .expect_err("not yet");
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(
-        err.message().contains("CommandService.Autocomplete") && err.message().contains("issue #5"),
-        "{}",
-        err.message()
+    let check = |r: Result<(), tonic::Status>, field: &str| {
+        let err = r.expect_err("malformed");
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    };
+    check(
+        c.command()
+            .invoke(pb::InvokeRequest::default())
+            .await
+            .map(|_| ()),
+        "context",
+    );
+    check(
+        c.command()
+            .autocomplete(pb::AutocompleteRequest::default())
+            .await
+            .map(|_| ()),
+        "context",
+    );
+    check(
+        c.command()
+            .interact(pb::InteractRequest::default())
+            .await
+            .map(|_| ()),
+        "context",
+    );
+    check(
+        c.command()
+            .record_run_message(pb::RecordRunMessageRequest::default())
+            .await
+            .map(|_| ()),
+        "run_id",
+    );
+    check(
+        c.command()
+            .watch_runs(pb::WatchRunsRequest { cursor: "x".into() })
+            .await
+            .map(|_| ()),
+        "cursor",
+    );
+    check(
+        c.dispatch()
+            .lease(pb::LeaseRequest::default())
+            .await
+            .map(|_| ()),
+        "adapter_id",
+    );
+    check(
+        c.dispatch()
+            .complete(pb::CompleteRequest::default())
+            .await
+            .map(|_| ()),
+        "dispatch_id",
+    );
+    check(
+        c.dispatch()
+            .report_workflow_status(pb::ReportWorkflowStatusRequest::default())
+            .await
+            .map(|_| ()),
+        "run_id",
+    );
+    check(
+        c.admin()
+            .get_run(pb::GetRunRequest::default())
+            .await
+            .map(|_| ()),
+        "run_id",
+    );
+    check(
+        c.admin()
+            .cancel_run(pb::CancelRunRequest::default())
+            .await
+            .map(|_| ()),
+        "run_id",
+    );
+    check(
+        c.admin()
+            .set_policy(pb::SetPolicyRequest::default())
+            .await
+            .map(|_| ()),
+        "policy",
+    );
+    check(
+        c.admin()
+            .requeue_dead_letter(pb::RequeueDeadLetterRequest::default())
+            .await
+            .map(|_| ()),
+        "dispatch_id",
+    );
+    check(
+        c.codex()
+            .get_task(pb::GetTaskRequest::default())
+            .await
+            .map(|_| ()),
+        "delivery_id",
     );
     srv.stop().await;
 }

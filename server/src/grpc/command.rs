@@ -1,7 +1,7 @@
 //! `facteur.v1.CommandService`: Discord commands and buttons, decided on the server. The
 //! discord-adapter only translates; permission, validation and state are here.
 
-use super::{BoxStream, convert, status::not_yet};
+use super::{BoxStream, convert};
 use crate::domain::policy::Decision;
 use crate::domain::run::{NewRun, Requester, Run, RunSource, RunStatus};
 use crate::domain::{Error, Result};
@@ -23,7 +23,6 @@ pub struct CommandApi(pub Arc<AppState>);
 pub const SESSION_TTL: Duration = Duration::from_secs(15 * 60);
 /// Built-in commands answered by the server itself.
 pub const BUILTINS: [&str; 3] = ["status", "runs", "cancel"];
-const ISSUE_DISCORD: u32 = 5;
 
 fn option_type(kind: &str) -> pb::OptionType {
     match kind {
@@ -84,6 +83,26 @@ pub fn definitions(state: &AppState) -> Vec<pb::CommandDefinition> {
                 })
                 .collect(),
             ephemeral: c.ephemeral,
+            modal: c.modal.as_ref().map(|m| pb::Modal {
+                custom_id: format!("modal:{}", c.name),
+                title: m.title.clone(),
+                inputs: m
+                    .inputs
+                    .iter()
+                    .map(|i| {
+                        let option = c.options.iter().find(|o| o.name == i.name);
+                        pb::ModalInput {
+                            custom_id: i.name.clone(),
+                            label: i.label.clone(),
+                            paragraph: i.paragraph,
+                            required: option.is_some_and(|o| o.required),
+                            min_length: option.and_then(|o| o.min_length),
+                            max_length: option.and_then(|o| o.max_length),
+                            placeholder: i.placeholder.clone(),
+                        }
+                    })
+                    .collect(),
+            }),
             ..Default::default()
         })
         .collect();
@@ -388,35 +407,62 @@ impl CommandService for CommandApi {
     ) -> Result<Response<pb::InvokeResponse>, Status> {
         let r = req.into_inner();
         let c = ctx(r.context)?;
-        match pb::InvocationKind::try_from(r.kind) {
-            Ok(pb::InvocationKind::SlashCommand) => {}
-            Ok(pb::InvocationKind::ModalSubmit) => {
-                return Err(not_yet(
-                    "CommandService.Invoke (modal submit)",
-                    "command modals",
-                    ISSUE_DISCORD,
-                ));
-            }
+        let modal_submit = match pb::InvocationKind::try_from(r.kind) {
+            Ok(pb::InvocationKind::SlashCommand) => false,
+            Ok(pb::InvocationKind::ModalSubmit) => true,
             _ => {
                 return Err(Status::invalid_argument(
                     "kind must be SLASH_COMMAND or MODAL_SUBMIT",
                 ));
             }
-        }
+        };
+        let command = if modal_submit {
+            r.modal_custom_id
+                .strip_prefix("modal:")
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "modal_custom_id `{}` is not one of ours",
+                        r.modal_custom_id
+                    ))
+                })?
+                .to_string()
+        } else {
+            r.command.clone()
+        };
         let mut options = BTreeMap::new();
-        for o in r.options {
-            if options.insert(o.name.clone(), o.value).is_some() {
-                return Err(Status::invalid_argument(format!(
-                    "option `{}` given twice",
-                    o.name
-                )));
+        if modal_submit {
+            options.extend(r.modal_values);
+        } else {
+            for o in r.options {
+                if options.insert(o.name.clone(), o.value).is_some() {
+                    return Err(Status::invalid_argument(format!(
+                        "option `{}` given twice",
+                        o.name
+                    )));
+                }
             }
         }
+        let r = pb::InvokeRequest {
+            command,
+            ..Default::default()
+        };
+        // Permission first: nobody sees a modal for a command they may not run.
         self.authorize(&c, &r.command).await?;
         if BUILTINS.contains(&r.command.as_str()) {
             let reply = self.builtin(&c, &r.command, &options).await?;
             return Ok(Response::new(pb::InvokeResponse {
                 reply: Some(reply),
+                ..Default::default()
+            }));
+        }
+        if !modal_submit
+            && let Some(modal) = definitions(&self.0)
+                .into_iter()
+                .find(|d| d.name == r.command)
+                .and_then(|d| d.modal)
+        {
+            return Ok(Response::new(pb::InvokeResponse {
+                modal: Some(modal),
                 ..Default::default()
             }));
         }
@@ -439,13 +485,52 @@ impl CommandService for CommandApi {
 
     async fn autocomplete(
         &self,
-        _: Request<pb::AutocompleteRequest>,
+        req: Request<pb::AutocompleteRequest>,
     ) -> Result<Response<pb::AutocompleteResponse>, Status> {
-        Err(not_yet(
-            "CommandService.Autocomplete",
-            "option autocomplete",
-            ISSUE_DISCORD,
-        ))
+        let r = req.into_inner();
+        let c = ctx(r.context)?;
+        // Suggestions only for what the member may run; otherwise none (the run is refused anyway).
+        let policy = self.0.store.policy_for(&c.guild_id).await?;
+        if policy.decide(&r.command, &c.role_ids) != Decision::Allowed {
+            return Ok(Response::new(pb::AutocompleteResponse::default()));
+        }
+        let partial = r.partial_value.to_lowercase();
+        let mut choices = Vec::new();
+        if r.focused_option == "run" && BUILTINS.contains(&r.command.as_str()) {
+            let filter = RunFilter {
+                requester: Some(c.user_id.clone()),
+                guild_id: Some(c.guild_id.clone()),
+                ..Default::default()
+            };
+            for run in self.0.store.list_runs(&filter, 25, None).await? {
+                if run.id.starts_with(&partial) || run.command.contains(&partial) {
+                    choices.push(pb::OptionChoice {
+                        name: format!("{} /{} {}", short(&run.id), run.command, run.status),
+                        value: run.id,
+                    });
+                }
+            }
+        } else if let Some(option) = self
+            .0
+            .catalog
+            .commands()
+            .iter()
+            .find(|cmd| cmd.name == r.command)
+            .and_then(|cmd| cmd.options.iter().find(|o| o.name == r.focused_option))
+        {
+            for ch in &option.choices {
+                if ch.name.to_lowercase().contains(&partial)
+                    || ch.value.to_lowercase().contains(&partial)
+                {
+                    choices.push(pb::OptionChoice {
+                        name: ch.name.clone(),
+                        value: ch.value.clone(),
+                    });
+                }
+            }
+        }
+        choices.truncate(25);
+        Ok(Response::new(pb::AutocompleteResponse { choices }))
     }
 
     async fn interact(
