@@ -204,6 +204,33 @@ async fn policy_decides_is_audited_and_changes_live() {
             .is_some_and(|v| v.contains(&run.id))
     );
 
+    // Admins see live sessions, never their tokens.
+    let listed = admin
+        .admin()
+        .list_sessions(pb::ListSessionsRequest {
+            guild_id: GUILD.into(),
+        })
+        .await
+        .expect("sessions")
+        .into_inner();
+    assert!(
+        listed
+            .sessions
+            .iter()
+            .any(|x| x.interaction_id == "i-2" && x.run_id == run.id && x.expires_at.is_some()),
+        "{listed:?}"
+    );
+    assert!(!format!("{listed:?}").contains("interaction-token-secret"));
+    let elsewhere = admin
+        .admin()
+        .list_sessions(pb::ListSessionsRequest {
+            guild_id: OTHER_GUILD.into(),
+        })
+        .await
+        .expect("sessions")
+        .into_inner();
+    assert!(elsewhere.sessions.is_empty());
+
     // Values Discord's client would have checked are checked here.
     let err = discord
         .command()

@@ -2,7 +2,6 @@
 //! Discord issue).
 
 use super::convert;
-use super::status::not_yet;
 use crate::auth::Principal;
 use crate::domain::dispatch::DispatchKind;
 use crate::domain::policy::{DefaultPolicy, GuildPolicy, commands_from};
@@ -19,7 +18,6 @@ use tonic::{Request, Response, Status};
 #[derive(Clone)]
 pub struct AdminApi(pub Arc<AppState>);
 
-const ISSUE_DISCORD: u32 = 5;
 const PAGE_DEFAULT: u32 = 50;
 const PAGE_MAX: u32 = 500;
 
@@ -384,12 +382,40 @@ impl AdminService for AdminApi {
 
     async fn list_sessions(
         &self,
-        _: Request<pb::ListSessionsRequest>,
+        req: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        Err(not_yet(
-            "AdminService.ListSessions",
-            "Discord interaction sessions",
-            ISSUE_DISCORD,
-        ))
+        let guild = req.into_inner().guild_id;
+        if !guild.is_empty() && !facteur_config::is_snowflake(&guild) {
+            return Err(Status::invalid_argument(format!(
+                "guild_id `{guild}` is not a snowflake"
+            )));
+        }
+        let sessions = &self.0.sessions;
+        let mut out = Vec::new();
+        for key in sessions.keys("facteur:session:").await? {
+            // A session may expire between listing and reading it.
+            let Some(raw) = sessions.get(&key).await? else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&raw) else {
+                continue;
+            };
+            let text = |k: &str| v[k].as_str().unwrap_or("").to_string();
+            if !guild.is_empty() && text("guild_id") != guild {
+                continue;
+            }
+            // The interaction token stays in the store: it is never returned.
+            out.push(pb::Session {
+                interaction_id: text("interaction_id"),
+                run_id: text("run_id"),
+                guild_id: text("guild_id"),
+                channel_id: text("channel_id"),
+                user_id: text("user_id"),
+                expires_at: chrono::DateTime::parse_from_rfc3339(&text("expires_at"))
+                    .ok()
+                    .map(|t| convert::ts(t.with_timezone(&Utc))),
+            });
+        }
+        Ok(Response::new(pb::ListSessionsResponse { sessions: out }))
     }
 }

@@ -21,10 +21,3 @@ impl From<Error> for Status {
         }
     }
 }
-
-/// UNIMPLEMENTED naming the capability and the issue that brings it.
-pub fn not_yet(rpc: &str, capability: &str, issue: u32) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} is not available yet: {capability} arrives with issue #{issue}"
-    ))
-}
