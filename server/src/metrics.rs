@@ -4,7 +4,7 @@
 //! Names of the old service are kept (`facteur_command_events_*`); new ones share the prefix.
 
 use opentelemetry::KeyValue;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -93,6 +93,16 @@ pub struct Metrics {
     gauges: Mutex<BTreeMap<(&'static str, Labels), f64>>,
     histograms: Mutex<BTreeMap<(&'static str, Labels), Histogram>>,
     meter: opentelemetry::metrics::Meter,
+    /// OTel instruments, built once per name (building one per increment cost every RPC a lookup
+    /// in the SDK's registry and an allocation).
+    instruments: Mutex<Instruments>,
+}
+
+#[derive(Default)]
+struct Instruments {
+    counters: HashMap<&'static str, opentelemetry::metrics::Counter<u64>>,
+    gauges: HashMap<&'static str, opentelemetry::metrics::Gauge<f64>>,
+    histograms: HashMap<&'static str, opentelemetry::metrics::Histogram<f64>>,
 }
 
 impl Default for Metrics {
@@ -109,6 +119,7 @@ impl Metrics {
             gauges: Mutex::default(),
             histograms: Mutex::default(),
             meter: opentelemetry::global::meter("facteur"),
+            instruments: Mutex::default(),
         };
         m.set_gauge(
             "facteur_build_info",
@@ -129,8 +140,14 @@ impl Metrics {
 
     /// Adds `n` to a counter.
     pub fn add(&self, name: &'static str, labels: Labels, n: u64) {
-        if n > 0 {
-            self.meter.u64_counter(name).build().add(n, &kv(&labels));
+        if n > 0
+            && let Ok(mut i) = self.instruments.lock()
+        {
+            let meter = &self.meter;
+            i.counters
+                .entry(name)
+                .or_insert_with(|| meter.u64_counter(name).build())
+                .add(n, &kv(&labels));
         }
         if let Ok(mut c) = self.counters.lock() {
             *c.entry((name, labels)).or_default() += n;
@@ -139,7 +156,13 @@ impl Metrics {
 
     /// Sets a gauge.
     pub fn set_gauge(&self, name: &'static str, labels: Labels, v: f64) {
-        self.meter.f64_gauge(name).build().record(v, &kv(&labels));
+        if let Ok(mut i) = self.instruments.lock() {
+            let meter = &self.meter;
+            i.gauges
+                .entry(name)
+                .or_insert_with(|| meter.f64_gauge(name).build())
+                .record(v, &kv(&labels));
+        }
         if let Ok(mut g) = self.gauges.lock() {
             g.insert((name, labels), v);
         }
@@ -148,11 +171,13 @@ impl Metrics {
     /// Records a duration in a histogram (milliseconds).
     pub fn observe(&self, name: &'static str, labels: Labels, d: Duration) {
         let ms = d.as_secs_f64() * 1000.0;
-        self.meter
-            .f64_histogram(name)
-            .with_unit("ms")
-            .build()
-            .record(ms, &kv(&labels));
+        if let Ok(mut i) = self.instruments.lock() {
+            let meter = &self.meter;
+            i.histograms
+                .entry(name)
+                .or_insert_with(|| meter.f64_histogram(name).with_unit("ms").build())
+                .record(ms, &kv(&labels));
+        }
         if let Ok(mut h) = self.histograms.lock() {
             let e = h.entry((name, labels)).or_default();
             for (i, b) in BUCKETS_MS.iter().enumerate() {

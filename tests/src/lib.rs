@@ -437,3 +437,27 @@ pub async fn count_rows(store: &facteur_server::store::Store, table: &str) -> i6
         .expect("one row");
     row.try_get::<i64>("", "n").expect("count")
 }
+
+/// The catalog the command tests share: `deploy` with one required `service` option whose only
+/// choice is `api`, allowed for members with `role`.
+pub fn with_deploy_command(mut c: Config, role: &str) -> Config {
+    use facteur_config::{ChoiceConfig, CommandConfig, OptionConfig};
+    c.commands = vec![CommandConfig {
+        name: "deploy".into(),
+        description: "Deploy a service".into(),
+        options: vec![OptionConfig {
+            name: "service".into(),
+            description: "Service".into(),
+            kind: "string".into(),
+            required: true,
+            choices: vec![ChoiceConfig {
+                name: "API".into(),
+                value: "api".into(),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }];
+    c.role_map.insert("deploy".into(), vec![role.into()]);
+    c
+}

@@ -17,16 +17,13 @@ pub struct Adapter {
 impl Adapter {
     /// Starts an adapter against `grpc_url` and `kube`.
     pub fn start(grpc_url: &str, kube: &FakeKube, namespace: &str) -> Adapter {
-        let mut cfg = facteur_config::load_from(None, &Default::default(), Process::ArgoAdapter)
-            .unwrap_or_else(|_| {
-                let mut env = std::collections::BTreeMap::new();
-                env.insert(
-                    "FACTEUR_CONTROL_PLANE_URL".to_string(),
-                    grpc_url.to_string(),
-                );
-                facteur_config::load_from(None, &env, Process::ArgoAdapter).expect("adapter config")
-            });
-        cfg.control_plane.url = grpc_url.to_string();
+        let env = [(
+            "FACTEUR_CONTROL_PLANE_URL".to_string(),
+            grpc_url.to_string(),
+        )]
+        .into();
+        let mut cfg =
+            facteur_config::load_from(None, &env, Process::ArgoAdapter).expect("adapter config");
         cfg.argo.namespace = namespace.to_string();
         cfg.argo.max_in_flight = 64;
         let errs = cfg.validate(Process::ArgoAdapter);

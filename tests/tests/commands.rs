@@ -3,7 +3,6 @@
 //! guild isolation.
 
 use facteur_client::pb;
-use facteur_config::{ChoiceConfig, CommandConfig, OptionConfig};
 use facteur_tests::*;
 use std::time::Duration;
 use tonic::Code;
@@ -15,25 +14,7 @@ const OPS: &str = "200000000000000002";
 const ALICE: &str = "300000000000000001";
 
 fn commands_config(db: &TestDb) -> facteur_config::Config {
-    let mut c = with_tokens(config(db));
-    c.commands = vec![CommandConfig {
-        name: "deploy".into(),
-        description: "Deploy a service".into(),
-        options: vec![OptionConfig {
-            name: "service".into(),
-            description: "Service".into(),
-            kind: "string".into(),
-            required: true,
-            choices: vec![ChoiceConfig {
-                name: "API".into(),
-                value: "api".into(),
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }];
-    c.role_map.insert("deploy".into(), vec![DEPLOYER.into()]);
-    c
+    with_deploy_command(with_tokens(config(db)), DEPLOYER)
 }
 
 fn ctx(interaction: &str, guild: &str, roles: &[&str]) -> pb::InteractionContext {

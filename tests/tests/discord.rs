@@ -2,7 +2,7 @@
 //! key, the real server behind it, and a fake Discord REST API recording registrations.
 
 use ed25519_dalek::{Signer, SigningKey};
-use facteur_config::{ChoiceConfig, CommandConfig, OptionConfig};
+use facteur_config::{CommandConfig, OptionConfig};
 use facteur_discord::{Adapter, register, verify::Verifier};
 use facteur_tests::fake_discord::FakeDiscord;
 use facteur_tests::*;
@@ -46,23 +46,7 @@ struct Stack {
 
 async fn stack() -> Stack {
     let db = TestDb::new(Backend::Sqlite).await;
-    let mut cfg = with_tokens(config(&db));
-    cfg.commands = vec![CommandConfig {
-        name: "deploy".into(),
-        description: "Deploy a service".into(),
-        options: vec![OptionConfig {
-            name: "service".into(),
-            description: "Service".into(),
-            kind: "string".into(),
-            required: true,
-            choices: vec![ChoiceConfig {
-                name: "API".into(),
-                value: "api".into(),
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }];
+    let mut cfg = with_deploy_command(with_tokens(config(&db)), DEPLOYER);
     cfg.commands.push(CommandConfig {
         name: "plan".into(),
         description: "Plan an implementation".into(),
@@ -84,7 +68,6 @@ async fn stack() -> Stack {
         }),
         ..Default::default()
     });
-    cfg.role_map.insert("deploy".into(), vec![DEPLOYER.into()]);
     let srv = TestServer::start(cfg).await;
     let discord = FakeDiscord::start().await;
     let control = facteur_client::Client::lazy(

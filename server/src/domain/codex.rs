@@ -32,6 +32,8 @@ pub struct CodexPlan {
     pub issue_number: i64,
     /// Stage name as stored (`implementation`).
     pub stage: &'static str,
+    /// The task as proto-JSON (the `ideas.payload` and the source of `rawEvent`).
+    pub task_json: String,
 }
 
 /// Why a task was refused (also the metric label).
@@ -189,10 +191,10 @@ pub fn plan(
     if !c.judge_prompt.is_empty() {
         p.insert("judge_prompt".into(), c.judge_prompt.clone());
     }
-    let raw = proto_json(task);
+    let task_json = proto_json(task);
     let mut as_implementation = task.clone();
     as_implementation.stage = CodexTaskStage::Implementation as i32;
-    p.insert("rawEvent".into(), base64(raw.as_bytes()));
+    p.insert("rawEvent".into(), base64(task_json.as_bytes()));
     p.insert(
         "eventBody".into(),
         base64(proto_json(&as_implementation).as_bytes()),
@@ -208,6 +210,7 @@ pub fn plan(
         repository: task.repository.clone(),
         issue_number: task.issue_number,
         stage: "implementation",
+        task_json,
     })
 }
 

@@ -2,8 +2,8 @@
 
 use super::convert;
 use crate::auth::Principal;
+use crate::domain::Result;
 use crate::domain::codex::{Rejection, plan};
-use crate::domain::{Error, Result};
 use crate::state::AppState;
 use crate::store::codex::{CodexAccepted, CodexRecord};
 use facteur_proto::froussard::CodexTask;
@@ -47,8 +47,7 @@ pub async fn ingest(
             return Err(e);
         }
     };
-    let payload: serde_json::Value =
-        serde_json::from_str(&facteur_proto::codex_task_json(task)).unwrap_or_default();
+    let payload: serde_json::Value = serde_json::from_str(&plan.task_json).unwrap_or_default();
     let trace_parent = facteur_config::telemetry::current_traceparent().unwrap_or_default();
     drop(_guard);
     let accepted = state
@@ -171,11 +170,5 @@ impl CodexService for CodexApi {
             tasks: rows.iter().map(record).collect(),
             next_page_token,
         }))
-    }
-}
-
-impl From<(Rejection, Error)> for Error {
-    fn from((_, e): (Rejection, Error)) -> Error {
-        e
     }
 }

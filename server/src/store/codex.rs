@@ -7,7 +7,7 @@
 //! `jsonb`, `timestamptz` columns (the old service's layout); SQLite uses `codex_kb_*` tables
 //! with text columns.
 
-use super::{Inserted, Store, insert_run};
+use super::{Inserted, Store, insert_run, portable as stmt};
 use crate::domain::codex::CodexPlan;
 use crate::domain::run::{NewRun, Requester, Run, RunSource};
 use crate::domain::{Error, Result};
@@ -121,25 +121,6 @@ fn t(backend: DatabaseBackend, table: &str) -> String {
     }
 }
 
-/// `$n` placeholders for Postgres become `?n` for SQLite; Postgres-only casts are written as
-/// `::uuid`/`::jsonb`/`::timestamptz` and removed for SQLite.
-fn sql(backend: DatabaseBackend, text: &str) -> String {
-    if pg(backend) {
-        return text.to_string();
-    }
-    let mut out = text
-        .replace("::uuid", "")
-        .replace("::jsonb", "")
-        .replace("::timestamptz", "")
-        .replace("::text", "");
-    let mut i = 20;
-    while i > 0 {
-        out = out.replace(&format!("${i}"), &format!("?{i}"));
-        i -= 1;
-    }
-    out
-}
-
 /// Timestamps as bound values: text everywhere (cast on Postgres), RFC 3339 with microseconds.
 fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
@@ -162,10 +143,6 @@ fn ts_text(backend: DatabaseBackend, col: &str) -> String {
     } else {
         col.to_string()
     }
-}
-
-fn stmt(backend: DatabaseBackend, text: &str, values: Vec<Value>) -> Statement {
-    Statement::from_sql_and_values(backend, sql(backend, text), values)
 }
 
 fn get(row: &QueryResult, col: &str) -> Result<String> {

@@ -855,24 +855,10 @@ impl Store {
                         let _ = txn.rollback().await;
                         continue;
                     }
-                    dispatches::Entity::insert(dispatches::ActiveModel {
-                        id: Set(uuid::Uuid::now_v7().to_string()),
-                        run_id: Set(run_id.to_string()),
-                        kind: Set(kind.as_str().into()),
-                        state: Set(dispatch_state::PENDING.into()),
-                        attempts: Set(0),
-                        available_at: Set(now),
-                        lease_owner: Set(String::new()),
-                        lease_token: Set(String::new()),
-                        lease_expires_at: Set(None),
-                        last_error: Set(String::new()),
-                        dead_lettered_at: Set(None),
-                        created_at: Set(now),
-                        updated_at: Set(now),
-                    })
-                    .exec_without_returning(&txn)
-                    .await
-                    .map_err(Error::database)?;
+                    dispatches::Entity::insert(super::pending_dispatch(run_id, kind.as_str(), now))
+                        .exec_without_returning(&txn)
+                        .await
+                        .map_err(Error::database)?;
                     append_event(
                         &txn,
                         run_id,

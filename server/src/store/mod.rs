@@ -255,11 +255,7 @@ impl Store {
         limit: u64,
     ) -> Result<Vec<(i64, String)>> {
         let b = self.db.get_database_backend();
-        let sql = if b == sea_orm::DatabaseBackend::Postgres {
-            "SELECT e.id, e.run_id FROM run_events e JOIN runs r ON r.id = e.run_id WHERE e.id > $1 AND r.guild_id <> '' ORDER BY e.id LIMIT $2"
-        } else {
-            "SELECT e.id, e.run_id FROM run_events e JOIN runs r ON r.id = e.run_id WHERE e.id > ?1 AND r.guild_id <> '' ORDER BY e.id LIMIT ?2"
-        };
+        let sql = "SELECT e.id, e.run_id FROM run_events e JOIN runs r ON r.id = e.run_id WHERE e.id > $1 AND r.guild_id <> '' ORDER BY e.id LIMIT $2";
         let rows = self
             .db
             .query_all_raw(sea_orm::Statement::from_sql_and_values(
@@ -324,6 +320,55 @@ pub(crate) fn created_payload(new: &NewRun) -> serde_json::Value {
     })
 }
 
+/// A statement written for Postgres, made to run on the connection's backend: for SQLite,
+/// `$n` placeholders become `?n` and the Postgres casts (`::uuid`, `::jsonb`, `::timestamptz`,
+/// `::text`) go (SQLite stores those columns as text anyway).
+pub(crate) fn portable(
+    b: sea_orm::DatabaseBackend,
+    text: &str,
+    values: Vec<sea_orm::Value>,
+) -> sea_orm::Statement {
+    if b == sea_orm::DatabaseBackend::Postgres {
+        return sea_orm::Statement::from_sql_and_values(b, text, values);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    for cast in ["::uuid", "::jsonb", "::timestamptz", "::text"] {
+        out = out.replace(cast, "");
+    }
+    sea_orm::Statement::from_sql_and_values(b, out, values)
+}
+
+/// A new job for a run, due now.
+pub(crate) fn pending_dispatch(
+    run_id: &str,
+    kind: &str,
+    now: DateTime<Utc>,
+) -> dispatches::ActiveModel {
+    dispatches::ActiveModel {
+        id: Set(uuid::Uuid::now_v7().to_string()),
+        run_id: Set(run_id.to_string()),
+        kind: Set(kind.into()),
+        state: Set(dispatch_state::PENDING.into()),
+        attempts: Set(0),
+        available_at: Set(now),
+        lease_owner: Set(String::new()),
+        lease_token: Set(String::new()),
+        lease_expires_at: Set(None),
+        last_error: Set(String::new()),
+        dead_lettered_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+}
+
 pub(crate) fn check_key(key: &str) -> Result<()> {
     if key.is_empty() || key.len() > 200 {
         return Err(Error::InvalidArgument(
@@ -374,21 +419,7 @@ pub(crate) async fn insert_run<C: sea_orm::ConnectionTrait>(
         cancel_mode: Set(String::new()),
         trace_parent: Set(new.trace_parent.clone()),
     };
-    let dispatch = dispatches::ActiveModel {
-        id: Set(uuid::Uuid::now_v7().to_string()),
-        run_id: Set(id.to_string()),
-        kind: Set(dispatch_kind::CREATE.into()),
-        state: Set(dispatch_state::PENDING.into()),
-        attempts: Set(0),
-        available_at: Set(now),
-        lease_owner: Set(String::new()),
-        lease_token: Set(String::new()),
-        lease_expires_at: Set(None),
-        last_error: Set(String::new()),
-        dead_lettered_at: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-    };
+    let dispatch = pending_dispatch(&id.to_string(), dispatch_kind::CREATE, now);
     let payload = created_payload(new);
     let event = run_events::ActiveModel {
         run_id: Set(id.to_string()),

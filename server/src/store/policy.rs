@@ -2,25 +2,12 @@
 //! (guild `""`) once; `SetPolicy` replaces a guild's policy live (optimistic concurrency on its
 //! version), and every change and every denial is written to `audit_events`.
 
-use super::Store;
+use super::{Store, portable as stmt};
 use crate::domain::policy::{DefaultPolicy, GuildPolicy};
 use crate::domain::{Error, Result};
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseBackend, Statement, TransactionTrait, Value};
+use sea_orm::{ConnectionTrait, TransactionTrait};
 use std::collections::BTreeMap;
-
-fn stmt(b: DatabaseBackend, text: &str, values: Vec<Value>) -> Statement {
-    let text = if b == DatabaseBackend::Postgres {
-        text.to_string()
-    } else {
-        let mut s = text.to_string();
-        for i in (1..=9).rev() {
-            s = s.replace(&format!("${i}"), &format!("?{i}"));
-        }
-        s
-    };
-    Statement::from_sql_and_values(b, text, values)
-}
 
 impl Store {
     /// Writes one audit entry on `c`.
