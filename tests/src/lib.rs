@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+pub mod discord;
 pub mod fake_discord;
 pub mod fake_kube;
 pub mod stack;
@@ -270,12 +271,13 @@ where
     }
 }
 
-/// A TCP proxy in front of a dependency that a test can cut off and restore. While cut, open
-/// connections are closed and new ones are accepted and closed at once.
+/// A TCP proxy in front of a dependency that a test can cut off and restore, or slow down.
+/// While cut, open connections are closed and new ones are accepted and closed at once.
 pub struct CuttableProxy {
     /// Address to connect to instead of the upstream.
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
     generation: Arc<tokio::sync::watch::Sender<u64>>,
     stop: CancellationToken,
 }
@@ -286,11 +288,17 @@ impl CuttableProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let cut = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (tx, _) = tokio::sync::watch::channel(0u64);
         let generation = Arc::new(tx);
         let stop = CancellationToken::new();
         let upstream = upstream.to_string();
-        let (c, g, s) = (cut.clone(), generation.clone(), stop.clone());
+        let (c, g, s, d) = (
+            cut.clone(),
+            generation.clone(),
+            stop.clone(),
+            delay_ms.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -306,12 +314,34 @@ impl CuttableProxy {
                 }
                 let mut killed = g.subscribe();
                 let upstream = upstream.clone();
+                let delay = d.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(outbound) = TcpStream::connect(&upstream).await else {
                         return;
                     };
+                    let (mut up_read, mut up_write) = outbound.into_split();
+                    let (mut down_read, mut down_write) = inbound.split();
+                    // Answers are held back by the current delay, chunk by chunk.
+                    let answers = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match up_read.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            let ms = delay.load(Ordering::SeqCst);
+                            if ms > 0 {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                            }
+                            if down_write.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = tokio::io::copy(&mut down_read, &mut up_write) => {}
+                        _ = answers => {}
                         _ = killed.changed() => {}
                     }
                 });
@@ -320,6 +350,7 @@ impl CuttableProxy {
         CuttableProxy {
             addr,
             cut,
+            delay_ms,
             generation,
             stop,
         }
@@ -329,6 +360,12 @@ impl CuttableProxy {
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Holds every answer from the upstream back by `delay` (zero: none).
+    pub fn slow_down(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Lets connections through again.

@@ -1,135 +1,15 @@
 //! The discord-adapter's interactions endpoint, end to end: requests signed with a test Ed25519
 //! key, the real server behind it, and a fake Discord REST API recording registrations.
 
-use ed25519_dalek::{Signer, SigningKey};
-use facteur_config::{CommandConfig, OptionConfig};
-use facteur_discord::{Adapter, register, verify::Verifier};
+use ed25519_dalek::SigningKey;
+use facteur_discord::register;
+use facteur_tests::discord::*;
 use facteur_tests::fake_discord::FakeDiscord;
 use facteur_tests::*;
-use serde_json::{Value, json};
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-const APP: &str = "400000000000000001";
-const GUILD: &str = "100000000000000001";
-const DEPLOYER: &str = "200000000000000001";
-const OPS: &str = "200000000000000002";
-
-fn key() -> SigningKey {
-    SigningKey::from_bytes(&[7u8; 32])
-}
-
-fn public_hex() -> String {
-    key()
-        .verifying_key()
-        .to_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-struct Stack {
-    srv: TestServer,
-    discord: FakeDiscord,
-    endpoint: SocketAddr,
-    control: facteur_client::Client,
-    http: Arc<serenity::http::Http>,
-    _db: TestDb,
-}
+use serde_json::json;
 
 async fn stack() -> Stack {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let mut cfg = with_deploy_command(with_tokens(config(&db)), DEPLOYER);
-    cfg.commands.push(CommandConfig {
-        name: "plan".into(),
-        description: "Plan an implementation".into(),
-        options: vec![OptionConfig {
-            name: "payload".into(),
-            kind: "string".into(),
-            required: true,
-            max_length: Some(4000),
-            ..Default::default()
-        }],
-        modal: Some(facteur_config::ModalConfig {
-            title: "Plan".into(),
-            inputs: vec![facteur_config::ModalInputConfig {
-                name: "payload".into(),
-                label: "What should be built?".into(),
-                paragraph: true,
-                ..Default::default()
-            }],
-        }),
-        ..Default::default()
-    });
-    let srv = TestServer::start(cfg).await;
-    let discord = FakeDiscord::start().await;
-    let control = facteur_client::Client::lazy(
-        facteur_client::ClientConfig::new(srv.grpc_url()).with_token(DISCORD_TOKEN),
-    )
-    .expect("client");
-    let http = Arc::new(facteur_discord::discord_http(
-        "bot-token",
-        APP.parse().expect("id"),
-        &discord.base_url(),
-    ));
-    let app = facteur_discord::router(Adapter::new(
-        Verifier::new(&public_hex()).expect("key"),
-        control.clone(),
-        http.clone(),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let endpoint = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Stack {
-        srv,
-        discord,
-        endpoint,
-        control,
-        http,
-        _db: db,
-    }
-}
-
-/// POSTs `body` to the endpoint, signed with `signer` at `ts` (None: no signature headers).
-async fn post(
-    endpoint: SocketAddr,
-    body: &Value,
-    signer: Option<(&SigningKey, i64)>,
-) -> (u16, Value) {
-    let raw = body.to_string();
-    let mut headers: Vec<(String, String)> =
-        vec![("Content-Type".into(), "application/json".into())];
-    if let Some((k, ts)) = signer {
-        let ts = ts.to_string();
-        let sig = k.sign(format!("{ts}{raw}").as_bytes());
-        let hex: String = sig.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
-        headers.push(("X-Signature-Ed25519".into(), hex));
-        headers.push(("X-Signature-Timestamp".into(), ts));
-    }
-    let h: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let (code, out) = http(endpoint, "POST", "/interactions", &h, raw.as_bytes()).await;
-    (code, serde_json::from_slice(&out).unwrap_or(Value::Null))
-}
-
-fn command(id: &str, roles: &[&str], name: &str, options: Value) -> Value {
-    json!({
-        "id": id, "application_id": APP, "type": 2, "token": format!("token-{id}"), "version": 1,
-        "guild_id": GUILD, "channel_id": "500000000000000001", "locale": "en-US",
-        "member": {"user": {"id": "300000000000000001", "username": "alice"}, "roles": roles},
-        "data": {"id": "600000000000000001", "name": name, "type": 1, "options": options},
-    })
+    Stack::start(Options::default()).await
 }
 
 #[tokio::test]
@@ -171,13 +51,7 @@ async fn ping_and_every_bad_signature() {
             .0,
         401
     );
-    let ts = now().to_string();
-    let sig: String = key()
-        .sign(format!("{ts}{raw}").as_bytes())
-        .to_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let (sig, ts) = signature(&key(), now(), raw.as_bytes());
     let tampered = raw.replace("api", "web");
     let h = [
         ("X-Signature-Ed25519", sig.as_str()),
@@ -514,5 +388,60 @@ async fn the_plan_modal_and_autocomplete() {
     ac["type"] = json!(4);
     let (_, resp) = post(s.endpoint, &ac, Some((&key(), now()))).await;
     assert_eq!(resp["data"]["choices"], json!([]));
+    s.srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_server_gets_a_deferral_then_the_answer_as_an_edit() {
+    let s = Stack::start(Options {
+        proxy: true,
+        ..Default::default()
+    })
+    .await;
+    // Every answer from the server now takes longer than Discord's 3 seconds.
+    s.proxy
+        .as_ref()
+        .expect("proxy")
+        .slow_down(std::time::Duration::from_millis(3500));
+    let cmd = command(
+        "700000000000000040",
+        &[DEPLOYER],
+        "deploy",
+        json!([{"name": "service", "type": 3, "value": "api"}]),
+    );
+    let (code, resp) = s.post(&cmd).await;
+    assert_eq!(code, 200, "{resp}");
+    assert_eq!(
+        resp,
+        json!({"type": 5}),
+        "deferred: the member sees `thinking`"
+    );
+    let original = format!("/webhooks/{APP}/token-700000000000000040/messages/@original");
+    wait_until(
+        "the answer edited into the deferred response",
+        std::time::Duration::from_secs(30),
+        || {
+            let (d, p) = (s.discord.clone(), original.clone());
+            async move {
+                d.calls().iter().any(|(m, path, b)| {
+                    m == "PATCH"
+                        && *path == p
+                        && b["content"].as_str().unwrap_or("").contains("/deploy")
+                })
+            }
+        },
+    )
+    .await;
+    assert!(
+        s.srv
+            .server
+            .state
+            .store
+            .run_by_key("discord:700000000000000040")
+            .await
+            .expect("query")
+            .is_some(),
+        "the deferred command started its run"
+    );
     s.srv.stop().await;
 }
