@@ -13,6 +13,7 @@
 //!
 //! The gRPC path adds validation, proto-JSON and base64 rendering of the task, and the RPC.
 
+use crate::{percentile, round2};
 use facteur_client::{Client, ClientConfig, pb};
 use facteur_proto::froussard::CodexTask;
 use facteur_tests::{Backend, TestDb, TestServer, config};
@@ -21,17 +22,6 @@ use std::time::{Duration, Instant};
 
 const SAMPLE: &str = include_str!("../../tests/fixtures/codex-task.json");
 const ISSUES: u32 = 100_000;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[(((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize).min(sorted.len() - 1)]
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
-}
 
 fn sample() -> anyhow::Result<CodexTask> {
     facteur_proto::codex_task_from_json(SAMPLE.as_bytes())

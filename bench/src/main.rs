@@ -8,6 +8,7 @@
 //! Workflow create has been seen.
 
 mod ingest;
+mod interactions;
 
 use facteur_client::pb;
 use facteur_tests::fake_kube::FakeKube;
@@ -18,12 +19,18 @@ use std::time::{Duration, Instant};
 
 const NS: &str = "argo-workflows";
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// The `p`th percentile of sorted figures (nearest rank).
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Two decimals.
+pub(crate) fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }
 
 async fn dispatch(
@@ -99,9 +106,9 @@ async fn dispatch(
     let out = json!({
         "backend": format!("{backend:?}").to_lowercase(),
         "latency_runs": latency_runs,
-        "p50_ms": (percentile(&lat, 50.0) * 100.0).round() / 100.0,
-        "p99_ms": (percentile(&lat, 99.0) * 100.0).round() / 100.0,
-        "max_ms": (lat.last().copied().unwrap_or(0.0) * 100.0).round() / 100.0,
+        "p50_ms": round2(percentile(&lat, 50.0)),
+        "p99_ms": round2(percentile(&lat, 99.0)),
+        "max_ms": round2(lat.last().copied().unwrap_or(0.0)),
         "burst_runs": burst_runs,
         "burst_concurrency": concurrency,
         "accept_per_s": (burst_runs as f64 / accepted.as_secs_f64()).round(),
@@ -146,6 +153,13 @@ async fn main() -> anyhow::Result<()> {
             println!("{summary}");
             Ok(())
         }
-        other => anyhow::bail!("unknown benchmark `{other}`; available: dispatch, ingest"),
+        "interactions" => {
+            let summary = interactions::run(n("BENCH_SECONDS", 10) as u64, &[50, 500]).await?;
+            println!("{summary}");
+            Ok(())
+        }
+        other => {
+            anyhow::bail!("unknown benchmark `{other}`; available: dispatch, ingest, interactions")
+        }
     }
 }
