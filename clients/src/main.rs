@@ -97,6 +97,29 @@ enum Command {
         /// Dispatch id (from `dead-letters`).
         dispatch_id: String,
     },
+    /// Discord guilds: set one up for facteur's commands, or list them.
+    Guild {
+        #[command(subcommand)]
+        sub: GuildSub,
+    },
+}
+
+#[derive(Subcommand)]
+enum GuildSub {
+    /// Seed the guild's role policy from the configuration and have the discord-adapter
+    /// register the catalog's commands there; nothing restarts. Waits for the registration.
+    Setup {
+        /// Guild id (snowflake).
+        guild_id: String,
+        /// Replace a policy the guild already has with the configuration's.
+        #[arg(long)]
+        reseed_policy: bool,
+        /// Seconds to wait for the discord-adapter's registration (0: do not wait).
+        #[arg(long, default_value_t = 60)]
+        wait_seconds: u64,
+    },
+    /// Guilds set up, and where their registration stands.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -199,6 +222,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::DeadLetters { limit } => dead_letters(&client, limit).await,
+        Command::Guild {
+            sub:
+                GuildSub::Setup {
+                    guild_id,
+                    reseed_policy,
+                    wait_seconds,
+                },
+        } => setup_guild(&client, guild_id, reseed_policy, wait_seconds).await,
+        Command::Guild {
+            sub: GuildSub::List,
+        } => list_guilds(&client).await,
         Command::Requeue { dispatch_id } => {
             let req = pb::RequeueDeadLetterRequest { dispatch_id };
             let run = client
@@ -319,6 +353,116 @@ async fn start_run(
             _ => {}
         }
     }
+}
+
+async fn setup_guild(
+    client: &Client,
+    guild_id: String,
+    reseed_policy: bool,
+    wait_seconds: u64,
+) -> anyhow::Result<ExitCode> {
+    let r = client
+        .admin()
+        .setup_guild(pb::SetupGuildRequest {
+            guild_id: guild_id.clone(),
+            reseed_policy,
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let guild = r.guild.unwrap_or_default();
+    let policy = r.policy.unwrap_or_default();
+    let default = pb::DefaultPolicy::try_from(policy.default_policy)
+        .map(|d| {
+            d.as_str_name()
+                .trim_start_matches("DEFAULT_POLICY_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    println!(
+        "guild {guild_id}: policy {} (version {}, {} command rules, default {default})",
+        if r.policy_seeded {
+            "seeded from the configuration"
+        } else {
+            "kept as it was"
+        },
+        policy.version,
+        policy.commands.len(),
+    );
+    if wait_seconds == 0 {
+        println!(
+            "guild {guild_id}: command registration requested (generation {})",
+            guild.generation
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_seconds);
+    loop {
+        let now = client
+            .admin()
+            .list_guilds(pb::ListGuildsRequest {
+                guild_id: guild_id.clone(),
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner()
+            .guilds
+            .pop()
+            .unwrap_or_default();
+        if now.registered_generation >= guild.generation {
+            println!(
+                "guild {guild_id}: {} commands registered",
+                now.registered_commands
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if now.generation == guild.generation && !now.registration_error.is_empty() {
+            eprintln!(
+                "guild {guild_id}: registration failed: {}\n(the discord-adapter tries again; `facteurctl guild list` shows the outcome)",
+                now.registration_error
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        if std::time::Instant::now() >= deadline {
+            eprintln!(
+                "guild {guild_id}: no discord-adapter registered the commands within {wait_seconds} s; is one running? The request stays pending and is taken when one connects."
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+async fn list_guilds(client: &Client) -> anyhow::Result<ExitCode> {
+    let guilds = client
+        .admin()
+        .list_guilds(pb::ListGuildsRequest::default())
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .guilds;
+    println!(
+        "{:<20}  {:<10}  {:<20}  {:<20}  {:<8}  STATE",
+        "GUILD", "GENERATION", "SET UP", "REGISTERED", "COMMANDS"
+    );
+    for g in guilds {
+        let state = if g.registered_generation >= g.generation {
+            "registered".to_string()
+        } else if !g.registration_error.is_empty() {
+            format!("failed: {}", g.registration_error)
+        } else {
+            "pending".to_string()
+        };
+        println!(
+            "{:<20}  {:<10}  {:<20}  {:<20}  {:<8}  {state}",
+            g.guild_id,
+            g.generation,
+            ts(&g.requested_at),
+            ts(&g.registered_at),
+            g.registered_commands,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn get_run(client: &Client, run_id: &str) -> anyhow::Result<ExitCode> {

@@ -4,6 +4,7 @@ use facteur_config::{Process, Secret, TokenConfig};
 use std::process::Command;
 
 const TOKEN: &str = "ctl-test-admin-token-0123";
+const ADAPTER_TOKEN: &str = "ctl-test-discord-token-0123";
 
 async fn server(dir: &std::path::Path) -> facteur_server::RunningServer {
     let mut c =
@@ -11,11 +12,23 @@ async fn server(dir: &std::path::Path) -> facteur_server::RunningServer {
     c.server.grpc_listen_address = "127.0.0.1:0".into();
     c.server.listen_address = "127.0.0.1:0".into();
     c.database.url = Secret(format!("sqlite://{}?mode=rwc", dir.join("f.db").display()));
-    c.auth.tokens = vec![TokenConfig {
-        name: "ops".into(),
-        role: "admin".into(),
-        token: Secret(TOKEN.into()),
-    }];
+    c.auth.tokens = vec![
+        TokenConfig {
+            name: "ops".into(),
+            role: "admin".into(),
+            token: Secret(TOKEN.into()),
+        },
+        TokenConfig {
+            name: "discord".into(),
+            role: "discord-adapter".into(),
+            token: Secret(ADAPTER_TOKEN.into()),
+        },
+    ];
+    c.role_map = [(
+        "dispatch".to_string(),
+        vec!["200000000000000001".to_string()],
+    )]
+    .into();
     facteur_server::start(c, Default::default())
         .await
         .expect("server")
@@ -94,5 +107,75 @@ async fn every_command_against_a_live_server() {
     );
     let (ok, _, err) = tokio::task::block_in_place(|| ctl(url, &["requeue", "not-a-uuid"]));
     assert!(!ok && err.contains("dispatch_id"), "{err}");
+    srv.stop().await.expect("stop");
+}
+
+/// Plays the discord-adapter's side of a guild set-up: registers nothing, reports success.
+async fn adapter_reporting(url: String, commands: u32) {
+    let c = facteur_client::Client::connect(
+        facteur_client::ClientConfig::new(url).with_token(ADAPTER_TOKEN),
+    )
+    .await
+    .expect("adapter client");
+    let mut guilds = c
+        .command()
+        .watch_guilds(facteur_client::pb::WatchGuildsRequest {})
+        .await
+        .expect("watch guilds")
+        .into_inner();
+    while let Ok(Some(u)) = guilds.message().await {
+        let g = u.guild.expect("guild");
+        let report = facteur_client::pb::ReportGuildRegistrationRequest {
+            guild_id: g.guild_id,
+            generation: g.generation,
+            commands,
+            error: String::new(),
+        };
+        c.command()
+            .report_guild_registration(report)
+            .await
+            .expect("report");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guild_setup_waits_for_the_adapter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = server(dir.path()).await;
+    let url = format!("http://{}", srv.grpc_addr);
+    let guild = "100000000000000009";
+
+    // No adapter yet: the request is accepted and stays pending; facteurctl says so.
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        ctl(&url, &["guild", "setup", guild, "--wait-seconds", "1"])
+    });
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("seeded from the configuration") && out.contains("1 command rules"),
+        "{out}"
+    );
+    assert!(err.contains("no discord-adapter"), "{err}");
+    let (ok, out, _) = tokio::task::block_in_place(|| ctl(&url, &["guild", "list"]));
+    assert!(
+        ok && out.contains(guild) && out.contains("pending"),
+        "{out}"
+    );
+
+    // With an adapter connected, the next set-up completes; the policy is kept.
+    tokio::spawn(adapter_reporting(url.clone(), 5));
+    let (ok, out, err) = tokio::task::block_in_place(|| ctl(&url, &["guild", "setup", guild]));
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("kept as it was") && out.contains("5 commands registered"),
+        "{out}"
+    );
+    let (ok, out, _) = tokio::task::block_in_place(|| ctl(&url, &["guild", "list"]));
+    assert!(ok && out.contains("registered"), "{out}");
+
+    let (ok, _, err) = tokio::task::block_in_place(|| ctl(&url, &["guild", "setup", "my-guild"]));
+    assert!(
+        !ok && err.contains("INVALID_ARGUMENT") && err.contains("snowflake"),
+        "{err}"
+    );
     srv.stop().await.expect("stop");
 }

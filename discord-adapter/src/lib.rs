@@ -334,13 +334,22 @@ pub fn normal(v: &Value) -> Value {
     json!({"name": v["name"], "description": v["description"], "options": opts})
 }
 
+/// What a registration did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Registered {
+    /// Whether it wrote (false: Discord already had exactly this catalog).
+    pub wrote: bool,
+    /// Commands in the catalog.
+    pub commands: usize,
+}
+
 /// Registers the server's catalog with Discord when it differs from what is registered
-/// (guild-scoped when `guild_id` is set, global otherwise). Returns whether it wrote.
+/// (guild-scoped when `guild_id` is set, global otherwise).
 pub async fn register(
     control: &Client,
     http: &Http,
     guild_id: Option<u64>,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Registered> {
     let catalog = control
         .command()
         .list_commands(pb::ListCommandsRequest::default())
@@ -364,9 +373,13 @@ pub async fn register(
         if have == want_norm {
             tracing::info!(
                 commands = wanted.len(),
+                guild_id = ?guild_id,
                 "discord commands already up to date"
             );
-            return Ok(false);
+            return Ok(Registered {
+                wrote: false,
+                commands: wanted.len(),
+            });
         }
     }
     match guild_id {
@@ -374,7 +387,75 @@ pub async fn register(
         None => http.create_global_commands(&wanted).await?,
     };
     tracing::info!(commands = wanted.len(), guild_id = ?guild_id, "discord commands registered");
-    Ok(true)
+    Ok(Registered {
+        wrote: true,
+        commands: wanted.len(),
+    })
+}
+
+/// Registers the catalog in every guild set up with `AdminService.SetupGuild` (`facteurctl
+/// guild setup`), as the server announces them, and reports each outcome, until `shutdown`.
+/// A failure is reported (the operator sees it in `facteurctl guild list`) and the server
+/// announces the guild again later. Reconnects with capped backoff.
+pub async fn follow_guilds(control: Client, http: Arc<Http>, shutdown: CancellationToken) {
+    use tokio_stream::StreamExt;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+    while !shutdown.is_cancelled() {
+        let mut command = control.command();
+        let opened = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = command.watch_guilds(pb::WatchGuildsRequest {}) => s,
+        };
+        match opened {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    let next = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        n = stream.next() => n,
+                    };
+                    match next {
+                        Some(Ok(pb::WatchGuildsResponse { guild: Some(g) })) => {
+                            backoff.reset();
+                            register_guild(&control, &http, &g).await;
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(st)) => {
+                            tracing::warn!(code = ?st.code(), error = %st.message(), "guild updates interrupted");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            Err(st) => {
+                tracing::warn!(code = ?st.code(), error = %st.message(), "cannot follow guild set-ups")
+            }
+        }
+        tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(backoff.next_delay()) => {} }
+    }
+}
+
+async fn register_guild(control: &Client, http: &Http, g: &pb::Guild) {
+    let Ok(id) = g.guild_id.parse::<u64>() else {
+        return;
+    };
+    let (commands, error) = match register(control, http, Some(id)).await {
+        Ok(r) => (r.commands as u32, String::new()),
+        Err(e) => {
+            tracing::warn!(guild_id = %g.guild_id, error = %e, "guild command registration failed");
+            (0, format!("{e:#}"))
+        }
+    };
+    let report = pb::ReportGuildRegistrationRequest {
+        guild_id: g.guild_id.clone(),
+        generation: g.generation,
+        commands,
+        error,
+    };
+    if let Err(st) = control.command().report_guild_registration(report).await {
+        tracing::warn!(guild_id = %g.guild_id, error = %st.message(), "cannot report a guild registration");
+    }
 }
 
 /// Keeps trying to register until it succeeds or `shutdown`: a failure is logged, never fatal.

@@ -104,6 +104,11 @@ async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
         guild,
         shutdown.clone(),
     ));
+    tokio::spawn(facteur_discord::follow_guilds(
+        control.clone(),
+        http.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(facteur_discord::follow_runs(
         control.clone(),
         http.clone(),

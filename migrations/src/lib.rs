@@ -11,6 +11,7 @@ use sea_orm_migration::sea_orm::{
 mod m20261123_000001_runs;
 mod m20261123_000002_codex_kb;
 mod m20261123_000003_audit;
+mod m20261123_000004_guilds;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_runs::Migration),
             Box::new(m20261123_000002_codex_kb::Migration),
             Box::new(m20261123_000003_audit::Migration),
+            Box::new(m20261123_000004_guilds::Migration),
         ]
     }
 }

@@ -151,6 +151,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         catalog: crate::domain::catalog::Catalog::from_config(&config),
         dispatch_policy: crate::domain::dispatch::DispatchPolicy::from_config(&config.dispatcher),
         dispatch_wake: tokio::sync::Notify::new(),
+        guilds_wake: tokio::sync::Notify::new(),
         auth: auth.clone(),
         config,
         store,

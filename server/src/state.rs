@@ -34,6 +34,8 @@ pub struct AppState {
     pub dispatch_policy: DispatchPolicy,
     /// Woken whenever a dispatch may have become leasable (new run, retry, requeue, capacity).
     pub dispatch_wake: Notify,
+    /// Woken when a guild is set up on this replica (the `WatchGuilds` streams look at once).
+    pub guilds_wake: Notify,
     /// Bearer tokens (the HTTP compatibility endpoints check them too).
     pub auth: Arc<crate::auth::Authenticator>,
 }

@@ -153,7 +153,8 @@ async fn registration_writes_only_when_the_catalog_differs() {
     assert!(
         register(&s.control, &s.http, Some(guild))
             .await
-            .expect("register"),
+            .expect("register")
+            .wrote,
         "first registration writes"
     );
     let puts: Vec<_> = s
@@ -180,7 +181,8 @@ async fn registration_writes_only_when_the_catalog_differs() {
     assert!(
         !register(&s.control, &s.http, Some(guild))
             .await
-            .expect("register"),
+            .expect("register")
+            .wrote,
         "an unchanged catalog is not rewritten"
     );
     assert_eq!(
@@ -443,5 +445,156 @@ async fn a_slow_server_gets_a_deferral_then_the_answer_as_an_edit() {
             .is_some(),
         "the deferred command started its run"
     );
+    s.srv.stop().await;
+}
+
+#[tokio::test]
+async fn guild_setup_registers_the_catalog_and_seeds_an_isolated_policy_live() {
+    use facteur_client::pb;
+    let s = Stack::start(Options {
+        backend: Backend::Postgres,
+        ..Default::default()
+    })
+    .await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(facteur_discord::follow_guilds(
+        s.control.clone(),
+        s.http.clone(),
+        stop.clone(),
+    ));
+    let admin = s.srv.client(ADMIN_TOKEN).await;
+    let other = "100000000000000002";
+
+    // A malformed id is refused and writes nothing.
+    let err = admin
+        .admin()
+        .setup_guild(pb::SetupGuildRequest {
+            guild_id: "guild-two".into(),
+            reseed_policy: false,
+        })
+        .await
+        .expect_err("not a snowflake");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("guild-two"), "{}", err.message());
+    assert_eq!(
+        count_rows(&s.srv.server.state.store, "discord_guilds").await,
+        0
+    );
+
+    let setup = |reseed| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .admin()
+                .setup_guild(pb::SetupGuildRequest {
+                    guild_id: other.into(),
+                    reseed_policy: reseed,
+                })
+                .await
+                .expect("setup")
+                .into_inner()
+        }
+    };
+    let registered = |generation: i64| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .admin()
+                .list_guilds(pb::ListGuildsRequest {
+                    guild_id: other.into(),
+                })
+                .await
+                .expect("list")
+                .into_inner()
+                .guilds
+                .first()
+                .is_some_and(|g| {
+                    g.registered_generation >= generation && g.registered_commands == 5
+                })
+        }
+    };
+    let puts = |d: &FakeDiscord| {
+        d.calls()
+            .iter()
+            .filter(|(m, p, _)| {
+                m == "PUT" && *p == format!("/applications/{APP}/guilds/{other}/commands")
+            })
+            .count()
+    };
+    let wait = std::time::Duration::from_secs(20);
+
+    let first = setup(false).await;
+    assert!(first.policy_seeded);
+    let policy = first.policy.expect("policy");
+    assert_eq!(
+        (policy.guild_id.as_str(), policy.version),
+        (other, 1),
+        "the guild has its own policy now"
+    );
+    assert_eq!(first.guild.expect("guild").generation, 1);
+    wait_until("the catalog registered in the guild", wait, || {
+        registered(1)
+    })
+    .await;
+    assert_eq!(puts(&s.discord), 1);
+
+    // The guild's policy is its own: changing it leaves the first guild's alone.
+    let mut changed = policy.clone();
+    changed.commands = vec![pb::CommandPolicy {
+        command: "deploy".into(),
+        role_ids: vec![OPS.into()],
+    }];
+    admin
+        .admin()
+        .set_policy(pb::SetPolicyRequest {
+            policy: Some(changed),
+            expected_version: 1,
+        })
+        .await
+        .expect("set policy");
+    let mine = admin
+        .admin()
+        .get_policy(pb::GetPolicyRequest {
+            guild_id: GUILD.into(),
+        })
+        .await
+        .expect("policy")
+        .into_inner()
+        .policy
+        .expect("policy");
+    assert!(
+        mine.commands
+            .iter()
+            .any(|c| c.command == "deploy" && c.role_ids == vec![DEPLOYER.to_string()]),
+        "{mine:?}"
+    );
+
+    // Set up again: the live policy is kept, the catalog re-checked, nothing rewritten.
+    let again = setup(false).await;
+    assert!(!again.policy_seeded);
+    assert_eq!(again.policy.expect("policy").version, 2);
+    wait_until("the second set-up done", wait, || registered(2)).await;
+    assert_eq!(puts(&s.discord), 1, "an unchanged catalog is not rewritten");
+
+    // --reseed-policy puts the configuration's policy back.
+    let reseeded = setup(true).await;
+    assert!(reseeded.policy_seeded);
+    let p = reseeded.policy.expect("policy");
+    assert!(
+        p.commands
+            .iter()
+            .any(|c| c.command == "deploy" && c.role_ids == vec![DEPLOYER.to_string()]),
+        "{p:?}"
+    );
+    let audit = s
+        .srv
+        .server
+        .state
+        .store
+        .audit_events(other, 20)
+        .await
+        .expect("audit");
+    assert_eq!(audit.iter().filter(|e| e.1 == "guild_setup").count(), 3);
+    stop.cancel();
     s.srv.stop().await;
 }

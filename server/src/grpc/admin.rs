@@ -259,6 +259,65 @@ impl AdminService for AdminApi {
         }))
     }
 
+    async fn setup_guild(
+        &self,
+        req: Request<pb::SetupGuildRequest>,
+    ) -> Result<Response<pb::SetupGuildResponse>, Status> {
+        let principal = Principal::of(&req);
+        let r = req.into_inner();
+        if !facteur_config::is_snowflake(&r.guild_id) {
+            return Err(Status::invalid_argument(format!(
+                "guild_id `{}` is not a snowflake (a Discord guild id)",
+                r.guild_id
+            )));
+        }
+        let c = &self.0.config;
+        let setup = self
+            .0
+            .store
+            .setup_guild(
+                &r.guild_id,
+                &principal.name,
+                &c.role_map,
+                DefaultPolicy::parse(&c.discord.default_policy),
+                r.reseed_policy,
+            )
+            .await?;
+        self.0.guilds_wake.notify_waiters();
+        tracing::info!(
+            guild_id = %r.guild_id,
+            generation = setup.guild.generation,
+            policy_seeded = setup.policy_seeded,
+            by = %principal.name,
+            "guild set up"
+        );
+        Ok(Response::new(pb::SetupGuildResponse {
+            guild: Some(convert::guild(&setup.guild)),
+            policy: Some(convert::policy(&setup.policy)),
+            policy_seeded: setup.policy_seeded,
+        }))
+    }
+
+    async fn list_guilds(
+        &self,
+        req: Request<pb::ListGuildsRequest>,
+    ) -> Result<Response<pb::ListGuildsResponse>, Status> {
+        let only = req.into_inner().guild_id;
+        if !only.is_empty() && !facteur_config::is_snowflake(&only) {
+            return Err(Status::invalid_argument(format!(
+                "guild_id `{only}` is not a snowflake"
+            )));
+        }
+        let guilds = self
+            .0
+            .store
+            .guilds((!only.is_empty()).then_some(only.as_str()))
+            .await?;
+        Ok(Response::new(pb::ListGuildsResponse {
+            guilds: guilds.iter().map(convert::guild).collect(),
+        }))
+    }
+
     async fn get_policy(
         &self,
         req: Request<pb::GetPolicyRequest>,

@@ -633,6 +633,50 @@ impl CommandService for CommandApi {
         Ok(Response::new(pb::RecordRunMessageResponse {}))
     }
 
+    type WatchGuildsStream = BoxStream<pb::WatchGuildsResponse>;
+    async fn watch_guilds(
+        &self,
+        _req: Request<pb::WatchGuildsRequest>,
+    ) -> Result<Response<Self::WatchGuildsStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(guild_loop(self.0.clone(), tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn report_guild_registration(
+        &self,
+        req: Request<pb::ReportGuildRegistrationRequest>,
+    ) -> Result<Response<pb::ReportGuildRegistrationResponse>, Status> {
+        let r = req.into_inner();
+        if !facteur_config::is_snowflake(&r.guild_id) {
+            return Err(Status::invalid_argument(format!(
+                "guild_id `{}` is not a snowflake",
+                r.guild_id
+            )));
+        }
+        if r.generation < 1 {
+            return Err(Status::invalid_argument(
+                "generation must be one from WatchGuilds (≥ 1)",
+            ));
+        }
+        let error: String = r.error.chars().take(2000).collect();
+        let g = self
+            .0
+            .store
+            .report_guild_registration(&r.guild_id, r.generation, r.commands, &error)
+            .await?;
+        if error.is_empty() {
+            tracing::info!(guild_id = %g.guild_id, generation = r.generation, commands = r.commands, "guild commands registered");
+        } else {
+            tracing::warn!(guild_id = %g.guild_id, generation = r.generation, error = %error, "guild command registration failed");
+        }
+        Ok(Response::new(pb::ReportGuildRegistrationResponse {
+            guild: Some(convert::guild(&g)),
+        }))
+    }
+
     type WatchRunsStream = BoxStream<pb::WatchRunsResponse>;
     async fn watch_runs(
         &self,
@@ -692,6 +736,60 @@ async fn target(state: &AppState, run: &Run) -> pb::DiscordTarget {
         },
         message_id: text(&message, "message_id"),
         ephemeral: false,
+    }
+}
+
+/// A guild whose registration is still pending is sent again after this long (the adapter
+/// that got it may have died or failed).
+const GUILD_RESEND: Duration = Duration::from_secs(30);
+/// Longest wait between two looks at the guilds (set-ups on other replicas).
+const GUILD_RECHECK: Duration = Duration::from_secs(1);
+
+/// Feeds one `WatchGuilds` stream: every guild first, then pending set-ups as they appear.
+async fn guild_loop(
+    state: Arc<AppState>,
+    tx: tokio::sync::mpsc::Sender<Result<pb::WatchGuildsResponse, Status>>,
+) {
+    let mut sent: BTreeMap<String, (i64, std::time::Instant)> = BTreeMap::new();
+    let mut first = true;
+    loop {
+        let notified = state.guilds_wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match state.store.guilds(None).await {
+            Ok(guilds) => {
+                for g in guilds {
+                    let due = match sent.get(&g.guild_id) {
+                        None => first || g.pending(),
+                        Some((generation, at)) => {
+                            g.pending()
+                                && (*generation != g.generation || at.elapsed() >= GUILD_RESEND)
+                        }
+                    };
+                    if !due {
+                        continue;
+                    }
+                    sent.insert(
+                        g.guild_id.clone(),
+                        (g.generation, std::time::Instant::now()),
+                    );
+                    let update = pb::WatchGuildsResponse {
+                        guild: Some(convert::guild(&g)),
+                    };
+                    if tx.send(Ok(update)).await.is_err() {
+                        return;
+                    }
+                }
+                first = false;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the guilds; retrying"),
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep(GUILD_RECHECK) => {}
+            _ = tx.closed() => return,
+            _ = state.shutdown.cancelled() => return,
+        }
     }
 }
 

@@ -89,6 +89,19 @@ pub fn run(r: &Run) -> pb::Run {
 }
 
 /// Domain policy → proto policy.
+pub fn guild(g: &crate::store::guilds::Guild) -> pb::Guild {
+    pb::Guild {
+        guild_id: g.guild_id.clone(),
+        generation: g.generation,
+        requested_by: g.requested_by.clone(),
+        requested_at: Some(ts(g.requested_at)),
+        registered_generation: g.registered_generation,
+        registered_at: g.registered_at.map(ts),
+        registered_commands: g.registered_commands.max(0) as u32,
+        registration_error: g.registration_error.clone(),
+    }
+}
+
 pub fn policy(p: &crate::domain::policy::GuildPolicy) -> pb::GuildPolicy {
     pb::GuildPolicy {
         guild_id: p.guild_id.clone(),

@@ -7,6 +7,7 @@
 pub mod codex;
 pub mod dispatch;
 pub mod entities;
+pub mod guilds;
 pub mod policy;
 
 use crate::domain::run::{NewRun, Requester, Run, RunEvent, RunSource, RunStatus, workflow_name};

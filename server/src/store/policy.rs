@@ -98,7 +98,7 @@ impl Store {
         }
     }
 
-    async fn stored_policy(&self, guild_id: &str) -> Result<Option<GuildPolicy>> {
+    pub(crate) async fn stored_policy(&self, guild_id: &str) -> Result<Option<GuildPolicy>> {
         let b = self.db.get_database_backend();
         let head = self
             .db
