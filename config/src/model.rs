@@ -474,11 +474,11 @@ pub struct DiscordConfig {
     pub bot_token: Secret,
     /// Application id (snowflake).
     pub application_id: String,
-    /// Hex Ed25519 public key of the application (64 hex characters).
+    /// Hex Ed25519 public key of the application (64 hex characters); HTTP mode only.
     pub public_key: String,
     /// Register commands in this guild only; empty registers them globally.
     pub guild_id: String,
-    /// `http` (interactions endpoint) or `gateway`. Default `http`.
+    /// `http` (interactions endpoint) or `gateway` (websocket; exactly one replica). Default `http`.
     pub mode: String,
     /// Interactions endpoint listener. Default `0.0.0.0:8081`.
     pub interactions_listen_address: String,
@@ -841,7 +841,9 @@ impl Config {
                 );
             }
             let pk = &self.discord.public_key;
-            if pk.len() != 64 || !pk.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if self.discord.mode != "gateway"
+                && (pk.len() != 64 || !pk.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
                 err(
                     "discord.public_key",
                     "must be 64 hex characters (the application's Ed25519 key)".into(),

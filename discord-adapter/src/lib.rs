@@ -8,6 +8,7 @@
 //!
 //! Permission, validation and state live in the server; this process only translates.
 
+pub mod gateway;
 pub mod render;
 pub mod verify;
 
@@ -31,7 +32,8 @@ pub const DEFER_AFTER: Duration = Duration::from_millis(2500);
 /// What the handlers share.
 #[derive(Clone)]
 pub struct Adapter {
-    verifier: Verifier,
+    /// None in gateway mode, where nothing arrives over HTTP.
+    verifier: Option<Verifier>,
     control: Client,
     http: Arc<Http>,
 }
@@ -40,7 +42,16 @@ impl Adapter {
     /// An adapter over a control-plane client and Discord's REST API.
     pub fn new(verifier: Verifier, control: Client, http: Arc<Http>) -> Self {
         Self {
-            verifier,
+            verifier: Some(verifier),
+            control,
+            http,
+        }
+    }
+
+    /// An adapter for gateway mode: no HTTP interactions, so no signature key.
+    pub fn for_gateway(control: Client, http: Arc<Http>) -> Self {
+        Self {
+            verifier: None,
             control,
             http,
         }
@@ -143,7 +154,10 @@ async fn interactions(State(a): State<Adapter>, headers: HeaderMap, body: Bytes)
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    if let Err(why) = a.verifier.check(
+    let Some(verifier) = &a.verifier else {
+        return (StatusCode::NOT_FOUND, "interactions arrive over the gateway").into_response();
+    };
+    if let Err(why) = verifier.check(
         header("x-signature-ed25519"),
         header("x-signature-timestamp"),
         &body,
@@ -154,8 +168,19 @@ async fn interactions(State(a): State<Adapter>, headers: HeaderMap, body: Bytes)
     let Ok(i) = serde_json::from_slice::<Value>(&body) else {
         return (StatusCode::BAD_REQUEST, "body is not JSON").into_response();
     };
-    match i["type"].as_u64() {
-        Some(1) => Json(json!({"type": 1})).into_response(),
+    match respond(&a, &i).await {
+        Some(answer) => Json(answer).into_response(),
+        None => (StatusCode::BAD_REQUEST, "unsupported interaction type").into_response(),
+    }
+}
+
+/// The answer to one authentic interaction (an interaction response object), whatever the
+/// transport: the HTTP endpoint returns it as its body, gateway mode sends it to the callback
+/// route. Within Discord's 3 s: a command the server is slow to answer gets a deferral now and
+/// its answer as an edit of the original response later. `None`: not a type Discord sends.
+pub async fn respond(a: &Adapter, i: &Value) -> Option<Value> {
+    Some(match i["type"].as_u64() {
+        Some(1) => json!({"type": 1}),
         Some(2) => {
             let options = i["data"]["options"]
                 .as_array()
@@ -169,18 +194,18 @@ async fn interactions(State(a): State<Adapter>, headers: HeaderMap, body: Bytes)
                 })
                 .unwrap_or_default();
             let req = pb::InvokeRequest {
-                context: Some(context(&i)),
+                context: Some(context(i)),
                 kind: pb::InvocationKind::SlashCommand as i32,
-                command: s(&i, &["data", "name"]),
+                command: s(i, &["data", "name"]),
                 options,
                 ..Default::default()
             };
-            invoke(&a, &i, req).await
+            invoke(a, i, req).await
         }
         Some(3) => {
             let req = pb::InteractRequest {
-                context: Some(context(&i)),
-                custom_id: s(&i, &["data", "custom_id"]),
+                context: Some(context(i)),
+                custom_id: s(i, &["data", "custom_id"]),
             };
             let control = a.control.clone();
             let call = tokio::spawn(async move {
@@ -203,24 +228,22 @@ async fn interactions(State(a): State<Adapter>, headers: HeaderMap, body: Bytes)
                 }
             });
             match tokio::time::timeout(DEFER_AFTER, call).await {
-                Ok(Ok(Ok(Ok((reply, kind))))) => {
-                    Json(render::response(kind, &reply)).into_response()
-                }
-                Ok(Ok(Ok(Err(st)))) => Json(status_notice(&st)).into_response(),
-                _ => Json(json!({"type": 6})).into_response(),
+                Ok(Ok(Ok(Ok((reply, kind))))) => render::response(kind, &reply),
+                Ok(Ok(Ok(Err(st)))) => status_notice(&st),
+                _ => json!({"type": 6}),
             }
         }
         Some(5) => {
             let mut values = std::collections::HashMap::new();
             render::modal_values(&i["data"]["components"], &mut values);
             let req = pb::InvokeRequest {
-                context: Some(context(&i)),
+                context: Some(context(i)),
                 kind: pb::InvocationKind::ModalSubmit as i32,
-                modal_custom_id: s(&i, &["data", "custom_id"]),
+                modal_custom_id: s(i, &["data", "custom_id"]),
                 modal_values: values,
                 ..Default::default()
             };
-            invoke(&a, &i, req).await
+            invoke(a, i, req).await
         }
         Some(4) => {
             let options = i["data"]["options"].as_array().cloned().unwrap_or_default();
@@ -228,8 +251,8 @@ async fn interactions(State(a): State<Adapter>, headers: HeaderMap, body: Bytes)
                 .iter()
                 .find(|o| o["focused"].as_bool() == Some(true));
             let req = pb::AutocompleteRequest {
-                context: Some(context(&i)),
-                command: s(&i, &["data", "name"]),
+                context: Some(context(i)),
+                command: s(i, &["data", "name"]),
                 focused_option: focused.map(|o| s(o, &["name"])).unwrap_or_default(),
                 partial_value: focused.map(|o| s(o, &["value"])).unwrap_or_default(),
                 options: options
@@ -250,14 +273,14 @@ async fn interactions(State(a): State<Adapter>, headers: HeaderMap, body: Bytes)
                 .iter()
                 .map(|c| json!({"name": c.name, "value": c.value}))
                 .collect();
-            Json(json!({"type": 8, "data": {"choices": choices}})).into_response()
+            json!({"type": 8, "data": {"choices": choices}})
         }
-        _ => (StatusCode::BAD_REQUEST, "unsupported interaction type").into_response(),
-    }
+        _ => return None,
+    })
 }
 
 /// Sends an `Invoke` and answers with a message, a modal, or a deferral.
-async fn invoke(a: &Adapter, i: &Value, req: pb::InvokeRequest) -> Response {
+async fn invoke(a: &Adapter, i: &Value, req: pb::InvokeRequest) -> Value {
     let control = a.control.clone();
     let call = tokio::spawn(async move {
         control.command().invoke(req).await.map(|r| {
@@ -277,13 +300,13 @@ async fn answer(
     a: &Adapter,
     i: &Value,
     mut call: tokio::task::JoinHandle<Result<Value, tonic::Status>>,
-) -> Response {
+) -> Value {
     match tokio::time::timeout(DEFER_AFTER, &mut call).await {
-        Ok(Ok(Ok(response))) => Json(response).into_response(),
-        Ok(Ok(Err(st))) => Json(status_notice(&st)).into_response(),
+        Ok(Ok(Ok(response))) => response,
+        Ok(Ok(Err(st))) => status_notice(&st),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "interaction handler failed");
-            Json(render::notice("facteur failed to handle this; try again.")).into_response()
+            render::notice("facteur failed to handle this; try again.")
         }
         Err(_) => {
             let (http, token) = (a.http.clone(), s(i, &["token"]));
@@ -307,7 +330,7 @@ async fn answer(
                     tracing::warn!(error = %e, "cannot complete a deferred interaction");
                 }
             });
-            Json(json!({"type": 5})).into_response()
+            json!({"type": 5})
         }
     }
 }

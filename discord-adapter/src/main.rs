@@ -1,4 +1,5 @@
-//! `facteur-discord`: the discord-adapter process (HTTP interactions mode).
+//! `facteur-discord`: the discord-adapter process: Discord's interactions over the HTTP endpoint
+//! (`discord.mode: http`, the default) or over the gateway websocket (`gateway`, one replica).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -67,12 +68,6 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
-    if config.discord.mode != "http" {
-        anyhow::bail!(
-            "discord.mode `{}` is not available yet: only `http` (the interactions endpoint) is",
-            config.discord.mode
-        );
-    }
     let mut cc = ClientConfig::new(config.control_plane.url.clone())
         .with_token(config.control_plane.token.expose());
     if !config.control_plane.ca_file.is_empty() {
@@ -92,7 +87,6 @@ async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
         app_id,
         &config.discord.api_base_url,
     ));
-    let verifier = facteur_discord::verify::Verifier::new(&config.discord.public_key)?;
     let guild = (!config.discord.guild_id.is_empty())
         .then(|| config.discord.guild_id.parse::<u64>())
         .transpose()
@@ -126,13 +120,45 @@ async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let app = facteur_discord::router(facteur_discord::Adapter::new(verifier, control, http));
+    let gateway = config.discord.mode == "gateway";
+    let adapter = if gateway {
+        facteur_discord::Adapter::for_gateway(control, http)
+    } else {
+        let verifier = facteur_discord::verify::Verifier::new(&config.discord.public_key)?;
+        facteur_discord::Adapter::new(verifier, control, http)
+    };
+    let app = if gateway {
+        // Interactions come over the websocket; the listener keeps serving the probes.
+        axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }))
+    } else {
+        facteur_discord::router(adapter.clone())
+    };
     let token = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            token.cancel();
-        })
-        .await?;
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        token.cancel();
+    });
+    let token = shutdown.clone();
+    let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
+        token.cancelled().await;
+    });
+    if gateway {
+        tracing::info!("discord.mode gateway: interactions over the gateway websocket (run one replica)");
+        let gateway_http = facteur_discord::discord_http(
+            config.discord.bot_token.expose(),
+            app_id,
+            &config.discord.api_base_url,
+        );
+        let connected = async {
+            let r = facteur_discord::gateway::run(adapter, gateway_http, shutdown.clone()).await;
+            shutdown.cancel();
+            r
+        };
+        let (served, connected) = tokio::join!(serving, connected);
+        served?;
+        connected?;
+    } else {
+        serving.await?;
+    }
     Ok(())
 }
