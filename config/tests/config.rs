@@ -224,6 +224,14 @@ fn each_process_requires_only_its_keys() {
             .iter()
             .any(|(k, _)| k.starts_with("database") || k.starts_with("postgres"))
     );
+    // Gateway mode receives nothing over HTTP: no signature key needed.
+    let gateway = env(&[
+        ("FACTEUR_CONTROL_PLANE_URL", "http://127.0.0.1:50051"),
+        ("FACTEUR_DISCORD_BOT_TOKEN", "bot"),
+        ("FACTEUR_DISCORD_APPLICATION_ID", "400000000000000001"),
+        ("FACTEUR_DISCORD_MODE", "gateway"),
+    ]);
+    load_from(None, &gateway, Process::DiscordAdapter).expect("gateway mode needs no public key");
     let argo = env(&[
         ("FACTEUR_CONTROL_PLANE_URL", "http://127.0.0.1:50051"),
         ("FACTEUR_DATABASE_URL", "mysql://x"),

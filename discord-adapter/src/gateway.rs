@@ -8,9 +8,9 @@
 //! interaction, so two replicas would answer each one twice.
 
 use crate::{Adapter, respond};
+use serde_json::json;
 use serenity::all::{Context, EventHandler, GatewayIntents, Interaction, Ready};
 use serenity::http::Http;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 struct Handler {

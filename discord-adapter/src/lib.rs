@@ -155,7 +155,11 @@ async fn interactions(State(a): State<Adapter>, headers: HeaderMap, body: Bytes)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let Some(verifier) = &a.verifier else {
-        return (StatusCode::NOT_FOUND, "interactions arrive over the gateway").into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            "interactions arrive over the gateway",
+        )
+            .into_response();
     };
     if let Err(why) = verifier.check(
         header("x-signature-ed25519"),

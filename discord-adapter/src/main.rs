@@ -143,7 +143,9 @@ async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
         token.cancelled().await;
     });
     if gateway {
-        tracing::info!("discord.mode gateway: interactions over the gateway websocket (run one replica)");
+        tracing::info!(
+            "discord.mode gateway: interactions over the gateway websocket (run one replica)"
+        );
         let gateway_http = facteur_discord::discord_http(
             config.discord.bot_token.expose(),
             app_id,

@@ -1,6 +1,8 @@
 //! A fake Discord REST API (a real HTTP server under `/api/v10`) that records every call, for
 //! serenity's HTTP client pointed at it through its proxy base URL. It stores command
-//! registrations (bulk overwrite) and answers them back as Discord would.
+//! registrations (bulk overwrite) and answers them back as Discord would. It also plays the
+//! gateway: `GET /gateway` points at a websocket speaking Discord's protocol (HELLO, IDENTIFY,
+//! READY, heartbeat ACKs) that delivers the interactions a test sends as INTERACTION_CREATE.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -12,13 +14,18 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
 
 /// Handle to a running fake.
 #[derive(Clone)]
 pub struct FakeDiscord {
     /// Where it listens (the adapter's `api_base_url` is `http://<addr>`).
     pub addr: SocketAddr,
+    /// The gateway websocket.
+    pub gateway: SocketAddr,
     calls: Arc<Mutex<Vec<(String, String, Value)>>>,
+    identified: Arc<Mutex<Vec<Value>>>,
+    events: broadcast::Sender<Value>,
     commands: Arc<Mutex<HashMap<String, Vec<Value>>>>,
 }
 
@@ -28,9 +35,15 @@ impl FakeDiscord {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind fake discord");
+        let gateway = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake gateway");
         let fake = FakeDiscord {
             addr: listener.local_addr().expect("addr"),
+            gateway: gateway.local_addr().expect("addr"),
             calls: Arc::default(),
+            identified: Arc::default(),
+            events: broadcast::channel(64).0,
             commands: Arc::default(),
         };
         let app = Router::new()
@@ -54,11 +67,35 @@ impl FakeDiscord {
                 "/api/v10/channels/{channel}/messages/{message}",
                 patch(edit_message),
             )
+            .route("/api/v10/gateway", get(gateway_url))
+            .route(
+                "/api/v10/interactions/{id}/{token}/callback",
+                axum::routing::post(callback),
+            )
             .with_state(fake.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
+        let f = fake.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = gateway.accept().await {
+                tokio::spawn(gateway_session(tcp, f.clone()));
+            }
+        });
         fake
+    }
+
+    /// IDENTIFY payloads received by the gateway so far.
+    pub fn identified(&self) -> Vec<Value> {
+        self.identified
+            .lock()
+            .map(|i| i.clone())
+            .unwrap_or_default()
+    }
+
+    /// Delivers `interaction` to every identified gateway session as INTERACTION_CREATE.
+    pub fn send_interaction(&self, interaction: Value) {
+        let _ = self.events.send(interaction);
     }
 
     /// Base URL for `discord.api_base_url`.
@@ -215,4 +252,82 @@ async fn edit_original(
         "embeds": [], "pinned": false, "components": []
     }))
     .into_response()
+}
+
+async fn gateway_url(State(f): State<FakeDiscord>) -> Response {
+    axum::Json(json!({"url": format!("ws://{}", f.gateway)})).into_response()
+}
+
+async fn callback(
+    State(f): State<FakeDiscord>,
+    Path((id, token)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    f.record(
+        Method::POST,
+        format!("/interactions/{id}/{token}/callback"),
+        body,
+    );
+    axum::http::StatusCode::NO_CONTENT.into_response()
+}
+
+/// One gateway connection: HELLO, then READY after IDENTIFY, ACKs to heartbeats, and every
+/// interaction sent with [`FakeDiscord::send_interaction`] once identified.
+async fn gateway_session(tcp: tokio::net::TcpStream, f: FakeDiscord) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+        return;
+    };
+    let frame = |v: Value| Message::Text(v.to_string());
+    let hello = json!({"op": 10, "d": {"heartbeat_interval": 41250}, "s": null, "t": null});
+    if ws.send(frame(hello)).await.is_err() {
+        return;
+    }
+    let mut events = f.events.subscribe();
+    let mut seq = 0u64;
+    let mut ready = false;
+    loop {
+        tokio::select! {
+            msg = ws.next() => {
+                let v: Value = match msg {
+                    Some(Ok(Message::Text(t))) => serde_json::from_str(&t).unwrap_or(Value::Null),
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(_)) => continue,
+                };
+                let reply = match v["op"].as_u64() {
+                    Some(2) => {
+                        if let Ok(mut i) = f.identified.lock() {
+                            i.push(v["d"].clone());
+                        }
+                        seq += 1;
+                        ready = true;
+                        json!({"op": 0, "t": "READY", "s": seq, "d": {
+                            "v": 10,
+                            "user": {"id": "400000000000000001", "username": "facteur", "discriminator": "0000",
+                                     "global_name": null, "avatar": null, "bot": true},
+                            "guilds": [], "session_id": "fake-session",
+                            "resume_gateway_url": format!("ws://{}", f.gateway),
+                            "shard": [0, 1],
+                            "application": {"id": "400000000000000001", "flags": 0},
+                        }})
+                    }
+                    Some(1) => json!({"op": 11, "d": null, "s": null, "t": null}),
+                    _ => continue,
+                };
+                if ws.send(frame(reply)).await.is_err() {
+                    return;
+                }
+            }
+            ev = events.recv(), if ready => {
+                let Ok(interaction) = ev else { continue };
+                seq += 1;
+                let dispatch = json!({"op": 0, "t": "INTERACTION_CREATE", "s": seq, "d": interaction});
+                if ws.send(frame(dispatch)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }

@@ -598,3 +598,78 @@ async fn guild_setup_registers_the_catalog_and_seeds_an_isolated_policy_live() {
     stop.cancel();
     s.srv.stop().await;
 }
+
+#[tokio::test]
+async fn gateway_mode_answers_through_the_callback_route() {
+    let s = stack().await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let gateway_http =
+        facteur_discord::discord_http("bot-token", APP.parse().expect("id"), &s.discord.base_url());
+    let adapter = facteur_discord::Adapter::for_gateway(s.control.clone(), s.http.clone());
+    let connected = tokio::spawn(facteur_discord::gateway::run(
+        adapter,
+        gateway_http,
+        stop.clone(),
+    ));
+    let wait = std::time::Duration::from_secs(20);
+    wait_until("the adapter identified on the gateway", wait, || {
+        let d = s.discord.clone();
+        async move { !d.identified().is_empty() }
+    })
+    .await;
+    let identify = &s.discord.identified()[0];
+    assert_eq!(identify["token"], "Bot bot-token");
+    assert_eq!(identify["intents"], 0, "interactions need no intents");
+
+    // An interaction as Discord delivers it over the gateway (every field the model requires).
+    let id = "700000000000000050";
+    let mut i = command(
+        id,
+        &[DEPLOYER],
+        "deploy",
+        json!([{"name": "service", "type": 3, "value": "api"}]),
+    );
+    i["member"] = json!({
+        "user": {"id": "300000000000000001", "username": "alice", "discriminator": "0",
+                 "global_name": "Alice", "avatar": null},
+        "roles": [DEPLOYER], "nick": null, "avatar": null, "joined_at": "2026-01-01T00:00:00+00:00",
+        "deaf": false, "mute": false, "flags": 0, "pending": false, "permissions": "2147483647",
+    });
+    i["app_permissions"] = json!("2147483647");
+    i["guild_locale"] = json!("en-US");
+    i["entitlements"] = json!([]);
+    i["authorizing_integration_owners"] = json!({"0": GUILD});
+    i["context"] = json!(0);
+    i["attachment_size_limit"] = json!(10485760);
+    s.discord.send_interaction(i);
+
+    let path = format!("/interactions/{id}/token-{id}/callback");
+    wait_until("the answer at the callback route", wait, || {
+        let (d, p) = (s.discord.clone(), path.clone());
+        async move {
+            d.calls().iter().any(|(m, c, b)| {
+                m == "POST"
+                    && *c == p
+                    && b["type"] == 4
+                    && b["data"]["content"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("/deploy")
+            })
+        }
+    })
+    .await;
+    let run = s
+        .srv
+        .server
+        .state
+        .store
+        .run_by_key(&format!("discord:{id}"))
+        .await
+        .expect("query")
+        .expect("the command started its run");
+    assert_eq!(run.requester.display_name, "Alice");
+    stop.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), connected).await;
+    s.srv.stop().await;
+}
