@@ -24,14 +24,62 @@ pub struct FakeDiscord {
     /// The gateway websocket.
     pub gateway: SocketAddr,
     calls: Arc<Mutex<Vec<(String, String, Value)>>>,
+    times: Arc<Mutex<Vec<std::time::Instant>>>,
+    limits: Arc<Mutex<Limits>>,
     identified: Arc<Mutex<Vec<Value>>>,
     events: broadcast::Sender<Value>,
     commands: Arc<Mutex<HashMap<String, Vec<Value>>>>,
 }
 
 impl FakeDiscord {
-    /// Starts on a free loopback port.
+    /// Starts on a free loopback port (plain HTTP, for serenity's proxy base URL).
     pub async fn start() -> FakeDiscord {
+        Self::serve(false).await
+    }
+
+    /// Starts on a free loopback port over TLS with a certificate for `discord.com`
+    /// (`tests/fixtures/tls`): serenity with its rate limiter on, exactly as in production,
+    /// reaches it through [`FakeDiscord::tls_http`].
+    pub async fn start_tls() -> FakeDiscord {
+        Self::serve(true).await
+    }
+
+    /// serenity's REST client as production builds it for `https://discord.com` (rate limiter
+    /// on, no proxy), with `discord.com` resolved to this fake and its certificate trusted.
+    pub fn tls_http(&self, bot_token: &str, application_id: u64) -> serenity::http::Http {
+        let cert = reqwest::Certificate::from_pem(TLS_CERT.as_bytes()).expect("test certificate");
+        let client = reqwest::Client::builder()
+            .resolve("discord.com", self.addr)
+            .add_root_certificate(cert)
+            .build()
+            .expect("reqwest client");
+        serenity::http::HttpBuilder::new(bot_token)
+            .client(client)
+            .application_id(application_id.into())
+            .build()
+    }
+
+    /// Answers the next `n` calls whose method is `method` with 429 and `Retry-After: secs`.
+    pub fn rate_limit_next(&self, method: &str, n: usize, secs: f64) {
+        if let Ok(mut l) = self.limits.lock() {
+            l.too_many = Some((method.to_string(), n, secs));
+        }
+    }
+
+    /// Marks the next answer to `method` as the last of its bucket
+    /// (`X-RateLimit-Remaining: 0`, resetting after `secs`).
+    pub fn exhaust_bucket_on(&self, method: &str, secs: f64) {
+        if let Ok(mut l) = self.limits.lock() {
+            l.exhaust = Some((method.to_string(), secs));
+        }
+    }
+
+    /// When each call of [`FakeDiscord::calls`] arrived (same order).
+    pub fn call_times(&self) -> Vec<std::time::Instant> {
+        self.times.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    async fn serve(tls: bool) -> FakeDiscord {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind fake discord");
@@ -42,6 +90,8 @@ impl FakeDiscord {
             addr: listener.local_addr().expect("addr"),
             gateway: gateway.local_addr().expect("addr"),
             calls: Arc::default(),
+            times: Arc::default(),
+            limits: Arc::default(),
             identified: Arc::default(),
             events: broadcast::channel(64).0,
             commands: Arc::default(),
@@ -72,10 +122,15 @@ impl FakeDiscord {
                 "/api/v10/interactions/{id}/{token}/callback",
                 axum::routing::post(callback),
             )
+            .layer(axum::middleware::from_fn_with_state(fake.clone(), limiter))
             .with_state(fake.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        if tls {
+            tokio::spawn(serve_tls(listener, app));
+        } else {
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+        }
         let f = fake.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = gateway.accept().await {
@@ -109,8 +164,9 @@ impl FakeDiscord {
     }
 
     fn record(&self, method: Method, path: String, body: Value) {
-        if let Ok(mut c) = self.calls.lock() {
+        if let (Ok(mut c), Ok(mut t)) = (self.calls.lock(), self.times.lock()) {
             c.push((method.to_string(), path, body));
+            t.push(std::time::Instant::now());
         }
     }
 
@@ -329,5 +385,113 @@ async fn gateway_session(tcp: tokio::net::TcpStream, f: FakeDiscord) {
                 }
             }
         }
+    }
+}
+
+const TLS_CERT: &str = include_str!("../fixtures/tls/discord.com.crt");
+const TLS_KEY: &str = include_str!("../fixtures/tls/discord.com.key");
+
+/// Rate limits the fake applies, as Discord does.
+#[derive(Default)]
+struct Limits {
+    /// (method, how many more, Retry-After seconds).
+    too_many: Option<(String, usize, f64)>,
+    /// (method, reset-after seconds) for the next answer.
+    exhaust: Option<(String, f64)>,
+}
+
+/// Answers 429 while asked to (recording the refused call), and adds bucket headers.
+async fn limiter(
+    State(f): State<FakeDiscord>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().to_string();
+    let path = req.uri().path().trim_start_matches("/api/v10").to_string();
+    let refuse = f
+        .limits
+        .lock()
+        .ok()
+        .and_then(|mut l| match &mut l.too_many {
+            Some((m, n, secs)) if *m == method && *n > 0 => {
+                *n -= 1;
+                Some(*secs)
+            }
+            _ => None,
+        });
+    if let Some(secs) = refuse {
+        f.record(req.method().clone(), path, json!({"rate_limited": true}));
+        let mut r = axum::Json(json!({
+            "message": "You are being rate limited.", "retry_after": secs, "global": false
+        }))
+        .into_response();
+        *r.status_mut() = axum::http::StatusCode::TOO_MANY_REQUESTS;
+        let h = r.headers_mut();
+        h.insert("retry-after", secs.to_string().parse().expect("header"));
+        h.insert("x-ratelimit-limit", "5".parse().expect("header"));
+        h.insert("x-ratelimit-remaining", "0".parse().expect("header"));
+        h.insert(
+            "x-ratelimit-reset-after",
+            secs.to_string().parse().expect("header"),
+        );
+        h.insert("x-ratelimit-scope", "user".parse().expect("header"));
+        return r;
+    }
+    let exhaust = f.limits.lock().ok().and_then(|mut l| match &l.exhaust {
+        Some((m, secs)) if *m == method => {
+            let secs = *secs;
+            l.exhaust = None;
+            Some(secs)
+        }
+        _ => None,
+    });
+    let mut r = next.run(req).await;
+    let h = r.headers_mut();
+    h.insert("x-ratelimit-limit", "5".parse().expect("header"));
+    match exhaust {
+        Some(secs) => {
+            h.insert("x-ratelimit-remaining", "0".parse().expect("header"));
+            h.insert(
+                "x-ratelimit-reset-after",
+                secs.to_string().parse().expect("header"),
+            );
+        }
+        None => {
+            h.insert("x-ratelimit-remaining", "4".parse().expect("header"));
+            h.insert("x-ratelimit-reset-after", "0.001".parse().expect("header"));
+        }
+    }
+    r
+}
+
+/// Serves `app` over TLS as `discord.com`.
+async fn serve_tls(listener: tokio::net::TcpListener, app: Router) {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = vec![CertificateDer::from_pem_slice(TLS_CERT.as_bytes()).expect("certificate")];
+    let key = PrivateKeyDer::from_pem_slice(TLS_KEY.as_bytes()).expect("key");
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server config");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    while let Ok((tcp, _)) = listener.accept().await {
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+        });
     }
 }

@@ -6,7 +6,7 @@ use facteur_discord::register;
 use facteur_tests::discord::*;
 use facteur_tests::fake_discord::FakeDiscord;
 use facteur_tests::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 async fn stack() -> Stack {
     Stack::start(Options::default()).await
@@ -671,5 +671,56 @@ async fn gateway_mode_answers_through_the_callback_route() {
     assert_eq!(run.requester.display_name, "Alice");
     stop.cancel();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), connected).await;
+    s.srv.stop().await;
+}
+
+#[tokio::test]
+async fn discord_rate_limits_are_waited_out_by_the_production_client() {
+    let s = stack().await;
+    // serenity as production builds it for https://discord.com, rate limiter on.
+    let discord = FakeDiscord::start_tls().await;
+    let http = discord.tls_http("bot-token", APP.parse().expect("id"));
+    let guild: u64 = GUILD.parse().expect("guild");
+    let of = |method: &str| -> Vec<(Value, std::time::Instant)> {
+        discord
+            .calls()
+            .into_iter()
+            .zip(discord.call_times())
+            .filter(|((m, _, _), _)| m == method)
+            .map(|((_, _, b), t)| (b, t))
+            .collect()
+    };
+
+    // 429 with Retry-After on the bulk overwrite: waited out, sent again, registered.
+    discord.rate_limit_next("PUT", 1, 0.4);
+    let r = register(&s.control, &http, Some(guild))
+        .await
+        .expect("registered despite the 429");
+    assert!(r.wrote);
+    let puts = of("PUT");
+    assert_eq!(puts.len(), 2, "refused once, then sent again");
+    assert_eq!(puts[0].0["rate_limited"], true);
+    assert!(
+        puts[1].1 - puts[0].1 >= std::time::Duration::from_millis(400),
+        "the retry came {:?} after the 429",
+        puts[1].1 - puts[0].1
+    );
+
+    // A bucket used up (Remaining 0): the next call on it waits for the reset, never hits 429.
+    discord.exhaust_bucket_on("GET", 0.5);
+    register(&s.control, &http, Some(guild))
+        .await
+        .expect("up to date");
+    register(&s.control, &http, Some(guild))
+        .await
+        .expect("up to date");
+    let gets = of("GET");
+    let (a, b) = (&gets[gets.len() - 2], &gets[gets.len() - 1]);
+    assert!(
+        b.1 - a.1 >= std::time::Duration::from_millis(500),
+        "the call after an exhausted bucket came {:?} later",
+        b.1 - a.1
+    );
+    assert_eq!(of("PUT").len(), 2, "nothing rewritten");
     s.srv.stop().await;
 }
