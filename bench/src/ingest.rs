@@ -36,7 +36,7 @@ async fn app(
 ) -> anyhow::Result<(f64, Vec<f64>)> {
     let db = TestDb::new(Backend::Postgres).await;
     let mut cfg = config(&db);
-    cfg.database.max_connections = 64;
+    cfg.database.max_connections = concurrency.clamp(2, 64) as u32;
     cfg.codex_implementation_orchestrator.enabled = true;
     let srv = TestServer::start(cfg).await;
     let task = sample()?;

@@ -7,6 +7,9 @@
 //! acceptance itself); throughput by submitting many runs at once and timing until every
 //! Workflow create has been seen.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod ingest;
 mod interactions;
 
