@@ -425,13 +425,35 @@ pub async fn register(
 /// A failure is reported (the operator sees it in `facteurctl guild list`) and the server
 /// announces the guild again later. Reconnects with capped backoff.
 pub async fn follow_guilds(control: Client, http: Arc<Http>, shutdown: CancellationToken) {
-    use tokio_stream::StreamExt;
+    let open = || {
+        let mut command = control.command();
+        async move { command.watch_guilds(pb::WatchGuildsRequest {}).await }
+    };
+    let each = |u: pb::WatchGuildsResponse| {
+        let (control, http) = (&control, &http);
+        async move {
+            if let Some(g) = u.guild {
+                register_guild(control, http, &g).await;
+            }
+        }
+    };
+    follow("guild set-ups", &shutdown, open, each).await;
+}
+
+/// Follows a server stream until `shutdown`: opens it with `open`, hands every message to
+/// `each` in order, and opens it again after an error or its end, with capped backoff.
+async fn follow<T, O, OF, E, EF>(what: &str, shutdown: &CancellationToken, open: O, each: E)
+where
+    O: Fn() -> OF,
+    OF: std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
+    E: Fn(T) -> EF,
+    EF: std::future::Future<Output = ()>,
+{
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
     while !shutdown.is_cancelled() {
-        let mut command = control.command();
         let opened = tokio::select! {
             _ = shutdown.cancelled() => return,
-            s = command.watch_guilds(pb::WatchGuildsRequest {}) => s,
+            s = open() => s,
         };
         match opened {
             Ok(stream) => {
@@ -439,24 +461,23 @@ pub async fn follow_guilds(control: Client, http: Arc<Http>, shutdown: Cancellat
                 loop {
                     let next = tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        n = stream.next() => n,
+                        n = stream.message() => n,
                     };
                     match next {
-                        Some(Ok(pb::WatchGuildsResponse { guild: Some(g) })) => {
+                        Ok(Some(message)) => {
                             backoff.reset();
-                            register_guild(&control, &http, &g).await;
+                            each(message).await;
                         }
-                        Some(Ok(_)) => {}
-                        Some(Err(st)) => {
-                            tracing::warn!(code = ?st.code(), error = %st.message(), "guild updates interrupted");
+                        Ok(None) => break,
+                        Err(st) => {
+                            tracing::warn!(code = ?st.code(), error = %st.message(), "{what} interrupted");
                             break;
                         }
-                        None => break,
                     }
                 }
             }
             Err(st) => {
-                tracing::warn!(code = ?st.code(), error = %st.message(), "cannot follow guild set-ups")
+                tracing::warn!(code = ?st.code(), error = %st.message(), "cannot follow {what}")
             }
         }
         tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(backoff.next_delay()) => {} }
@@ -510,43 +531,22 @@ pub async fn register_until_done(
 /// the channel with the bot token, records that message, and edits it afterwards. Resumes from
 /// the last cursor after a reconnect, with capped backoff.
 pub async fn follow_runs(control: Client, http: Arc<Http>, shutdown: CancellationToken) {
-    use tokio_stream::StreamExt;
-    let mut cursor = String::new();
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
-    while !shutdown.is_cancelled() {
+    let cursor = std::sync::Mutex::new(String::new());
+    let open = || {
         let mut command = control.command();
-        let opened = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            s = command.watch_runs(pb::WatchRunsRequest { cursor: cursor.clone() }) => s,
-        };
-        match opened {
-            Ok(stream) => {
-                let mut stream = stream.into_inner();
-                loop {
-                    let next = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        n = stream.next() => n,
-                    };
-                    match next {
-                        Some(Ok(update)) => {
-                            backoff.reset();
-                            show(&control, &http, &update).await;
-                            cursor = update.cursor;
-                        }
-                        Some(Err(st)) => {
-                            tracing::warn!(code = ?st.code(), error = %st.message(), "run updates interrupted");
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-            }
-            Err(st) => {
-                tracing::warn!(code = ?st.code(), error = %st.message(), "cannot follow run updates")
+        let cursor = cursor.lock().map(|c| c.clone()).unwrap_or_default();
+        async move { command.watch_runs(pb::WatchRunsRequest { cursor }).await }
+    };
+    let each = |update: pb::WatchRunsResponse| {
+        let (control, http, cursor) = (&control, &http, &cursor);
+        async move {
+            show(control, http, &update).await;
+            if let Ok(mut c) = cursor.lock() {
+                *c = update.cursor;
             }
         }
-        tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(backoff.next_delay()) => {} }
-    }
+    };
+    follow("run updates", &shutdown, open, each).await;
 }
 
 /// Renders one update where it belongs. Failures are logged; the next update retries.

@@ -265,12 +265,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::SetupGuildResponse>, Status> {
         let principal = Principal::of(&req);
         let r = req.into_inner();
-        if !facteur_config::is_snowflake(&r.guild_id) {
-            return Err(Status::invalid_argument(format!(
-                "guild_id `{}` is not a snowflake (a Discord guild id)",
-                r.guild_id
-            )));
-        }
+        convert::guild_id(&r.guild_id, false)?;
         let c = &self.0.config;
         let setup = self
             .0
@@ -303,11 +298,7 @@ impl AdminService for AdminApi {
         req: Request<pb::ListGuildsRequest>,
     ) -> Result<Response<pb::ListGuildsResponse>, Status> {
         let only = req.into_inner().guild_id;
-        if !only.is_empty() && !facteur_config::is_snowflake(&only) {
-            return Err(Status::invalid_argument(format!(
-                "guild_id `{only}` is not a snowflake"
-            )));
-        }
+        convert::guild_id(&only, true)?;
         let guilds = self
             .0
             .store
@@ -323,11 +314,7 @@ impl AdminService for AdminApi {
         req: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::GetPolicyResponse>, Status> {
         let guild = req.into_inner().guild_id;
-        if !guild.is_empty() && !facteur_config::is_snowflake(&guild) {
-            return Err(Status::invalid_argument(format!(
-                "guild_id `{guild}` is not a snowflake"
-            )));
-        }
+        convert::guild_id(&guild, true)?;
         let p = self.0.store.policy_for(&guild).await?;
         Ok(Response::new(pb::GetPolicyResponse {
             policy: Some(convert::policy(&p)),
@@ -444,11 +431,7 @@ impl AdminService for AdminApi {
         req: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let guild = req.into_inner().guild_id;
-        if !guild.is_empty() && !facteur_config::is_snowflake(&guild) {
-            return Err(Status::invalid_argument(format!(
-                "guild_id `{guild}` is not a snowflake"
-            )));
-        }
+        convert::guild_id(&guild, true)?;
         let sessions = &self.0.sessions;
         let mut out = Vec::new();
         for key in sessions.keys("facteur:session:").await? {

@@ -391,11 +391,7 @@ impl CommandService for CommandApi {
         req: Request<pb::ListCommandsRequest>,
     ) -> Result<Response<pb::ListCommandsResponse>, Status> {
         let guild = req.into_inner().guild_id;
-        if !guild.is_empty() && !is_snowflake(&guild) {
-            return Err(Status::invalid_argument(format!(
-                "guild_id `{guild}` is not a snowflake"
-            )));
-        }
+        convert::guild_id(&guild, true)?;
         Ok(Response::new(pb::ListCommandsResponse {
             commands: definitions(&self.0),
         }))
@@ -650,12 +646,7 @@ impl CommandService for CommandApi {
         req: Request<pb::ReportGuildRegistrationRequest>,
     ) -> Result<Response<pb::ReportGuildRegistrationResponse>, Status> {
         let r = req.into_inner();
-        if !facteur_config::is_snowflake(&r.guild_id) {
-            return Err(Status::invalid_argument(format!(
-                "guild_id `{}` is not a snowflake",
-                r.guild_id
-            )));
-        }
+        convert::guild_id(&r.guild_id, false)?;
         if r.generation < 1 {
             return Err(Status::invalid_argument(
                 "generation must be one from WatchGuilds (≥ 1)",

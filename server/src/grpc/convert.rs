@@ -89,6 +89,16 @@ pub fn run(r: &Run) -> pb::Run {
 }
 
 /// Domain policy → proto policy.
+/// Checks a `guild_id` field: a Discord snowflake, or empty where `optional`.
+pub fn guild_id(id: &str, optional: bool) -> Result<(), tonic::Status> {
+    if (optional && id.is_empty()) || facteur_config::is_snowflake(id) {
+        return Ok(());
+    }
+    Err(tonic::Status::invalid_argument(format!(
+        "guild_id `{id}` is not a snowflake (a Discord guild id)"
+    )))
+}
+
 pub fn guild(g: &crate::store::guilds::Guild) -> pb::Guild {
     pb::Guild {
         guild_id: g.guild_id.clone(),
