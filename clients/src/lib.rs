@@ -12,6 +12,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod adapter;
+
 use std::future::Future;
 use std::time::Duration;
 use tonic::metadata::{Ascii, MetadataValue};

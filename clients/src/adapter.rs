@@ -1,0 +1,86 @@
+//! What the adapter binaries (`facteur-argo`, `facteur-discord`) share: the command line
+//! `[--config FILE] [--log-json] [run | config-check]`, start-up (configuration, runtime,
+//! telemetry, the exit code) and the control-plane client of `control_plane.*`.
+
+use crate::{Client, ClientConfig};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use facteur_config::{Config, ControlPlaneConfig, Process, load, telemetry};
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+struct Cli {
+    /// Configuration file (YAML). Also FACTEUR_CONFIG_FILE.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Log as JSON whatever the terminal.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the adapter (the default).
+    Run,
+    /// Load and validate this process's configuration; print it with secrets redacted.
+    ConfigCheck,
+}
+
+/// The whole `main` of an adapter binary called `name`: parses the command line, loads and
+/// validates the configuration for `process` (exit 2 naming every error), and runs `run` on a
+/// multi-thread runtime with telemetry; an error is logged and exits 1.
+pub fn main<F, Fut>(name: &'static str, about: &'static str, process: Process, run: F) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let matches = Cli::command()
+        .name(name)
+        .bin_name(name)
+        .about(about)
+        .version(env!("CARGO_PKG_VERSION"))
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let config = match load(cli.config.as_deref(), process) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if matches!(cli.command, Some(Command::ConfigCheck)) {
+        print!("{}", config.redacted_yaml());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let _telemetry = telemetry::init(name, &config.telemetry, cli.log_json);
+        match run(config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "{name} stopped on an error");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// The client of `control_plane.*` (lazy: it connects on first use and reconnects by itself).
+pub fn control_plane(c: &ControlPlaneConfig) -> anyhow::Result<Client> {
+    let mut cc = ClientConfig::new(c.url.clone()).with_token(c.token.expose());
+    if !c.ca_file.is_empty() {
+        cc.ca_pem = Some(std::fs::read(&c.ca_file).map_err(|e| {
+            anyhow::anyhow!("cannot read {} (control_plane.ca_file): {e}", c.ca_file)
+        })?);
+    }
+    Ok(Client::lazy(cc)?)
+}
