@@ -327,11 +327,19 @@ async fn answer(
                         render::notice("facteur failed to handle this; try again.")["data"].clone()
                     }
                 };
-                if let Err(e) = http
-                    .edit_original_interaction_response(&token, &body, vec![])
-                    .await
-                {
-                    tracing::warn!(error = %e, "cannot complete a deferred interaction");
+                // The deferral may still be on its way to Discord when a slow answer lands
+                // just after it: a refused edit is tried again.
+                for attempt in 1..=3 {
+                    match http
+                        .edit_original_interaction_response(&token, &body, vec![])
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(e) if attempt == 3 => {
+                            tracing::warn!(error = %e, "cannot complete a deferred interaction");
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_secs(attempt)).await,
+                    }
                 }
             });
             json!({"type": 5})
