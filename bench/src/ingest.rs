@@ -37,6 +37,7 @@ async fn app(
     let db = TestDb::new(Backend::Postgres).await;
     let mut cfg = config(&db);
     cfg.database.max_connections = concurrency.clamp(2, 64) as u32;
+    cfg.database.url = facteur_config::Secret(format!("{}?sslmode={}", db.url, sslmode()));
     cfg.codex_implementation_orchestrator.enabled = true;
     let srv = TestServer::start(cfg).await;
     let task = sample()?;
@@ -86,6 +87,12 @@ async fn app(
     srv.stop().await;
     all.sort_by(f64::total_cmp);
     Ok((all.len() as f64 / duration.as_secs_f64(), all))
+}
+
+/// Transport security to Postgres for both sides (`BENCH_PG_SSLMODE`, default `prefer`, which
+/// negotiates TLS here, as the server's and pgbench's defaults do).
+fn sslmode() -> String {
+    std::env::var("BENCH_PG_SSLMODE").unwrap_or_else(|_| "prefer".into())
 }
 
 /// A SQL string literal for a pgbench script. pgbench substitutes `:name` even inside quotes,
@@ -172,6 +179,7 @@ async fn pgbench(
     let name = db.url.rsplit('/').next().unwrap_or_default().to_string();
     let prefix = dir.path().join("lat");
     let out = tokio::process::Command::new("pgbench")
+        .env("PGSSLMODE", sslmode())
         .args([
             "-h",
             "127.0.0.1",
