@@ -58,11 +58,26 @@ impl Adapter {
     }
 }
 
-/// The REST client: `api_base_url` replaces `https://discord.com` (tests, proxies). serenity
-/// 0.12 only honours the proxy with its client-side rate limiter off; Discord's 429s are then
-/// still answered by serenity's retry of the response headers.
+/// The REST client: `api_base_url` replaces `https://discord.com` (tests, proxies). For
+/// Discord itself serenity's rate limiter is on (429 Retry-After and buckets are honoured);
+/// serenity 0.12 only honours a proxy base URL with its limiter off, so limiting is then the
+/// proxy's job.
 pub fn discord_http(bot_token: &str, application_id: u64, api_base_url: &str) -> Http {
+    discord_http_with(bot_token, application_id, api_base_url, None)
+}
+
+/// [`discord_http`] over a given HTTP client (tests give one that resolves `discord.com` to a
+/// fake and trusts its certificate, so the production path runs unchanged).
+pub fn discord_http_with(
+    bot_token: &str,
+    application_id: u64,
+    api_base_url: &str,
+    client: Option<reqwest::Client>,
+) -> Http {
     let mut b = serenity::http::HttpBuilder::new(bot_token).application_id(application_id.into());
+    if let Some(c) = client {
+        b = b.client(c);
+    }
     let base = api_base_url.trim_end_matches('/');
     if base != "https://discord.com" {
         b = b.proxy(base.to_string()).ratelimiter_disabled(true);

@@ -39,24 +39,22 @@ impl FakeDiscord {
 
     /// Starts on a free loopback port over TLS with a certificate for `discord.com`
     /// (`tests/fixtures/tls`): serenity with its rate limiter on, exactly as in production,
-    /// reaches it through [`FakeDiscord::tls_http`].
+    /// reaches it through [`FakeDiscord::tls_client`].
     pub async fn start_tls() -> FakeDiscord {
         Self::serve(true).await
     }
 
-    /// serenity's REST client as production builds it for `https://discord.com` (rate limiter
-    /// on, no proxy), with `discord.com` resolved to this fake and its certificate trusted.
-    pub fn tls_http(&self, bot_token: &str, application_id: u64) -> serenity::http::Http {
+    /// An HTTP client for which `discord.com` is this fake (started with
+    /// [`FakeDiscord::start_tls`]) and its certificate is trusted: handed to
+    /// `facteur_discord::discord_http_with` with Discord's own base URL, the adapter builds its
+    /// REST client exactly as in production.
+    pub fn tls_client(&self) -> reqwest::Client {
         let cert = reqwest::Certificate::from_pem(TLS_CERT.as_bytes()).expect("test certificate");
-        let client = reqwest::Client::builder()
+        reqwest::Client::builder()
             .resolve("discord.com", self.addr)
             .add_root_certificate(cert)
             .build()
-            .expect("reqwest client");
-        serenity::http::HttpBuilder::new(bot_token)
-            .client(client)
-            .application_id(application_id.into())
-            .build()
+            .expect("reqwest client")
     }
 
     /// Answers the next `n` calls whose method is `method` with 429 and `Retry-After: secs`.

@@ -16,10 +16,7 @@ async fn stack() -> Stack {
 async fn ping_and_every_bad_signature() {
     let s = stack().await;
     let ping = json!({"id": "700000000000000001", "application_id": APP, "type": 1, "token": "t", "version": 1});
-    assert_eq!(
-        post(s.endpoint, &ping, Some((&key(), now()))).await,
-        (200, json!({"type": 1}))
-    );
+    assert_eq!(s.post(&ping).await, (200, json!({"type": 1})));
 
     let cmd = command(
         "700000000000000002",
@@ -81,7 +78,7 @@ async fn commands_buttons_and_denials_through_the_endpoint() {
         "deploy",
         json!([{"name": "service", "type": 3, "value": "api"}]),
     );
-    let (code, resp) = post(s.endpoint, &cmd, Some((&key(), now()))).await;
+    let (code, resp) = s.post(&cmd).await;
     assert_eq!(code, 200, "{resp}");
     assert_eq!(resp["type"], 4);
     assert!(
@@ -96,7 +93,7 @@ async fn commands_buttons_and_denials_through_the_endpoint() {
     let custom_id = button["custom_id"].as_str().expect("custom_id").to_string();
     assert_eq!(count_rows(store, "runs").await, 1);
     // A replayed interaction id starts nothing.
-    let (code, _) = post(s.endpoint, &cmd, Some((&key(), now()))).await;
+    let (code, _) = s.post(&cmd).await;
     assert_eq!((code, count_rows(store, "runs").await), (200, 1));
 
     // Denied: an ephemeral answer naming the role, and an audit entry.
@@ -106,7 +103,7 @@ async fn commands_buttons_and_denials_through_the_endpoint() {
         "deploy",
         json!([{"name": "service", "type": 3, "value": "api"}]),
     );
-    let (code, resp) = post(s.endpoint, &denied, Some((&key(), now()))).await;
+    let (code, resp) = s.post(&denied).await;
     assert_eq!(code, 200);
     assert_eq!(resp["data"]["flags"], 64);
     assert!(
@@ -129,7 +126,7 @@ async fn commands_buttons_and_denials_through_the_endpoint() {
     let mut click = command("700000000000000012", &[DEPLOYER], "deploy", json!([]));
     click["type"] = json!(3);
     click["data"] = json!({"custom_id": custom_id, "component_type": 2});
-    let (code, resp) = post(s.endpoint, &click, Some((&key(), now()))).await;
+    let (code, resp) = s.post(&click).await;
     assert_eq!(code, 200, "{resp}");
     assert_eq!(resp["type"], 7);
     assert!(
@@ -222,7 +219,7 @@ async fn the_message_follows_the_run_then_moves_to_the_bot_token() {
         "deploy",
         json!([{"name": "service", "type": 3, "value": "api"}]),
     );
-    let (code, _) = post(s.endpoint, &cmd, Some((&key(), now()))).await;
+    let (code, _) = s.post(&cmd).await;
     assert_eq!(code, 200);
     let run = s
         .srv
@@ -304,12 +301,9 @@ async fn the_message_follows_the_run_then_moves_to_the_bot_token() {
 async fn the_plan_modal_and_autocomplete() {
     let s = stack().await;
     // /plan opens its modal instead of running.
-    let (code, resp) = post(
-        s.endpoint,
-        &command("700000000000000030", &[], "plan", json!([])),
-        Some((&key(), now())),
-    )
-    .await;
+    let (code, resp) = s
+        .post(&command("700000000000000030", &[], "plan", json!([])))
+        .await;
     assert_eq!(code, 200, "{resp}");
     assert_eq!(resp["type"], 9);
     assert_eq!(resp["data"]["custom_id"], "modal:plan");
@@ -328,7 +322,7 @@ async fn the_plan_modal_and_autocomplete() {
     let mut submit = command("700000000000000031", &[], "plan", json!([]));
     submit["type"] = json!(5);
     submit["data"] = json!({"custom_id": "modal:plan", "components": [{"type": 1, "components": [{"type": 4, "custom_id": "payload", "value": "build the thing"}]}]});
-    let (code, resp) = post(s.endpoint, &submit, Some((&key(), now()))).await;
+    let (code, resp) = s.post(&submit).await;
     assert_eq!(code, 200, "{resp}");
     assert_eq!(resp["type"], 4);
     assert!(
@@ -360,7 +354,7 @@ async fn the_plan_modal_and_autocomplete() {
         json!([{"name": "run", "type": 3, "value": "", "focused": true}]),
     );
     ac["type"] = json!(4);
-    let (code, resp) = post(s.endpoint, &ac, Some((&key(), now()))).await;
+    let (code, resp) = s.post(&ac).await;
     assert_eq!(code, 200);
     assert_eq!(resp["type"], 8);
     assert_eq!(
@@ -375,7 +369,7 @@ async fn the_plan_modal_and_autocomplete() {
         json!([{"name": "service", "type": 3, "value": "ap", "focused": true}]),
     );
     ac["type"] = json!(4);
-    let (_, resp) = post(s.endpoint, &ac, Some((&key(), now()))).await;
+    let (_, resp) = s.post(&ac).await;
     assert_eq!(
         resp["data"]["choices"],
         json!([{"name": "API", "value": "api"}])
@@ -388,7 +382,7 @@ async fn the_plan_modal_and_autocomplete() {
         json!([{"name": "service", "type": 3, "value": "", "focused": true}]),
     );
     ac["type"] = json!(4);
-    let (_, resp) = post(s.endpoint, &ac, Some((&key(), now()))).await;
+    let (_, resp) = s.post(&ac).await;
     assert_eq!(resp["data"]["choices"], json!([]));
     s.srv.stop().await;
 }
@@ -679,7 +673,12 @@ async fn discord_rate_limits_are_waited_out_by_the_production_client() {
     let s = stack().await;
     // serenity as production builds it for https://discord.com, rate limiter on.
     let discord = FakeDiscord::start_tls().await;
-    let http = discord.tls_http("bot-token", APP.parse().expect("id"));
+    let http = facteur_discord::discord_http_with(
+        "bot-token",
+        APP.parse().expect("id"),
+        "https://discord.com",
+        Some(discord.tls_client()),
+    );
     let guild: u64 = GUILD.parse().expect("guild");
     let of = |method: &str| -> Vec<(Value, std::time::Instant)> {
         discord
