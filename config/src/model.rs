@@ -362,6 +362,9 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     /// Seconds to wait for a connection. Default 5.
     pub connect_timeout_seconds: u64,
+    /// Postgres: Codex submission batches in flight at once. Submissions arriving while every
+    /// slot is busy are written together by the next statement (group commit). Default 2.
+    pub codex_batch_slots: u32,
 }
 
 impl Default for DatabaseConfig {
@@ -370,6 +373,7 @@ impl Default for DatabaseConfig {
             url: Secret::default(),
             max_connections: 10,
             connect_timeout_seconds: 5,
+            codex_batch_slots: 2,
         }
     }
 }
@@ -715,6 +719,18 @@ impl Config {
             if self.database.max_connections < 2 {
                 // Migrations hold one connection for the advisory lock while running on another.
                 err("database.max_connections", "must be at least 2".into());
+            }
+            if self.database.codex_batch_slots == 0
+                || self.database.codex_batch_slots >= self.database.max_connections
+            {
+                // Each batch holds a connection; the rest of the server needs one too.
+                err(
+                    "database.codex_batch_slots",
+                    format!(
+                        "must be at least 1 and below database.max_connections ({})",
+                        self.database.max_connections
+                    ),
+                );
             }
             if !self.redis.url.is_empty() {
                 let u = self.redis.url.expose();

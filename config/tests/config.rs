@@ -161,6 +161,26 @@ auth:
 }
 
 #[test]
+fn codex_batch_slots_must_leave_a_connection_free() {
+    for slots in ["0", "10"] {
+        let yaml = format!("database:\n  max_connections: 10\n  codex_batch_slots: {slots}\n");
+        let errs = errors(load_from(
+            Some(yaml.as_str()),
+            &BTreeMap::new(),
+            Process::Server,
+        ));
+        assert!(
+            errs.iter()
+                .any(|(k, m)| k == "database.codex_batch_slots" && m.contains("below")),
+            "{slots}: {errs:?}"
+        );
+    }
+    let ok = "database:\n  max_connections: 10\n  codex_batch_slots: 9\n";
+    let c = load_from(Some(ok), &BTreeMap::new(), Process::Server).expect("9 of 10 is valid");
+    assert_eq!(c.database.codex_batch_slots, 9);
+}
+
+#[test]
 fn role_map_follows_the_schema() {
     let dup = env(&[(
         "FACTEUR_ROLE_MAP",

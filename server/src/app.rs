@@ -74,7 +74,8 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
         Duration::from_secs(config.database.connect_timeout_seconds.max(1)),
     )
     .await
-    .with_context(|| format!("cannot open database {}", redact_url(url)))?;
+    .with_context(|| format!("cannot open database {}", redact_url(url)))?
+    .with_codex_batch_slots(config.database.codex_batch_slots as usize);
     store
         .migrate()
         .await

@@ -457,6 +457,160 @@ async fn sixty_four_concurrent_duplicates_on_postgres() {
     concurrent_duplicates(Backend::Postgres).await;
 }
 
+/// 48 deliveries on 4 issues and 16 replays of them, all at once: on Postgres they share batch
+/// statements (one slot, so whatever waits goes together), two deliveries of one issue never in
+/// the same statement; every delivery is written once with its own run, every replay answers
+/// with the original.
+async fn concurrent_deliveries(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut cfg = codex_config(&db);
+    cfg.database.max_connections = 8;
+    cfg.database.codex_batch_slots = 1;
+    let srv = TestServer::start(cfg).await;
+    let c = srv.client(CODEX_TOKEN).await;
+    let mut tasks = Vec::new();
+    for i in (0..48).chain(0..16) {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut t = sample();
+            t.delivery_id = format!("delivery-{i}");
+            t.issue_number = 1 + i % 4;
+            let r = c
+                .codex()
+                .submit_task(pb::SubmitTaskRequest {
+                    task: Some(t),
+                    delivery_id: String::new(),
+                })
+                .await
+                .expect("submit")
+                .into_inner();
+            (i, r)
+        }));
+    }
+    let mut answers: std::collections::BTreeMap<i64, Vec<pb::SubmitTaskResponse>> =
+        Default::default();
+    for t in tasks {
+        let (i, r) = t.await.expect("task");
+        answers.entry(i).or_default().push(r);
+    }
+    let store = &srv.server.state.store;
+    for (i, rs) in &answers {
+        assert_eq!(
+            rs.iter().filter(|r| !r.duplicate).count(),
+            1,
+            "delivery-{i}: one answer created it"
+        );
+        assert!(
+            rs.iter()
+                .all(|r| r.run_id == rs[0].run_id && r.task_run_id == rs[0].task_run_id),
+            "delivery-{i}: every answer names the same run and task run"
+        );
+        let run = store
+            .run_by_key(&format!("codex:delivery-{i}"))
+            .await
+            .expect("read")
+            .expect("the delivery's run");
+        assert_eq!(run.id, rs[0].run_id, "delivery-{i}: the stored run");
+        assert_eq!(store.run_events(&run.id).await.expect("events").len(), 1);
+    }
+    let ids: std::collections::BTreeSet<_> = answers.values().map(|rs| &rs[0].run_id).collect();
+    assert_eq!(ids.len(), 48, "one run per delivery");
+    assert_eq!(rows(&srv).await, [4, 4, 48, 48, 48]);
+    let stats = store.codex_batch_stats();
+    if backend == Backend::Postgres {
+        assert_eq!(
+            stats.deliveries, 64,
+            "every submission went through a batch"
+        );
+        assert!(
+            stats.statements < 64,
+            "waiting submissions shared statements: {stats:?}"
+        );
+    } else {
+        assert_eq!(
+            stats,
+            Default::default(),
+            "SQLite writes one delivery at a time"
+        );
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_on_sqlite() {
+    concurrent_deliveries(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_share_batches_on_postgres() {
+    concurrent_deliveries(Backend::Postgres).await;
+}
+
+/// A delivery whose rows cannot be written (its run's idempotency key is taken by a run that has
+/// no task run) fails its own submission only: the batch it was in is written again one
+/// delivery at a time, and the others are accepted.
+#[tokio::test]
+async fn a_delivery_that_cannot_be_written_fails_alone() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut cfg = codex_config(&db);
+    cfg.database.max_connections = 8;
+    cfg.database.codex_batch_slots = 1;
+    let srv = TestServer::start(cfg).await;
+    let store = &srv.server.state.store;
+    use facteur_server::domain::run::{NewRun, RunSource};
+    let taken = NewRun {
+        idempotency_key: "codex:delivery-bad".into(),
+        command: "deploy".into(),
+        source: RunSource::Admin,
+        requester: Default::default(),
+        namespace: "jangar".into(),
+        workflow_template: "deploy".into(),
+        service_account: String::new(),
+        workflow_name_prefix: "deploy-".into(),
+        parameters: Default::default(),
+        parent_run_id: None,
+        trace_parent: String::new(),
+    };
+    store
+        .create_run(taken, "test")
+        .await
+        .expect("the squatting run");
+    let c = srv.client(CODEX_TOKEN).await;
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut t = sample();
+            t.delivery_id = if i == 7 {
+                "delivery-bad".into()
+            } else {
+                format!("delivery-{i}")
+            };
+            t.issue_number = 1000 + i;
+            c.codex()
+                .submit_task(pb::SubmitTaskRequest {
+                    task: Some(t),
+                    delivery_id: String::new(),
+                })
+                .await
+        }));
+    }
+    let mut ok = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.expect("task") {
+            Ok(r) => {
+                assert!(!r.into_inner().duplicate);
+                ok += 1;
+            }
+            Err(status) => assert_eq!(i, 7, "only the bad delivery fails: {status:?}"),
+        }
+    }
+    assert_eq!(ok, 31);
+    // 31 ideas, tasks and task runs; 32 runs and dispatches counting the squatter's.
+    assert_eq!(rows(&srv).await, [31, 31, 31, 32, 32]);
+    srv.stop().await;
+}
+
 async fn followed_to_the_end(backend: Backend) {
     let db = TestDb::new(backend).await;
     let srv = TestServer::start(codex_config(&db)).await;

@@ -7,12 +7,13 @@
 //! `jsonb`, `timestamptz` columns (the old service's layout); SQLite uses `codex_kb_*` tables
 //! with text columns.
 
+use super::codex_batch::Row;
 use super::{Inserted, Store, insert_run, portable as stmt};
 use crate::domain::codex::CodexPlan;
-use crate::domain::run::{NewRun, Requester, Run, RunSource};
+use crate::domain::run::{NewRun, Requester, Run, RunSource, RunStatus};
 use crate::domain::{Error, Result};
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseBackend, QueryResult, Statement, TransactionTrait, Value};
+use sea_orm::{ConnectionTrait, DatabaseBackend, QueryResult, TransactionTrait};
 
 /// What a submission recorded (or found, for a replay).
 #[derive(Clone, Debug)]
@@ -57,51 +58,6 @@ pub struct CodexRecord {
     /// `task_runs.created_at`.
     pub created_at: DateTime<Utc>,
 }
-
-/// Postgres: a delivery's rows in one statement (data-modifying CTEs are atomic together):
-/// idea and task upserts, the task run (nothing more if the delivery id is taken), the run, its
-/// dispatch and its first history entry. One round trip instead of eight. The column lists
-/// mirror `insert_run`; the tests run both paths (SQLite uses `insert_run`).
-///
-/// `$1` idea id, `$2` source_ref, `$3` payload, `$4` now, `$5` task id, `$6` stage, `$7` task
-/// metadata, `$8` task run id, `$9` workflow name, `$10` task run metadata, `$11` delivery id,
-/// `$12` run id, `$13` idempotency key, `$14` command, `$15` principal, `$16` display name,
-/// `$17` namespace, `$18` template, `$19` service account, `$20` parameters, `$21` traceparent,
-/// `$22` dispatch id, `$23` event payload.
-pub const SUBMIT_POSTGRES: &str = "WITH idea AS (
-    INSERT INTO codex_kb.ideas (id, source_type, source_ref, priority, status, risk_flags, payload, created_at, updated_at)
-    VALUES ($1::uuid, 'github_issue', $2, 0, 'received', '{}', $3::jsonb, $4::timestamptz, $4::timestamptz)
-    ON CONFLICT (source_type, source_ref) DO UPDATE SET payload = excluded.payload, updated_at = excluded.updated_at
-    RETURNING id),
-task AS (
-    INSERT INTO codex_kb.tasks (id, idea_id, stage, state, metadata, created_at, updated_at)
-    SELECT $5::uuid, idea.id, $6, 'queued', $7::jsonb, $4::timestamptz, $4::timestamptz FROM idea
-    ON CONFLICT (idea_id, stage) DO UPDATE SET state = 'queued', metadata = excluded.metadata, updated_at = excluded.updated_at
-    RETURNING id),
-tr AS (
-    INSERT INTO codex_kb.task_runs (id, task_id, external_run_id, status, queued_at, retry_count, metadata, created_at, updated_at, delivery_id)
-    SELECT $8::uuid, task.id, $9, 'queued', $4::timestamptz, 0, $10::jsonb, $4::timestamptz, $4::timestamptz, $11 FROM task
-    ON CONFLICT (delivery_id) DO NOTHING
-    RETURNING id),
-run AS (
-    INSERT INTO runs (id, idempotency_key, command, source, status, requester_principal, requester_user_id, guild_id,
-        channel_id, requester_name, namespace, workflow_template, service_account, workflow_name, workflow_uid, parameters,
-        message, progress, workflow_phase, parent_run_id, attempts, created_at, updated_at, started_at, finished_at,
-        cancel_requested_at, cancel_mode, trace_parent)
-    SELECT $12, $13, $14, 'codex', 'queued', $15, '', '', '', $16, $17, $18, $19, $9, '', $20, '', '', '', NULL, 0,
-        $4::timestamptz, $4::timestamptz, NULL, NULL, NULL, '', $21 FROM tr
-    RETURNING id),
-disp AS (
-    INSERT INTO dispatches (id, run_id, kind, state, attempts, available_at, lease_owner, lease_token, lease_expires_at,
-        last_error, dead_lettered_at, created_at, updated_at)
-    SELECT $22, run.id, 'create', 'pending', 0, $4::timestamptz, '', '', NULL, '', NULL, $4::timestamptz, $4::timestamptz FROM run
-    RETURNING id),
-ev AS (
-    INSERT INTO run_events (run_id, sequence, actor, kind, from_status, to_status, payload, created_at)
-    SELECT run.id, 1, $15, 'created', 'queued', 'queued', $23, $4::timestamptz FROM run
-    RETURNING id)
-SELECT (SELECT id::text FROM idea) AS idea_id, (SELECT id::text FROM task) AS task_id,
-    (SELECT id::text FROM tr) AS task_run_id, (SELECT count(*) FROM disp) + (SELECT count(*) FROM ev) AS outbox";
 
 /// Idempotency key of the run of a delivery.
 pub fn run_key(delivery_id: &str) -> String {
@@ -159,10 +115,13 @@ impl Store {
         principal: &str,
         trace_parent: String,
     ) -> Result<CodexAccepted> {
-        if let Some(found) = self.codex_accepted(&plan.delivery_id).await? {
+        let b = self.db.get_database_backend();
+        // SQLite looks the delivery up first; the Postgres batch statement does it itself.
+        if self.codex_batch.is_none()
+            && let Some(found) = self.codex_accepted(&plan.delivery_id).await?
+        {
             return Ok(found);
         }
-        let b = self.db.get_database_backend();
         let now = stamp(Utc::now());
         let run_id = uuid::Uuid::now_v7();
         let workflow_name = crate::domain::run::workflow_name(&plan.workflow_name_prefix, &run_id);
@@ -187,45 +146,37 @@ impl Store {
             parent_run_id: None,
             trace_parent,
         };
-        if pg(b) {
+        if let Some(batcher) = &self.codex_batch {
             let params = serde_json::to_string(&new.parameters)
                 .map_err(|e| Error::Internal(e.to_string()))?;
-            let values: Vec<Value> = vec![
-                uuid::Uuid::new_v4().to_string().into(),
-                source_ref.into(),
-                payload.to_string().into(),
-                now.clone().into(),
-                uuid::Uuid::new_v4().to_string().into(),
-                plan.stage.into(),
-                task_meta.to_string().into(),
-                uuid::Uuid::new_v4().to_string().into(),
-                workflow_name.clone().into(),
-                run_meta.to_string().into(),
-                plan.delivery_id.clone().into(),
-                run_id.to_string().into(),
-                new.idempotency_key.clone().into(),
-                new.command.clone().into(),
-                principal.into(),
-                new.requester.display_name.clone().into(),
-                new.namespace.clone().into(),
-                new.workflow_template.clone().into(),
-                new.service_account.clone().into(),
-                params.into(),
-                new.trace_parent.clone().into(),
-                uuid::Uuid::now_v7().to_string().into(),
-                super::created_payload(&new).to_string().into(),
-            ];
-            let row = self
-                .db
-                .query_one_raw(Statement::from_sql_and_values(b, SUBMIT_POSTGRES, values))
-                .await
-                .map_err(Error::database)?
-                .ok_or_else(|| Error::Internal("codex insert returned nothing".into()))?;
-            let Some(task_run_id) = row
-                .try_get::<Option<String>>("", "task_run_id")
-                .map_err(Error::database)?
-            else {
-                // Another submission of this delivery committed first.
+            let row = Row {
+                ord: 0,
+                idea_id: uuid::Uuid::new_v4().to_string(),
+                source_ref,
+                payload: payload.clone(),
+                task_id: uuid::Uuid::new_v4().to_string(),
+                stage: plan.stage.to_string(),
+                task_meta,
+                task_run_id: uuid::Uuid::new_v4().to_string(),
+                workflow_name: workflow_name.clone(),
+                run_meta,
+                delivery_id: plan.delivery_id.clone(),
+                run_id: run_id.to_string(),
+                idem: new.idempotency_key.clone(),
+                command: new.command.clone(),
+                principal: principal.to_string(),
+                display_name: new.requester.display_name.clone(),
+                namespace: new.namespace.clone(),
+                template: new.workflow_template.clone(),
+                service_account: new.service_account.clone(),
+                params,
+                traceparent: new.trace_parent.clone(),
+                dispatch_id: uuid::Uuid::now_v7().to_string(),
+                event: super::created_payload(&new).to_string(),
+                now: now.clone(),
+            };
+            let Some(w) = batcher.submit(row).await? else {
+                // Recorded before, or another submission of this delivery committed first.
                 return self
                     .codex_accepted(&plan.delivery_id)
                     .await?
@@ -233,14 +184,41 @@ impl Store {
                         Error::Internal("delivery conflicted but is not recorded".into())
                     });
             };
+            // The run as the statement wrote it.
+            let at = parse_stamp(&now)?;
+            let run = Run {
+                id: run_id.to_string(),
+                idempotency_key: new.idempotency_key,
+                command: new.command,
+                source: RunSource::Codex,
+                status: RunStatus::Queued,
+                requester: new.requester,
+                namespace: new.namespace,
+                workflow_template: new.workflow_template,
+                service_account: new.service_account,
+                workflow_name: workflow_name.clone(),
+                workflow_uid: String::new(),
+                parameters: new.parameters,
+                message: String::new(),
+                progress: String::new(),
+                workflow_phase: String::new(),
+                parent_run_id: None,
+                attempts: 0,
+                created_at: at,
+                updated_at: at,
+                started_at: None,
+                finished_at: None,
+                cancel_requested_at: None,
+                trace_parent: new.trace_parent,
+            };
             return Ok(CodexAccepted {
-                idea_id: get(&row, "idea_id")?,
-                task_id: get(&row, "task_id")?,
-                task_run_id,
-                submitted_at: parse_stamp(&now)?,
+                idea_id: w.idea_id,
+                task_id: w.task_id,
+                task_run_id: w.task_run_id,
+                submitted_at: at,
                 duplicate: false,
                 workflow_name,
-                run: self.get_run(&run_id.to_string()).await?,
+                run: Some(run),
             });
         }
         let txn = self.db.begin().await.map_err(Error::database)?;

@@ -5,9 +5,11 @@
 //! so a replay, on any replica and at any time, finds the original run.
 
 pub mod codex;
+pub mod codex_batch;
 pub mod dispatch;
 pub mod entities;
 pub mod guilds;
+mod nodelay;
 pub mod policy;
 
 use crate::domain::run::{NewRun, Requester, Run, RunEvent, RunSource, RunStatus, workflow_name};
@@ -69,6 +71,20 @@ pub struct RunFilter {
 pub struct Store {
     db: DatabaseConnection,
     backend: DatabaseBackend,
+    /// Group commit of Codex submissions (Postgres only).
+    codex_batch: Option<std::sync::Arc<codex_batch::Batcher>>,
+}
+
+/// Codex batches in flight at once unless configured (`database.codex_batch_slots`).
+pub const DEFAULT_CODEX_BATCH_SLOTS: usize = 2;
+
+/// Statements and deliveries written by the Codex batches of a store (Postgres).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Batch statements that succeeded.
+    pub statements: u64,
+    /// Deliveries they carried.
+    pub deliveries: u64,
 }
 
 impl Store {
@@ -99,8 +115,44 @@ impl Store {
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true)
             });
+        if backend == DatabaseBackend::Postgres {
+            let port =
+                <sea_orm::sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url)
+                    .map(|o| o.get_port())
+                    .unwrap_or(5432);
+            opts.map_sqlx_postgres_pool_opts(move |o| {
+                o.after_connect(move |_, _| {
+                    Box::pin(async move {
+                        nodelay::set_on_sockets_to(port);
+                        Ok(())
+                    })
+                })
+            });
+        }
         let db = Database::connect(opts).await.map_err(Error::database)?;
-        Ok(Store { db, backend })
+        let codex_batch = (backend == DatabaseBackend::Postgres)
+            .then(|| codex_batch::Batcher::new(db.clone(), DEFAULT_CODEX_BATCH_SLOTS));
+        Ok(Store {
+            db,
+            backend,
+            codex_batch,
+        })
+    }
+
+    /// What the Codex batches wrote so far (zero on SQLite).
+    pub fn codex_batch_stats(&self) -> BatchStats {
+        self.codex_batch
+            .as_ref()
+            .map(|b| b.stats())
+            .unwrap_or_default()
+    }
+
+    /// At most `slots` Codex batch statements in flight (Postgres; see [`codex_batch`]).
+    pub fn with_codex_batch_slots(mut self, slots: usize) -> Store {
+        if self.codex_batch.is_some() {
+            self.codex_batch = Some(codex_batch::Batcher::new(self.db.clone(), slots));
+        }
+        self
     }
 
     /// Applies pending migrations (under an advisory lock on Postgres).
