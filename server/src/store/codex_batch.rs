@@ -138,15 +138,12 @@ disp AS (
     INSERT INTO dispatches (id, run_id, kind, state, attempts, available_at, lease_owner, lease_token, lease_expires_at,
         last_error, dead_lettered_at, created_at, updated_at)
     SELECT f.dispatch_id, run.id, 'create', 'pending', 0, f.now, '', '', NULL, '', NULL, f.now, f.now
-    FROM fresh f JOIN run ON run.id = f.run_id
-    RETURNING id),
+    FROM fresh f JOIN run ON run.id = f.run_id),
 ev AS (
     INSERT INTO run_events (run_id, sequence, actor, kind, from_status, to_status, payload, created_at)
     SELECT run.id, 1, f.principal, 'created', 'queued', 'queued', f.event, f.now
-    FROM fresh f JOIN run ON run.id = f.run_id
-    RETURNING run_id)
-SELECT f.ord, idea.id::text AS idea_id, task.id::text AS task_id, tr.id::text AS task_run_id,
-    (SELECT count(*) FROM disp) + (SELECT count(*) FROM ev) AS outbox
+    FROM fresh f JOIN run ON run.id = f.run_id)
+SELECT f.ord, idea.id::text AS idea_id, task.id::text AS task_id, tr.id::text AS task_run_id
 FROM fresh f JOIN idea USING (source_ref) JOIN task ON task.idea_id = idea.id AND task.stage = f.stage
     JOIN tr USING (delivery_id) JOIN run ON run.id = f.run_id";
 
