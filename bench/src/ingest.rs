@@ -16,54 +16,10 @@
 use crate::{percentile, round2};
 use facteur_client::{Client, ClientConfig, pb};
 use facteur_proto::froussard::CodexTask;
+use facteur_server::store::codex_batch::SUBMIT_ONE;
 use facteur_tests::{Backend, TestDb, TestServer, config};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-
-/// The reference transaction's write: one delivery's rows in one statement (idea and task
-/// upserts, the task run, nothing more if the delivery id is taken, the run, its dispatch and its
-/// first history entry), the server's statement for one delivery before it wrote batches
-/// (`store::codex_batch::SUBMIT_BATCH` writes the same rows for many).
-///
-/// `$1` idea id, `$2` source_ref, `$3` payload, `$4` now, `$5` task id, `$6` stage, `$7` task
-/// metadata, `$8` task run id, `$9` workflow name, `$10` task run metadata, `$11` delivery id,
-/// `$12` run id, `$13` idempotency key, `$14` command, `$15` principal, `$16` display name,
-/// `$17` namespace, `$18` template, `$19` service account, `$20` parameters, `$21` traceparent,
-/// `$22` dispatch id, `$23` event payload.
-const SUBMIT_ONE: &str = "WITH idea AS (
-    INSERT INTO codex_kb.ideas (id, source_type, source_ref, priority, status, risk_flags, payload, created_at, updated_at)
-    VALUES ($1::uuid, 'github_issue', $2, 0, 'received', '{}', $3::jsonb, $4::timestamptz, $4::timestamptz)
-    ON CONFLICT (source_type, source_ref) DO UPDATE SET payload = excluded.payload, updated_at = excluded.updated_at
-    RETURNING id),
-task AS (
-    INSERT INTO codex_kb.tasks (id, idea_id, stage, state, metadata, created_at, updated_at)
-    SELECT $5::uuid, idea.id, $6, 'queued', $7::jsonb, $4::timestamptz, $4::timestamptz FROM idea
-    ON CONFLICT (idea_id, stage) DO UPDATE SET state = 'queued', metadata = excluded.metadata, updated_at = excluded.updated_at
-    RETURNING id),
-tr AS (
-    INSERT INTO codex_kb.task_runs (id, task_id, external_run_id, status, queued_at, retry_count, metadata, created_at, updated_at, delivery_id)
-    SELECT $8::uuid, task.id, $9, 'queued', $4::timestamptz, 0, $10::jsonb, $4::timestamptz, $4::timestamptz, $11 FROM task
-    ON CONFLICT (delivery_id) DO NOTHING
-    RETURNING id),
-run AS (
-    INSERT INTO runs (id, idempotency_key, command, source, status, requester_principal, requester_user_id, guild_id,
-        channel_id, requester_name, namespace, workflow_template, service_account, workflow_name, workflow_uid, parameters,
-        message, progress, workflow_phase, parent_run_id, attempts, created_at, updated_at, started_at, finished_at,
-        cancel_requested_at, cancel_mode, trace_parent)
-    SELECT $12, $13, $14, 'codex', 'queued', $15, '', '', '', $16, $17, $18, $19, $9, '', $20, '', '', '', NULL, 0,
-        $4::timestamptz, $4::timestamptz, NULL, NULL, NULL, '', $21 FROM tr
-    RETURNING id),
-disp AS (
-    INSERT INTO dispatches (id, run_id, kind, state, attempts, available_at, lease_owner, lease_token, lease_expires_at,
-        last_error, dead_lettered_at, created_at, updated_at)
-    SELECT $22, run.id, 'create', 'pending', 0, $4::timestamptz, '', '', NULL, '', NULL, $4::timestamptz, $4::timestamptz FROM run
-    RETURNING id),
-ev AS (
-    INSERT INTO run_events (run_id, sequence, actor, kind, from_status, to_status, payload, created_at)
-    SELECT run.id, 1, $15, 'created', 'queued', 'queued', $23, $4::timestamptz FROM run
-    RETURNING id)
-SELECT (SELECT id::text FROM idea) AS idea_id, (SELECT id::text FROM task) AS task_id,
-    (SELECT id::text FROM tr) AS task_run_id, (SELECT count(*) FROM disp) + (SELECT count(*) FROM ev) AS outbox";
 
 const SAMPLE: &str = include_str!("../../tests/fixtures/codex-task.json");
 const ISSUES: u32 = 100_000;
@@ -73,76 +29,107 @@ fn sample() -> anyhow::Result<CodexTask> {
         .map_err(|e| anyhow::anyhow!("sample: {e}"))
 }
 
-/// Runs `SubmitTask` from `concurrency` clients for `duration`; (per second, latencies in ms,
-/// deliveries per batch statement).
-async fn app(
-    concurrency: usize,
-    warmup: Duration,
-    duration: Duration,
-) -> anyhow::Result<(f64, Vec<f64>, f64)> {
-    let db = TestDb::new(Backend::Postgres).await;
-    let mut cfg = config(&db);
-    // As many connections as pgbench has (one per client), and room for the batch slots.
-    if let Some(n) = std::env::var("BENCH_CODEX_SLOTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        cfg.database.codex_batch_slots = n;
+/// The server under test and its load generator.
+///
+/// The load generator runs on a runtime of its own (as many threads as pgbench gets, `-j`), as
+/// pgbench is a process of its own: the server's runtime serves, nothing else. Each worker has
+/// its own connection, as pgbench has one per client and producers are separate services (all
+/// workers on one HTTP/2 connection would measure that connection instead).
+struct App {
+    srv: TestServer,
+    load: tokio::runtime::Runtime,
+    clients: Vec<Client>,
+    task: CodexTask,
+    _db: TestDb,
+}
+
+impl App {
+    async fn start(concurrency: usize) -> anyhow::Result<App> {
+        let db = TestDb::new(Backend::Postgres).await;
+        let mut cfg = config(&db);
+        if let Some(n) = std::env::var("BENCH_CODEX_SLOTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            cfg.database.codex_batch_slots = n;
+        }
+        // As many connections as pgbench has (one per client), and room for the batch slots.
+        let slots = cfg.database.codex_batch_slots;
+        cfg.database.max_connections = (concurrency as u32).clamp(slots + 1, 64);
+        cfg.database.url = facteur_config::Secret(format!("{}?sslmode={}", db.url, sslmode()));
+        cfg.codex_implementation_orchestrator.enabled = true;
+        let srv = TestServer::start(cfg).await;
+        let load = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(concurrency.min(2))
+            .thread_name("load")
+            .enable_all()
+            .build()?;
+        let mut clients = Vec::new();
+        for _ in 0..concurrency {
+            let url = srv.grpc_url();
+            clients.push(
+                load.spawn(async move { Client::connect(ClientConfig::new(url)).await })
+                    .await??,
+            );
+        }
+        Ok(App {
+            srv,
+            load,
+            clients,
+            task: sample()?,
+            _db: db,
+        })
     }
-    let slots = cfg.database.codex_batch_slots;
-    cfg.database.max_connections = (concurrency as u32).clamp(slots + 1, 64);
-    cfg.database.url = facteur_config::Secret(format!("{}?sslmode={}", db.url, sslmode()));
-    cfg.codex_implementation_orchestrator.enabled = true;
-    let srv = TestServer::start(cfg).await;
-    let task = sample()?;
-    let stop_warm = Instant::now() + warmup;
-    let stop = stop_warm + duration;
-    let mut handles = Vec::new();
-    for worker in 0..concurrency {
-        // One connection per worker, as pgbench has one per client and producers are separate
-        // services; all workers on one HTTP/2 connection would measure that connection instead.
-        let client = Client::connect(ClientConfig::new(srv.grpc_url())).await?;
-        let task = task.clone();
-        handles.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut n: u64 = 0;
-            loop {
-                let now = Instant::now();
-                if now >= stop {
-                    break;
-                }
-                n += 1;
-                let mut t = task.clone();
-                t.delivery_id = format!("bench-{worker}-{n}-{}", uuid::Uuid::new_v4().simple());
-                t.issue_number =
-                    i64::from(1 + (uuid::Uuid::new_v4().as_u128() % u128::from(ISSUES)) as u32);
-                let r = client
-                    .codex()
-                    .submit_task(pb::SubmitTaskRequest {
-                        task: Some(t),
-                        delivery_id: String::new(),
-                    })
-                    .await;
-                let r = r.map_err(|s| anyhow::anyhow!("submit failed: {s}"))?;
-                if r.into_inner().duplicate {
-                    anyhow::bail!("unexpected duplicate");
-                }
-                if now >= stop_warm {
+
+    /// Every client submits new deliveries, one after the other, for `duration`; the latencies
+    /// in ms.
+    async fn run(&self, duration: Duration) -> anyhow::Result<Vec<f64>> {
+        let stop = Instant::now() + duration;
+        let mut handles = Vec::new();
+        for client in &self.clients {
+            let client = client.clone();
+            let task = self.task.clone();
+            handles.push(self.load.spawn(async move {
+                let mut lat = Vec::new();
+                while Instant::now() < stop {
+                    let mut t = task.clone();
+                    t.delivery_id = format!("bench-{}", uuid::Uuid::new_v4().simple());
+                    t.issue_number =
+                        i64::from(1 + (uuid::Uuid::new_v4().as_u128() % u128::from(ISSUES)) as u32);
+                    let now = Instant::now();
+                    let r = client
+                        .codex()
+                        .submit_task(pb::SubmitTaskRequest {
+                            task: Some(t),
+                            delivery_id: String::new(),
+                        })
+                        .await
+                        .map_err(|s| anyhow::anyhow!("submit failed: {s}"))?;
                     lat.push(now.elapsed().as_secs_f64() * 1000.0);
+                    if r.into_inner().duplicate {
+                        anyhow::bail!("unexpected duplicate");
+                    }
                 }
-            }
-            anyhow::Ok(lat)
-        }));
+                anyhow::Ok(lat)
+            }));
+        }
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.await??);
+        }
+        Ok(all)
     }
-    let mut all = Vec::new();
-    for h in handles {
-        all.extend(h.await??);
+
+    /// Deliveries per statement so far.
+    fn per_statement(&self) -> f64 {
+        let b = self.srv.server.state.store.codex_batch_stats();
+        b.deliveries as f64 / b.statements.max(1) as f64
     }
-    let batches = srv.server.state.store.codex_batch_stats();
-    srv.stop().await;
-    all.sort_by(f64::total_cmp);
-    let per_batch = batches.deliveries as f64 / batches.statements.max(1) as f64;
-    Ok((all.len() as f64 / duration.as_secs_f64(), all, per_batch))
+
+    async fn stop(self) {
+        self.load.shutdown_background();
+        self.srv.stop().await;
+    }
 }
 
 /// Transport security to Postgres for both sides (`BENCH_PG_SSLMODE`, default `prefer`, which
@@ -160,14 +147,24 @@ fn sql_str(s: &str) -> String {
     )
 }
 
-/// The pgbench script (the server's statements, with pgbench variables for what varies) and the
-/// `-D name=value` variables it binds.
+/// The two pgbench references (the server's statements, with pgbench variables for what varies)
+/// and the `-D name=value` variables they bind.
+struct Scripts {
+    /// One delivery as a transaction of its own: look the delivery id up, write it
+    /// ([`SUBMIT_ONE`]), read the run back.
+    txn: String,
+    /// The server's own statement for a delivery alone ([`SUBMIT_ONE`]), nothing else.
+    write: String,
+    vars: Vec<(String, String)>,
+}
+
+/// See [`Scripts`].
 ///
 /// The JSON and text values the server binds as parameters are pgbench variables too: with
 /// `-M prepared`, pgbench sends them as parameters of every execution, so Postgres receives and
 /// parses them per transaction as it does for the server. (As literals inside the script they
 /// would be parsed and cast once, when the statement is prepared, and never sent again.)
-fn pgbench_script() -> anyhow::Result<(String, Vec<(String, String)>)> {
+fn pgbench_scripts() -> anyhow::Result<Scripts> {
     let task = sample()?;
     let mut c =
         facteur_config::load_from(None, &Default::default(), facteur_config::Process::Server)?;
@@ -235,24 +232,31 @@ fn pgbench_script() -> anyhow::Result<(String, Vec<(String, String)>)> {
         "SELECT * FROM runs WHERE idempotency_key = ({} || {delivery})",
         sql_str("codex:")
     );
-    Ok((
-        format!(
-            "\\set issue random(1, {ISSUES})\n\\set d random(1, 9000000000000000)\n{lookup};\n{submit};\n{read_back};\n"
-        ),
+    let set = format!("\\set issue random(1, {ISSUES})\n\\set d random(1, 9000000000000000)\n");
+    Ok(Scripts {
+        txn: format!("{set}{lookup};\n{submit};\n{read_back};\n"),
+        write: format!("{set}{submit};\n"),
         vars,
-    ))
+    })
 }
 
-/// pgbench at `concurrency` for `duration` on a freshly migrated database; (tps, latencies ms).
-async fn pgbench(
-    (script, vars): &(String, Vec<(String, String)>),
-    concurrency: usize,
-    duration: Duration,
-) -> anyhow::Result<(f64, Vec<f64>)> {
+/// A freshly migrated database for pgbench.
+async fn pgbench_db() -> anyhow::Result<TestDb> {
     let db = TestDb::new(Backend::Postgres).await;
     let store = facteur_server::store::Store::connect(&db.url, 2, Duration::from_secs(5)).await?;
     store.migrate().await?;
     store.close().await;
+    Ok(db)
+}
+
+/// pgbench running `script` at `concurrency` for `duration` on `db`; (tps, latencies ms).
+async fn pgbench(
+    db: &TestDb,
+    script: &str,
+    vars: &[(String, String)],
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<(f64, Vec<f64>)> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("ingest.sql");
     std::fs::write(&path, script)?;
@@ -325,38 +329,79 @@ async fn pgbench(
     Ok((tps, lat))
 }
 
-/// The benchmark; prints one line per concurrency and returns the summary.
+/// Rounds per level: the server and each pgbench reference take turns, so a change in the
+/// machine's load over the run weighs on all of them alike.
+const ROUNDS: u64 = 4;
+
+/// The benchmark; prints one line per concurrency and returns the summary. `seconds`: measured
+/// time per level for each of the three (the server and the two pgbench references).
 pub async fn run(seconds: u64) -> anyhow::Result<Value> {
-    let script = pgbench_script()?;
-    let duration = Duration::from_secs(seconds);
+    let scripts = pgbench_scripts()?;
+    let round = Duration::from_secs((seconds / ROUNDS).max(1));
+    let measured = round.as_secs_f64() * ROUNDS as f64;
+    // `BENCH_LEVELS` (e.g. `1` or `1,16`) narrows the run while profiling one level.
+    let wanted: Vec<usize> = std::env::var("BENCH_LEVELS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 16, 64]);
     let mut levels = Vec::new();
-    for c in [1usize, 16, 64] {
-        let (app_per_s, app_lat, per_batch) = app(c, Duration::from_secs(2), duration).await?;
-        let (pg_tps, pg_lat) = pgbench(&script, c, duration).await?;
+    for c in wanted {
+        let app = App::start(c).await?;
+        app.run(Duration::from_secs(2)).await?; // warm-up
+        let (txn_db, write_db) = (pgbench_db().await?, pgbench_db().await?);
+        let (mut app_lat, mut txn_lat, mut write_lat) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut txn_tps, mut write_tps) = (0.0, 0.0);
+        for _ in 0..ROUNDS {
+            app_lat.extend(app.run(round).await?);
+            let (tps, lat) = pgbench(&txn_db, &scripts.txn, &scripts.vars, c, round).await?;
+            txn_tps += tps / ROUNDS as f64;
+            txn_lat.extend(lat);
+            let (tps, lat) = pgbench(&write_db, &scripts.write, &scripts.vars, c, round).await?;
+            write_tps += tps / ROUNDS as f64;
+            write_lat.extend(lat);
+        }
+        let per_statement = app.per_statement();
+        app.stop().await;
+        for l in [&mut app_lat, &mut txn_lat, &mut write_lat] {
+            l.sort_by(f64::total_cmp);
+        }
+        let per_s = app_lat.len() as f64 / measured;
         let level = json!({
             "concurrency": c,
-            "per_s": app_per_s.round(),
+            "per_s": per_s.round(),
             "p50_ms": round2(percentile(&app_lat, 50.0)),
             "p99_ms": round2(percentile(&app_lat, 99.0)),
-            "pgbench_per_s": pg_tps.round(),
-            "pgbench_p50_ms": round2(percentile(&pg_lat, 50.0)),
-            "pgbench_p99_ms": round2(percentile(&pg_lat, 99.0)),
-            "ratio_vs_pgbench": round2(app_per_s / pg_tps),
-            "deliveries_per_statement": round2(per_batch),
+            "pgbench_per_s": txn_tps.round(),
+            "pgbench_p50_ms": round2(percentile(&txn_lat, 50.0)),
+            "pgbench_p99_ms": round2(percentile(&txn_lat, 99.0)),
+            "ratio_vs_pgbench": round2(per_s / txn_tps),
+            "pgbench_write_only_per_s": write_tps.round(),
+            "pgbench_write_only_p50_ms": round2(percentile(&write_lat, 50.0)),
+            "ratio_vs_pgbench_write_only": round2(per_s / write_tps),
+            "deliveries_per_statement": round2(per_statement),
         });
         println!("{level}");
         levels.push(level);
     }
-    let at16 = levels[1].clone();
-    let worst = levels
+    let at16 = levels
         .iter()
-        .filter_map(|l| l["ratio_vs_pgbench"].as_f64())
-        .fold(f64::INFINITY, f64::min);
+        .find(|l| l["concurrency"] == 16)
+        .or(levels.first())
+        .cloned()
+        .unwrap_or_default();
+    let worst = |key: &str| {
+        levels
+            .iter()
+            .filter_map(|l| l[key].as_f64())
+            .fold(f64::INFINITY, f64::min)
+    };
     Ok(json!({
         "bench": "ingest",
         "p50_ms": at16["p50_ms"], "p99_ms": at16["p99_ms"], "per_s": at16["per_s"],
-        "ratio_vs_pgbench": at16["ratio_vs_pgbench"], "ratio_vs_pgbench_min": worst,
-        "seconds_per_level": seconds,
+        "ratio_vs_pgbench": at16["ratio_vs_pgbench"],
+        "ratio_vs_pgbench_min": worst("ratio_vs_pgbench"),
+        "ratio_vs_pgbench_write_only_min": worst("ratio_vs_pgbench_write_only"),
+        "seconds_per_level": measured,
         "levels": levels,
     }))
 }

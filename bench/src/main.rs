@@ -152,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         "ingest" => {
-            let summary = ingest::run(n("BENCH_SECONDS", 10) as u64).await?;
+            let summary = Box::pin(ingest::run(n("BENCH_SECONDS", 10) as u64)).await?;
             println!("{summary}");
             Ok(())
         }

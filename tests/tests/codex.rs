@@ -7,6 +7,7 @@ use facteur_tests::fake_kube::FakeKube;
 use facteur_tests::stack::{Adapter, admin};
 use facteur_tests::*;
 use prost::Message;
+use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 use std::time::Duration;
 use tonic::Code;
@@ -359,6 +360,16 @@ async fn replay_after_restart(backend: Backend) {
         .await;
     let first = first.expect("submit").into_inner();
     assert!(!first.duplicate);
+    // The task moves on; a replay must not touch it (nor its idea) again.
+    let tasks = table(&srv, "codex_kb.tasks");
+    let ideas = table(&srv, "codex_kb.ideas");
+    let conn = srv.server.state.store.connection();
+    for sql in [
+        format!("UPDATE {tasks} SET state = 'completed'"),
+        format!("UPDATE {ideas} SET payload = '{{\"marker\":1}}'"),
+    ] {
+        conn.execute_unprepared(&sql).await.expect(&sql);
+    }
     srv.stop().await;
 
     let srv = TestServer::start(codex_config(&db)).await;
@@ -389,7 +400,34 @@ async fn replay_after_restart(backend: Backend) {
         )
     );
     assert_eq!(again.submitted_at, first.submitted_at);
+    let conn = srv.server.state.store.connection();
+    let row = conn
+        .query_one_raw(sea_orm::Statement::from_string(
+            conn.get_database_backend(),
+            format!("SELECT t.state, CAST(i.payload AS TEXT) AS payload FROM {tasks} t JOIN {ideas} i ON i.id = t.idea_id"),
+        ))
+        .await
+        .expect("read back")
+        .expect("one task");
+    let state: String = row.try_get("", "state").expect("state");
+    let payload: String = row.try_get("", "payload").expect("payload");
+    assert_eq!(state, "completed", "a replay re-queued the task");
+    assert!(
+        payload.contains("marker"),
+        "a replay rewrote the idea: {payload}"
+    );
+    for t in ["codex_kb.task_runs", "runs", "dispatches"] {
+        assert_eq!(count_rows(&srv.server.state.store, t).await, 1, "{t}");
+    }
     srv.stop().await;
+}
+
+/// A table's name on the server's backend (`codex_kb.x` is `codex_kb_x` on SQLite).
+fn table(srv: &TestServer, name: &str) -> String {
+    match srv.server.state.store.connection().get_database_backend() {
+        sea_orm::DatabaseBackend::Sqlite => name.replace("codex_kb.", "codex_kb_"),
+        _ => name.to_string(),
+    }
 }
 
 #[tokio::test]

@@ -47,12 +47,11 @@ pub async fn ingest(
             return Err(e);
         }
     };
-    let payload: serde_json::Value = serde_json::from_str(&plan.task_json).unwrap_or_default();
     let trace_parent = facteur_config::telemetry::current_traceparent().unwrap_or_default();
     drop(_guard);
     let accepted = state
         .store
-        .submit_codex(&plan, &payload, principal, trace_parent)
+        .submit_codex(&plan, principal, trace_parent)
         .await?;
     if accepted.duplicate {
         m.add("facteur_codex_tasks_duplicate_total", vec![], 1);

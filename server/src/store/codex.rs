@@ -111,7 +111,6 @@ impl Store {
     pub async fn submit_codex(
         &self,
         plan: &CodexPlan,
-        payload: &serde_json::Value,
         principal: &str,
         trace_parent: String,
     ) -> Result<CodexAccepted> {
@@ -153,13 +152,13 @@ impl Store {
                 ord: 0,
                 idea_id: uuid::Uuid::new_v4().to_string(),
                 source_ref,
-                payload: payload.clone(),
+                payload: plan.task_json.clone(),
                 task_id: uuid::Uuid::new_v4().to_string(),
                 stage: plan.stage.to_string(),
-                task_meta,
+                task_meta: task_meta.to_string(),
                 task_run_id: uuid::Uuid::new_v4().to_string(),
                 workflow_name: workflow_name.clone(),
-                run_meta,
+                run_meta: run_meta.to_string(),
                 delivery_id: plan.delivery_id.clone(),
                 run_id: run_id.to_string(),
                 idem: new.idempotency_key.clone(),
@@ -232,7 +231,7 @@ impl Store {
                      RETURNING id::text AS id",
                     t(b, "ideas")
                 ),
-                vec![uuid::Uuid::new_v4().to_string().into(), source_ref.into(), payload.to_string().into(), now.clone().into()],
+                vec![uuid::Uuid::new_v4().to_string().into(), source_ref.into(), plan.task_json.clone().into(), now.clone().into()],
             ))
             .await
             .map_err(Error::database)?

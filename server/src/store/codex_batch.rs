@@ -1,13 +1,14 @@
 //! Group commit of Codex submissions on Postgres.
 //!
-//! Every new delivery goes through a queue. While fewer than `slots` batches are in flight, a
-//! submission starts one at once (alone, if nothing else waits: no timer, no added latency);
-//! submissions arriving while every slot is busy wait in the queue and go together into the next
-//! statement. One statement writes a whole batch (the look-up of the delivery ids, the idea and
-//! task upserts, the task runs, runs, dispatches and first history entries) and returns the
-//! ids, so a delivery costs one round trip and a share of one commit instead of three
-//! round trips and a commit of its own. Under load Postgres does much less work per delivery;
-//! alone, a delivery is one statement.
+//! While nothing waits and fewer than `slots` statements are in flight, a submission writes its
+//! own delivery at once, in its own task, with [`SUBMIT_ONE`] (no timer, no hand-off, no added
+//! latency). Submissions arriving while every slot is busy wait in a queue and go together into
+//! the next statement, [`SUBMIT_BATCH`]. Either statement writes everything (the look-up of the
+//! delivery ids, the idea and task upserts, the task runs, runs, dispatches and first history
+//! entries) and returns the ids, so a delivery costs one round trip and a share of one commit
+//! instead of three round trips and a commit of its own. Under load Postgres does much less
+//! work per delivery; alone, a delivery is one statement with its values bound one by one
+//! (cheaper for Postgres than a batch of one: no JSON document to parse, no sorts, no joins).
 //!
 //! Two deliveries of one `<repo>#<issue>` (or one delivery id) never share a batch: an upsert
 //! may not touch a row twice in one statement. The later one waits for the next batch, where
@@ -16,12 +17,16 @@
 
 use super::BatchStats;
 use crate::domain::{Error, Result};
-use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, Statement, Value};
+use sea_orm::DatabaseConnection;
+use sea_orm::sqlx::pool::PoolConnection;
+use sea_orm::sqlx::postgres::{PgPool, PgRow, Postgres};
+use sea_orm::sqlx::{self, Row as _};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Most deliveries in one statement.
@@ -39,20 +44,23 @@ pub struct Row {
     pub idea_id: String,
     /// `<repo>#<issue>`.
     pub source_ref: String,
-    /// The task as proto-JSON (`ideas.payload`).
-    pub payload: serde_json::Value,
+    /// The task as proto-JSON (`ideas.payload`), as rendered once for the parameters.
+    #[serde(serialize_with = "raw_json")]
+    pub payload: String,
     /// New `tasks.id`.
     pub task_id: String,
     /// Stage.
     pub stage: String,
-    /// `tasks.metadata`.
-    pub task_meta: serde_json::Value,
+    /// `tasks.metadata` (JSON text).
+    #[serde(serialize_with = "raw_json")]
+    pub task_meta: String,
     /// New `task_runs.id`.
     pub task_run_id: String,
     /// The Workflow name.
     pub workflow_name: String,
-    /// `task_runs.metadata`.
-    pub run_meta: serde_json::Value,
+    /// `task_runs.metadata` (JSON text).
+    #[serde(serialize_with = "raw_json")]
+    pub run_meta: String,
     /// The delivery id.
     pub delivery_id: String,
     /// New run id.
@@ -83,6 +91,13 @@ pub struct Row {
     pub now: String,
 }
 
+/// Writes a JSON text into the batch document as it is (no parse into a tree, no escaping).
+fn raw_json<S: serde::Serializer>(text: &str, ser: S) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::Error as _;
+    let raw: &serde_json::value::RawValue = serde_json::from_str(text).map_err(S::Error::custom)?;
+    raw.serialize(ser)
+}
+
 /// What a batch wrote for one delivery.
 #[derive(Clone, Debug)]
 pub struct Written {
@@ -92,6 +107,83 @@ pub struct Written {
     pub task_id: String,
     /// `task_runs.id`.
     pub task_run_id: String,
+}
+
+/// One delivery's rows in one statement, each value bound on its own: nothing if the delivery id
+/// is recorded (`seen`); otherwise the idea and task upserts, the task run (nothing more if a
+/// concurrent submission of the delivery id commits first), the run, its dispatch and its first
+/// history entry. Returns one row; its ids are NULL when nothing was written.
+///
+/// `$1` idea id, `$2` source_ref, `$3` payload, `$4` now, `$5` task id, `$6` stage, `$7` task
+/// metadata, `$8` task run id, `$9` workflow name, `$10` task run metadata, `$11` delivery id,
+/// `$12` run id, `$13` idempotency key, `$14` command, `$15` principal, `$16` display name,
+/// `$17` namespace, `$18` template, `$19` service account, `$20` parameters, `$21` traceparent,
+/// `$22` dispatch id, `$23` event payload.
+pub const SUBMIT_ONE: &str = "WITH seen AS (
+    SELECT 1 FROM codex_kb.task_runs WHERE delivery_id = $11 LIMIT 1),
+idea AS (
+    INSERT INTO codex_kb.ideas (id, source_type, source_ref, priority, status, risk_flags, payload, created_at, updated_at)
+    SELECT $1::uuid, 'github_issue', $2, 0, 'received', '{}', $3::jsonb, $4::timestamptz, $4::timestamptz
+    WHERE NOT EXISTS (SELECT 1 FROM seen)
+    ON CONFLICT (source_type, source_ref) DO UPDATE SET payload = excluded.payload, updated_at = excluded.updated_at
+    RETURNING id),
+task AS (
+    INSERT INTO codex_kb.tasks (id, idea_id, stage, state, metadata, created_at, updated_at)
+    SELECT $5::uuid, idea.id, $6, 'queued', $7::jsonb, $4::timestamptz, $4::timestamptz FROM idea
+    ON CONFLICT (idea_id, stage) DO UPDATE SET state = 'queued', metadata = excluded.metadata, updated_at = excluded.updated_at
+    RETURNING id),
+tr AS (
+    INSERT INTO codex_kb.task_runs (id, task_id, external_run_id, status, queued_at, retry_count, metadata, created_at, updated_at, delivery_id)
+    SELECT $8::uuid, task.id, $9, 'queued', $4::timestamptz, 0, $10::jsonb, $4::timestamptz, $4::timestamptz, $11 FROM task
+    ON CONFLICT (delivery_id) DO NOTHING
+    RETURNING id),
+run AS (
+    INSERT INTO runs (id, idempotency_key, command, source, status, requester_principal, requester_user_id, guild_id,
+        channel_id, requester_name, namespace, workflow_template, service_account, workflow_name, workflow_uid, parameters,
+        message, progress, workflow_phase, parent_run_id, attempts, created_at, updated_at, started_at, finished_at,
+        cancel_requested_at, cancel_mode, trace_parent)
+    SELECT $12, $13, $14, 'codex', 'queued', $15, '', '', '', $16, $17, $18, $19, $9, '', $20, '', '', '', NULL, 0,
+        $4::timestamptz, $4::timestamptz, NULL, NULL, NULL, '', $21 FROM tr
+    RETURNING id),
+disp AS (
+    INSERT INTO dispatches (id, run_id, kind, state, attempts, available_at, lease_owner, lease_token, lease_expires_at,
+        last_error, dead_lettered_at, created_at, updated_at)
+    SELECT $22, run.id, 'create', 'pending', 0, $4::timestamptz, '', '', NULL, '', NULL, $4::timestamptz, $4::timestamptz FROM run),
+ev AS (
+    INSERT INTO run_events (run_id, sequence, actor, kind, from_status, to_status, payload, created_at)
+    SELECT run.id, 1, $15, 'created', 'queued', 'queued', $23, $4::timestamptz FROM run)
+SELECT 0 AS ord, (SELECT id::text FROM idea) AS idea_id, (SELECT id::text FROM task) AS task_id,
+    (SELECT id::text FROM tr) AS task_run_id";
+
+/// [`SUBMIT_ONE`] with its values bound, in order.
+fn submit_one(r: &Row) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
+    [
+        &r.idea_id,
+        &r.source_ref,
+        &r.payload,
+        &r.now,
+        &r.task_id,
+        &r.stage,
+        &r.task_meta,
+        &r.task_run_id,
+        &r.workflow_name,
+        &r.run_meta,
+        &r.delivery_id,
+        &r.run_id,
+        &r.idem,
+        &r.command,
+        &r.principal,
+        &r.display_name,
+        &r.namespace,
+        &r.template,
+        &r.service_account,
+        &r.params,
+        &r.traceparent,
+        &r.dispatch_id,
+        &r.event,
+    ]
+    .into_iter()
+    .fold(sqlx::query(SUBMIT_ONE), |q, v| q.bind(v.clone()))
 }
 
 /// The batch statement. `$1`: a JSON array of [`Row`]s.
@@ -155,7 +247,10 @@ struct Pending {
 
 /// The queue and the batches in flight.
 pub struct Batcher {
-    db: DatabaseConnection,
+    pool: PgPool,
+    /// Connections kept between statements (at most one per slot). A connection given back to
+    /// the pool costs a round trip: sqlx pings every connection it takes back.
+    held: Mutex<Vec<Held>>,
     queue: Mutex<VecDeque<Pending>>,
     running: AtomicUsize,
     slots: usize,
@@ -174,9 +269,10 @@ impl fmt::Debug for Batcher {
 
 impl Batcher {
     /// At most `slots` statements in flight (at least one).
-    pub fn new(db: DatabaseConnection, slots: usize) -> Arc<Batcher> {
+    pub fn new(db: &DatabaseConnection, slots: usize) -> Arc<Batcher> {
         Arc::new(Batcher {
-            db,
+            pool: db.get_postgres_connection_pool().clone(),
+            held: Mutex::new(Vec::new()),
             queue: Mutex::new(VecDeque::new()),
             running: AtomicUsize::new(0),
             slots: slots.max(1),
@@ -196,6 +292,13 @@ impl Batcher {
     /// Writes one delivery's rows with whatever else is waiting. `None`: the delivery id was
     /// already recorded (or another submission of it won), nothing was written for this one.
     pub async fn submit(self: &Arc<Self>, row: Row) -> Result<Option<Written>> {
+        // Nothing waits and a slot is free: write it now, here. (A submission queued meanwhile
+        // is started when the slot is given back.)
+        if self.lock().is_empty() && self.acquire() {
+            let _slot = Slot(self);
+            let mut written = self.write(std::slice::from_ref(&row)).await?;
+            return Ok(written.remove(&0));
+        }
         let (done, wait) = oneshot::channel();
         let size = approx_size(&row);
         self.lock().push_back(Pending { row, size, done });
@@ -276,7 +379,8 @@ impl Batcher {
         for (i, p) in batch.iter_mut().enumerate() {
             p.row.ord = i;
         }
-        match self.write(&batch).await {
+        let rows: Vec<&Row> = batch.iter().map(|p| &p.row).collect();
+        match self.write(&rows).await {
             Ok(mut written) => {
                 for (i, p) in batch.into_iter().enumerate() {
                     let _ = p.done.send(Ok(written.remove(&i)));
@@ -291,8 +395,7 @@ impl Batcher {
                 tracing::warn!(error = %e, deliveries = batch.len(), "codex batch failed; writing its deliveries one by one");
                 for mut p in batch {
                     p.row.ord = 0;
-                    let one = std::slice::from_ref(&p);
-                    let result = self.write(one).await.map(|mut w| w.remove(&0));
+                    let result = self.write(&[&p.row]).await.map(|mut w| w.remove(&0));
                     let _ = p.done.send(result);
                 }
             }
@@ -300,35 +403,103 @@ impl Batcher {
     }
 
     /// One statement for `batch`; what it wrote, by position.
-    async fn write(&self, batch: &[Pending]) -> Result<HashMap<usize, Written>> {
-        let rows: Vec<&Row> = batch.iter().map(|p| &p.row).collect();
-        let json = serde_json::to_string(&rows).map_err(|e| Error::Internal(e.to_string()))?;
-        let stmt = Statement::from_sql_and_values(
-            DatabaseBackend::Postgres,
-            SUBMIT_BATCH,
-            vec![Value::from(json)],
-        );
-        let result = self.db.query_all_raw(stmt).await.map_err(Error::database)?;
+    async fn write<R: std::borrow::Borrow<Row>>(
+        &self,
+        batch: &[R],
+    ) -> Result<HashMap<usize, Written>> {
+        let query = match batch {
+            [one] => submit_one(one.borrow()),
+            _ => {
+                let rows: Vec<&Row> = batch.iter().map(|r| r.borrow()).collect();
+                let json =
+                    serde_json::to_string(&rows).map_err(|e| Error::Internal(e.to_string()))?;
+                sqlx::query(SUBMIT_BATCH).bind(json)
+            }
+        };
+        let held = self.held_pop();
+        let mut held = match held {
+            Some(h) => h,
+            None => Held {
+                conn: self.pool.acquire().await.map_err(Error::database)?,
+                since: Instant::now(),
+            },
+        };
+        // On an error (or if this future is dropped) the connection goes back to the pool,
+        // which tests it and closes it if it is broken.
+        let result: Vec<PgRow> = query
+            .fetch_all(&mut *held.conn)
+            .await
+            .map_err(Error::database)?;
+        if held.since.elapsed() < HOLD_AT_MOST {
+            self.held_push(held);
+        }
         self.statements.fetch_add(1, Ordering::Relaxed);
         self.deliveries
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let mut written = HashMap::with_capacity(result.len());
         for r in result {
-            let ord: i32 = r.try_get("", "ord").map_err(Error::database)?;
+            let ord: i32 = r.try_get("ord").map_err(Error::database)?;
             let text = |col: &str| {
-                r.try_get::<String>("", col)
+                r.try_get::<Option<String>, _>(col)
                     .map_err(|e| Error::Internal(format!("reading {col}: {e}")))
             };
+            // SUBMIT_ONE answers NULLs when the delivery was recorded before.
+            let Some(task_run_id) = text("task_run_id")? else {
+                continue;
+            };
+            let missing =
+                |col: &str| Error::Internal(format!("{col} missing for a written task run"));
             written.insert(
                 usize::try_from(ord).unwrap_or(usize::MAX),
                 Written {
-                    idea_id: text("idea_id")?,
-                    task_id: text("task_id")?,
-                    task_run_id: text("task_run_id")?,
+                    idea_id: text("idea_id")?.ok_or_else(|| missing("idea_id"))?,
+                    task_id: text("task_id")?.ok_or_else(|| missing("task_id"))?,
+                    task_run_id,
                 },
             );
         }
         Ok(written)
+    }
+}
+
+impl Batcher {
+    fn held_pop(&self) -> Option<Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    fn held_push(&self, h: Held) {
+        // A closing pool waits for every connection: none is kept once it closes.
+        if !self.pool.is_closed() {
+            self.held.lock().unwrap_or_else(|p| p.into_inner()).push(h);
+        }
+    }
+
+    /// Gives the kept connections back to the pool (before it closes).
+    pub fn release_held(&self) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+/// How long a connection is kept before it goes back to the pool (which then applies its
+/// lifetime and idle rules to it).
+const HOLD_AT_MOST: Duration = Duration::from_secs(300);
+
+/// A pool connection kept by the batcher between statements.
+struct Held {
+    conn: PoolConnection<Postgres>,
+    since: Instant,
+}
+
+/// A slot taken by a submission writing its own delivery: given back when the write ends or is
+/// abandoned (its caller went away), then whatever queued meanwhile is started.
+struct Slot<'a>(&'a Arc<Batcher>);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+        if !self.0.lock().is_empty() {
+            self.0.start();
+        }
     }
 }
 

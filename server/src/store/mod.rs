@@ -131,7 +131,7 @@ impl Store {
         }
         let db = Database::connect(opts).await.map_err(Error::database)?;
         let codex_batch = (backend == DatabaseBackend::Postgres)
-            .then(|| codex_batch::Batcher::new(db.clone(), DEFAULT_CODEX_BATCH_SLOTS));
+            .then(|| codex_batch::Batcher::new(&db, DEFAULT_CODEX_BATCH_SLOTS));
         Ok(Store {
             db,
             backend,
@@ -150,7 +150,7 @@ impl Store {
     /// At most `slots` Codex batch statements in flight (Postgres; see [`codex_batch`]).
     pub fn with_codex_batch_slots(mut self, slots: usize) -> Store {
         if self.codex_batch.is_some() {
-            self.codex_batch = Some(codex_batch::Batcher::new(self.db.clone(), slots));
+            self.codex_batch = Some(codex_batch::Batcher::new(&self.db, slots));
         }
         self
     }
@@ -182,6 +182,9 @@ impl Store {
 
     /// Closes the pool.
     pub async fn close(self) {
+        if let Some(b) = &self.codex_batch {
+            b.release_held();
+        }
         let _ = self.db.close().await;
     }
 
