@@ -854,3 +854,80 @@ async fn an_old_service_database_is_adopted_without_loss() {
     );
     srv.stop().await;
 }
+
+/// The Postgres batcher keeps its connections between statements. When the database drops them
+/// (a restart, a failover, an administrator), a submission may fail with UNAVAILABLE while dead
+/// connections are found and replaced, never hangs, and the producer's retry is accepted
+/// exactly once.
+#[tokio::test]
+async fn dropped_database_connections_are_replaced() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let srv = TestServer::start(codex_config(&db)).await;
+    let c = srv.client(CODEX_TOKEN).await;
+    let submit = |id: &'static str| {
+        let c = c.clone();
+        async move {
+            let mut task = sample();
+            task.delivery_id = id.to_string();
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                c.codex().submit_task(pb::SubmitTaskRequest {
+                    task: Some(task),
+                    delivery_id: String::new(),
+                }),
+            )
+            .await
+            .expect("a submission on dropped connections must not hang")
+        }
+    };
+    assert!(
+        !submit("before")
+            .await
+            .expect("first")
+            .into_inner()
+            .duplicate
+    );
+
+    let killer = sea_orm::Database::connect(db.url.as_str())
+        .await
+        .expect("connect");
+    let killed = killer
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        ))
+        .await
+        .expect("terminate")
+        .expect("one row");
+    assert!(killed.try_get::<i64>("", "n").expect("n") >= 1);
+
+    // The producer retries a refused delivery, as it does for any UNAVAILABLE.
+    let mut refusals = 0;
+    let accepted = loop {
+        match submit("after").await {
+            Ok(r) => break r.into_inner(),
+            Err(s) => {
+                assert_eq!(s.code(), Code::Unavailable, "{s}");
+                refusals += 1;
+                assert!(refusals < 20, "never recovered: {s}");
+            }
+        }
+    };
+    // The kept connection was among the dropped ones: the first statement after noticed.
+    assert!(refusals >= 1);
+    assert!(
+        !accepted.duplicate,
+        "nothing was written on a dropped connection"
+    );
+    let again = submit("after").await.expect("replay").into_inner();
+    assert!(again.duplicate);
+    assert_eq!(again.run_id, accepted.run_id);
+    assert_eq!(
+        count_rows(&srv.server.state.store, "codex_kb.task_runs").await,
+        2
+    );
+    assert_eq!(count_rows(&srv.server.state.store, "runs").await, 2);
+    killer.close().await.ok();
+    srv.stop().await;
+}
