@@ -931,3 +931,45 @@ async fn dropped_database_connections_are_replaced() {
     killer.close().await.ok();
     srv.stop().await;
 }
+
+/// On Postgres the accepted run is built from what the statement wrote, not read back: it must
+/// be the stored run, field for field (times included).
+async fn the_accepted_run_is_the_stored_run(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let srv = TestServer::start(codex_config(&db)).await;
+    let state = &srv.server.state;
+    let plan = facteur_server::domain::codex::plan(
+        &sample(),
+        "",
+        &state.config,
+        facteur_proto::codex_task_json,
+    )
+    .expect("plan");
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string();
+    let accepted = state
+        .store
+        .submit_codex(&plan, "froussard", traceparent)
+        .await
+        .expect("submit");
+    assert!(!accepted.duplicate);
+    let run = accepted.run.expect("a run");
+    let stored = state
+        .store
+        .get_run(&run.id)
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(run, stored);
+    assert_eq!(accepted.workflow_name, stored.workflow_name);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn the_accepted_run_is_the_stored_run_on_postgres() {
+    the_accepted_run_is_the_stored_run(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn the_accepted_run_is_the_stored_run_on_sqlite() {
+    the_accepted_run_is_the_stored_run(Backend::Sqlite).await;
+}
