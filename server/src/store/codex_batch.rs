@@ -296,7 +296,7 @@ impl Batcher {
         // is started when the slot is given back.)
         if self.lock().is_empty() && self.acquire() {
             let _slot = Slot(self);
-            let mut written = self.write(std::slice::from_ref(&row)).await?;
+            let mut written = self.write(&[&row]).await?;
             return Ok(written.remove(&0));
         }
         let (done, wait) = oneshot::channel();
@@ -305,6 +305,22 @@ impl Batcher {
         self.start();
         wait.await
             .map_err(|_| Error::Internal("the codex batch was abandoned".into()))?
+    }
+
+    fn held_pop(&self) -> Option<Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    fn held_push(&self, h: Held) {
+        // A closing pool waits for every connection: none is kept once it closes.
+        if !self.pool.is_closed() {
+            self.held.lock().unwrap_or_else(|p| p.into_inner()).push(h);
+        }
+    }
+
+    /// Gives the kept connections back to the pool (before it closes).
+    pub fn release_held(&self) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
@@ -393,8 +409,8 @@ impl Batcher {
             }
             Err(e) => {
                 tracing::warn!(error = %e, deliveries = batch.len(), "codex batch failed; writing its deliveries one by one");
-                for mut p in batch {
-                    p.row.ord = 0;
+                // Alone, a delivery is written by SUBMIT_ONE, which answers at position 0.
+                for p in batch {
                     let result = self.write(&[&p.row]).await.map(|mut w| w.remove(&0));
                     let _ = p.done.send(result);
                 }
@@ -403,16 +419,12 @@ impl Batcher {
     }
 
     /// One statement for `batch`; what it wrote, by position.
-    async fn write<R: std::borrow::Borrow<Row>>(
-        &self,
-        batch: &[R],
-    ) -> Result<HashMap<usize, Written>> {
+    async fn write(&self, batch: &[&Row]) -> Result<HashMap<usize, Written>> {
         let query = match batch {
-            [one] => submit_one(one.borrow()),
+            [one] => submit_one(one),
             _ => {
-                let rows: Vec<&Row> = batch.iter().map(|r| r.borrow()).collect();
                 let json =
-                    serde_json::to_string(&rows).map_err(|e| Error::Internal(e.to_string()))?;
+                    serde_json::to_string(batch).map_err(|e| Error::Internal(e.to_string()))?;
                 sqlx::query(SUBMIT_BATCH).bind(json)
             }
         };
@@ -459,24 +471,6 @@ impl Batcher {
             );
         }
         Ok(written)
-    }
-}
-
-impl Batcher {
-    fn held_pop(&self) -> Option<Held> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).pop()
-    }
-
-    fn held_push(&self, h: Held) {
-        // A closing pool waits for every connection: none is kept once it closes.
-        if !self.pool.is_closed() {
-            self.held.lock().unwrap_or_else(|p| p.into_inner()).push(h);
-        }
-    }
-
-    /// Gives the kept connections back to the pool (before it closes).
-    pub fn release_held(&self) {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 
