@@ -139,6 +139,12 @@ async fn compat_endpoint(backend: Backend) {
     assert_eq!(params["judge_prompt"], "be strict");
     let raw: Value = serde_json::from_slice(&base64_decode(params["rawEvent"]))
         .expect("rawEvent is base64 proto-JSON");
+    let event: Value = serde_json::from_slice(&base64_decode(params["eventBody"]))
+        .expect("eventBody is base64 proto-JSON");
+    assert_eq!(
+        event, raw,
+        "an implementation task's eventBody is its rawEvent"
+    );
     assert_eq!(raw["stage"], "CODEX_TASK_STAGE_IMPLEMENTATION");
     assert_eq!(
         raw["issueNumber"], "1635",

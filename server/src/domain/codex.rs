@@ -192,13 +192,11 @@ pub fn plan(
         p.insert("judge_prompt".into(), c.judge_prompt.clone());
     }
     let task_json = proto_json(task);
-    let mut as_implementation = task.clone();
-    as_implementation.stage = CodexTaskStage::Implementation as i32;
-    p.insert("rawEvent".into(), base64(task_json.as_bytes()));
-    p.insert(
-        "eventBody".into(),
-        base64(proto_json(&as_implementation).as_bytes()),
-    );
+    // `eventBody` is the task with its stage set to implementation: only that stage gets this
+    // far, so it is `rawEvent` itself, rendered once.
+    let event = base64(task_json.as_bytes());
+    p.insert("eventBody".into(), event.clone());
+    p.insert("rawEvent".into(), event);
 
     Ok(CodexPlan {
         delivery_id,
@@ -370,6 +368,8 @@ mod tests {
         assert_eq!(p["judge_prompt"], "judge");
         assert_eq!(p["Extra_Param"], "x");
         assert_eq!(p["rawEvent"], base64(b"{\"stage\":2}"));
+        // The task with its stage set to implementation, which it already is.
+        assert_eq!(p["eventBody"], base64(b"{\"stage\":2}"));
         let mut t = task();
         t.repository = String::new();
         t.issue_number = 0;
