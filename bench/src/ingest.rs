@@ -13,9 +13,19 @@
 //!   plain SQL: look the delivery id up, the same statement, read the run back.
 //!
 //! Every per-delivery value is bound per execution (pgbench variables), as the server binds it.
-//! The server and each reference take turns in [`ROUNDS`] rounds, so a change in the machine's
-//! load during the run weighs on all three alike.
+//!
+//! Two load generators call the server, each with a connection per worker:
+//! - the figure: [`Unary`], which writes each request to its connection whole (HEADERS and
+//!   the one DATA frame that carries the message and ends the stream), as pgbench writes a
+//!   transaction;
+//! - `*_tonic_client`: facteur's own client (`facteur_client`, tonic over hyper), which writes
+//!   a unary request in three writes, so the server wakes once for its headers and again for
+//!   its message.
+//!
+//! The server under each generator and each reference take turns in [`ROUNDS`] rounds, so a
+//! change in the machine's load during the run weighs on all four alike.
 
+use crate::unary::Unary;
 use crate::{percentile, round2};
 use facteur_client::{Client, ClientConfig, pb};
 use facteur_proto::froussard::CodexTask;
@@ -32,16 +42,45 @@ fn sample() -> anyhow::Result<CodexTask> {
         .map_err(|e| anyhow::anyhow!("sample: {e}"))
 }
 
-/// The server under test and its load generator.
+/// `CodexService.SubmitTask`, for [`Unary`].
+const SUBMIT_TASK: &str = "/facteur.v1.CodexService/SubmitTask";
+
+/// One load-generating worker's connection.
+#[derive(Clone)]
+enum Caller {
+    /// See [`Unary`].
+    Unary(Unary),
+    /// facteur's own client.
+    Tonic(Client),
+}
+
+impl Caller {
+    async fn submit(&self, req: pb::SubmitTaskRequest) -> anyhow::Result<pb::SubmitTaskResponse> {
+        match self {
+            Caller::Unary(u) => u.call(SUBMIT_TASK, &req).await,
+            Caller::Tonic(c) => Ok(c
+                .codex()
+                .submit_task(req)
+                .await
+                .map_err(|s| anyhow::anyhow!("submit failed: {s}"))?
+                .into_inner()),
+        }
+    }
+}
+
+/// The server under test and its load generators.
 ///
-/// The load generator runs on a runtime of its own (as many threads as pgbench gets, `-j`), as
-/// pgbench is a process of its own: the server's runtime serves, nothing else. Each worker has
-/// its own connection, as pgbench has one per client and producers are separate services (all
-/// workers on one HTTP/2 connection would measure that connection instead).
+/// The load generators run on a runtime of their own (as many threads as pgbench gets, `-j`),
+/// as pgbench is a process of its own: the server's runtime serves, nothing else. Each worker
+/// has its own connection, as pgbench has one per client and producers are separate services
+/// (all workers on one HTTP/2 connection would measure that connection instead).
 struct App {
     srv: TestServer,
     load: tokio::runtime::Runtime,
-    clients: Vec<Client>,
+    /// Per worker: the figure's generator.
+    unary: Vec<Caller>,
+    /// Per worker: facteur's own client.
+    tonic: Vec<Caller>,
     task: CodexTask,
     _db: TestDb,
 }
@@ -67,49 +106,53 @@ impl App {
             .thread_name("load")
             .enable_all()
             .build()?;
-        let mut clients = Vec::new();
+        let (mut unary, mut tonic) = (Vec::new(), Vec::new());
         for _ in 0..concurrency {
-            let url = srv.grpc_url();
-            clients.push(
-                load.spawn(async move { Client::connect(ClientConfig::new(url)).await })
-                    .await??,
-            );
+            let (url, addr) = (srv.grpc_url(), srv.server.grpc_addr.to_string());
+            let (u, t) = load
+                .spawn(async move {
+                    let u = Unary::connect(&addr).await?;
+                    let t = Client::connect(ClientConfig::new(url)).await?;
+                    anyhow::Ok((u, t))
+                })
+                .await??;
+            unary.push(Caller::Unary(u));
+            tonic.push(Caller::Tonic(t));
         }
         Ok(App {
             srv,
             load,
-            clients,
+            unary,
+            tonic,
             task: sample()?,
             _db: db,
         })
     }
 
-    /// Every client submits new deliveries, one after the other, for `duration`; the latencies
-    /// in ms.
-    async fn run(&self, duration: Duration) -> anyhow::Result<Vec<f64>> {
+    /// Every worker of `callers` submits new deliveries, one after the other, for `duration`;
+    /// the latencies in ms.
+    async fn run(&self, callers: &[Caller], duration: Duration) -> anyhow::Result<Vec<f64>> {
         let stop = Instant::now() + duration;
         let mut handles = Vec::new();
-        for client in &self.clients {
-            let client = client.clone();
+        for caller in callers {
+            let caller = caller.clone();
             let task = self.task.clone();
             handles.push(self.load.spawn(async move {
                 let mut lat = Vec::new();
                 while Instant::now() < stop {
                     let mut t = task.clone();
-                    t.delivery_id = format!("bench-{}", uuid::Uuid::new_v4().simple());
-                    t.issue_number =
-                        i64::from(1 + (uuid::Uuid::new_v4().as_u128() % u128::from(ISSUES)) as u32);
+                    let id = uuid::Uuid::new_v4();
+                    t.delivery_id = format!("bench-{}", id.simple());
+                    t.issue_number = i64::from(1 + (id.as_u128() % u128::from(ISSUES)) as u32);
                     let now = Instant::now();
-                    let r = client
-                        .codex()
-                        .submit_task(pb::SubmitTaskRequest {
+                    let r = caller
+                        .submit(pb::SubmitTaskRequest {
                             task: Some(t),
                             delivery_id: String::new(),
                         })
-                        .await
-                        .map_err(|s| anyhow::anyhow!("submit failed: {s}"))?;
+                        .await?;
                     lat.push(now.elapsed().as_secs_f64() * 1000.0);
-                    if r.into_inner().duplicate {
+                    if r.duplicate {
                         anyhow::bail!("unexpected duplicate");
                     }
                 }
@@ -123,16 +166,33 @@ impl App {
         Ok(all)
     }
 
-    /// Deliveries per statement so far.
-    fn per_statement(&self) -> f64 {
-        let b = self.srv.server.state.store.codex_batch_stats();
-        b.deliveries as f64 / b.statements.max(1) as f64
+    /// [`App::run`], adding its latencies and the server's statements to `into`.
+    async fn serve(
+        &self,
+        callers: &[Caller],
+        duration: Duration,
+        into: &mut Served,
+    ) -> anyhow::Result<()> {
+        let before = self.srv.server.state.store.codex_batch_stats();
+        into.lat.extend(self.run(callers, duration).await?);
+        let after = self.srv.server.state.store.codex_batch_stats();
+        into.statements += after.statements - before.statements;
+        into.deliveries += after.deliveries - before.deliveries;
+        Ok(())
     }
 
     async fn stop(self) {
         self.load.shutdown_background();
         self.srv.stop().await;
     }
+}
+
+/// The server's figures under one load generator, over a level's rounds.
+#[derive(Default)]
+struct Served {
+    lat: Vec<f64>,
+    statements: u64,
+    deliveries: u64,
 }
 
 /// Transport security to Postgres for both sides (`BENCH_PG_SSLMODE`, default `prefer`, which
@@ -337,7 +397,8 @@ async fn pgbench(
 const ROUNDS: u64 = 4;
 
 /// The benchmark; prints one line per concurrency and returns the summary. `seconds`: measured
-/// time per level for each of the three (the server and the two pgbench references).
+/// time per level for each of the four (the server under each load generator, the two pgbench
+/// references).
 pub async fn run(seconds: u64) -> anyhow::Result<Value> {
     let scripts = pgbench_scripts()?;
     let round = Duration::from_secs((seconds / ROUNDS).max(1));
@@ -350,12 +411,16 @@ pub async fn run(seconds: u64) -> anyhow::Result<Value> {
     let mut levels = Vec::new();
     for c in wanted {
         let app = App::start(c).await?;
-        app.run(Duration::from_secs(2)).await?; // warm-up
+        // Warm-up: connections, prepared statements, the batcher's kept connections.
+        app.run(&app.unary, Duration::from_secs(2)).await?;
+        app.run(&app.tonic, Duration::from_secs(1)).await?;
         let (txn_db, write_db) = (pgbench_db().await?, pgbench_db().await?);
-        let (mut app_lat, mut txn_lat, mut write_lat) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut unary, mut tonic) = (Served::default(), Served::default());
+        let (mut txn_lat, mut write_lat) = (Vec::new(), Vec::new());
         let (mut txn_tps, mut write_tps) = (0.0, 0.0);
         for _ in 0..ROUNDS {
-            app_lat.extend(app.run(round).await?);
+            app.serve(&app.unary, round, &mut unary).await?;
+            app.serve(&app.tonic, round, &mut tonic).await?;
             let (tps, lat) = pgbench(&txn_db, &scripts.txn, &scripts.vars, c, round).await?;
             txn_tps += tps / ROUNDS as f64;
             txn_lat.extend(lat);
@@ -363,17 +428,17 @@ pub async fn run(seconds: u64) -> anyhow::Result<Value> {
             write_tps += tps / ROUNDS as f64;
             write_lat.extend(lat);
         }
-        let per_statement = app.per_statement();
         app.stop().await;
-        for l in [&mut app_lat, &mut txn_lat, &mut write_lat] {
+        for l in [&mut unary.lat, &mut tonic.lat, &mut txn_lat, &mut write_lat] {
             l.sort_by(f64::total_cmp);
         }
-        let per_s = app_lat.len() as f64 / measured;
+        let per_s = unary.lat.len() as f64 / measured;
+        let tonic_per_s = tonic.lat.len() as f64 / measured;
         let level = json!({
             "concurrency": c,
             "per_s": per_s.round(),
-            "p50_ms": round2(percentile(&app_lat, 50.0)),
-            "p99_ms": round2(percentile(&app_lat, 99.0)),
+            "p50_ms": round2(percentile(&unary.lat, 50.0)),
+            "p99_ms": round2(percentile(&unary.lat, 99.0)),
             "pgbench_per_s": write_tps.round(),
             "pgbench_p50_ms": round2(percentile(&write_lat, 50.0)),
             "pgbench_p99_ms": round2(percentile(&write_lat, 99.0)),
@@ -382,7 +447,11 @@ pub async fn run(seconds: u64) -> anyhow::Result<Value> {
             "pgbench_txn_p50_ms": round2(percentile(&txn_lat, 50.0)),
             "pgbench_txn_p99_ms": round2(percentile(&txn_lat, 99.0)),
             "ratio_vs_pgbench_txn": round2(per_s / txn_tps),
-            "deliveries_per_statement": round2(per_statement),
+            "deliveries_per_statement": round2(unary.deliveries as f64 / unary.statements.max(1) as f64),
+            "per_s_tonic_client": tonic_per_s.round(),
+            "p50_ms_tonic_client": round2(percentile(&tonic.lat, 50.0)),
+            "p99_ms_tonic_client": round2(percentile(&tonic.lat, 99.0)),
+            "ratio_vs_pgbench_tonic_client": round2(tonic_per_s / write_tps),
         });
         println!("{level}");
         levels.push(level);
@@ -405,6 +474,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<Value> {
         "ratio_vs_pgbench": at16["ratio_vs_pgbench"],
         "ratio_vs_pgbench_min": worst("ratio_vs_pgbench"),
         "ratio_vs_pgbench_txn_min": worst("ratio_vs_pgbench_txn"),
+        "ratio_vs_pgbench_tonic_client_min": worst("ratio_vs_pgbench_tonic_client"),
         "seconds_per_level": measured,
         "levels": levels,
     }))

@@ -12,6 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod ingest;
 mod interactions;
+mod unary;
 
 use facteur_client::pb;
 use facteur_tests::fake_kube::FakeKube;
