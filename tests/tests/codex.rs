@@ -939,7 +939,8 @@ async fn dropped_database_connections_are_replaced() {
 }
 
 /// On Postgres the accepted run is built from what the statement wrote, not read back: it must
-/// be the stored run, field for field (times included).
+/// be the stored run, field for field (times included). On both backends the run is created at
+/// the task run's instant.
 async fn the_accepted_run_is_the_stored_run(backend: Backend) {
     let db = TestDb::new(backend).await;
     let srv = TestServer::start(codex_config(&db)).await;
@@ -967,6 +968,15 @@ async fn the_accepted_run_is_the_stored_run(backend: Backend) {
         .expect("stored");
     assert_eq!(run, stored);
     assert_eq!(accepted.workflow_name, stored.workflow_name);
+    // The task run (whose created_at is the submission time) and its run share one instant.
+    assert_eq!(accepted.submitted_at, stored.created_at);
+    let task_run = state
+        .store
+        .codex_by_task_run(&accepted.task_run_id)
+        .await
+        .expect("read")
+        .expect("task run");
+    assert_eq!(task_run.created_at, stored.created_at);
     srv.stop().await;
 }
 

@@ -12,7 +12,7 @@ use super::{Inserted, Store, insert_run, portable as stmt};
 use crate::domain::codex::CodexPlan;
 use crate::domain::run::{NewRun, Requester, Run, RunSource, RunStatus};
 use crate::domain::{Error, Result};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{ConnectionTrait, DatabaseBackend, QueryResult, TransactionTrait};
 
 /// What a submission recorded (or found, for a replay).
@@ -121,7 +121,10 @@ impl Store {
         {
             return Ok(found);
         }
-        let now = stamp(Utc::now());
+        // One instant for every row of the delivery (task run, run, dispatch, history), to the
+        // microsecond both backends keep.
+        let at = Utc::now().trunc_subsecs(6);
+        let now = stamp(at);
         let run_id = uuid::Uuid::now_v7();
         let workflow_name = crate::domain::run::workflow_name(&plan.workflow_name_prefix, &run_id);
         let source_ref = format!("{}#{}", plan.repository, plan.issue_number);
@@ -184,7 +187,6 @@ impl Store {
                     });
             };
             // The run as the statement wrote it.
-            let at = parse_stamp(&now)?;
             let run = Run {
                 id: run_id.to_string(),
                 idempotency_key: new.idempotency_key,
@@ -283,7 +285,7 @@ impl Store {
                 .ok_or_else(|| Error::Internal("delivery conflicted but is not recorded".into()));
         };
         let task_run_id = get(&task_run, "id")?;
-        match insert_run(&txn, run_id, &new, principal).await {
+        match insert_run(&txn, run_id, &new, principal, at).await {
             Ok(()) => {}
             Err(Inserted::Duplicate(e)) => {
                 let _ = txn.rollback().await;
@@ -300,7 +302,7 @@ impl Store {
             idea_id,
             task_id,
             task_run_id,
-            submitted_at: parse_stamp(&now)?,
+            submitted_at: at,
             duplicate: false,
             workflow_name,
             run,

@@ -197,7 +197,7 @@ impl Store {
         }
         let id = uuid::Uuid::now_v7();
         let txn = self.db.begin().await.map_err(Error::database)?;
-        match insert_run(&txn, id, &new, actor).await {
+        match insert_run(&txn, id, &new, actor, Utc::now()).await {
             Ok(()) => {}
             Err(Inserted::Duplicate(e)) => {
                 let _ = txn.rollback().await;
@@ -435,15 +435,15 @@ pub(crate) fn check_key(key: &str) -> Result<()> {
 }
 
 /// Inserts a run, its create dispatch and its `created` event on `c` (inside the caller's
-/// transaction). The run row goes first, so SQLite takes the write lock at once instead of
-/// failing a read-to-write upgrade under contention.
+/// transaction), all created at `now`. The run row goes first, so SQLite takes the write lock at
+/// once instead of failing a read-to-write upgrade under contention.
 pub(crate) async fn insert_run<C: sea_orm::ConnectionTrait>(
     c: &C,
     id: uuid::Uuid,
     new: &NewRun,
     actor: &str,
+    now: DateTime<Utc>,
 ) -> std::result::Result<(), Inserted> {
-    let now = Utc::now();
     let run = runs::ActiveModel {
         id: Set(id.to_string()),
         idempotency_key: Set(new.idempotency_key.clone()),
