@@ -7,11 +7,135 @@ use crate::model::TelemetryConfig;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::{Resource, metrics::SdkMeterProvider, trace::SdkTracerProvider};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::OnceLock;
+use std::sync::mpsc::{self, SyncSender};
 use std::time::Duration;
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
-/// Flushes and shuts the exporters down when dropped.
+/// Log lines waiting for the writer thread before a logging thread waits for room (backpressure,
+/// never loss).
+const LINES_WAITING: usize = 16 * 1024;
+
+/// How long a flush waits for the writer thread.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
+/// The writer thread sleeps between rounds instead of waiting on the queue, so handing a line
+/// over never wakes a thread: 2 ms after a round that wrote, doubling up to 64 ms while idle.
+const NAP_MIN: Duration = Duration::from_millis(2);
+const NAP_MAX: Duration = Duration::from_millis(64);
+
+/// The process's log writer, once [`init`] has run.
+static LINES: OnceLock<Lines> = OnceLock::new();
+
+/// Log lines are written to their output by a thread of their own. The thread that logs only
+/// hands its formatted line over, so a request never waits on a `write` to stdout (or on the
+/// process reading that pipe: a container runtime's log collector), and the lines of a round
+/// go out together. Lines reach the output within a few milliseconds (64 ms after an idle
+/// spell); a flush ([`Lines::flush`], [`flush_logs`], the guard's drop) waits for them.
+#[derive(Clone)]
+pub struct Lines {
+    tx: SyncSender<Message>,
+}
+
+enum Message {
+    Line(Vec<u8>),
+    Flush(mpsc::Sender<()>),
+}
+
+impl Lines {
+    /// Starts the writer thread on `out`, holding at most `waiting` lines before a logging
+    /// thread waits for room.
+    pub fn spawn<W: Write + Send + 'static>(out: W, waiting: usize) -> std::io::Result<Lines> {
+        let (tx, rx) = mpsc::sync_channel::<Message>(waiting);
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+                let mut nap = NAP_MIN;
+                loop {
+                    let mut wrote = false;
+                    loop {
+                        match rx.try_recv() {
+                            // A log line that cannot be written has nowhere else to go.
+                            Ok(Message::Line(line)) => {
+                                drop(out.write_all(&line));
+                                wrote = true;
+                            }
+                            Ok(Message::Flush(done)) => {
+                                let _ = out.flush();
+                                let _ = done.send(());
+                            }
+                            Err(mpsc::TryRecvError::Empty) => break,
+                            Err(mpsc::TryRecvError::Disconnected) => {
+                                let _ = out.flush();
+                                return;
+                            }
+                        }
+                    }
+                    let _ = out.flush();
+                    nap = if wrote {
+                        NAP_MIN
+                    } else {
+                        (nap * 2).min(NAP_MAX)
+                    };
+                    std::thread::sleep(nap);
+                }
+            })?;
+        Ok(Lines { tx })
+    }
+
+    /// Waits (at most `wait`) until every line handed over before the call is written;
+    /// `false` if the writer did not confirm in time.
+    pub fn flush(&self, wait: Duration) -> bool {
+        let (done, confirmed) = mpsc::channel();
+        self.tx.send(Message::Flush(done)).is_ok() && confirmed.recv_timeout(wait).is_ok()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Lines {
+    type Writer = Line<'a>;
+    fn make_writer(&'a self) -> Line<'a> {
+        Line {
+            tx: &self.tx,
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// One event's formatted line, handed to the writer thread when dropped.
+pub struct Line<'a> {
+    tx: &'a SyncSender<Message>,
+    buf: Vec<u8>,
+}
+
+impl Write for Line<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Line<'_> {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            let _ = self.tx.send(Message::Line(std::mem::take(&mut self.buf)));
+        }
+    }
+}
+
+/// Writes out every log line handed over so far (waits at most 2 s). For exits that skip the
+/// [`TelemetryGuard`]'s drop (`std::process::exit`).
+pub fn flush_logs() {
+    if let Some(l) = LINES.get() {
+        l.flush(FLUSH_WAIT);
+    }
+}
+
+/// Flushes the log lines and shuts the exporters down when dropped.
 #[must_use = "dropping the guard stops telemetry export"]
 pub struct TelemetryGuard {
     tracer: Option<SdkTracerProvider>,
@@ -20,6 +144,7 @@ pub struct TelemetryGuard {
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
+        flush_logs();
         if let Some(t) = self.tracer.take() {
             let _ = t.shutdown_with_timeout(Duration::from_secs(3));
         }
@@ -60,14 +185,25 @@ pub fn init(service: &'static str, cfg: &TelemetryConfig, force_json: bool) -> T
             "pretty" => false,
             _ => !std::io::stdout().is_terminal(),
         };
+    let ansi = std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let lines = LINES
+        .get_or_init(|| {
+            Lines::spawn(std::io::stdout(), LINES_WAITING).expect("start the log writer thread")
+        })
+        .clone();
     let fmt_layer = if json {
         tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .with_writer(lines)
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer().boxed()
+        tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(lines)
+            .boxed()
     };
     let resource = Resource::builder().with_service_name(service).build();
 
@@ -169,4 +305,81 @@ pub fn adopt_parent(span: &tracing::Span, get: impl Fn(&str) -> Option<String>) 
     }
     let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&map));
     let _ = span.set_parent(cx);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::fmt::MakeWriter;
+
+    /// An output the test can read back.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("output").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn log(lines: &Lines, text: &str) {
+        let mut w = lines.make_writer();
+        w.write_all(text.as_bytes()).expect("write");
+    }
+
+    #[test]
+    fn lines_are_written_whole_and_in_order_by_the_time_a_flush_returns() {
+        let out = Shared::default();
+        let lines = Lines::spawn(out.clone(), 64).expect("spawn");
+        for i in 0..100 {
+            log(&lines, &format!("line {i}\n"));
+        }
+        assert!(lines.flush(FLUSH_WAIT), "the writer confirms the flush");
+        let text = String::from_utf8(out.0.lock().expect("output").clone()).expect("utf-8");
+        let want: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(text, want);
+    }
+
+    #[test]
+    fn a_full_queue_makes_loggers_wait_and_loses_nothing() {
+        let out = Shared::default();
+        // Room for 16 lines: eight threads of 500 lines each keep it full.
+        let lines = Lines::spawn(out.clone(), 16).expect("spawn");
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let lines = &lines;
+                s.spawn(move || {
+                    for i in 0..500 {
+                        log(lines, &format!("{t}:{i}\n"));
+                    }
+                });
+            }
+        });
+        assert!(lines.flush(FLUSH_WAIT));
+        let text = String::from_utf8(out.0.lock().expect("output").clone()).expect("utf-8");
+        assert_eq!(text.lines().count(), 4000);
+        for t in 0..8 {
+            // Each thread's lines, whole and in its own order.
+            let mine: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("{t}:")))
+                .collect();
+            let want: Vec<String> = (0..500).map(|i| format!("{t}:{i}")).collect();
+            assert_eq!(mine, want);
+        }
+    }
+
+    #[test]
+    fn an_event_that_writes_nothing_sends_nothing() {
+        let out = Shared::default();
+        let lines = Lines::spawn(out.clone(), 4).expect("spawn");
+        drop(lines.make_writer());
+        assert!(lines.flush(FLUSH_WAIT));
+        assert!(out.0.lock().expect("output").is_empty());
+    }
 }

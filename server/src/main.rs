@@ -124,6 +124,7 @@ async fn serve(config: facteur_config::Config) -> anyhow::Result<()> {
         shutdown.cancel();
         wait_for_signal().await;
         tracing::warn!("second signal: exiting now");
+        telemetry::flush_logs();
         std::process::exit(130);
     });
     server.wait().await.context("server stopped")?;
