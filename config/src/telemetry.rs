@@ -11,6 +11,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::OnceLock;
 use std::sync::mpsc::{self, SyncSender};
 use std::time::Duration;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// Log lines waiting for the writer thread before a logging thread waits for room (backpressure,
@@ -187,27 +188,34 @@ pub fn init(service: &'static str, cfg: &TelemetryConfig, force_json: bool) -> T
         };
     let ansi = std::io::stdout().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let lines = LINES
-        .get_or_init(|| {
-            Lines::spawn(std::io::stdout(), LINES_WAITING).expect("start the log writer thread")
-        })
-        .clone();
+    let mut problems = Vec::new();
+    if LINES.get().is_none() {
+        match Lines::spawn(std::io::stdout(), LINES_WAITING) {
+            Ok(l) => drop(LINES.set(l)),
+            Err(e) => problems.push(format!(
+                "the log writer thread did not start ({e}); each thread writes its own lines"
+            )),
+        }
+    }
+    let writer = match LINES.get() {
+        Some(l) => BoxMakeWriter::new(l.clone()),
+        None => BoxMakeWriter::new(std::io::stdout),
+    };
     let fmt_layer = if json {
         tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .with_writer(lines)
+            .with_writer(writer)
             .boxed()
     } else {
         tracing_subscriber::fmt::layer()
             .with_ansi(ansi)
-            .with_writer(lines)
+            .with_writer(writer)
             .boxed()
     };
     let resource = Resource::builder().with_service_name(service).build();
 
-    let mut problems = Vec::new();
     let tracer = otlp_protocol("TRACES").and_then(|protocol| {
         let exporter = match protocol {
             Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
