@@ -111,15 +111,27 @@ fn compat_principal(
         })
 }
 
-/// Domain error → HTTP status, as the old service answered (503 when orchestration is off).
-fn http_error(e: &Error) -> StatusCode {
-    match e {
+/// The one mapping from domain errors to HTTP answers, as the old service answered (503 when
+/// orchestration is off). An internal error's text is logged, never shown.
+fn http_error(e: Error) -> Response {
+    let code = match &e {
         Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
+        Error::AlreadyExists(_) | Error::Aborted(_) => StatusCode::CONFLICT,
         Error::FailedPrecondition(_) | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        Error::Internal(m) => {
+            tracing::error!(error = %m, "internal error");
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error; the server log has the cause",
+            );
+        }
+    };
+    if let Error::Unavailable { .. } = &e {
+        tracing::warn!(error = %e, "dependency unavailable");
     }
+    json_error(code, e.to_string())
 }
 
 /// `POST /codex/tasks`: a binary `proompteng.froussard.v1.CodexTask` (or proto-JSON with
@@ -191,7 +203,7 @@ async fn codex_tasks(
             });
             (StatusCode::ACCEPTED, Json(body)).into_response()
         }
-        Err(e) => json_error(http_error(&e), e.to_string()),
+        Err(e) => http_error(e),
     }
 }
 
@@ -293,7 +305,7 @@ async fn events(
             let body = json!({"workflowName": run.workflow_name, "namespace": run.namespace, "correlationId": correlation});
             (StatusCode::ACCEPTED, Json(body)).into_response()
         }
-        Err(e) => json_error(http_error(&e), e.to_string()),
+        Err(e) => http_error(e),
     }
 }
 

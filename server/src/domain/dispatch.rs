@@ -1,9 +1,66 @@
 //! Dispatches: the outbox of runs. Delivered at least once under leases; the Workflow name
 //! derived from the run id makes the effect happen once.
+//!
+//! The rules that move a run and its dispatch are pure functions here ([`on_lease`],
+//! [`on_outcome`], [`on_report`], [`on_cancel`], [`on_requeue`]): each takes what is stored and
+//! what happened and returns a [`Transition`]. The store only applies a transition, inside one
+//! transaction that has locked the run row (then the dispatch row), with a compare-and-set on
+//! each, and writes the history entry only when both won.
 
-use crate::domain::run::Run;
+use crate::domain::run::{Run, RunStatus};
+use crate::domain::{Error, Result};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
+
+/// Where a dispatch stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DispatchState {
+    /// Waiting for `available_at`.
+    Pending,
+    /// Held by an adapter until `lease_expires_at`.
+    Leased,
+    /// Completed.
+    Done,
+    /// Attempts exhausted or a permanent failure; an admin may requeue it.
+    Dead,
+    /// The run was cancelled (or finished) before the job ran.
+    Cancelled,
+}
+
+impl DispatchState {
+    /// Every state.
+    pub const ALL: [DispatchState; 5] = [
+        DispatchState::Pending,
+        DispatchState::Leased,
+        DispatchState::Done,
+        DispatchState::Dead,
+        DispatchState::Cancelled,
+    ];
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DispatchState::Pending => "pending",
+            DispatchState::Leased => "leased",
+            DispatchState::Done => "done",
+            DispatchState::Dead => "dead",
+            DispatchState::Cancelled => "cancelled",
+        }
+    }
+    /// From the stored name.
+    pub fn parse(s: &str) -> Option<DispatchState> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+    /// A job not run yet, that a finished run no longer needs.
+    pub fn is_open(self) -> bool {
+        matches!(self, DispatchState::Pending | DispatchState::Dead)
+    }
+}
+
+impl std::fmt::Display for DispatchState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// What a dispatch asks the adapter to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,8 +103,8 @@ pub struct Dispatch {
     pub run_id: String,
     /// Kind.
     pub kind: DispatchKind,
-    /// `pending`, `leased`, `done`, `dead`, `cancelled`.
-    pub state: String,
+    /// Where it stands.
+    pub state: DispatchState,
     /// Attempts made (leases handed out).
     pub attempts: u32,
     /// Lease token while leased.
@@ -148,6 +205,416 @@ pub struct StatusReport {
     pub failed_node_message: String,
     /// `watch`, `resync`, `callback`.
     pub source: String,
+}
+
+/// What a `Complete` did, for metrics and wake-ups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompleteEffect {
+    /// The Workflow exists now; the run was accepted this long ago.
+    Submitted(Duration),
+    /// A stop or terminate patch went through.
+    ShutdownSent,
+    /// The attempt failed and will be retried.
+    RetryScheduled,
+    /// The attempt failed for the last time.
+    DeadLettered,
+    /// The run had been cancelled before the Workflow existed; nothing more to do.
+    Cancelled,
+    /// Repeated call for an already completed dispatch: nothing changed.
+    AlreadyDone,
+}
+
+/// What a transition does to the dispatch it is about.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DispatchChange {
+    /// Leased (attempts + 1; the store sets owner, token and deadline).
+    Lease,
+    /// Completed.
+    Done,
+    /// Back to pending, due after `delay`, the error recorded.
+    Retry {
+        /// Backoff before the next attempt.
+        delay: Duration,
+        /// What failed.
+        error: String,
+    },
+    /// Dead-lettered.
+    Dead {
+        /// Why.
+        error: String,
+    },
+    /// Closed without running.
+    Cancelled {
+        /// What failed, if anything.
+        error: String,
+    },
+    /// Pending again at once with fresh attempts (an admin requeue).
+    Requeue,
+}
+
+impl DispatchChange {
+    /// The dispatch's state after the change.
+    pub fn state(&self) -> DispatchState {
+        match self {
+            DispatchChange::Lease => DispatchState::Leased,
+            DispatchChange::Done => DispatchState::Done,
+            DispatchChange::Retry { .. } | DispatchChange::Requeue => DispatchState::Pending,
+            DispatchChange::Dead { .. } => DispatchState::Dead,
+            DispatchChange::Cancelled { .. } => DispatchState::Cancelled,
+        }
+    }
+}
+
+/// Run columns a transition sets besides the status (`None`: unchanged).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunChange {
+    /// `message`.
+    pub message: Option<String>,
+    /// `attempts`.
+    pub attempts: Option<u32>,
+    /// `workflow_uid`.
+    pub workflow_uid: Option<String>,
+    /// `progress`.
+    pub progress: Option<String>,
+    /// `workflow_phase`.
+    pub workflow_phase: Option<String>,
+    /// `started_at`.
+    pub started_at: Option<DateTime<Utc>>,
+    /// `finished_at` (set with every move to a terminal state).
+    pub finished_at: Option<DateTime<Utc>>,
+    /// A cancel was requested, to be carried out by a job of this kind.
+    pub cancel_requested: Option<(DispatchKind, DateTime<Utc>)>,
+}
+
+/// One step of a run and of the dispatch it is about, decided from what is stored and what
+/// happened. Applied by the store as a whole or not at all.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    /// The run's next status (may be its current one).
+    pub to: RunStatus,
+    /// Other run columns.
+    pub run: RunChange,
+    /// What happens to the dispatch (`None`: the transition is not about one).
+    pub dispatch: Option<DispatchChange>,
+    /// The run is finished: its other jobs not run yet (pending, dead) are cancelled.
+    pub close_open_jobs: bool,
+    /// Argo reports the Workflow: the run's create job is done whatever its state.
+    pub close_create: bool,
+    /// A new job of this kind is queued (a cancel's stop or terminate).
+    pub new_job: Option<DispatchKind>,
+    /// The history entry (kind, details); `None` writes none (news within a phase).
+    pub event: Option<(&'static str, serde_json::Value)>,
+}
+
+impl Transition {
+    fn new(to: RunStatus) -> Self {
+        Transition {
+            to,
+            run: RunChange::default(),
+            dispatch: None,
+            close_open_jobs: false,
+            close_create: false,
+            new_job: None,
+            event: None,
+        }
+    }
+    fn finishing(mut self, at: DateTime<Utc>) -> Self {
+        if self.to.is_terminal() {
+            self.run.finished_at = Some(at);
+            self.close_open_jobs = true;
+        }
+        self
+    }
+}
+
+fn dead_letter(d: &Dispatch, run: &Run, why: String) -> Transition {
+    let to = if d.kind == DispatchKind::Create && run.status.can_move_to(RunStatus::DeadLettered) {
+        RunStatus::DeadLettered
+    } else {
+        run.status
+    };
+    let mut t = Transition::new(to);
+    t.run.message = Some(why.clone());
+    t.event = Some((
+        "dead_lettered",
+        serde_json::json!({"error": why, "attempts": d.attempts, "dispatch": d.kind.as_str(), "dispatch_id": d.id}),
+    ));
+    t.dispatch = Some(DispatchChange::Dead { error: why });
+    t
+}
+
+/// A due dispatch is about to be handed to `owner` until `expires`: lease it, or dead-letter it
+/// (its previous lease expired on the last attempt), or close it (its run is finished).
+pub fn on_lease(
+    d: &Dispatch,
+    run: &Run,
+    policy: &DispatchPolicy,
+    owner: &str,
+    expires: DateTime<Utc>,
+) -> Transition {
+    let expired_lease = d.state == DispatchState::Leased;
+    if expired_lease && d.attempts >= policy.max_attempts {
+        let why = format!(
+            "lease expired on attempt {} of {}: the adapter did not complete it",
+            d.attempts, policy.max_attempts
+        );
+        return dead_letter(d, run, why);
+    }
+    if d.kind == DispatchKind::Create && run.status.is_terminal() {
+        // Not reached through these rules (a finished run closes its create job); close it
+        // rather than create a Workflow for a finished run.
+        let mut t = Transition::new(run.status);
+        t.dispatch = Some(DispatchChange::Cancelled {
+            error: String::new(),
+        });
+        return t;
+    }
+    let attempt = d.attempts + 1;
+    let mut t = Transition::new(
+        if d.kind == DispatchKind::Create && run.status == RunStatus::Queued {
+            RunStatus::Dispatching
+        } else {
+            run.status
+        },
+    );
+    if d.kind == DispatchKind::Create {
+        t.run.attempts = Some(attempt);
+    }
+    t.dispatch = Some(DispatchChange::Lease);
+    t.event = Some((
+        "leased",
+        serde_json::json!({"owner": owner, "attempt": attempt, "dispatch": d.kind.as_str(), "lease_expires_at": expires, "after_expired_lease": expired_lease}),
+    ));
+    t
+}
+
+/// The adapter holding `d` under `token` reports how the attempt ended. `Ok((None,
+/// AlreadyDone))` for a repeated success; FAILED_PRECONDITION when the lease is no longer the
+/// caller's.
+pub fn on_outcome(
+    d: &Dispatch,
+    token: &str,
+    run: &Run,
+    outcome: &Outcome,
+    policy: &DispatchPolicy,
+    now: DateTime<Utc>,
+) -> Result<(Option<Transition>, CompleteEffect)> {
+    if d.state != DispatchState::Leased || d.lease_token != token {
+        if d.state == DispatchState::Done && matches!(outcome, Outcome::Success { .. }) {
+            return Ok((None, CompleteEffect::AlreadyDone));
+        }
+        return Err(Error::FailedPrecondition(format!(
+            "dispatch `{}` is no longer leased with this token (state {}): its lease expired or another adapter holds it",
+            d.id, d.state
+        )));
+    }
+    Ok(match outcome {
+        Outcome::Success {
+            workflow_name,
+            workflow_uid,
+            already_existed,
+        } => {
+            if d.kind == DispatchKind::Create {
+                // A status report may have got there first: then keep the state, record the UID.
+                let to = if run.status.can_move_to(RunStatus::Submitted) {
+                    RunStatus::Submitted
+                } else {
+                    run.status
+                };
+                let mut t = Transition::new(to);
+                t.dispatch = Some(DispatchChange::Done);
+                t.run.workflow_uid = Some(workflow_uid.clone());
+                t.event = Some((
+                    "submitted",
+                    serde_json::json!({"workflow_name": workflow_name, "workflow_uid": workflow_uid, "already_existed": already_existed, "attempt": d.attempts}),
+                ));
+                let since = (now - run.created_at).to_std().unwrap_or_default();
+                (Some(t), CompleteEffect::Submitted(since))
+            } else {
+                let mut t = Transition::new(run.status);
+                t.dispatch = Some(DispatchChange::Done);
+                t.event = Some((
+                    "shutdown_sent",
+                    serde_json::json!({"shutdown": d.kind.as_str(), "workflow_name": workflow_name}),
+                ));
+                (Some(t), CompleteEffect::ShutdownSent)
+            }
+        }
+        Outcome::Failure { message, retryable } => {
+            if d.kind == DispatchKind::Create && run.cancel_requested_at.is_some() {
+                // Cancelled while the create was in flight, and the create failed: done.
+                let moves = run.status.can_move_to(RunStatus::Cancelled);
+                let mut t = Transition::new(if moves {
+                    RunStatus::Cancelled
+                } else {
+                    run.status
+                })
+                .finishing(now);
+                t.close_open_jobs = true;
+                t.dispatch = Some(DispatchChange::Cancelled {
+                    error: message.clone(),
+                });
+                if moves {
+                    t.event = Some((
+                        "cancelled",
+                        serde_json::json!({"reason": "cancel requested; the create failed", "error": message}),
+                    ));
+                }
+                (Some(t), CompleteEffect::Cancelled)
+            } else if *retryable && d.attempts < policy.max_attempts {
+                let delay = policy.backoff(d.attempts);
+                let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+                let mut t = Transition::new(
+                    if d.kind == DispatchKind::Create && run.status == RunStatus::Dispatching {
+                        RunStatus::Queued
+                    } else {
+                        run.status
+                    },
+                );
+                t.run.message = Some(message.clone());
+                t.dispatch = Some(DispatchChange::Retry {
+                    delay,
+                    error: message.clone(),
+                });
+                t.event = Some((
+                    "dispatch_failed",
+                    serde_json::json!({"error": message, "attempt": d.attempts, "retry_at": at, "dispatch": d.kind.as_str()}),
+                ));
+                (Some(t), CompleteEffect::RetryScheduled)
+            } else {
+                let why = if *retryable {
+                    format!(
+                        "{message} (attempt {} of {})",
+                        d.attempts, policy.max_attempts
+                    )
+                } else {
+                    format!("{message} (not retryable)")
+                };
+                (Some(dead_letter(d, run, why)), CompleteEffect::DeadLettered)
+            }
+        }
+    })
+}
+
+/// A Workflow status observed by an adapter. Monotonic: a report that would move the run
+/// backwards (late, repeated, out of order) gives `None`.
+pub fn on_report(run: &Run, r: &StatusReport, now: DateTime<Utc>) -> Result<Option<Transition>> {
+    if !r.workflow_name.is_empty() && r.workflow_name != run.workflow_name {
+        return Err(Error::InvalidArgument(format!(
+            "workflow `{}` does not belong to run `{}` (its workflow is `{}`)",
+            r.workflow_name, run.id, run.workflow_name
+        )));
+    }
+    let mut target = RunStatus::from_argo_phase(&r.phase);
+    if run.cancel_requested_at.is_some()
+        && matches!(target, Some(RunStatus::Failed | RunStatus::Error))
+    {
+        target = Some(RunStatus::Cancelled);
+    }
+    let Some(to) = target else {
+        return Ok(None);
+    };
+    let message = if r.failed_node_message.is_empty() {
+        r.message.clone()
+    } else if r.message.is_empty() {
+        format!("{}: {}", r.failed_node, r.failed_node_message)
+    } else {
+        format!(
+            "{} ({}: {})",
+            r.message, r.failed_node, r.failed_node_message
+        )
+    };
+    let moves = run.status.can_move_to(to);
+    let new_phase = to == run.status && !to.is_terminal() && run.workflow_phase != r.phase;
+    let news = to == run.status
+        && !to.is_terminal()
+        && (run.progress != r.progress || run.message != message);
+    if !(moves || new_phase || news) {
+        return Ok(None);
+    }
+    let mut t = Transition::new(to);
+    t.run.message = Some(message);
+    t.run.progress = Some(r.progress.clone());
+    t.run.workflow_phase = Some(r.phase.clone());
+    if run.workflow_uid.is_empty() && !r.workflow_uid.is_empty() {
+        t.run.workflow_uid = Some(r.workflow_uid.clone());
+    }
+    if run.started_at.is_none() && r.started_at.is_some() {
+        t.run.started_at = r.started_at;
+    }
+    if moves {
+        t = t.finishing(r.finished_at.unwrap_or(now));
+        // The Workflow exists: its create job is done whatever the adapter said.
+        t.close_create = true;
+        t.event = Some((
+            "status",
+            serde_json::json!({
+                "phase": r.phase, "message": r.message, "progress": r.progress,
+                "failed_node": r.failed_node, "failed_node_message": r.failed_node_message,
+                "started_at": r.started_at, "finished_at": r.finished_at, "source": r.source,
+            }),
+        ));
+    } else if new_phase {
+        // A new Argo phase within the same run state (Pending after the create was completed).
+        t.event = Some((
+            "status",
+            serde_json::json!({"phase": r.phase, "message": r.message, "progress": r.progress, "source": r.source}),
+        ));
+    }
+    Ok(Some(t))
+}
+
+/// A cancel of `run` by a job of `kind`: queued and dead-lettered runs are cancelled at once;
+/// one whose Workflow may exist gets a stop or terminate job (the run becomes `cancelled` when
+/// Argo reports the end). `None`: a cancel was already requested.
+pub fn on_cancel(
+    run: &Run,
+    kind: DispatchKind,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Transition>> {
+    let payload = serde_json::json!({"reason": reason, "mode": kind.as_str()});
+    match run.status {
+        s if s.is_terminal() => Err(Error::FailedPrecondition(format!(
+            "run `{}` is already {s}; nothing to cancel",
+            run.id
+        ))),
+        RunStatus::Queued | RunStatus::DeadLettered => {
+            let mut t = Transition::new(RunStatus::Cancelled).finishing(now);
+            t.event = Some(("cancelled", payload));
+            Ok(Some(t))
+        }
+        _ if run.cancel_requested_at.is_some() => Ok(None),
+        s => {
+            let mut t = Transition::new(s);
+            t.run.cancel_requested = Some((kind, now));
+            t.new_job = Some(kind);
+            t.event = Some(("cancel_requested", payload));
+            Ok(Some(t))
+        }
+    }
+}
+
+/// An admin puts a dead-lettered job back in the queue with fresh attempts.
+pub fn on_requeue(d: &Dispatch, run: &Run) -> Result<Transition> {
+    if d.state != DispatchState::Dead {
+        return Err(Error::FailedPrecondition(format!(
+            "dispatch `{}` is {}, not dead-lettered",
+            d.id, d.state
+        )));
+    }
+    let mut t = Transition::new(if run.status == RunStatus::DeadLettered {
+        RunStatus::Queued
+    } else {
+        run.status
+    });
+    t.run.attempts = Some(0);
+    t.dispatch = Some(DispatchChange::Requeue);
+    t.event = Some((
+        "requeued",
+        serde_json::json!({"dispatch_id": d.id, "previous_error": d.last_error}),
+    ));
+    Ok(t)
 }
 
 #[cfg(test)]

@@ -13,6 +13,13 @@ pub enum Error {
     /// The request is valid but not in the current state (FAILED_PRECONDITION / 409).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// It exists already with other content, e.g. a reused idempotency key (ALREADY_EXISTS /
+    /// 409).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A concurrent change won; the same request may simply be sent again (ABORTED / 409).
+    #[error("{0}")]
+    Aborted(String),
     /// The role policy refuses it (PERMISSION_DENIED / 403).
     #[error("{0}")]
     PermissionDenied(String),
@@ -24,7 +31,7 @@ pub enum Error {
         /// What failed.
         message: String,
     },
-    /// A bug or an unexpected state (INTERNAL / 500).
+    /// A bug or an unexpected state (INTERNAL / 500). The text is logged, never shown.
     #[error("{0}")]
     Internal(String),
 }
@@ -33,12 +40,9 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// Database failure.
-    pub fn database(e: impl std::fmt::Display) -> Self {
-        Error::Unavailable {
-            dependency: "database",
-            message: e.to_string(),
-        }
+    /// Whether the same request may succeed if sent again unchanged.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Unavailable { .. } | Error::Aborted(_))
     }
     /// Session store failure.
     pub fn session_store(e: impl std::fmt::Display) -> Self {

@@ -9,6 +9,8 @@ impl From<Error> for Status {
             Error::InvalidArgument(m) => Status::invalid_argument(m),
             Error::NotFound(m) => Status::not_found(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::AlreadyExists(m) => Status::already_exists(m),
+            Error::Aborted(m) => Status::aborted(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),
             e @ Error::Unavailable { .. } => {
                 tracing::warn!(error = %e, "dependency unavailable");
@@ -16,7 +18,7 @@ impl From<Error> for Status {
             }
             Error::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
-                Status::internal(m)
+                Status::internal("internal error; the server log has the cause")
             }
         }
     }

@@ -8,6 +8,7 @@
 //! with text columns.
 
 use super::codex_batch::Row;
+use super::errors;
 use super::{Inserted, Store, insert_run, portable as stmt};
 use crate::domain::codex::CodexPlan;
 use crate::domain::run::{NewRun, Requester, Run, RunSource, RunStatus};
@@ -222,7 +223,7 @@ impl Store {
                 run: Some(run),
             });
         }
-        let txn = self.db.begin().await.map_err(Error::database)?;
+        let txn = self.db.begin().await.map_err(errors::db)?;
         let idea = txn
             .query_one_raw(stmt(
                 b,
@@ -236,7 +237,7 @@ impl Store {
                 vec![uuid::Uuid::new_v4().to_string().into(), source_ref.into(), plan.task_json.clone().into(), now.clone().into()],
             ))
             .await
-            .map_err(Error::database)?
+            .map_err(errors::db)?
             .ok_or_else(|| Error::Internal("idea upsert returned nothing".into()))?;
         let idea_id = get(&idea, "id")?;
         let task = txn
@@ -252,7 +253,7 @@ impl Store {
                 vec![uuid::Uuid::new_v4().to_string().into(), idea_id.clone().into(), plan.stage.into(), task_meta.to_string().into(), now.clone().into()],
             ))
             .await
-            .map_err(Error::database)?
+            .map_err(errors::db)?
             .ok_or_else(|| Error::Internal("task upsert returned nothing".into()))?;
         let task_id = get(&task, "id")?;
         let task_run = txn
@@ -275,7 +276,7 @@ impl Store {
                 ],
             ))
             .await
-            .map_err(Error::database)?;
+            .map_err(errors::db)?;
         let Some(task_run) = task_run else {
             // Another submission of this delivery committed first.
             let _ = txn.rollback().await;
@@ -296,7 +297,7 @@ impl Store {
             }
             Err(Inserted::Failed(e)) => return Err(e),
         }
-        txn.commit().await.map_err(Error::database)?;
+        txn.commit().await.map_err(errors::db)?;
         let run = self.get_run(&run_id.to_string()).await?;
         Ok(CodexAccepted {
             idea_id,
@@ -372,7 +373,7 @@ impl Store {
             &self.codex_select("tr.delivery_id = $1"),
             vec![delivery_id.into()],
         );
-        match self.db.query_one_raw(q).await.map_err(Error::database)? {
+        match self.db.query_one_raw(q).await.map_err(errors::db)? {
             Some(row) => Ok(Some(self.codex_record(row).await?)),
             None => Ok(None),
         }
@@ -387,7 +388,7 @@ impl Store {
         }
         let b = self.db.get_database_backend();
         let q = stmt(b, &self.codex_select("tr.id = $1::uuid"), vec![id.into()]);
-        match self.db.query_one_raw(q).await.map_err(Error::database)? {
+        match self.db.query_one_raw(q).await.map_err(errors::db)? {
             Some(row) => Ok(Some(self.codex_record(row).await?)),
             None => Ok(None),
         }
@@ -421,7 +422,7 @@ impl Store {
                 (limit as i64).into(),
             ],
         );
-        let rows = self.db.query_all_raw(q).await.map_err(Error::database)?;
+        let rows = self.db.query_all_raw(q).await.map_err(errors::db)?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             out.push(self.codex_record(row).await?);
@@ -462,6 +463,6 @@ pub(crate) async fn sync_task_run<C: ConnectionTrait>(
         ],
     ))
     .await
-    .map_err(Error::database)?;
+    .map_err(errors::db)?;
     Ok(())
 }

@@ -16,6 +16,7 @@
 //! that cannot be written (or a deadlock between batches) fails only its own submission.
 
 use super::BatchStats;
+use super::errors;
 use crate::domain::{Error, Result};
 use sea_orm::DatabaseConnection;
 use sea_orm::sqlx::pool::PoolConnection;
@@ -432,7 +433,7 @@ impl Batcher {
         let mut held = match held {
             Some(h) => h,
             None => Held {
-                conn: self.pool.acquire().await.map_err(Error::database)?,
+                conn: self.pool.acquire().await.map_err(errors::sqlx)?,
                 since: Instant::now(),
             },
         };
@@ -441,7 +442,7 @@ impl Batcher {
         let result: Vec<PgRow> = query
             .fetch_all(&mut *held.conn)
             .await
-            .map_err(Error::database)?;
+            .map_err(errors::sqlx)?;
         if held.since.elapsed() < HOLD_AT_MOST {
             self.held_push(held);
         }
@@ -450,7 +451,7 @@ impl Batcher {
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let mut written = HashMap::with_capacity(result.len());
         for r in result {
-            let ord: i32 = r.try_get("ord").map_err(Error::database)?;
+            let ord: i32 = r.try_get("ord").map_err(errors::sqlx)?;
             let text = |col: &str| {
                 r.try_get::<Option<String>, _>(col)
                     .map_err(|e| Error::Internal(format!("reading {col}: {e}")))

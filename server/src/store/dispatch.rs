@@ -1,25 +1,31 @@
 //! The dispatch outbox: leasing, completion, retries with backoff, dead letters, and the
 //! monotonic status reports that move runs forward.
 //!
-//! Concurrency: every state change is a compare-and-set `UPDATE … WHERE <expected state>`, and
-//! it is the first statement of its transaction, so on Postgres it takes the row lock and on
-//! SQLite the write lock at once. Two replicas or adapters racing for one dispatch or one run
-//! cannot both win; the loser re-reads and moves on. History entries are appended after the run
-//! row is updated in the same transaction, so their sequence numbers never collide.
+//! The rules are pure functions in [`crate::domain::dispatch`]; this module reads what they
+//! need and applies the [`Transition`] they return. Every transaction that touches a run and
+//! its dispatches takes the same locks in the same order: the run row first (`SELECT … FOR
+//! UPDATE` on Postgres, `SKIP LOCKED` when leasing; a write on SQLite, which takes the database
+//! write lock at once), then the dispatch row. The decision is made on the locked rows, and
+//! applied with a compare-and-set on each; the history entry is written only when both won, and
+//! a lost compare-and-set aborts the transaction. Deadlocks and serialization failures that
+//! still happen are run again a bounded number of times ([`errors::retry_aborted`]).
 
 use super::entities::{dispatches, run_events, runs};
-use super::{Store, dispatch_kind, dispatch_state, run_from_model};
+use super::errors;
+use super::{Store, run_from_model};
+pub use crate::domain::dispatch::CompleteEffect;
 use crate::domain::dispatch::{
-    Dispatch, DispatchKind, DispatchPolicy, Leased, Outcome, StatusReport,
+    Dispatch, DispatchChange, DispatchKind, DispatchPolicy, DispatchState, Leased, Outcome,
+    StatusReport, Transition, on_cancel, on_lease, on_outcome, on_report, on_requeue,
 };
 use crate::domain::run::{Run, RunSource, RunStatus};
 use crate::domain::{Error, Result};
 use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 
 /// What `lease_next` found.
@@ -34,23 +40,6 @@ pub enum LeaseOutcome {
     },
 }
 
-/// What a `Complete` did, for metrics and wake-ups.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CompleteEffect {
-    /// The Workflow exists now; the run was accepted this long ago.
-    Submitted(std::time::Duration),
-    /// A stop or terminate patch went through.
-    ShutdownSent,
-    /// The attempt failed and will be retried.
-    RetryScheduled,
-    /// The attempt failed for the last time.
-    DeadLettered,
-    /// The run had been cancelled before the Workflow existed; nothing more to do.
-    Cancelled,
-    /// Repeated call for an already completed dispatch: nothing changed.
-    AlreadyDone,
-}
-
 /// Candidates examined per lease call; losing a race simply moves to the next one.
 const LEASE_CANDIDATES: u64 = 16;
 
@@ -59,9 +48,11 @@ fn dispatch_from_model(m: dispatches::Model) -> Result<Dispatch> {
         kind: DispatchKind::parse(&m.kind).ok_or_else(|| {
             Error::Internal(format!("stored dispatch kind `{}` is invalid", m.kind))
         })?,
+        state: DispatchState::parse(&m.state).ok_or_else(|| {
+            Error::Internal(format!("stored dispatch state `{}` is invalid", m.state))
+        })?,
         id: m.id,
         run_id: m.run_id,
-        state: m.state,
         attempts: nonneg(m.attempts),
         lease_token: m.lease_token,
         lease_expires_at: m.lease_expires_at,
@@ -74,10 +65,47 @@ async fn load_run<C: ConnectionTrait>(c: &C, id: &str) -> Result<Run> {
     runs::Entity::find_by_id(id.to_string())
         .one(c)
         .await
-        .map_err(Error::database)?
+        .map_err(errors::db)?
         .map(run_from_model)
         .transpose()?
         .ok_or_else(|| Error::NotFound(format!("no run `{id}`")))
+}
+
+/// Locks the run row for the rest of the transaction and reads it: the first statement of every
+/// transaction that changes a run or its dispatches. With `skip_locked`, a run another
+/// transaction holds gives `None` (Postgres; SQLite waits for the write lock).
+async fn lock_run(txn: &DatabaseTransaction, id: &str, skip_locked: bool) -> Result<Option<Run>> {
+    if txn.get_database_backend() == DatabaseBackend::Sqlite {
+        // Deferred SQLite transactions take the write lock on their first write: take it now,
+        // so that a read is never followed by a lock upgrade that another writer refuses.
+        runs::Entity::update_many()
+            .col_expr(runs::Column::Id, Expr::col(runs::Column::Id))
+            .filter(runs::Column::Id.eq(id))
+            .exec(txn)
+            .await
+            .map_err(errors::db)?;
+    }
+    let q = runs::Entity::find_by_id(id.to_string());
+    let q = if skip_locked {
+        q.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+    } else {
+        q.lock_exclusive()
+    };
+    q.one(txn)
+        .await
+        .map_err(errors::db)?
+        .map(run_from_model)
+        .transpose()
+}
+
+async fn lock_dispatch(txn: &DatabaseTransaction, id: &str) -> Result<Option<Dispatch>> {
+    dispatches::Entity::find_by_id(id.to_string())
+        .lock_exclusive()
+        .one(txn)
+        .await
+        .map_err(errors::db)?
+        .map(dispatch_from_model)
+        .transpose()
 }
 
 /// Appends one history entry (call after updating the run row in the same transaction).
@@ -97,7 +125,7 @@ async fn append_event<C: ConnectionTrait>(
         .into_tuple()
         .one(c)
         .await
-        .map_err(Error::database)?;
+        .map_err(errors::db)?;
     let seq = max.flatten().unwrap_or(0) + 1;
     run_events::Entity::insert(run_events::ActiveModel {
         run_id: Set(run_id.to_string()),
@@ -112,68 +140,217 @@ async fn append_event<C: ConnectionTrait>(
     })
     .exec_without_returning(c)
     .await
-    .map_err(Error::database)?;
+    .map_err(errors::db)?;
     Ok(())
 }
 
-/// `UPDATE runs SET status = to, … WHERE id = run.id AND status = run.status`; true if it won.
-async fn cas_run<C: ConnectionTrait>(
-    c: &C,
+/// The lease a [`DispatchChange::Lease`] hands out.
+struct NewLease<'a> {
+    owner: &'a str,
+    token: &'a str,
+    expires: DateTime<Utc>,
+}
+
+/// A lost compare-and-set: the rows changed under a transaction that had locked them (only
+/// possible without row locks) or the caller's view was stale.
+fn lost(what: &str) -> Error {
+    Error::Aborted(format!(
+        "{what} changed while it was being updated; try again"
+    ))
+}
+
+/// Applies `t` to `run` (and `d`) inside `txn`, which has locked both. Each update is a
+/// compare-and-set on the state that was read; if one loses, nothing is written (the caller
+/// rolls back) and ABORTED is returned.
+async fn apply(
+    txn: &DatabaseTransaction,
     run: &Run,
-    to: RunStatus,
-    set: Vec<(runs::Column, Expr)>,
-) -> Result<bool> {
-    let mut q = runs::Entity::update_many()
-        .col_expr(runs::Column::Status, Expr::value(to.as_str()))
-        .col_expr(runs::Column::UpdatedAt, Expr::value(Utc::now()));
-    for (col, e) in set {
-        q = q.col_expr(col, e);
+    d: Option<&Dispatch>,
+    t: &Transition,
+    actor: &str,
+    lease: Option<NewLease<'_>>,
+) -> Result<()> {
+    let now = Utc::now();
+    if let (Some(d), Some(change)) = (d, &t.dispatch) {
+        let mut q = dispatches::Entity::update_many()
+            .col_expr(
+                dispatches::Column::State,
+                Expr::value(change.state().as_str()),
+            )
+            .col_expr(dispatches::Column::UpdatedAt, Expr::value(now));
+        q = match change {
+            DispatchChange::Lease => {
+                let l = lease.ok_or_else(|| Error::Internal("a lease without a token".into()))?;
+                q.col_expr(
+                    dispatches::Column::Attempts,
+                    Expr::col(dispatches::Column::Attempts).add(1),
+                )
+                .col_expr(dispatches::Column::LeaseOwner, Expr::value(l.owner))
+                .col_expr(dispatches::Column::LeaseToken, Expr::value(l.token))
+                .col_expr(
+                    dispatches::Column::LeaseExpiresAt,
+                    Expr::value(Some(l.expires)),
+                )
+            }
+            DispatchChange::Done => q.col_expr(
+                dispatches::Column::LeaseExpiresAt,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            ),
+            DispatchChange::Retry { delay, error } => q
+                .col_expr(
+                    dispatches::Column::AvailableAt,
+                    Expr::value(now + chrono::Duration::from_std(*delay).unwrap_or_default()),
+                )
+                .col_expr(dispatches::Column::LeaseToken, Expr::value(""))
+                .col_expr(
+                    dispatches::Column::LeaseExpiresAt,
+                    Expr::value(Option::<DateTime<Utc>>::None),
+                )
+                .col_expr(dispatches::Column::LastError, Expr::value(error.as_str())),
+            DispatchChange::Dead { error } => q
+                .col_expr(dispatches::Column::DeadLetteredAt, Expr::value(Some(now)))
+                .col_expr(
+                    dispatches::Column::LeaseExpiresAt,
+                    Expr::value(Option::<DateTime<Utc>>::None),
+                )
+                .col_expr(dispatches::Column::LastError, Expr::value(error.as_str())),
+            DispatchChange::Cancelled { error } => {
+                let q = q.col_expr(
+                    dispatches::Column::LeaseExpiresAt,
+                    Expr::value(Option::<DateTime<Utc>>::None),
+                );
+                if error.is_empty() {
+                    q
+                } else {
+                    q.col_expr(dispatches::Column::LastError, Expr::value(error.as_str()))
+                }
+            }
+            DispatchChange::Requeue => q
+                .col_expr(dispatches::Column::Attempts, Expr::value(0))
+                .col_expr(dispatches::Column::AvailableAt, Expr::value(now))
+                .col_expr(dispatches::Column::LeaseToken, Expr::value(""))
+                .col_expr(
+                    dispatches::Column::DeadLetteredAt,
+                    Expr::value(Option::<DateTime<Utc>>::None),
+                ),
+        };
+        let won = q
+            .filter(dispatches::Column::Id.eq(d.id.as_str()))
+            .filter(dispatches::Column::State.eq(d.state.as_str()))
+            .filter(dispatches::Column::LeaseToken.eq(d.lease_token.as_str()))
+            .exec(txn)
+            .await
+            .map_err(errors::db)?
+            .rows_affected
+            == 1;
+        if !won {
+            return Err(lost(&format!("dispatch `{}`", d.id)));
+        }
     }
-    let r = q
+
+    let r = &t.run;
+    let mut q = runs::Entity::update_many()
+        .col_expr(runs::Column::Status, Expr::value(t.to.as_str()))
+        .col_expr(runs::Column::UpdatedAt, Expr::value(now));
+    if let Some(v) = &r.message {
+        q = q.col_expr(runs::Column::Message, Expr::value(v.as_str()));
+    }
+    if let Some(v) = r.attempts {
+        q = q.col_expr(runs::Column::Attempts, Expr::value(v as i32));
+    }
+    if let Some(v) = &r.workflow_uid {
+        q = q.col_expr(runs::Column::WorkflowUid, Expr::value(v.as_str()));
+    }
+    if let Some(v) = &r.progress {
+        q = q.col_expr(runs::Column::Progress, Expr::value(v.as_str()));
+    }
+    if let Some(v) = &r.workflow_phase {
+        q = q.col_expr(runs::Column::WorkflowPhase, Expr::value(v.as_str()));
+    }
+    if let Some(v) = r.started_at {
+        q = q.col_expr(runs::Column::StartedAt, Expr::value(Some(v)));
+    }
+    if let Some(v) = r.finished_at {
+        q = q.col_expr(runs::Column::FinishedAt, Expr::value(Some(v)));
+    }
+    if let Some((kind, at)) = r.cancel_requested {
+        q = q
+            .col_expr(runs::Column::CancelRequestedAt, Expr::value(Some(at)))
+            .col_expr(runs::Column::CancelMode, Expr::value(kind.as_str()));
+    }
+    let won = q
         .filter(runs::Column::Id.eq(run.id.as_str()))
         .filter(runs::Column::Status.eq(run.status.as_str()))
-        .exec(c)
+        .exec(txn)
         .await
-        .map_err(Error::database)?;
-    let won = r.rows_affected == 1;
-    if won && to != run.status && run.source == RunSource::Codex {
-        super::codex::sync_task_run(c, run, to).await?;
+        .map_err(errors::db)?
+        .rows_affected
+        == 1;
+    if !won {
+        return Err(lost(&format!("run `{}`", run.id)));
     }
-    Ok(won)
-}
-
-fn terminal_fields(to: RunStatus, finished_at: Option<DateTime<Utc>>) -> Vec<(runs::Column, Expr)> {
-    if to.is_terminal() {
-        vec![(
-            runs::Column::FinishedAt,
-            Expr::value(Some(finished_at.unwrap_or_else(Utc::now))),
-        )]
-    } else {
-        vec![]
+    if t.to != run.status && run.source == RunSource::Codex {
+        super::codex::sync_task_run(txn, run, t.to).await?;
     }
-}
 
-async fn begin(store: &Store) -> Result<DatabaseTransaction> {
-    store.db.begin().await.map_err(Error::database)
-}
-
-async fn commit(t: DatabaseTransaction) -> Result<()> {
-    t.commit().await.map_err(Error::database)
-}
-
-/// Sets a dispatch's state without conditions (inside a transaction that already owns it).
-fn dispatch_update() -> sea_orm::UpdateMany<dispatches::Entity> {
-    dispatches::Entity::update_many()
-        .col_expr(dispatches::Column::UpdatedAt, Expr::value(Utc::now()))
+    let others = |states: &[DispatchState]| {
+        dispatches::Entity::update_many()
+            .col_expr(dispatches::Column::UpdatedAt, Expr::value(now))
+            .col_expr(
+                dispatches::Column::LeaseExpiresAt,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(dispatches::Column::RunId.eq(run.id.as_str()))
+            .filter(dispatches::Column::State.is_in(states.iter().map(|s| s.as_str())))
+    };
+    if t.close_create {
+        others(&[
+            DispatchState::Pending,
+            DispatchState::Leased,
+            DispatchState::Dead,
+        ])
+        .col_expr(
+            dispatches::Column::State,
+            Expr::value(DispatchState::Done.as_str()),
+        )
+        .filter(dispatches::Column::Kind.eq(DispatchKind::Create.as_str()))
+        .exec(txn)
+        .await
+        .map_err(errors::db)?;
+    }
+    if t.close_open_jobs {
+        others(&[DispatchState::Pending, DispatchState::Dead])
+            .col_expr(
+                dispatches::Column::State,
+                Expr::value(DispatchState::Cancelled.as_str()),
+            )
+            .exec(txn)
+            .await
+            .map_err(errors::db)?;
+    }
+    if let Some(kind) = t.new_job {
+        dispatches::Entity::insert(super::pending_dispatch(&run.id, kind.as_str(), now))
+            .exec_without_returning(txn)
+            .await
+            .map_err(errors::db)?;
+    }
+    if let Some((kind, payload)) = &t.event {
+        append_event(txn, &run.id, actor, kind, run.status, t.to, payload.clone()).await?;
+    }
+    Ok(())
 }
 
 impl Store {
+    async fn begin(&self) -> Result<DatabaseTransaction> {
+        self.db.begin().await.map_err(errors::db)
+    }
+
     /// A dispatch by id.
     pub async fn get_dispatch(&self, id: &str) -> Result<Option<Dispatch>> {
         dispatches::Entity::find_by_id(id.to_string())
             .one(&self.db)
             .await
-            .map_err(Error::database)?
+            .map_err(errors::db)?
             .map(dispatch_from_model)
             .transpose()
     }
@@ -186,7 +363,7 @@ impl Store {
             .order_by_asc(dispatches::Column::Id)
             .all(&self.db)
             .await
-            .map_err(Error::database)?
+            .map_err(errors::db)?
             .into_iter()
             .map(dispatch_from_model)
             .collect()
@@ -195,12 +372,12 @@ impl Store {
     /// Jobs `owner` holds whose lease has not expired.
     pub async fn count_leased(&self, owner: &str) -> Result<u64> {
         dispatches::Entity::find()
-            .filter(dispatches::Column::State.eq(dispatch_state::LEASED))
+            .filter(dispatches::Column::State.eq(DispatchState::Leased.as_str()))
             .filter(dispatches::Column::LeaseOwner.eq(owner))
             .filter(dispatches::Column::LeaseExpiresAt.gt(Utc::now()))
             .count(&self.db)
             .await
-            .map_err(Error::database)
+            .map_err(errors::db)
     }
 
     /// Leases the next due job to `owner` (a pending one whose time has come, or a leased one
@@ -215,12 +392,12 @@ impl Store {
         let due = sea_orm::Condition::any()
             .add(
                 sea_orm::Condition::all()
-                    .add(dispatches::Column::State.eq(dispatch_state::PENDING))
+                    .add(dispatches::Column::State.eq(DispatchState::Pending.as_str()))
                     .add(dispatches::Column::AvailableAt.lte(now)),
             )
             .add(
                 sea_orm::Condition::all()
-                    .add(dispatches::Column::State.eq(dispatch_state::LEASED))
+                    .add(dispatches::Column::State.eq(DispatchState::Leased.as_str()))
                     .add(dispatches::Column::LeaseExpiresAt.lte(now)),
             );
         let candidates = dispatches::Entity::find()
@@ -229,10 +406,16 @@ impl Store {
             .limit(LEASE_CANDIDATES)
             .all(&self.db)
             .await
-            .map_err(Error::database)?;
+            .map_err(errors::db)?;
         for c in candidates {
-            if let Some(leased) = self.try_lease(c, owner, namespaces, policy).await? {
-                return Ok(LeaseOutcome::Leased(Box::new(leased)));
+            let leased =
+                errors::retry_aborted(|| self.try_lease(&c, owner, namespaces, policy)).await;
+            match leased {
+                Ok(Some(leased)) => return Ok(LeaseOutcome::Leased(Box::new(leased))),
+                Ok(None) => {}
+                // Another transaction kept changing this one: the next candidate will do.
+                Err(Error::Aborted(m)) => tracing::debug!(error = %m, "lease candidate skipped"),
+                Err(e) => return Err(e),
             }
         }
         Ok(LeaseOutcome::Idle {
@@ -242,21 +425,21 @@ impl Store {
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
         let pending: Option<Option<DateTime<Utc>>> = dispatches::Entity::find()
-            .filter(dispatches::Column::State.eq(dispatch_state::PENDING))
+            .filter(dispatches::Column::State.eq(DispatchState::Pending.as_str()))
             .select_only()
             .column_as(dispatches::Column::AvailableAt.min(), "m")
             .into_tuple()
             .one(&self.db)
             .await
-            .map_err(Error::database)?;
+            .map_err(errors::db)?;
         let leased: Option<Option<DateTime<Utc>>> = dispatches::Entity::find()
-            .filter(dispatches::Column::State.eq(dispatch_state::LEASED))
+            .filter(dispatches::Column::State.eq(DispatchState::Leased.as_str()))
             .select_only()
             .column_as(dispatches::Column::LeaseExpiresAt.min(), "m")
             .into_tuple()
             .one(&self.db)
             .await
-            .map_err(Error::database)?;
+            .map_err(errors::db)?;
         Ok([pending.flatten(), leased.flatten()]
             .into_iter()
             .flatten()
@@ -265,105 +448,75 @@ impl Store {
 
     async fn try_lease(
         &self,
-        c: dispatches::Model,
+        c: &dispatches::Model,
         owner: &str,
         namespaces: &[String],
         policy: &DispatchPolicy,
     ) -> Result<Option<Leased>> {
-        let run = load_run(&self.db, &c.run_id).await?;
+        let txn = self.begin().await?;
+        // Run first, then the dispatch: the lock order of every transaction here. A run that
+        // another transaction holds (a cancel, a report) is skipped, not waited for.
+        let Some(run) = lock_run(&txn, &c.run_id, true).await? else {
+            let _ = txn.rollback().await;
+            return Ok(None);
+        };
         if !namespaces.is_empty() && !namespaces.contains(&run.namespace) {
+            let _ = txn.rollback().await;
             return Ok(None);
         }
-        let expired_lease = c.state == dispatch_state::LEASED;
-        if expired_lease && nonneg(c.attempts) >= policy.max_attempts {
-            let d = dispatch_from_model(c)?;
-            let msg = format!(
-                "lease expired on attempt {} of {}: the adapter did not complete it",
-                d.attempts, policy.max_attempts
-            );
-            self.dead_letter(&d, &d.lease_token, &msg, "dispatcher")
-                .await?;
+        let Some(d) = lock_dispatch(&txn, &c.id).await? else {
+            let _ = txn.rollback().await;
             return Ok(None);
-        }
+        };
         let now = Utc::now();
+        let still_due = match d.state {
+            DispatchState::Pending => c.available_at <= now,
+            DispatchState::Leased => d.lease_expires_at.is_some_and(|t| t <= now),
+            _ => false,
+        };
+        if !still_due {
+            // Someone else leased, completed or cancelled it since the candidates were read.
+            let _ = txn.rollback().await;
+            return Ok(None);
+        }
         let token = uuid::Uuid::new_v4().simple().to_string();
         let expires = now
             + chrono::Duration::from_std(policy.lease)
                 .unwrap_or_else(|_| chrono::Duration::seconds(30));
-        let txn = begin(self).await?;
-        let won = dispatches::Entity::update_many()
-            .col_expr(
-                dispatches::Column::State,
-                Expr::value(dispatch_state::LEASED),
-            )
-            .col_expr(
-                dispatches::Column::Attempts,
-                Expr::col(dispatches::Column::Attempts).add(1),
-            )
-            .col_expr(dispatches::Column::LeaseOwner, Expr::value(owner))
-            .col_expr(dispatches::Column::LeaseToken, Expr::value(token.as_str()))
-            .col_expr(
-                dispatches::Column::LeaseExpiresAt,
-                Expr::value(Some(expires)),
-            )
-            .col_expr(dispatches::Column::UpdatedAt, Expr::value(now))
-            .filter(dispatches::Column::Id.eq(c.id.as_str()))
-            .filter(dispatches::Column::State.eq(c.state.as_str()))
-            .filter(dispatches::Column::LeaseToken.eq(c.lease_token.as_str()))
-            .exec(&txn)
-            .await
-            .map_err(Error::database)?
-            .rows_affected
-            == 1;
-        if !won {
-            let _ = txn.rollback().await;
-            return Ok(None);
-        }
-        let attempt = nonneg(c.attempts) + 1;
-        let kind = DispatchKind::parse(&c.kind).unwrap_or(DispatchKind::Create);
-        let run = load_run(&txn, &c.run_id).await?;
-        let to = if kind == DispatchKind::Create && run.status == RunStatus::Queued {
-            RunStatus::Dispatching
-        } else {
-            run.status
+        let t = on_lease(&d, &run, policy, owner, expires);
+        let lease = NewLease {
+            owner,
+            token: &token,
+            expires,
         };
-        if kind == DispatchKind::Create && run.status.is_terminal() {
-            // Cannot happen through our own transitions (cancel closes the create dispatch);
-            // close it rather than create a Workflow for a finished run.
-            dispatch_update()
-                .col_expr(
-                    dispatches::Column::State,
-                    Expr::value(dispatch_state::CANCELLED),
-                )
-                .filter(dispatches::Column::Id.eq(c.id.as_str()))
-                .exec(&txn)
-                .await
-                .map_err(Error::database)?;
-            commit(txn).await?;
-            return Ok(None);
-        }
-        let attempts_expr = if kind == DispatchKind::Create {
-            vec![(runs::Column::Attempts, Expr::value(attempt as i32))]
-        } else {
-            vec![]
-        };
-        if !cas_run(&txn, &run, to, attempts_expr).await? {
+        if let Err(e) = apply(
+            &txn,
+            &run,
+            Some(&d),
+            &t,
+            if t.dispatch == Some(DispatchChange::Lease) {
+                owner
+            } else {
+                "dispatcher"
+            },
+            Some(lease),
+        )
+        .await
+        {
             let _ = txn.rollback().await;
+            return Err(e);
+        }
+        txn.commit().await.map_err(errors::db)?;
+        if t.dispatch != Some(DispatchChange::Lease) {
             return Ok(None);
         }
-        let payload = serde_json::json!({"owner": owner, "attempt": attempt, "dispatch": kind.as_str(), "lease_expires_at": expires, "after_expired_lease": expired_lease});
-        append_event(&txn, &run.id, owner, "leased", run.status, to, payload).await?;
-        commit(txn).await?;
         let dispatch = Dispatch {
-            id: c.id,
-            run_id: c.run_id,
-            kind,
-            state: dispatch_state::LEASED.into(),
-            attempts: attempt,
+            state: DispatchState::Leased,
+            attempts: d.attempts + 1,
             lease_token: token,
             lease_expires_at: Some(expires),
-            last_error: c.last_error,
             dead_lettered_at: None,
+            ..d
         };
         let run = load_run(&self.db, &dispatch.run_id).await?;
         Ok(Some(Leased { dispatch, run }))
@@ -378,300 +531,76 @@ impl Store {
         policy: &DispatchPolicy,
         actor: &str,
     ) -> Result<(Run, CompleteEffect)> {
-        let d = self
-            .get_dispatch(dispatch_id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no dispatch `{dispatch_id}`")))?;
-        if d.state != dispatch_state::LEASED || d.lease_token != lease_token {
-            if d.state == dispatch_state::DONE && matches!(outcome, Outcome::Success { .. }) {
-                return Ok((
-                    load_run(&self.db, &d.run_id).await?,
-                    CompleteEffect::AlreadyDone,
-                ));
-            }
-            return Err(Error::FailedPrecondition(format!(
-                "dispatch `{dispatch_id}` is no longer leased with this token (state {}): its lease expired or another adapter holds it",
-                d.state
-            )));
-        }
-        match outcome {
-            Outcome::Success {
-                workflow_name,
-                workflow_uid,
-                already_existed,
-            } => {
-                let txn = begin(self).await?;
-                if !self
-                    .close_dispatch(&txn, &d, lease_token, dispatch_state::DONE, "")
+        errors::retry_aborted(|| async {
+            let run_id = self
+                .get_dispatch(dispatch_id)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("no dispatch `{dispatch_id}`")))?
+                .run_id;
+            let txn = self.begin().await?;
+            let result = async {
+                let run = lock_run(&txn, &run_id, false)
                     .await?
-                {
+                    .ok_or_else(|| Error::NotFound(format!("no run `{run_id}`")))?;
+                let d = lock_dispatch(&txn, dispatch_id)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("no dispatch `{dispatch_id}`")))?;
+                let (t, effect) = on_outcome(&d, lease_token, &run, outcome, policy, Utc::now())?;
+                if let Some(t) = &t {
+                    apply(&txn, &run, Some(&d), t, actor, None).await?;
+                }
+                Ok::<_, Error>(effect)
+            }
+            .await;
+            match result {
+                Ok(effect) => {
+                    txn.commit().await.map_err(errors::db)?;
+                    Ok((load_run(&self.db, &run_id).await?, effect))
+                }
+                Err(e) => {
                     let _ = txn.rollback().await;
-                    return Err(Error::FailedPrecondition(format!(
-                        "dispatch `{dispatch_id}` changed while completing it"
-                    )));
+                    Err(e)
                 }
-                let run = load_run(&txn, &d.run_id).await?;
-                let effect = if d.kind == DispatchKind::Create {
-                    let payload = serde_json::json!({"workflow_name": workflow_name, "workflow_uid": workflow_uid, "already_existed": already_existed, "attempt": d.attempts});
-                    let uid = vec![(
-                        runs::Column::WorkflowUid,
-                        Expr::value(workflow_uid.as_str()),
-                    )];
-                    if run.status.can_move_to(RunStatus::Submitted) {
-                        cas_run(&txn, &run, RunStatus::Submitted, uid).await?;
-                        append_event(
-                            &txn,
-                            &run.id,
-                            actor,
-                            "submitted",
-                            run.status,
-                            RunStatus::Submitted,
-                            payload,
-                        )
-                        .await?;
-                    } else {
-                        // A status report got there first (or the run is further along): keep
-                        // the state, record the UID.
-                        cas_run(&txn, &run, run.status, uid).await?;
-                        append_event(
-                            &txn,
-                            &run.id,
-                            actor,
-                            "submitted",
-                            run.status,
-                            run.status,
-                            payload,
-                        )
-                        .await?;
-                    }
-                    CompleteEffect::Submitted(
-                        (Utc::now() - run.created_at).to_std().unwrap_or_default(),
-                    )
-                } else {
-                    cas_run(&txn, &run, run.status, vec![]).await?;
-                    let payload = serde_json::json!({"shutdown": d.kind.as_str(), "workflow_name": workflow_name});
-                    append_event(
-                        &txn,
-                        &run.id,
-                        actor,
-                        "shutdown_sent",
-                        run.status,
-                        run.status,
-                        payload,
-                    )
-                    .await?;
-                    CompleteEffect::ShutdownSent
+            }
+        })
+        .await
+    }
+
+    /// Runs `decide` on the locked run and applies what it returns, in one transaction (run
+    /// again when the database aborts it). Returns the run afterwards and whether it changed.
+    async fn change_run<F>(&self, run_id: &str, actor: &str, decide: F) -> Result<(Run, bool)>
+    where
+        F: Fn(&Run) -> Result<Option<Transition>>,
+    {
+        errors::retry_aborted(|| async {
+            let txn = self.begin().await?;
+            let result = async {
+                let run = lock_run(&txn, run_id, false)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("no run `{run_id}`")))?;
+                let Some(t) = decide(&run)? else {
+                    return Ok::<_, Error>(None);
                 };
-                commit(txn).await?;
-                Ok((load_run(&self.db, &d.run_id).await?, effect))
+                apply(&txn, &run, None, &t, actor, None).await?;
+                Ok(Some(run))
             }
-            Outcome::Failure { message, retryable } => {
-                let run = load_run(&self.db, &d.run_id).await?;
-                if d.kind == DispatchKind::Create && run.cancel_requested_at.is_some() {
-                    // Cancelled while the create was in flight, and the create failed: done.
-                    let txn = begin(self).await?;
-                    self.close_dispatch(&txn, &d, lease_token, dispatch_state::CANCELLED, message)
-                        .await?;
-                    self.cancel_pending(&txn, &run.id).await?;
-                    let run = load_run(&txn, &d.run_id).await?;
-                    if run.status.can_move_to(RunStatus::Cancelled) {
-                        cas_run(
-                            &txn,
-                            &run,
-                            RunStatus::Cancelled,
-                            terminal_fields(RunStatus::Cancelled, None),
-                        )
-                        .await?;
-                        let payload = serde_json::json!({"reason": "cancel requested; the create failed", "error": message});
-                        append_event(
-                            &txn,
-                            &run.id,
-                            actor,
-                            "cancelled",
-                            run.status,
-                            RunStatus::Cancelled,
-                            payload,
-                        )
-                        .await?;
-                    }
-                    commit(txn).await?;
-                    return Ok((
-                        load_run(&self.db, &d.run_id).await?,
-                        CompleteEffect::Cancelled,
-                    ));
+            .await;
+            match result {
+                Ok(Some(_)) => {
+                    txn.commit().await.map_err(errors::db)?;
+                    Ok((load_run(&self.db, run_id).await?, true))
                 }
-                if *retryable && d.attempts < policy.max_attempts {
-                    let delay = policy.backoff(d.attempts);
-                    let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-                    let txn = begin(self).await?;
-                    let won = dispatch_update()
-                        .col_expr(
-                            dispatches::Column::State,
-                            Expr::value(dispatch_state::PENDING),
-                        )
-                        .col_expr(dispatches::Column::AvailableAt, Expr::value(at))
-                        .col_expr(dispatches::Column::LeaseToken, Expr::value(""))
-                        .col_expr(
-                            dispatches::Column::LeaseExpiresAt,
-                            Expr::value(Option::<DateTime<Utc>>::None),
-                        )
-                        .col_expr(dispatches::Column::LastError, Expr::value(message.as_str()))
-                        .filter(dispatches::Column::Id.eq(d.id.as_str()))
-                        .filter(dispatches::Column::LeaseToken.eq(lease_token))
-                        .exec(&txn)
-                        .await
-                        .map_err(Error::database)?
-                        .rows_affected
-                        == 1;
-                    if !won {
-                        let _ = txn.rollback().await;
-                        return Err(Error::FailedPrecondition(format!(
-                            "dispatch `{dispatch_id}` changed while completing it"
-                        )));
-                    }
-                    let run = load_run(&txn, &d.run_id).await?;
-                    let to =
-                        if d.kind == DispatchKind::Create && run.status == RunStatus::Dispatching {
-                            RunStatus::Queued
-                        } else {
-                            run.status
-                        };
-                    cas_run(
-                        &txn,
-                        &run,
-                        to,
-                        vec![(runs::Column::Message, Expr::value(message.as_str()))],
-                    )
-                    .await?;
-                    let payload = serde_json::json!({"error": message, "attempt": d.attempts, "retry_at": at, "dispatch": d.kind.as_str()});
-                    append_event(
-                        &txn,
-                        &run.id,
-                        actor,
-                        "dispatch_failed",
-                        run.status,
-                        to,
-                        payload,
-                    )
-                    .await?;
-                    commit(txn).await?;
-                    Ok((
-                        load_run(&self.db, &d.run_id).await?,
-                        CompleteEffect::RetryScheduled,
-                    ))
-                } else {
-                    let why = if *retryable {
-                        format!(
-                            "{message} (attempt {} of {})",
-                            d.attempts, policy.max_attempts
-                        )
-                    } else {
-                        format!("{message} (not retryable)")
-                    };
-                    self.dead_letter(&d, lease_token, &why, actor).await?;
-                    Ok((
-                        load_run(&self.db, &d.run_id).await?,
-                        CompleteEffect::DeadLettered,
-                    ))
+                Ok(None) => {
+                    let _ = txn.rollback().await;
+                    Ok((load_run(&self.db, run_id).await?, false))
+                }
+                Err(e) => {
+                    let _ = txn.rollback().await;
+                    Err(e)
                 }
             }
-        }
-    }
-
-    /// CAS on the lease token: moves a leased dispatch to `state`.
-    async fn close_dispatch(
-        &self,
-        txn: &DatabaseTransaction,
-        d: &Dispatch,
-        token: &str,
-        state: &str,
-        error: &str,
-    ) -> Result<bool> {
-        let mut q = dispatch_update()
-            .col_expr(dispatches::Column::State, Expr::value(state))
-            .col_expr(
-                dispatches::Column::LeaseExpiresAt,
-                Expr::value(Option::<DateTime<Utc>>::None),
-            );
-        if !error.is_empty() {
-            q = q.col_expr(dispatches::Column::LastError, Expr::value(error));
-        }
-        let r = q
-            .filter(dispatches::Column::Id.eq(d.id.as_str()))
-            .filter(dispatches::Column::LeaseToken.eq(token))
-            .filter(dispatches::Column::State.eq(d.state.as_str()))
-            .exec(txn)
-            .await
-            .map_err(Error::database)?;
-        Ok(r.rows_affected == 1)
-    }
-
-    /// Cancels every not-yet-run job of a run.
-    async fn cancel_pending(&self, txn: &DatabaseTransaction, run_id: &str) -> Result<()> {
-        dispatch_update()
-            .col_expr(
-                dispatches::Column::State,
-                Expr::value(dispatch_state::CANCELLED),
-            )
-            .filter(dispatches::Column::RunId.eq(run_id))
-            .filter(
-                dispatches::Column::State.is_in([dispatch_state::PENDING, dispatch_state::DEAD]),
-            )
-            .exec(txn)
-            .await
-            .map_err(Error::database)?;
-        Ok(())
-    }
-
-    async fn dead_letter(&self, d: &Dispatch, token: &str, why: &str, actor: &str) -> Result<()> {
-        let now = Utc::now();
-        let txn = begin(self).await?;
-        let won = dispatch_update()
-            .col_expr(dispatches::Column::State, Expr::value(dispatch_state::DEAD))
-            .col_expr(dispatches::Column::DeadLetteredAt, Expr::value(Some(now)))
-            .col_expr(
-                dispatches::Column::LeaseExpiresAt,
-                Expr::value(Option::<DateTime<Utc>>::None),
-            )
-            .col_expr(dispatches::Column::LastError, Expr::value(why))
-            .filter(dispatches::Column::Id.eq(d.id.as_str()))
-            .filter(dispatches::Column::LeaseToken.eq(token))
-            .filter(dispatches::Column::State.eq(dispatch_state::LEASED))
-            .exec(&txn)
-            .await
-            .map_err(Error::database)?
-            .rows_affected
-            == 1;
-        if !won {
-            let _ = txn.rollback().await;
-            return Ok(());
-        }
-        let run = load_run(&txn, &d.run_id).await?;
-        let to =
-            if d.kind == DispatchKind::Create && run.status.can_move_to(RunStatus::DeadLettered) {
-                RunStatus::DeadLettered
-            } else {
-                run.status
-            };
-        cas_run(
-            &txn,
-            &run,
-            to,
-            vec![(runs::Column::Message, Expr::value(why))],
-        )
-        .await?;
-        let payload = serde_json::json!({"error": why, "attempts": d.attempts, "dispatch": d.kind.as_str(), "dispatch_id": d.id});
-        append_event(
-            &txn,
-            &run.id,
-            actor,
-            "dead_lettered",
-            run.status,
-            to,
-            payload,
-        )
-        .await?;
-        commit(txn).await
+        })
+        .await
     }
 
     /// Applies a Workflow status report. Monotonic: a report that would move the run backwards
@@ -683,120 +612,14 @@ impl Store {
                 .filter(runs::Column::WorkflowName.eq(r.workflow_name.as_str()))
                 .one(&self.db)
                 .await
-                .map_err(Error::database)?
+                .map_err(errors::db)?
                 .map(|m| m.id)
                 .ok_or_else(|| {
                     Error::NotFound(format!("no run has workflow `{}`", r.workflow_name))
                 })?,
         };
-        for _ in 0..8 {
-            let run = load_run(&self.db, &run_id).await?;
-            if !r.workflow_name.is_empty() && r.workflow_name != run.workflow_name {
-                return Err(Error::InvalidArgument(format!(
-                    "workflow `{}` does not belong to run `{run_id}` (its workflow is `{}`)",
-                    r.workflow_name, run.workflow_name
-                )));
-            }
-            let mut target = RunStatus::from_argo_phase(&r.phase);
-            if run.cancel_requested_at.is_some()
-                && matches!(target, Some(RunStatus::Failed | RunStatus::Error))
-            {
-                target = Some(RunStatus::Cancelled);
-            }
-            let message = if r.failed_node_message.is_empty() {
-                r.message.clone()
-            } else if r.message.is_empty() {
-                format!("{}: {}", r.failed_node, r.failed_node_message)
-            } else {
-                format!(
-                    "{} ({}: {})",
-                    r.message, r.failed_node, r.failed_node_message
-                )
-            };
-            let mut fields = vec![
-                (runs::Column::Message, Expr::value(message.as_str())),
-                (runs::Column::Progress, Expr::value(r.progress.as_str())),
-                (runs::Column::WorkflowPhase, Expr::value(r.phase.as_str())),
-            ];
-            if run.workflow_uid.is_empty() && !r.workflow_uid.is_empty() {
-                fields.push((
-                    runs::Column::WorkflowUid,
-                    Expr::value(r.workflow_uid.as_str()),
-                ));
-            }
-            if run.started_at.is_none() && r.started_at.is_some() {
-                fields.push((runs::Column::StartedAt, Expr::value(r.started_at)));
-            }
-            match target {
-                Some(to) if run.status.can_move_to(to) => {
-                    fields.extend(terminal_fields(to, r.finished_at));
-                    let txn = begin(self).await?;
-                    if !cas_run(&txn, &run, to, fields).await? {
-                        let _ = txn.rollback().await;
-                        continue;
-                    }
-                    // The Workflow exists: its create job is done whatever the adapter said.
-                    dispatch_update()
-                        .col_expr(dispatches::Column::State, Expr::value(dispatch_state::DONE))
-                        .col_expr(
-                            dispatches::Column::LeaseExpiresAt,
-                            Expr::value(Option::<DateTime<Utc>>::None),
-                        )
-                        .filter(dispatches::Column::RunId.eq(run.id.as_str()))
-                        .filter(dispatches::Column::Kind.eq(dispatch_kind::CREATE))
-                        .filter(dispatches::Column::State.is_in([
-                            dispatch_state::PENDING,
-                            dispatch_state::LEASED,
-                            dispatch_state::DEAD,
-                        ]))
-                        .exec(&txn)
-                        .await
-                        .map_err(Error::database)?;
-                    if to.is_terminal() {
-                        self.cancel_pending(&txn, &run.id).await?;
-                    }
-                    let payload = serde_json::json!({
-                        "phase": r.phase, "message": r.message, "progress": r.progress,
-                        "failed_node": r.failed_node, "failed_node_message": r.failed_node_message,
-                        "started_at": r.started_at, "finished_at": r.finished_at, "source": r.source,
-                    });
-                    append_event(&txn, &run.id, actor, "status", run.status, to, payload).await?;
-                    commit(txn).await?;
-                    return Ok((load_run(&self.db, &run_id).await?, true));
-                }
-                Some(to)
-                    if to == run.status && !to.is_terminal() && run.workflow_phase != r.phase =>
-                {
-                    // A new Argo phase within the same run state (Pending after the create was
-                    // completed): history records it.
-                    let txn = begin(self).await?;
-                    if !cas_run(&txn, &run, to, fields).await? {
-                        let _ = txn.rollback().await;
-                        continue;
-                    }
-                    let payload = serde_json::json!({"phase": r.phase, "message": r.message, "progress": r.progress, "source": r.source});
-                    append_event(&txn, &run.id, actor, "status", run.status, to, payload).await?;
-                    commit(txn).await?;
-                    return Ok((load_run(&self.db, &run_id).await?, true));
-                }
-                Some(to)
-                    if to == run.status
-                        && !to.is_terminal()
-                        && (run.progress != r.progress || run.message != message) =>
-                {
-                    // Same phase, news inside it (progress): update in place, no history entry.
-                    if !cas_run(&self.db, &run, to, fields).await? {
-                        continue;
-                    }
-                    return Ok((load_run(&self.db, &run_id).await?, true));
-                }
-                _ => return Ok((run, false)),
-            }
-        }
-        Err(Error::Unavailable {
-            dependency: "database",
-            message: format!("run `{run_id}` kept changing under the report"),
-        })
+        self.change_run(&run_id, actor, |run| on_report(run, r, Utc::now()))
+            .await
     }
 
     /// Cancels a run: queued or dead-lettered ones at once; one whose Workflow may exist by a
@@ -808,134 +631,45 @@ impl Store {
         actor: &str,
         reason: &str,
     ) -> Result<Run> {
-        for _ in 0..8 {
-            let run = load_run(&self.db, run_id).await?;
-            let payload = serde_json::json!({"reason": reason, "mode": kind.as_str()});
-            match run.status {
-                s if s.is_terminal() => {
-                    return Err(Error::FailedPrecondition(format!(
-                        "run `{run_id}` is already {s}; nothing to cancel"
-                    )));
-                }
-                RunStatus::Queued | RunStatus::DeadLettered => {
-                    let txn = begin(self).await?;
-                    if !cas_run(
-                        &txn,
-                        &run,
-                        RunStatus::Cancelled,
-                        terminal_fields(RunStatus::Cancelled, None),
-                    )
-                    .await?
-                    {
-                        let _ = txn.rollback().await;
-                        continue;
-                    }
-                    self.cancel_pending(&txn, run_id).await?;
-                    append_event(
-                        &txn,
-                        run_id,
-                        actor,
-                        "cancelled",
-                        run.status,
-                        RunStatus::Cancelled,
-                        payload,
-                    )
-                    .await?;
-                    commit(txn).await?;
-                }
-                _ if run.cancel_requested_at.is_some() => return Ok(run),
-                _ => {
-                    let now = Utc::now();
-                    let txn = begin(self).await?;
-                    let fields = vec![
-                        (runs::Column::CancelRequestedAt, Expr::value(Some(now))),
-                        (runs::Column::CancelMode, Expr::value(kind.as_str())),
-                    ];
-                    if !cas_run(&txn, &run, run.status, fields).await? {
-                        let _ = txn.rollback().await;
-                        continue;
-                    }
-                    dispatches::Entity::insert(super::pending_dispatch(run_id, kind.as_str(), now))
-                        .exec_without_returning(&txn)
-                        .await
-                        .map_err(Error::database)?;
-                    append_event(
-                        &txn,
-                        run_id,
-                        actor,
-                        "cancel_requested",
-                        run.status,
-                        run.status,
-                        payload,
-                    )
-                    .await?;
-                    commit(txn).await?;
-                }
-            }
-            return load_run(&self.db, run_id).await;
-        }
-        Err(Error::Unavailable {
-            dependency: "database",
-            message: format!("run `{run_id}` kept changing under the cancel"),
+        self.change_run(run_id, actor, |run| {
+            on_cancel(run, kind, reason, Utc::now())
         })
+        .await
+        .map(|(run, _)| run)
     }
 
     /// Puts a dead-lettered job back in the queue with fresh attempts.
     pub async fn requeue_dead_letter(&self, dispatch_id: &str, actor: &str) -> Result<Run> {
-        let d = self
-            .get_dispatch(dispatch_id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no dispatch `{dispatch_id}`")))?;
-        if d.state != dispatch_state::DEAD {
-            return Err(Error::FailedPrecondition(format!(
-                "dispatch `{dispatch_id}` is {}, not dead-lettered",
-                d.state
-            )));
-        }
-        let txn = begin(self).await?;
-        let won = dispatch_update()
-            .col_expr(
-                dispatches::Column::State,
-                Expr::value(dispatch_state::PENDING),
-            )
-            .col_expr(dispatches::Column::Attempts, Expr::value(0))
-            .col_expr(dispatches::Column::AvailableAt, Expr::value(Utc::now()))
-            .col_expr(dispatches::Column::LeaseToken, Expr::value(""))
-            .col_expr(
-                dispatches::Column::DeadLetteredAt,
-                Expr::value(Option::<DateTime<Utc>>::None),
-            )
-            .filter(dispatches::Column::Id.eq(dispatch_id))
-            .filter(dispatches::Column::State.eq(dispatch_state::DEAD))
-            .exec(&txn)
-            .await
-            .map_err(Error::database)?
-            .rows_affected
-            == 1;
-        if !won {
-            let _ = txn.rollback().await;
-            return Err(Error::FailedPrecondition(format!(
-                "dispatch `{dispatch_id}` changed while requeueing it"
-            )));
-        }
-        let run = load_run(&txn, &d.run_id).await?;
-        let to = if run.status == RunStatus::DeadLettered {
-            RunStatus::Queued
-        } else {
-            run.status
-        };
-        cas_run(
-            &txn,
-            &run,
-            to,
-            vec![(runs::Column::Attempts, Expr::value(0))],
-        )
-        .await?;
-        let payload =
-            serde_json::json!({"dispatch_id": dispatch_id, "previous_error": d.last_error});
-        append_event(&txn, &run.id, actor, "requeued", run.status, to, payload).await?;
-        commit(txn).await?;
-        load_run(&self.db, &d.run_id).await
+        errors::retry_aborted(|| async {
+            let run_id = self
+                .get_dispatch(dispatch_id)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("no dispatch `{dispatch_id}`")))?
+                .run_id;
+            let txn = self.begin().await?;
+            let result = async {
+                let run = lock_run(&txn, &run_id, false)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("no run `{run_id}`")))?;
+                let d = lock_dispatch(&txn, dispatch_id)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("no dispatch `{dispatch_id}`")))?;
+                let t = on_requeue(&d, &run)?;
+                apply(&txn, &run, Some(&d), &t, actor, None).await
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    txn.commit().await.map_err(errors::db)?;
+                    load_run(&self.db, &run_id).await
+                }
+                Err(e) => {
+                    let _ = txn.rollback().await;
+                    Err(e)
+                }
+            }
+        })
+        .await
     }
 
     /// Dead-lettered jobs, newest first, after the keyset cursor `after`.
@@ -944,8 +678,8 @@ impl Store {
         limit: u64,
         after: Option<(DateTime<Utc>, String)>,
     ) -> Result<Vec<(Dispatch, Run)>> {
-        let mut q =
-            dispatches::Entity::find().filter(dispatches::Column::State.eq(dispatch_state::DEAD));
+        let mut q = dispatches::Entity::find()
+            .filter(dispatches::Column::State.eq(DispatchState::Dead.as_str()));
         if let Some((t, id)) = after {
             q = q.filter(
                 sea_orm::Condition::any()
@@ -963,7 +697,7 @@ impl Store {
             .limit(limit)
             .all(&self.db)
             .await
-            .map_err(Error::database)?;
+            .map_err(errors::db)?;
         let mut out = Vec::with_capacity(rows.len());
         for m in rows {
             let d = dispatch_from_model(m)?;

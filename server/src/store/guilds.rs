@@ -2,6 +2,7 @@
 //! policy and bumps the guild's `generation`; the discord-adapter registers the catalog there
 //! and reports the generation it registered, so `ListGuilds` tells an operator when it is done.
 
+use super::errors;
 use super::{Store, portable as stmt};
 use crate::domain::policy::{DefaultPolicy, GuildPolicy};
 use crate::domain::{Error, Result};
@@ -37,7 +38,7 @@ impl Guild {
     }
 
     fn from_row(r: &QueryResult) -> Result<Guild> {
-        let e = Error::database;
+        let e = errors::db;
         Ok(Guild {
             guild_id: r.try_get("", "guild_id").map_err(e)?,
             generation: r.try_get("", "generation").map_err(e)?,
@@ -107,7 +108,7 @@ impl Store {
                 vec![guild_id.into(), actor.into(), now.into()],
             ))
             .await
-            .map_err(Error::database)?
+            .map_err(errors::db)?
             .ok_or_else(|| Error::Internal("set-up returned no row".into()))?;
         let guild = Guild::from_row(&row)?;
         Self::audit_on(
@@ -143,7 +144,7 @@ impl Store {
             .db
             .query_all_raw(stmt(b, &sql, values))
             .await
-            .map_err(Error::database)?;
+            .map_err(errors::db)?;
         rows.iter().map(Guild::from_row).collect()
     }
 
@@ -187,7 +188,7 @@ impl Store {
                 ))
                 .await
         };
-        changed.map_err(Error::database)?;
+        changed.map_err(errors::db)?;
         self.guilds(Some(guild_id))
             .await?
             .pop()

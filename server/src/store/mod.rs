@@ -8,6 +8,7 @@ pub mod codex;
 pub mod codex_batch;
 pub mod dispatch;
 pub mod entities;
+pub mod errors;
 pub mod guilds;
 mod nodelay;
 pub mod policy;
@@ -24,30 +25,6 @@ use sea_orm::{
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-/// Dispatch kinds as stored.
-pub mod dispatch_kind {
-    /// Create the Workflow.
-    pub const CREATE: &str = "create";
-    /// Patch `spec.shutdown: Stop`.
-    pub const STOP: &str = "stop";
-    /// Patch `spec.shutdown: Terminate`.
-    pub const TERMINATE: &str = "terminate";
-}
-
-/// Dispatch states as stored.
-pub mod dispatch_state {
-    /// Waiting for `available_at`.
-    pub const PENDING: &str = "pending";
-    /// Held by an adapter until `lease_expires_at`.
-    pub const LEASED: &str = "leased";
-    /// Completed.
-    pub const DONE: &str = "done";
-    /// Attempts exhausted or permanent failure; an admin may requeue it.
-    pub const DEAD: &str = "dead";
-    /// The run was cancelled before the job ran.
-    pub const CANCELLED: &str = "cancelled";
-}
 
 /// Filter of [`Store::list_runs`].
 #[derive(Clone, Debug, Default)]
@@ -129,7 +106,7 @@ impl Store {
                 })
             });
         }
-        let db = Database::connect(opts).await.map_err(Error::database)?;
+        let db = Database::connect(opts).await.map_err(errors::db)?;
         let codex_batch = (backend == DatabaseBackend::Postgres)
             .then(|| codex_batch::Batcher::new(&db, DEFAULT_CODEX_BATCH_SLOTS));
         Ok(Store {
@@ -159,7 +136,7 @@ impl Store {
     pub async fn migrate(&self) -> Result<()> {
         facteur_migrations::migrate(&self.db)
             .await
-            .map_err(Error::database)
+            .map_err(errors::db)
     }
 
     /// `postgres` or `sqlite`.
@@ -177,7 +154,7 @@ impl Store {
 
     /// Round trip to the database.
     pub async fn ping(&self) -> Result<()> {
-        self.db.ping().await.map_err(Error::database)
+        self.db.ping().await.map_err(errors::db)
     }
 
     /// Closes the pool.
@@ -196,7 +173,7 @@ impl Store {
             return Ok((existing, true));
         }
         let id = uuid::Uuid::now_v7();
-        let txn = self.db.begin().await.map_err(Error::database)?;
+        let txn = self.db.begin().await.map_err(errors::db)?;
         match insert_run(&txn, id, &new, actor, Utc::now()).await {
             Ok(()) => {}
             Err(Inserted::Duplicate(e)) => {
@@ -211,7 +188,7 @@ impl Store {
             }
             Err(Inserted::Failed(e)) => return Err(e),
         }
-        txn.commit().await.map_err(Error::database)?;
+        txn.commit().await.map_err(errors::db)?;
         let run = self
             .get_run(&id.to_string())
             .await?
@@ -224,7 +201,7 @@ impl Store {
         let m = runs::Entity::find_by_id(id.to_string())
             .one(&self.db)
             .await
-            .map_err(Error::database)?;
+            .map_err(errors::db)?;
         m.map(run_from_model).transpose()
     }
 
@@ -234,7 +211,7 @@ impl Store {
             .filter(runs::Column::IdempotencyKey.eq(key))
             .one(&self.db)
             .await
-            .map_err(Error::database)?;
+            .map_err(errors::db)?;
         m.map(run_from_model).transpose()
     }
 
@@ -245,7 +222,7 @@ impl Store {
             .order_by_asc(run_events::Column::Sequence)
             .all(&self.db)
             .await
-            .map_err(Error::database)?
+            .map_err(errors::db)?
             .into_iter()
             .map(event_from_model)
             .collect()
@@ -297,7 +274,7 @@ impl Store {
             .limit(limit)
             .all(&self.db)
             .await
-            .map_err(Error::database)?
+            .map_err(errors::db)?
             .into_iter()
             .map(run_from_model)
             .collect()
@@ -320,12 +297,12 @@ impl Store {
                 [cursor.into(), (limit as i64).into()],
             ))
             .await
-            .map_err(Error::database)?;
+            .map_err(errors::db)?;
         rows.iter()
             .map(|r| {
                 Ok((
-                    r.try_get::<i64>("", "id").map_err(Error::database)?,
-                    r.try_get::<String>("", "run_id").map_err(Error::database)?,
+                    r.try_get::<i64>("", "id").map_err(errors::db)?,
+                    r.try_get::<String>("", "run_id").map_err(errors::db)?,
                 ))
             })
             .collect()
@@ -341,7 +318,7 @@ impl Store {
                 "SELECT COALESCE(MAX(id), 0) AS m FROM run_events",
             ))
             .await
-            .map_err(Error::database)?;
+            .map_err(errors::db)?;
         Ok(row
             .and_then(|r| r.try_get::<i64>("", "m").ok())
             .unwrap_or(0))
@@ -353,7 +330,7 @@ impl Store {
             .filter(dispatches::Column::RunId.eq(run_id))
             .count(&self.db)
             .await
-            .map_err(Error::database)
+            .map_err(errors::db)
     }
 }
 
@@ -412,7 +389,9 @@ pub(crate) fn pending_dispatch(
         id: Set(uuid::Uuid::now_v7().to_string()),
         run_id: Set(run_id.to_string()),
         kind: Set(kind.into()),
-        state: Set(dispatch_state::PENDING.into()),
+        state: Set(crate::domain::dispatch::DispatchState::Pending
+            .as_str()
+            .into()),
         attempts: Set(0),
         available_at: Set(now),
         lease_owner: Set(String::new()),
@@ -475,7 +454,11 @@ pub(crate) async fn insert_run<C: sea_orm::ConnectionTrait>(
         cancel_mode: Set(String::new()),
         trace_parent: Set(new.trace_parent.clone()),
     };
-    let dispatch = pending_dispatch(&id.to_string(), dispatch_kind::CREATE, now);
+    let dispatch = pending_dispatch(
+        &id.to_string(),
+        crate::domain::dispatch::DispatchKind::Create.as_str(),
+        now,
+    );
     let payload = created_payload(new);
     let event = run_events::ActiveModel {
         run_id: Set(id.to_string()),
@@ -492,9 +475,9 @@ pub(crate) async fn insert_run<C: sea_orm::ConnectionTrait>(
     match runs::Entity::insert(run).exec_without_returning(c).await {
         Ok(_) => {}
         Err(e) if is_unique_violation(&e) => return Err(Inserted::Duplicate(e)),
-        Err(e) => return Err(Inserted::Failed(Error::database(e))),
+        Err(e) => return Err(Inserted::Failed(errors::db(e))),
     }
-    let fail = |e: DbErr| Inserted::Failed(Error::database(e));
+    let fail = |e: DbErr| Inserted::Failed(errors::db(e));
     dispatches::Entity::insert(dispatch)
         .exec_without_returning(c)
         .await

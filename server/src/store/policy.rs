@@ -2,6 +2,7 @@
 //! (guild `""`) once; `SetPolicy` replaces a guild's policy live (optimistic concurrency on its
 //! version), and every change and every denial is written to `audit_events`.
 
+use super::errors;
 use super::{Store, portable as stmt};
 use crate::domain::policy::{DefaultPolicy, GuildPolicy};
 use crate::domain::{Error, Result};
@@ -26,7 +27,7 @@ impl Store {
             vec![guild_id.into(), actor.into(), kind.into(), subject.into(), payload.to_string().into(), Utc::now().into()],
         ))
         .await
-        .map_err(Error::database)?;
+        .map_err(errors::db)?;
         Ok(())
     }
 
@@ -57,7 +58,7 @@ impl Store {
                 vec![guild_id.into(), (limit as i64).into()],
             ))
             .await
-            .map_err(Error::database)?;
+            .map_err(errors::db)?;
         rows.iter()
             .map(|r| {
                 let get = |c: &str| {
@@ -108,7 +109,7 @@ impl Store {
                 vec![guild_id.into()],
             ))
             .await
-            .map_err(Error::database)?;
+            .map_err(errors::db)?;
         let Some(head) = head else { return Ok(None) };
         let rows = self
             .db
@@ -118,11 +119,11 @@ impl Store {
                 vec![guild_id.into()],
             ))
             .await
-            .map_err(Error::database)?;
+            .map_err(errors::db)?;
         let mut commands = BTreeMap::new();
         for r in rows {
-            let command: String = r.try_get("", "command").map_err(Error::database)?;
-            let roles: String = r.try_get("", "role_ids").map_err(Error::database)?;
+            let command: String = r.try_get("", "command").map_err(errors::db)?;
+            let roles: String = r.try_get("", "role_ids").map_err(errors::db)?;
             commands.insert(
                 command,
                 serde_json::from_str(&roles)
@@ -135,10 +136,10 @@ impl Store {
             default: DefaultPolicy::parse(
                 &head
                     .try_get::<String>("", "default_policy")
-                    .map_err(Error::database)?,
+                    .map_err(errors::db)?,
             ),
-            version: head.try_get("", "version").map_err(Error::database)?,
-            updated_by: head.try_get("", "updated_by").map_err(Error::database)?,
+            version: head.try_get("", "version").map_err(errors::db)?,
+            updated_by: head.try_get("", "updated_by").map_err(errors::db)?,
             updated_at: head.try_get::<DateTime<Utc>>("", "updated_at").ok(),
         }))
     }
@@ -184,7 +185,7 @@ impl Store {
         }
         let b = self.db.get_database_backend();
         let now = Utc::now();
-        let txn = self.db.begin().await.map_err(Error::database)?;
+        let txn = self.db.begin().await.map_err(errors::db)?;
         // Compare-and-set on the version: concurrent writers cannot both win.
         let changed = if before.is_some() {
             txn.execute_raw(stmt(
@@ -193,7 +194,7 @@ impl Store {
                 vec![p.default.as_str().into(), actor.into(), now.into(), p.guild_id.clone().into(), current.into()],
             ))
             .await
-            .map_err(Error::database)?
+            .map_err(errors::db)?
             .rows_affected()
         } else {
             match txn
@@ -206,7 +207,7 @@ impl Store {
             {
                 Ok(r) => r.rows_affected(),
                 Err(e) if super::is_unique_violation(&e) => 0,
-                Err(e) => return Err(Error::database(e)),
+                Err(e) => return Err(errors::db(e)),
             }
         };
         if changed != 1 {
@@ -222,7 +223,7 @@ impl Store {
             vec![p.guild_id.clone().into()],
         ))
         .await
-        .map_err(Error::database)?;
+        .map_err(errors::db)?;
         for (command, roles) in &p.commands {
             let roles = serde_json::to_string(roles).map_err(|e| Error::Internal(e.to_string()))?;
             txn.execute_raw(stmt(
@@ -235,14 +236,14 @@ impl Store {
                 ],
             ))
             .await
-            .map_err(Error::database)?;
+            .map_err(errors::db)?;
         }
         let payload = serde_json::json!({
             "before": before.as_ref().map(|b| serde_json::json!({"commands": b.commands, "default": b.default.as_str(), "version": b.version})),
             "after": {"commands": p.commands, "default": p.default.as_str(), "version": current + 1},
         });
         Self::audit_on(&txn, &p.guild_id, actor, "policy_set", "", payload).await?;
-        txn.commit().await.map_err(Error::database)?;
+        txn.commit().await.map_err(errors::db)?;
         self.policy_for(&p.guild_id).await
     }
 }
