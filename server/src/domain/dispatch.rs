@@ -444,12 +444,11 @@ pub fn on_outcome(
             if d.kind == DispatchKind::Create && run.cancel_requested_at.is_some() {
                 // Cancelled while the create was in flight, and the create failed: done.
                 let moves = run.status.can_move_to(RunStatus::Cancelled);
-                let mut t = Transition::new(if moves {
-                    RunStatus::Cancelled
+                let mut t = if moves {
+                    Transition::new(RunStatus::Cancelled).finishing(now)
                 } else {
-                    run.status
-                })
-                .finishing(now);
+                    Transition::new(run.status)
+                };
                 t.close_open_jobs = true;
                 t.dispatch = Some(DispatchChange::Cancelled {
                     error: message.clone(),
@@ -620,6 +619,389 @@ pub fn on_requeue(d: &Dispatch, run: &Run) -> Result<Transition> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::run::{Requester, RunSource};
+
+    fn policy() -> DispatchPolicy {
+        DispatchPolicy {
+            lease: Duration::from_secs(30),
+            max_attempts: 3,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(500),
+        }
+    }
+
+    fn run(status: RunStatus, cancel_requested: bool) -> Run {
+        let t = Utc::now();
+        Run {
+            id: "r1".into(),
+            idempotency_key: "k".into(),
+            command: "dispatch".into(),
+            source: RunSource::Admin,
+            status,
+            requester: Requester::default(),
+            namespace: "ns".into(),
+            workflow_template: "tpl".into(),
+            service_account: String::new(),
+            workflow_name: "wf-r1".into(),
+            workflow_uid: String::new(),
+            parameters: Default::default(),
+            message: String::new(),
+            progress: String::new(),
+            workflow_phase: String::new(),
+            parent_run_id: None,
+            attempts: 0,
+            created_at: t,
+            updated_at: t,
+            started_at: None,
+            finished_at: None,
+            cancel_requested_at: cancel_requested.then_some(t),
+            trace_parent: String::new(),
+        }
+    }
+
+    fn dispatch(kind: DispatchKind, state: DispatchState, attempts: u32) -> Dispatch {
+        Dispatch {
+            id: "d1".into(),
+            run_id: "r1".into(),
+            kind,
+            state,
+            attempts,
+            lease_token: "tok".into(),
+            lease_expires_at: None,
+            last_error: "earlier".into(),
+            dead_lettered_at: None,
+        }
+    }
+
+    const KINDS: [DispatchKind; 3] = [
+        DispatchKind::Create,
+        DispatchKind::Stop,
+        DispatchKind::Terminate,
+    ];
+
+    fn outcomes() -> Vec<Outcome> {
+        vec![
+            Outcome::Success {
+                workflow_name: "wf-r1".into(),
+                workflow_uid: "uid".into(),
+                already_existed: false,
+            },
+            Outcome::Failure {
+                message: "boom".into(),
+                retryable: true,
+            },
+            Outcome::Failure {
+                message: "bad".into(),
+                retryable: false,
+            },
+        ]
+    }
+
+    /// A transition never makes an illegal move, and writes history only with a reason.
+    fn legal(from: &Run, t: &Transition) {
+        assert!(
+            t.to == from.status || from.status.can_move_to(t.to),
+            "{} → {} is not a legal move",
+            from.status,
+            t.to
+        );
+        assert_eq!(
+            t.run.finished_at.is_some(),
+            t.to.is_terminal() && t.to != from.status,
+            "finished_at is set exactly when the run finishes ({} → {})",
+            from.status,
+            t.to
+        );
+    }
+
+    #[test]
+    fn every_outcome_in_every_state() {
+        let now = Utc::now();
+        for status in RunStatus::ALL {
+            for cancel in [false, true] {
+                let r = run(status, cancel);
+                for kind in KINDS {
+                    for attempts in 1..=3 {
+                        for outcome in outcomes() {
+                            let d = dispatch(kind, DispatchState::Leased, attempts);
+                            let (t, effect) = on_outcome(&d, "tok", &r, &outcome, &policy(), now)
+                                .expect("the lease holder may complete");
+                            let t = t.expect("a leased dispatch always moves");
+                            legal(&r, &t);
+                            let last = attempts >= policy().max_attempts;
+                            let cancelled_create = kind == DispatchKind::Create && cancel;
+                            let want = match (&outcome, cancelled_create) {
+                                (Outcome::Success { .. }, _) if kind == DispatchKind::Create => {
+                                    assert_eq!(t.run.workflow_uid.as_deref(), Some("uid"));
+                                    if status.can_move_to(RunStatus::Submitted) {
+                                        assert_eq!(t.to, RunStatus::Submitted);
+                                    } else {
+                                        assert_eq!(t.to, status, "a later state is kept");
+                                    }
+                                    DispatchState::Done
+                                }
+                                (Outcome::Success { .. }, _) => {
+                                    assert_eq!(t.to, status);
+                                    assert_eq!(effect, CompleteEffect::ShutdownSent);
+                                    DispatchState::Done
+                                }
+                                (Outcome::Failure { .. }, true) => {
+                                    assert_eq!(effect, CompleteEffect::Cancelled);
+                                    if status.can_move_to(RunStatus::Cancelled) {
+                                        assert_eq!(t.to, RunStatus::Cancelled);
+                                        assert!(t.event.is_some());
+                                    } else {
+                                        assert!(t.event.is_none(), "no move, no history");
+                                    }
+                                    DispatchState::Cancelled
+                                }
+                                (
+                                    Outcome::Failure {
+                                        retryable: true, ..
+                                    },
+                                    false,
+                                ) if !last => {
+                                    assert_eq!(effect, CompleteEffect::RetryScheduled);
+                                    if kind == DispatchKind::Create
+                                        && status == RunStatus::Dispatching
+                                    {
+                                        assert_eq!(t.to, RunStatus::Queued);
+                                    } else {
+                                        assert_eq!(t.to, status);
+                                    }
+                                    DispatchState::Pending
+                                }
+                                (Outcome::Failure { .. }, false) => {
+                                    assert_eq!(effect, CompleteEffect::DeadLettered);
+                                    let dead = kind == DispatchKind::Create
+                                        && status.can_move_to(RunStatus::DeadLettered);
+                                    let want = if dead {
+                                        RunStatus::DeadLettered
+                                    } else {
+                                        status
+                                    };
+                                    assert_eq!(t.to, want);
+                                    DispatchState::Dead
+                                }
+                            };
+                            assert_eq!(
+                                t.dispatch.as_ref().map(DispatchChange::state),
+                                Some(want),
+                                "{status} {kind:?} attempt {attempts} {outcome:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_outcome_from_a_stale_lease_is_refused_but_a_repeated_success_is_not() {
+        let now = Utc::now();
+        let r = run(RunStatus::Submitted, false);
+        for state in DispatchState::ALL {
+            for outcome in outcomes() {
+                let d = dispatch(DispatchKind::Create, state, 1);
+                let got = on_outcome(&d, "other-token", &r, &outcome, &policy(), now);
+                match (state, &outcome) {
+                    (DispatchState::Done, Outcome::Success { .. }) => {
+                        assert!(matches!(got, Ok((None, CompleteEffect::AlreadyDone))));
+                    }
+                    _ => assert!(matches!(got, Err(Error::FailedPrecondition(_)))),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_lease_in_every_state() {
+        let exp = Utc::now();
+        for status in RunStatus::ALL {
+            let r = run(status, false);
+            for kind in KINDS {
+                for (state, attempts) in [
+                    (DispatchState::Pending, 0),
+                    (DispatchState::Leased, 1),
+                    (DispatchState::Leased, 3),
+                ] {
+                    let d = dispatch(kind, state, attempts);
+                    let t = on_lease(&d, &r, &policy(), "a1", exp);
+                    legal(&r, &t);
+                    let change = t.dispatch.clone().expect("a lease always decides");
+                    if state == DispatchState::Leased && attempts >= 3 {
+                        assert!(matches!(change, DispatchChange::Dead { .. }));
+                        assert_eq!(t.event.as_ref().map(|e| e.0), Some("dead_lettered"));
+                    } else if kind == DispatchKind::Create && status.is_terminal() {
+                        assert!(matches!(change, DispatchChange::Cancelled { .. }));
+                        assert!(t.event.is_none());
+                    } else {
+                        assert_eq!(change, DispatchChange::Lease);
+                        let want = if kind == DispatchKind::Create && status == RunStatus::Queued {
+                            RunStatus::Dispatching
+                        } else {
+                            status
+                        };
+                        assert_eq!(t.to, want);
+                        assert_eq!(
+                            t.run.attempts,
+                            (kind == DispatchKind::Create).then_some(attempts + 1)
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_report_in_every_state() {
+        let now = Utc::now();
+        let phases = [
+            "",
+            "Pending",
+            "Running",
+            "Succeeded",
+            "Failed",
+            "Error",
+            "Odd",
+        ];
+        for status in RunStatus::ALL {
+            for cancel in [false, true] {
+                let r = run(status, cancel);
+                for phase in phases {
+                    let report = StatusReport {
+                        workflow_name: "wf-r1".into(),
+                        phase: phase.into(),
+                        progress: "1/2".into(),
+                        ..Default::default()
+                    };
+                    let t = on_report(&r, &report, now).expect("own workflow");
+                    let target = RunStatus::from_argo_phase(phase).map(|s| {
+                        if cancel && matches!(s, RunStatus::Failed | RunStatus::Error) {
+                            RunStatus::Cancelled
+                        } else {
+                            s
+                        }
+                    });
+                    match (target, t) {
+                        (None, t) => assert!(t.is_none(), "{phase} means nothing"),
+                        (Some(to), Some(t)) => {
+                            legal(&r, &t);
+                            if status.can_move_to(to) {
+                                assert_eq!(t.to, to);
+                                assert!(t.close_create);
+                                assert_eq!(t.close_open_jobs, to.is_terminal());
+                                assert!(t.event.is_some());
+                            } else {
+                                assert_eq!(t.to, status, "never backwards");
+                                assert!(!status.is_terminal());
+                            }
+                        }
+                        (Some(to), None) => {
+                            assert!(!status.can_move_to(to), "{status} + {phase} should move")
+                        }
+                    }
+                }
+            }
+        }
+        let r = run(RunStatus::Running, false);
+        let other = StatusReport {
+            workflow_name: "someone-else".into(),
+            phase: "Succeeded".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            on_report(&r, &other, now),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn progress_within_a_phase_updates_without_history() {
+        let now = Utc::now();
+        let mut r = run(RunStatus::Running, false);
+        r.workflow_phase = "Running".into();
+        r.progress = "1/3".into();
+        let report = StatusReport {
+            workflow_name: "wf-r1".into(),
+            phase: "Running".into(),
+            progress: "2/3".into(),
+            ..Default::default()
+        };
+        let t = on_report(&r, &report, now).expect("ok").expect("news");
+        assert_eq!(t.to, RunStatus::Running);
+        assert!(t.event.is_none());
+        r.progress = "2/3".into();
+        assert!(
+            on_report(&r, &report, now).expect("ok").is_none(),
+            "no news"
+        );
+    }
+
+    #[test]
+    fn every_cancel_in_every_state() {
+        let now = Utc::now();
+        for status in RunStatus::ALL {
+            for requested in [false, true] {
+                let r = run(status, requested);
+                let got = on_cancel(&r, DispatchKind::Stop, "why", now);
+                match status {
+                    s if s.is_terminal() => {
+                        assert!(matches!(got, Err(Error::FailedPrecondition(_))))
+                    }
+                    RunStatus::Queued | RunStatus::DeadLettered => {
+                        let t = got.expect("ok").expect("cancelled at once");
+                        legal(&r, &t);
+                        assert_eq!(t.to, RunStatus::Cancelled);
+                        assert!(t.close_open_jobs && t.new_job.is_none());
+                    }
+                    _ if requested => assert!(got.expect("ok").is_none()),
+                    _ => {
+                        let t = got.expect("ok").expect("a stop job");
+                        assert_eq!(t.to, status);
+                        assert_eq!(t.new_job, Some(DispatchKind::Stop));
+                        assert_eq!(
+                            t.run.cancel_requested.map(|c| c.0),
+                            Some(DispatchKind::Stop)
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_dead_letter_is_requeued() {
+        for status in RunStatus::ALL {
+            let r = run(status, false);
+            for state in DispatchState::ALL {
+                let d = dispatch(DispatchKind::Create, state, 3);
+                match on_requeue(&d, &r) {
+                    Ok(t) => {
+                        assert_eq!(state, DispatchState::Dead);
+                        legal(&r, &t);
+                        assert_eq!(t.dispatch, Some(DispatchChange::Requeue));
+                        assert_eq!(t.run.attempts, Some(0));
+                        if status == RunStatus::DeadLettered {
+                            assert_eq!(t.to, RunStatus::Queued);
+                        }
+                    }
+                    Err(e) => {
+                        assert_ne!(state, DispatchState::Dead);
+                        assert!(matches!(e, Error::FailedPrecondition(_)));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dispatch_states_round_trip() {
+        for s in DispatchState::ALL {
+            assert_eq!(DispatchState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(DispatchState::parse("nope"), None);
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
