@@ -4,7 +4,8 @@
 
 use crate::auth::{AuthError, Role};
 use crate::domain::Error;
-use crate::grpc::codex::{ingest, reject};
+use crate::service::codex::{ingest, reject};
+use crate::service::discord::{self, Interaction};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -248,9 +249,15 @@ async fn events(
     if ev.command.trim().is_empty() {
         return json_error(StatusCode::BAD_REQUEST, "command is required");
     }
+    if ev.interaction_id.is_empty() && ev.correlation_id.is_empty() {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "interaction_id (or correlation_id) is required: it is the idempotency key",
+        );
+    }
     let user = ev.user.clone().unwrap_or_default();
     let member = ev.member.clone().unwrap_or_default();
-    let context = facteur_proto::v1::InteractionContext {
+    let interaction = Interaction {
         interaction_id: if ev.interaction_id.is_empty() {
             format!("event-{}", ev.correlation_id)
         } else {
@@ -272,22 +279,16 @@ async fn events(
         },
         role_ids: member.roles.clone(),
         locale: ev.locale.clone(),
-        received_at: None,
+        field_prefix: "",
     };
-    if ev.interaction_id.is_empty() && ev.correlation_id.is_empty() {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "interaction_id (or correlation_id) is required: it is the idempotency key",
-        );
-    }
-    let api = crate::grpc::CommandApi(state.clone());
+    let options: std::collections::BTreeMap<String, String> =
+        ev.options.clone().into_iter().collect();
     let result = async {
-        let c = crate::grpc::command::ctx(Some(context))?;
-        api.authorize(&c, &ev.command).await?;
-        let options: std::collections::BTreeMap<String, String> =
-            ev.options.clone().into_iter().collect();
-        api.start(
-            &c,
+        let i = interaction.validate()?;
+        discord::authorize(&state, &i, &ev.command).await?;
+        discord::start(
+            &state,
+            &i,
             &ev.command,
             &options,
             crate::domain::run::RunSource::CompatEvent,

@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod service;
 pub mod session;
 pub mod state;
 pub mod store;

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 pub const MAX_ITERATIONS: i32 = 25;
 /// Delivery ids are GitHub GUIDs; anything much longer is not one.
 pub const MAX_DELIVERY_ID: usize = 200;
+/// A GitHub `owner/name`: an owner of up to 39 characters, a name of up to 100.
+pub const MAX_REPOSITORY: usize = 140;
 
 /// What a task runs: resolved template, namespace, service account and parameters.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +47,8 @@ pub enum Rejection {
     UnsupportedStage,
     /// Orchestration is switched off.
     Disabled,
+    /// A field holds what cannot be stored (a NUL character, too long).
+    Invalid,
 }
 
 impl Rejection {
@@ -54,6 +58,7 @@ impl Rejection {
             Rejection::MissingDeliveryId => "missing_delivery_id",
             Rejection::UnsupportedStage => "unsupported_stage",
             Rejection::Disabled => "disabled",
+            Rejection::Invalid => "invalid",
         }
     }
 }
@@ -79,6 +84,67 @@ pub fn iterations(task: &CodexTask) -> i32 {
         },
     };
     n.clamp(1, MAX_ITERATIONS)
+}
+
+/// Refuses a task holding what no store can: a NUL character in any string (Postgres refuses
+/// it in the `jsonb` the task is kept in), or a repository longer than [`MAX_REPOSITORY`]. The
+/// error names the field.
+pub fn check_task(task: &CodexTask) -> Result<(), Error> {
+    use crate::domain::input::{no_nul, storable};
+    storable("repository", &task.repository, MAX_REPOSITORY)?;
+    for (field, v) in [
+        ("prompt", &task.prompt),
+        ("base", &task.base),
+        ("head", &task.head),
+        ("issue_url", &task.issue_url),
+        ("issue_title", &task.issue_title),
+        ("issue_body", &task.issue_body),
+        ("sender", &task.sender),
+        ("delivery_id", &task.delivery_id),
+    ] {
+        no_nul(field, v)?;
+    }
+    for (field, v) in [
+        ("plan_comment_url", &task.plan_comment_url),
+        ("plan_comment_body", &task.plan_comment_body),
+    ] {
+        no_nul(field, v.as_deref().unwrap_or(""))?;
+    }
+    if let Some(r) = &task.review_context {
+        no_nul("review_context.summary", r.summary.as_deref().unwrap_or(""))?;
+        for (i, t) in r.review_threads.iter().enumerate() {
+            no_nul(
+                &format!("review_context.review_threads[{i}].summary"),
+                &t.summary,
+            )?;
+            for (f, v) in [("url", &t.url), ("author", &t.author)] {
+                let field = format!("review_context.review_threads[{i}].{f}");
+                no_nul(&field, v.as_deref().unwrap_or(""))?;
+            }
+        }
+        for (i, c) in r.failing_checks.iter().enumerate() {
+            no_nul(&format!("review_context.failing_checks[{i}].name"), &c.name)?;
+            for (f, v) in [
+                ("conclusion", &c.conclusion),
+                ("url", &c.url),
+                ("details", &c.details),
+            ] {
+                let field = format!("review_context.failing_checks[{i}].{f}");
+                no_nul(&field, v.as_deref().unwrap_or(""))?;
+            }
+        }
+        for (i, n) in r.additional_notes.iter().enumerate() {
+            no_nul(&format!("review_context.additional_notes[{i}]"), n)?;
+        }
+    }
+    if let Some(p) = &task.iterations {
+        no_nul("iterations.mode", &p.mode)?;
+        no_nul("iterations.reason", p.reason.as_deref().unwrap_or(""))?;
+        for (i, v) in p.stop_on.iter().enumerate() {
+            no_nul(&format!("iterations.stop_on[{i}]"), v)?;
+        }
+    }
+    Ok(())
 }
 
 fn first_non_empty<'a>(candidates: &[&'a str]) -> Option<&'a str> {
@@ -110,6 +176,9 @@ pub fn plan(
             )),
         ));
     }
+    crate::domain::input::no_nul("delivery_id", &delivery_id)
+        .and_then(|()| check_task(task))
+        .map_err(|e| (Rejection::Invalid, e))?;
     if task.stage != CodexTaskStage::Implementation as i32 {
         let name = CodexTaskStage::try_from(task.stage)
             .map(|s| s.as_str_name().to_string())

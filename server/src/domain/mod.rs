@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod codex;
 pub mod dispatch;
 pub mod error;
+pub mod input;
 pub mod policy;
 pub mod run;
 

@@ -221,6 +221,21 @@ pub struct NewRun {
     pub trace_parent: String,
 }
 
+/// Longest idempotency key a caller may choose (the column holds 255, room for prefixes).
+pub const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+/// Only a finished run can be retried (FAILED_PRECONDITION otherwise).
+pub fn check_retryable(run: &Run) -> crate::domain::Result<()> {
+    if run.status.is_terminal() {
+        Ok(())
+    } else {
+        Err(crate::domain::Error::FailedPrecondition(format!(
+            "run `{}` is {}; only a finished run can be retried",
+            run.id, run.status
+        )))
+    }
+}
+
 impl NewRun {
     /// A new run with the command, target and parameters of `run` (which it retries).
     pub fn retry_of(

@@ -4,8 +4,10 @@
 use super::convert;
 use crate::auth::Principal;
 use crate::domain::dispatch::DispatchKind;
+use crate::domain::input::storable;
 use crate::domain::policy::{DefaultPolicy, GuildPolicy, commands_from};
-use crate::domain::run::{NewRun, Requester, RunSource};
+use crate::domain::run::{MAX_IDEMPOTENCY_KEY, Requester, RunSource};
+use crate::service::{discord, runs, sessions};
 use crate::state::AppState;
 use crate::store::RunFilter;
 use chrono::{DateTime, Utc};
@@ -64,11 +66,7 @@ fn idempotency_key(given: &str, default: impl FnOnce() -> String) -> Result<Stri
     if given.is_empty() {
         return Ok(default());
     }
-    if given.len() > 200 {
-        return Err(Status::invalid_argument(
-            "idempotency_key must be at most 200 characters",
-        ));
-    }
+    storable("idempotency_key", given, MAX_IDEMPOTENCY_KEY)?;
     Ok(given.to_string())
 }
 
@@ -104,6 +102,7 @@ impl AdminService for AdminApi {
         let trace_parent = facteur_config::telemetry::current_traceparent().unwrap_or_default();
         let r = req.into_inner();
         let params: std::collections::BTreeMap<String, String> = r.parameters.into_iter().collect();
+        discord::check_options(&params)?;
         let resolved = self.0.catalog.resolve(&r.command, &params)?;
         let key = idempotency_key(&r.idempotency_key, || {
             format!("admin:{}", uuid::Uuid::new_v4())
@@ -114,11 +113,7 @@ impl AdminService for AdminApi {
             ..Default::default()
         };
         let new = resolved.into_run(key, RunSource::Admin, requester, trace_parent);
-        let (run, duplicate) = self.0.store.create_run(new, &principal.name).await?;
-        if !duplicate {
-            tracing::info!(run_id = %run.id, command = %run.command, principal = %principal.name, "run accepted");
-            self.0.wake_dispatchers();
-        }
+        let (run, duplicate) = runs::start(&self.0, new, &principal.name).await?;
         Ok(Response::new(pb::StartRunResponse {
             run: Some(convert::run(&run)),
             duplicate,
@@ -210,13 +205,9 @@ impl AdminService for AdminApi {
                 )));
             }
         };
-        let run = self
-            .0
-            .store
-            .cancel_run(&r.run_id, kind, &principal.name, &r.reason)
-            .await?;
+        storable("reason", &r.reason, 2000)?;
+        let run = runs::cancel(&self.0, &r.run_id, kind, &principal.name, &r.reason).await?;
         tracing::info!(run_id = %run.id, status = %run.status, mode = kind.as_str(), principal = %principal.name, "cancel requested");
-        self.0.wake_dispatchers();
         Ok(Response::new(pb::CancelRunResponse {
             run: Some(convert::run(&run)),
         }))
@@ -227,21 +218,8 @@ impl AdminService for AdminApi {
         req: Request<pb::RetryRunRequest>,
     ) -> Result<Response<pb::RetryRunResponse>, Status> {
         let principal = Principal::of(&req);
-        let trace_parent = facteur_config::telemetry::current_traceparent().unwrap_or_default();
         let r = req.into_inner();
-        run_id(&r.run_id)?;
-        let old = self
-            .0
-            .store
-            .get_run(&r.run_id)
-            .await?
-            .ok_or_else(|| Status::not_found(format!("no run `{}`", r.run_id)))?;
-        if !old.status.is_terminal() {
-            return Err(Status::failed_precondition(format!(
-                "run `{}` is {}; only a finished run can be retried",
-                old.id, old.status
-            )));
-        }
+        let old = runs::get(&self.0, &r.run_id).await?;
         let key = idempotency_key(&r.idempotency_key, || {
             format!("retry:{}:{}", old.id, uuid::Uuid::new_v4())
         })?;
@@ -249,11 +227,7 @@ impl AdminService for AdminApi {
             principal: principal.name.clone(),
             ..old.requester.clone()
         };
-        let new = NewRun::retry_of(&old, key, requester, trace_parent);
-        let (run, duplicate) = self.0.store.create_run(new, &principal.name).await?;
-        if !duplicate {
-            self.0.wake_dispatchers();
-        }
+        let (run, _) = runs::retry(&self.0, &old, key, requester, &principal.name).await?;
         Ok(Response::new(pb::RetryRunResponse {
             run: Some(convert::run(&run)),
         }))
@@ -414,13 +388,8 @@ impl AdminService for AdminApi {
                 "dispatch_id `{id}` is not a UUID"
             )));
         }
-        let run = self
-            .0
-            .store
-            .requeue_dead_letter(&id, &principal.name)
-            .await?;
+        let run = runs::requeue(&self.0, &id, &principal.name).await?;
         tracing::info!(run_id = %run.id, dispatch_id = %id, principal = %principal.name, "dead letter requeued");
-        self.0.wake_dispatchers();
         Ok(Response::new(pb::RequeueDeadLetterResponse {
             run: Some(convert::run(&run)),
         }))
@@ -432,32 +401,19 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let guild = req.into_inner().guild_id;
         convert::guild_id(&guild, true)?;
-        let sessions = &self.0.sessions;
-        let mut out = Vec::new();
-        for key in sessions.keys("facteur:session:").await? {
-            // A session may expire between listing and reading it.
-            let Some(raw) = sessions.get(&key).await? else {
-                continue;
-            };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&raw) else {
-                continue;
-            };
-            let text = |k: &str| v[k].as_str().unwrap_or("").to_string();
-            if !guild.is_empty() && text("guild_id") != guild {
-                continue;
-            }
-            // The interaction token stays in the store: it is never returned.
-            out.push(pb::Session {
-                interaction_id: text("interaction_id"),
-                run_id: text("run_id"),
-                guild_id: text("guild_id"),
-                channel_id: text("channel_id"),
-                user_id: text("user_id"),
-                expires_at: chrono::DateTime::parse_from_rfc3339(&text("expires_at"))
-                    .ok()
-                    .map(|t| convert::ts(t.with_timezone(&Utc))),
-            });
-        }
+        // The interaction token stays in the store: it is never returned.
+        let out = sessions::list(&self.0, &guild)
+            .await?
+            .into_iter()
+            .map(|s| pb::Session {
+                interaction_id: s.interaction_id,
+                run_id: s.run_id,
+                guild_id: s.guild_id,
+                channel_id: s.channel_id,
+                user_id: s.user_id,
+                expires_at: s.expires_at.map(convert::ts),
+            })
+            .collect();
         Ok(Response::new(pb::ListSessionsResponse { sessions: out }))
     }
 }

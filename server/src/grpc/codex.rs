@@ -1,82 +1,20 @@
-//! `facteur.v1.CodexService`, and the ingestion path it shares with `POST /codex/tasks`.
+//! `facteur.v1.CodexService`: decodes, calls [`crate::service::codex`], maps errors.
 
 use super::convert;
 use crate::auth::Principal;
 use crate::domain::Result;
-use crate::domain::codex::{Rejection, plan};
+use crate::domain::codex::Rejection;
+use crate::service::codex::{ingest, reject};
 use crate::state::AppState;
-use crate::store::codex::{CodexAccepted, CodexRecord};
-use facteur_proto::froussard::CodexTask;
+use crate::store::codex::CodexRecord;
 use facteur_proto::v1 as pb;
 use pb::codex_service_server::CodexService;
 use std::sync::Arc;
-use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 /// `facteur.v1.CodexService`.
 #[derive(Clone)]
 pub struct CodexApi(pub Arc<AppState>);
-
-/// Validates, records and starts one task; counts it. Shared by gRPC and HTTP.
-pub async fn ingest(
-    state: &AppState,
-    task: &CodexTask,
-    delivery_override: &str,
-    principal: &str,
-) -> Result<CodexAccepted> {
-    let started = Instant::now();
-    let span = tracing::info_span!(
-        "codex_ingest",
-        delivery_id = %if delivery_override.is_empty() { task.delivery_id.as_str() } else { delivery_override },
-        repository = %task.repository,
-        issue_number = task.issue_number,
-    );
-    let _guard = span.enter();
-    let m = &state.metrics;
-    let planned = plan(
-        task,
-        delivery_override,
-        &state.config,
-        facteur_proto::codex_task_json,
-    );
-    let plan = match planned {
-        Ok(p) => p,
-        Err((why, e)) => {
-            reject(state, why.as_str());
-            tracing::info!(reason = why.as_str(), error = %e, "codex task rejected");
-            return Err(e);
-        }
-    };
-    let trace_parent = facteur_config::telemetry::current_traceparent().unwrap_or_default();
-    drop(_guard);
-    let accepted = state
-        .store
-        .submit_codex(&plan, principal, trace_parent)
-        .await?;
-    if accepted.duplicate {
-        m.add("facteur_codex_tasks_duplicate_total", vec![], 1);
-        tracing::info!(delivery_id = %plan.delivery_id, "codex task replayed; answering with the original");
-    } else {
-        m.add("facteur_codex_tasks_accepted_total", vec![], 1);
-        tracing::info!(delivery_id = %plan.delivery_id, workflow = %accepted.workflow_name, "codex task accepted");
-        state.wake_dispatchers();
-    }
-    m.observe(
-        "facteur_codex_ingest_duration_ms",
-        vec![],
-        started.elapsed(),
-    );
-    Ok(accepted)
-}
-
-/// Counts a refusal by reason.
-pub fn reject(state: &AppState, reason: &'static str) {
-    state.metrics.add(
-        "facteur_codex_tasks_rejected_total",
-        vec![("reason", reason.to_string())],
-        1,
-    );
-}
 
 fn record(r: &CodexRecord) -> pb::CodexTaskRecord {
     pb::CodexTaskRecord {

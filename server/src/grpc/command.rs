@@ -2,11 +2,11 @@
 //! discord-adapter only translates; permission, validation and state are here.
 
 use super::{BoxStream, convert};
-use crate::domain::policy::Decision;
-use crate::domain::run::{NewRun, Requester, Run, RunSource, RunStatus};
+use crate::domain::run::{Run, RunSource, RunStatus};
 use crate::domain::{Error, Result};
+use crate::service::discord::{self, Builtin, Button, Interaction};
+use crate::service::{runs, sessions};
 use crate::state::AppState;
-use crate::store::RunFilter;
 use facteur_config::is_snowflake;
 use facteur_proto::v1 as pb;
 use pb::command_service_server::CommandService;
@@ -19,10 +19,7 @@ use tonic::{Request, Response, Status};
 #[derive(Clone)]
 pub struct CommandApi(pub Arc<AppState>);
 
-/// Interaction tokens live 15 minutes; so do the sessions that hold them.
-pub const SESSION_TTL: Duration = Duration::from_secs(15 * 60);
-/// Built-in commands answered by the server itself.
-pub const BUILTINS: [&str; 3] = ["status", "runs", "cancel"];
+pub use crate::service::discord::BUILTINS;
 
 fn option_type(kind: &str) -> pb::OptionType {
     match kind {
@@ -180,207 +177,46 @@ pub fn run_reply(run: &Run, ephemeral: bool) -> pb::Reply {
     }
 }
 
-/// The requester of a Discord interaction.
-fn discord_requester(c: &pb::InteractionContext) -> Requester {
-    Requester {
-        principal: "discord".into(),
-        user_id: c.user_id.clone(),
-        guild_id: c.guild_id.clone(),
-        channel_id: c.channel_id.clone(),
-        display_name: c.user_name.clone(),
-    }
-}
-
-pub(crate) fn ctx(c: Option<pb::InteractionContext>) -> Result<pb::InteractionContext> {
+/// The interaction of a request, checked.
+pub(crate) fn ctx(c: Option<pb::InteractionContext>) -> Result<Interaction> {
     let c = c.ok_or_else(|| Error::InvalidArgument("context is required".into()))?;
-    if c.interaction_id.is_empty() || c.interaction_id.len() > 100 {
-        return Err(Error::InvalidArgument(
-            "context.interaction_id is required".into(),
-        ));
+    Interaction {
+        interaction_id: c.interaction_id,
+        application_id: c.application_id,
+        token: c.token,
+        guild_id: c.guild_id,
+        channel_id: c.channel_id,
+        user_id: c.user_id,
+        user_name: c.user_name,
+        role_ids: c.role_ids,
+        locale: c.locale,
+        field_prefix: "context.",
     }
-    if !is_snowflake(&c.guild_id) {
-        return Err(Error::InvalidArgument(
-            "context.guild_id must be a guild snowflake: commands run in guilds only".into(),
-        ));
-    }
-    if !is_snowflake(&c.user_id) {
-        return Err(Error::InvalidArgument(
-            "context.user_id must be a snowflake".into(),
-        ));
-    }
-    Ok(c)
+    .validate()
 }
 
-impl CommandApi {
-    /// Checks the role policy; a denial is audited and answered PERMISSION_DENIED with the roles
-    /// that would allow it.
-    pub(crate) async fn authorize(&self, c: &pb::InteractionContext, command: &str) -> Result<()> {
-        let policy = self.0.store.policy_for(&c.guild_id).await?;
-        match policy.decide(command, &c.role_ids) {
-            Decision::Allowed => Ok(()),
-            Decision::Denied { reason, roles } => {
-                let payload = serde_json::json!({"user_id": c.user_id, "member_roles": c.role_ids, "allowed_roles": roles, "channel_id": c.channel_id, "interaction_id": c.interaction_id});
-                self.0
-                    .store
-                    .audit(&c.guild_id, &c.user_id, "denied", command, payload)
-                    .await?;
-                tracing::info!(guild_id = %c.guild_id, user_id = %c.user_id, command, "command denied by role policy");
-                Err(Error::PermissionDenied(reason))
-            }
-        }
-    }
-
-    async fn guild_run(&self, c: &pb::InteractionContext, id: &str) -> Result<Run> {
-        let not_found = || Error::NotFound(format!("no run `{id}` in this server"));
-        if uuid::Uuid::parse_str(id).is_err() {
-            return Err(Error::InvalidArgument(format!("`{id}` is not a run id")));
-        }
-        let run = self.0.store.get_run(id).await?.ok_or_else(not_found)?;
-        // Guild data stays in its guild.
-        if run.requester.guild_id != c.guild_id {
-            return Err(not_found());
-        }
-        Ok(run)
-    }
-
-    /// Starts a catalog command for an authorized member: validated options, idempotent on
-    /// the interaction id, the session remembered. Shared by `Invoke` and `POST /events`.
-    pub(crate) async fn start(
-        &self,
-        c: &pb::InteractionContext,
-        command: &str,
-        options: &BTreeMap<String, String>,
-        source: RunSource,
-    ) -> Result<(Run, bool)> {
-        let resolved = self.0.catalog.resolve(command, options)?;
-        let trace_parent = facteur_config::telemetry::current_traceparent().unwrap_or_default();
-        let new = resolved.into_run(
-            format!("discord:{}", c.interaction_id),
-            source,
-            discord_requester(c),
-            trace_parent,
-        );
-        let (run, duplicate) = self.0.store.create_run(new, &c.user_id).await?;
-        if !duplicate {
-            if !c.token.is_empty() {
-                self.remember(c, &run).await?;
-            }
-            self.0.wake_dispatchers();
-            tracing::info!(run_id = %run.id, command = %run.command, guild_id = %c.guild_id, user_id = %c.user_id, source = source.as_str(), "run accepted from Discord");
-        }
-        Ok((run, duplicate))
-    }
-
-    async fn remember(&self, c: &pb::InteractionContext, run: &Run) -> Result<()> {
-        let expires =
-            chrono::Utc::now() + chrono::Duration::from_std(SESSION_TTL).unwrap_or_default();
-        let session = serde_json::json!({
-            "interaction_id": c.interaction_id, "application_id": c.application_id, "token": c.token,
-            "guild_id": c.guild_id, "channel_id": c.channel_id, "user_id": c.user_id, "run_id": run.id,
-            "expires_at": expires,
-        });
-        let s = &self.0.sessions;
-        s.put(
-            &format!("facteur:session:{}", c.interaction_id),
-            &session.to_string(),
-            SESSION_TTL,
-        )
-        .await?;
-        s.put(
-            &format!("facteur:run-session:{}", run.id),
-            &session.to_string(),
-            SESSION_TTL,
-        )
-        .await?;
-        // The old service's per-user "last dispatch" key.
-        let last = serde_json::json!({"run_id": run.id, "command": run.command, "workflow_name": run.workflow_name});
-        s.put(
-            &format!("facteur:dispatch:{}", c.user_id),
-            &last.to_string(),
-            SESSION_TTL,
-        )
-        .await
-    }
-
-    async fn builtin(
-        &self,
-        c: &pb::InteractionContext,
-        command: &str,
-        options: &BTreeMap<String, String>,
-    ) -> Result<pb::Reply> {
-        match command {
-            "status" => {
-                let run = match options.get("run") {
-                    Some(id) => self.guild_run(c, id).await?,
-                    None => {
-                        let filter = RunFilter {
-                            requester: Some(c.user_id.clone()),
-                            guild_id: Some(c.guild_id.clone()),
-                            ..Default::default()
-                        };
-                        self.0
-                            .store
-                            .list_runs(&filter, 1, None)
-                            .await?
-                            .into_iter()
-                            .next()
-                            .ok_or_else(|| {
-                                Error::NotFound("you have no runs in this server".into())
-                            })?
-                    }
-                };
-                Ok(run_reply(&run, true))
-            }
-            "runs" => {
-                let filter = RunFilter {
-                    requester: Some(c.user_id.clone()),
-                    guild_id: Some(c.guild_id.clone()),
-                    ..Default::default()
-                };
-                let runs = self.0.store.list_runs(&filter, 10, None).await?;
-                let lines: Vec<String> = runs
-                    .iter()
-                    .map(|r| {
-                        format!(
-                            "`{}` /{} **{}** {}",
-                            short(&r.id),
-                            r.command,
-                            r.status,
-                            r.created_at.format("%Y-%m-%d %H:%M UTC")
-                        )
-                    })
-                    .collect();
-                let content = if lines.is_empty() {
-                    "You have no runs in this server.".to_string()
-                } else {
-                    lines.join("\n")
-                };
-                Ok(pb::Reply {
-                    content,
-                    ephemeral: true,
-                    buttons: vec![],
-                })
-            }
-            _ => {
-                let id = options
-                    .get("run")
-                    .ok_or_else(|| Error::InvalidArgument("option `run` is required".into()))?;
-                let run = self.guild_run(c, id).await?;
-                self.authorize(c, &run.command).await?;
-                let run = self
-                    .0
-                    .store
-                    .cancel_run(
-                        &run.id,
-                        crate::domain::dispatch::DispatchKind::Stop,
-                        &c.user_id,
-                        "cancelled from Discord",
-                    )
-                    .await?;
-                self.0.wake_dispatchers();
-                Ok(run_reply(&run, true))
-            }
-        }
+fn runs_reply(runs: &[Run]) -> pb::Reply {
+    let lines: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            format!(
+                "`{}` /{} **{}** {}",
+                short(&r.id),
+                r.command,
+                r.status,
+                r.created_at.format("%Y-%m-%d %H:%M UTC")
+            )
+        })
+        .collect();
+    let content = if lines.is_empty() {
+        "You have no runs in this server.".to_string()
+    } else {
+        lines.join("\n")
+    };
+    pb::Reply {
+        content,
+        ephemeral: true,
+        buttons: vec![],
     }
 }
 
@@ -443,9 +279,12 @@ impl CommandService for CommandApi {
             ..Default::default()
         };
         // Permission first: nobody sees a modal for a command they may not run.
-        self.authorize(&c, &r.command).await?;
+        discord::authorize(&self.0, &c, &r.command).await?;
         if BUILTINS.contains(&r.command.as_str()) {
-            let reply = self.builtin(&c, &r.command, &options).await?;
+            let reply = match discord::builtin(&self.0, &c, &r.command, &options).await? {
+                Builtin::Run(run) => run_reply(&run, true),
+                Builtin::Runs(runs) => runs_reply(&runs),
+            };
             return Ok(Response::new(pb::InvokeResponse {
                 reply: Some(reply),
                 ..Default::default()
@@ -468,9 +307,8 @@ impl CommandService for CommandApi {
             .commands()
             .iter()
             .any(|cmd| cmd.name == r.command && cmd.ephemeral);
-        let (run, duplicate) = self
-            .start(&c, &r.command, &options, RunSource::Discord)
-            .await?;
+        let (run, duplicate) =
+            discord::start(&self.0, &c, &r.command, &options, RunSource::Discord).await?;
         Ok(Response::new(pb::InvokeResponse {
             reply: Some(run_reply(&run, ephemeral)),
             modal: None,
@@ -486,19 +324,13 @@ impl CommandService for CommandApi {
         let r = req.into_inner();
         let c = ctx(r.context)?;
         // Suggestions only for what the member may run; otherwise none (the run is refused anyway).
-        let policy = self.0.store.policy_for(&c.guild_id).await?;
-        if policy.decide(&r.command, &c.role_ids) != Decision::Allowed {
+        if !discord::may_run(&self.0, &c, &r.command).await? {
             return Ok(Response::new(pb::AutocompleteResponse::default()));
         }
         let partial = r.partial_value.to_lowercase();
         let mut choices = Vec::new();
         if r.focused_option == "run" && BUILTINS.contains(&r.command.as_str()) {
-            let filter = RunFilter {
-                requester: Some(c.user_id.clone()),
-                guild_id: Some(c.guild_id.clone()),
-                ..Default::default()
-            };
-            for run in self.0.store.list_runs(&filter, 25, None).await? {
+            for run in discord::own_runs(&self.0, &c, 25).await? {
                 if run.id.starts_with(&partial) || run.command.contains(&partial) {
                     choices.push(pb::OptionChoice {
                         name: format!("{} /{} {}", short(&run.id), run.command, run.status),
@@ -535,53 +367,8 @@ impl CommandService for CommandApi {
     ) -> Result<Response<pb::InteractResponse>, Status> {
         let r = req.into_inner();
         let c = ctx(r.context)?;
-        let (action, run_id) = r.custom_id.split_once(':').ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "custom_id `{}` is not <action>:<run id>",
-                r.custom_id
-            ))
-        })?;
-        // Every click is checked again: the button may be old, the member's roles may have changed.
-        let run = self.guild_run(&c, run_id).await?;
-        self.authorize(&c, &run.command).await?;
-        let (run, update) = match action {
-            "cancel" => {
-                let run = self
-                    .0
-                    .store
-                    .cancel_run(
-                        &run.id,
-                        crate::domain::dispatch::DispatchKind::Stop,
-                        &c.user_id,
-                        "Cancel button",
-                    )
-                    .await?;
-                (run, true)
-            }
-            "retry" => {
-                if !run.status.is_terminal() {
-                    return Err(Status::failed_precondition(format!(
-                        "run `{}` is {}; only a finished run can be retried",
-                        short(&run.id),
-                        run.status
-                    )));
-                }
-                let key = format!("discord:{}", c.interaction_id);
-                let new = NewRun::retry_of(&run, key, discord_requester(&c), String::new());
-                let (new_run, duplicate) = self.0.store.create_run(new, &c.user_id).await?;
-                if !duplicate {
-                    self.remember(&c, &new_run).await?;
-                }
-                (new_run, false)
-            }
-            "refresh" => (run, true),
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown action `{other}`"
-                )));
-            }
-        };
-        self.0.wake_dispatchers();
+        let (button, run_id) = Button::parse(&r.custom_id)?;
+        let (run, update) = discord::click(&self.0, &c, button, run_id).await?;
         Ok(Response::new(pb::InteractResponse {
             reply: Some(run_reply(&run, false)),
             run: Some(convert::run(&run)),
@@ -605,27 +392,17 @@ impl CommandService for CommandApi {
                 "channel_id and message_id must be snowflakes",
             ));
         }
-        let run = self
-            .0
-            .store
-            .get_run(&r.run_id)
-            .await?
-            .ok_or_else(|| Status::not_found(format!("no run `{}`", r.run_id)))?;
+        let run = runs::get(&self.0, &r.run_id).await?;
         if run.requester.guild_id.is_empty() {
             return Err(Status::failed_precondition(
                 "the run did not come from Discord",
             ));
         }
-        let value =
-            serde_json::json!({"channel_id": r.channel_id, "message_id": r.message_id}).to_string();
-        self.0
-            .sessions
-            .put(
-                &format!("facteur:run-message:{}", r.run_id),
-                &value,
-                MESSAGE_TTL,
-            )
-            .await?;
+        let message = sessions::RunMessage {
+            channel_id: r.channel_id,
+            message_id: r.message_id,
+        };
+        sessions::record_message(&self.0, &r.run_id, &message).await?;
         Ok(Response::new(pb::RecordRunMessageResponse {}))
     }
 
@@ -691,41 +468,23 @@ impl CommandService for CommandApi {
     }
 }
 
-/// Messages of runs are remembered this long for bot-token edits after the interaction token.
-const MESSAGE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest wait between two looks at the change feed (changes on other replicas, expirations).
 const WATCH_RECHECK: Duration = Duration::from_millis(500);
 
 /// Where a run is shown: the interaction while its token lives, then the channel (and the
 /// message recorded by `RecordRunMessage`).
 async fn target(state: &AppState, run: &Run) -> pb::DiscordTarget {
-    let read = |key: String| async move {
-        state
-            .sessions
-            .get(&key)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
-            .unwrap_or_default()
-    };
-    let session = read(format!("facteur:run-session:{}", run.id)).await;
-    let message = read(format!("facteur:run-message:{}", run.id)).await;
-    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or("").to_string();
-    let expires = session["expires_at"]
-        .as_str()
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| convert::ts(t.with_timezone(&chrono::Utc)));
+    let (session, message) = sessions::of_run(state, &run.id).await;
+    let session = session.unwrap_or_default();
     pb::DiscordTarget {
-        application_id: text(&session, "application_id"),
-        interaction_token: text(&session, "token"),
-        token_expires_at: expires,
-        channel_id: if message.is_object() {
-            text(&message, "channel_id")
-        } else {
-            run.requester.channel_id.clone()
+        application_id: session.application_id,
+        interaction_token: session.token,
+        token_expires_at: session.expires_at.map(convert::ts),
+        channel_id: match &message {
+            Some(m) => m.channel_id.clone(),
+            None => run.requester.channel_id.clone(),
         },
-        message_id: text(&message, "message_id"),
+        message_id: message.map(|m| m.message_id).unwrap_or_default(),
         ephemeral: false,
     }
 }

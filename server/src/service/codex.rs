@@ -1,0 +1,70 @@
+//! Codex task ingestion (wire-compat.md §5), shared by `CodexService.SubmitTask` and
+//! `POST /codex/tasks`: validate, plan, record and start, count.
+
+use crate::domain::Result;
+use crate::domain::codex::plan;
+use crate::state::AppState;
+use crate::store::codex::CodexAccepted;
+use facteur_proto::froussard::CodexTask;
+use std::time::Instant;
+
+/// Validates, records and starts one task; counts it. Shared by gRPC and HTTP.
+pub async fn ingest(
+    state: &AppState,
+    task: &CodexTask,
+    delivery_override: &str,
+    principal: &str,
+) -> Result<CodexAccepted> {
+    let started = Instant::now();
+    let span = tracing::info_span!(
+        "codex_ingest",
+        delivery_id = %if delivery_override.is_empty() { task.delivery_id.as_str() } else { delivery_override },
+        repository = %task.repository,
+        issue_number = task.issue_number,
+    );
+    let _guard = span.enter();
+    let m = &state.metrics;
+    let planned = plan(
+        task,
+        delivery_override,
+        &state.config,
+        facteur_proto::codex_task_json,
+    );
+    let plan = match planned {
+        Ok(p) => p,
+        Err((why, e)) => {
+            reject(state, why.as_str());
+            tracing::info!(reason = why.as_str(), error = %e, "codex task rejected");
+            return Err(e);
+        }
+    };
+    let trace_parent = facteur_config::telemetry::current_traceparent().unwrap_or_default();
+    drop(_guard);
+    let accepted = state
+        .store
+        .submit_codex(&plan, principal, trace_parent)
+        .await?;
+    if accepted.duplicate {
+        m.add("facteur_codex_tasks_duplicate_total", vec![], 1);
+        tracing::info!(delivery_id = %plan.delivery_id, "codex task replayed; answering with the original");
+    } else {
+        m.add("facteur_codex_tasks_accepted_total", vec![], 1);
+        tracing::info!(delivery_id = %plan.delivery_id, workflow = %accepted.workflow_name, "codex task accepted");
+        state.wake_dispatchers();
+    }
+    m.observe(
+        "facteur_codex_ingest_duration_ms",
+        vec![],
+        started.elapsed(),
+    );
+    Ok(accepted)
+}
+
+/// Counts a refusal by reason.
+pub fn reject(state: &AppState, reason: &'static str) {
+    state.metrics.add(
+        "facteur_codex_tasks_rejected_total",
+        vec![("reason", reason.to_string())],
+        1,
+    );
+}

@@ -1,0 +1,309 @@
+//! Discord commands and buttons, decided on the server: who may run what (authorize and audit),
+//! commands that start runs, the built-ins, and the buttons on a run's message. Shared by
+//! `CommandService` and the `POST /events` compatibility endpoint.
+
+use crate::domain::dispatch::DispatchKind;
+use crate::domain::input::storable;
+use crate::domain::policy::Decision;
+use crate::domain::run::{Requester, Run, RunSource};
+use crate::domain::{Error, Result};
+use crate::service::{runs, sessions};
+use crate::state::AppState;
+use crate::store::RunFilter;
+use facteur_config::is_snowflake;
+use std::collections::BTreeMap;
+
+/// Built-in commands answered by the server itself.
+pub const BUILTINS: [&str; 3] = ["status", "runs", "cancel"];
+
+/// Widest accepted values: the columns and session fields they go to, with room for what
+/// Discord sends (names ≤ 32 characters, tokens of a few hundred, locales like `en-US`).
+const MAX_INTERACTION_ID: usize = 100;
+const MAX_USER_NAME: usize = 100;
+const MAX_TOKEN: usize = 1000;
+const MAX_LOCALE: usize = 16;
+/// Discord's longest string option.
+pub const MAX_OPTION_VALUE: usize = 6000;
+const MAX_OPTION_NAME: usize = 100;
+
+/// A Discord interaction as the server sees it (from `CommandService` or `POST /events`).
+#[derive(Clone, Debug, Default)]
+pub struct Interaction {
+    /// Interaction id: the idempotency key of what it starts.
+    pub interaction_id: String,
+    /// Application id.
+    pub application_id: String,
+    /// Interaction token (a secret).
+    pub token: String,
+    /// Guild.
+    pub guild_id: String,
+    /// Channel.
+    pub channel_id: String,
+    /// Member.
+    pub user_id: String,
+    /// Member's display name.
+    pub user_name: String,
+    /// Member's roles.
+    pub role_ids: Vec<String>,
+    /// Locale.
+    pub locale: String,
+    /// Where the field names of errors come from (`context.` for gRPC).
+    pub field_prefix: &'static str,
+}
+
+impl Interaction {
+    /// Checks everything the server will store or key on: INVALID_ARGUMENT naming the field.
+    pub fn validate(self) -> Result<Self> {
+        let f = |name: &str| format!("{}{name}", self.field_prefix);
+        if self.interaction_id.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "{} is required",
+                f("interaction_id")
+            )));
+        }
+        storable(
+            &f("interaction_id"),
+            &self.interaction_id,
+            MAX_INTERACTION_ID,
+        )?;
+        if !is_snowflake(&self.guild_id) {
+            return Err(Error::InvalidArgument(format!(
+                "{} must be a guild snowflake: commands run in guilds only",
+                f("guild_id")
+            )));
+        }
+        if !is_snowflake(&self.user_id) {
+            return Err(Error::InvalidArgument(format!(
+                "{} must be a snowflake",
+                f("user_id")
+            )));
+        }
+        for (name, v) in [
+            ("channel_id", &self.channel_id),
+            ("application_id", &self.application_id),
+        ] {
+            if !v.is_empty() && !is_snowflake(v) {
+                return Err(Error::InvalidArgument(format!(
+                    "{} must be a snowflake (got `{}`)",
+                    f(name),
+                    v.chars().take(40).collect::<String>()
+                )));
+            }
+        }
+        for (i, r) in self.role_ids.iter().enumerate() {
+            if !is_snowflake(r) {
+                return Err(Error::InvalidArgument(format!(
+                    "{}[{i}] must be a role snowflake",
+                    f("role_ids")
+                )));
+            }
+        }
+        storable(&f("user_name"), &self.user_name, MAX_USER_NAME)?;
+        storable(&f("token"), &self.token, MAX_TOKEN)?;
+        storable(&f("locale"), &self.locale, MAX_LOCALE)?;
+        Ok(self)
+    }
+
+    /// The requester of what it starts.
+    pub fn requester(&self) -> Requester {
+        Requester {
+            principal: "discord".into(),
+            user_id: self.user_id.clone(),
+            guild_id: self.guild_id.clone(),
+            channel_id: self.channel_id.clone(),
+            display_name: self.user_name.clone(),
+        }
+    }
+
+    /// The idempotency key of what it starts.
+    pub fn key(&self) -> String {
+        format!("discord:{}", self.interaction_id)
+    }
+}
+
+/// Checks option names and values (each goes to the run's parameters).
+pub fn check_options(options: &BTreeMap<String, String>) -> Result<()> {
+    for (name, value) in options {
+        storable("option name", name, MAX_OPTION_NAME)?;
+        storable(&format!("option `{name}`"), value, MAX_OPTION_VALUE)?;
+    }
+    Ok(())
+}
+
+/// Checks the role policy; a denial is audited and answered PERMISSION_DENIED with the roles
+/// that would allow it.
+pub async fn authorize(state: &AppState, i: &Interaction, command: &str) -> Result<()> {
+    let policy = state.store.policy_for(&i.guild_id).await?;
+    match policy.decide(command, &i.role_ids) {
+        Decision::Allowed => Ok(()),
+        Decision::Denied { reason, roles } => {
+            let payload = serde_json::json!({"user_id": i.user_id, "member_roles": i.role_ids, "allowed_roles": roles, "channel_id": i.channel_id, "interaction_id": i.interaction_id});
+            state
+                .store
+                .audit(&i.guild_id, &i.user_id, "denied", command, payload)
+                .await?;
+            tracing::info!(guild_id = %i.guild_id, user_id = %i.user_id, command, "command denied by role policy");
+            Err(Error::PermissionDenied(reason))
+        }
+    }
+}
+
+/// Whether the member may run `command` (no audit: for suggestions).
+pub async fn may_run(state: &AppState, i: &Interaction, command: &str) -> Result<bool> {
+    let policy = state.store.policy_for(&i.guild_id).await?;
+    Ok(policy.decide(command, &i.role_ids) == Decision::Allowed)
+}
+
+/// A run of the interaction's guild (guild data stays in its guild: another guild's run is
+/// NOT_FOUND).
+pub async fn guild_run(state: &AppState, i: &Interaction, id: &str) -> Result<Run> {
+    let not_found = || Error::NotFound(format!("no run `{id}` in this server"));
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(Error::InvalidArgument(format!("`{id}` is not a run id")));
+    }
+    let run = state.store.get_run(id).await?.ok_or_else(not_found)?;
+    if run.requester.guild_id != i.guild_id {
+        return Err(not_found());
+    }
+    Ok(run)
+}
+
+/// The member's own runs in this guild, newest first.
+pub async fn own_runs(state: &AppState, i: &Interaction, limit: u64) -> Result<Vec<Run>> {
+    let filter = RunFilter {
+        requester: Some(i.user_id.clone()),
+        guild_id: Some(i.guild_id.clone()),
+        ..Default::default()
+    };
+    state.store.list_runs(&filter, limit, None).await
+}
+
+/// Starts a catalog command for an authorized member: validated options, idempotent on the
+/// interaction id, the session remembered.
+pub async fn start(
+    state: &AppState,
+    i: &Interaction,
+    command: &str,
+    options: &BTreeMap<String, String>,
+    source: RunSource,
+) -> Result<(Run, bool)> {
+    check_options(options)?;
+    let resolved = state.catalog.resolve(command, options)?;
+    let new = resolved.into_run(i.key(), source, i.requester(), runs::trace_parent());
+    let (run, duplicate) = runs::start(state, new, &i.user_id).await?;
+    if !duplicate && !i.token.is_empty() {
+        sessions::remember(state, i, &run).await?;
+    }
+    Ok((run, duplicate))
+}
+
+/// What a built-in command answers.
+pub enum Builtin {
+    /// One run (`/status`, `/cancel`).
+    Run(Run),
+    /// The member's recent runs (`/runs`).
+    Runs(Vec<Run>),
+}
+
+/// Answers a built-in command (the member is authorized for it).
+pub async fn builtin(
+    state: &AppState,
+    i: &Interaction,
+    command: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<Builtin> {
+    match command {
+        "status" => Ok(Builtin::Run(match options.get("run") {
+            Some(id) => guild_run(state, i, id).await?,
+            None => own_runs(state, i, 1)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::NotFound("you have no runs in this server".into()))?,
+        })),
+        "runs" => Ok(Builtin::Runs(own_runs(state, i, 10).await?)),
+        "cancel" => {
+            let id = options
+                .get("run")
+                .ok_or_else(|| Error::InvalidArgument("option `run` is required".into()))?;
+            let run = guild_run(state, i, id).await?;
+            authorize(state, i, &run.command).await?;
+            let run = runs::cancel(
+                state,
+                &run.id,
+                DispatchKind::Stop,
+                &i.user_id,
+                "cancelled from Discord",
+            )
+            .await?;
+            Ok(Builtin::Run(run))
+        }
+        other => Err(Error::InvalidArgument(format!(
+            "`{other}` is not a built-in command"
+        ))),
+    }
+}
+
+/// A button on a run's message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Button {
+    /// Cancel the run.
+    Cancel,
+    /// Start it again (finished runs).
+    Retry,
+    /// Show it as it is now.
+    Refresh,
+}
+
+impl Button {
+    /// From a component's `custom_id` (`<action>:<run id>`).
+    pub fn parse(custom_id: &str) -> Result<(Button, &str)> {
+        let (action, run_id) = custom_id.split_once(':').ok_or_else(|| {
+            Error::InvalidArgument(format!("custom_id `{custom_id}` is not <action>:<run id>"))
+        })?;
+        let b = match action {
+            "cancel" => Button::Cancel,
+            "retry" => Button::Retry,
+            "refresh" => Button::Refresh,
+            other => {
+                return Err(Error::InvalidArgument(format!("unknown action `{other}`")));
+            }
+        };
+        Ok((b, run_id))
+    }
+}
+
+/// A click on a run's button. Every click is checked again: the button may be old, the
+/// member's roles may have changed. Returns the run to show and whether the clicked message
+/// is updated (a retry answers with a new message).
+pub async fn click(
+    state: &AppState,
+    i: &Interaction,
+    button: Button,
+    run_id: &str,
+) -> Result<(Run, bool)> {
+    let run = guild_run(state, i, run_id).await?;
+    authorize(state, i, &run.command).await?;
+    match button {
+        Button::Cancel => {
+            let run = runs::cancel(
+                state,
+                &run.id,
+                DispatchKind::Stop,
+                &i.user_id,
+                "Cancel button",
+            )
+            .await?;
+            Ok((run, true))
+        }
+        Button::Retry => {
+            let (new, duplicate) =
+                runs::retry(state, &run, i.key(), i.requester(), &i.user_id).await?;
+            if !duplicate && !i.token.is_empty() {
+                sessions::remember(state, i, &new).await?;
+            }
+            Ok((new, false))
+        }
+        Button::Refresh => Ok((run, true)),
+    }
+}

@@ -1,0 +1,70 @@
+//! Starting, retrying and cancelling runs: one copy of each rule, whoever asks (admin gRPC,
+//! Discord commands and buttons, the compatibility endpoint).
+
+use crate::domain::dispatch::DispatchKind;
+use crate::domain::run::{NewRun, Requester, Run, check_retryable};
+use crate::domain::{Error, Result};
+use crate::state::AppState;
+
+/// The current span's W3C trace context, carried by a run to its Workflow.
+pub fn trace_parent() -> String {
+    facteur_config::telemetry::current_traceparent().unwrap_or_default()
+}
+
+/// A run by id (NOT_FOUND naming it).
+pub async fn get(state: &AppState, id: &str) -> Result<Run> {
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(Error::InvalidArgument(format!(
+            "run_id `{id}` is not a UUID"
+        )));
+    }
+    state
+        .store
+        .get_run(id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no run `{id}`")))
+}
+
+/// Records a new run (idempotent on its key) and wakes the lease streams. Returns the run and
+/// whether it was a replay.
+pub async fn start(state: &AppState, new: NewRun, actor: &str) -> Result<(Run, bool)> {
+    let (run, duplicate) = state.store.create_run(new, actor).await?;
+    if !duplicate {
+        tracing::info!(run_id = %run.id, command = %run.command, source = run.source.as_str(), actor, "run accepted");
+        state.wake_dispatchers();
+    }
+    Ok((run, duplicate))
+}
+
+/// Starts a new run with what `old` ran, if `old` is finished.
+pub async fn retry(
+    state: &AppState,
+    old: &Run,
+    idempotency_key: String,
+    requester: Requester,
+    actor: &str,
+) -> Result<(Run, bool)> {
+    check_retryable(old)?;
+    let new = NewRun::retry_of(old, idempotency_key, requester, trace_parent());
+    start(state, new, actor).await
+}
+
+/// Cancels a run (at once while queued; by a stop or terminate job once its Workflow may exist).
+pub async fn cancel(
+    state: &AppState,
+    run_id: &str,
+    kind: DispatchKind,
+    actor: &str,
+    reason: &str,
+) -> Result<Run> {
+    let run = state.store.cancel_run(run_id, kind, actor, reason).await?;
+    state.wake_dispatchers();
+    Ok(run)
+}
+
+/// Puts a dead-lettered job back in the queue.
+pub async fn requeue(state: &AppState, dispatch_id: &str, actor: &str) -> Result<Run> {
+    let run = state.store.requeue_dead_letter(dispatch_id, actor).await?;
+    state.wake_dispatchers();
+    Ok(run)
+}
