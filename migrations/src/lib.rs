@@ -12,6 +12,7 @@ mod m20261123_000001_runs;
 mod m20261123_000002_codex_kb;
 mod m20261123_000003_audit;
 mod m20261123_000004_guilds;
+mod m20261203_000005_widen_columns;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_codex_kb::Migration),
             Box::new(m20261123_000003_audit::Migration),
             Box::new(m20261123_000004_guilds::Migration),
+            Box::new(m20261203_000005_widen_columns::Migration),
         ]
     }
 }

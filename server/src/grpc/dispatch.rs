@@ -3,23 +3,18 @@
 use super::{BoxStream, convert};
 use crate::auth::Principal;
 use crate::domain::dispatch::{DispatchKind, Leased, Outcome, StatusReport};
+use crate::service::dispatch;
 use crate::state::AppState;
-use crate::store::dispatch::{CompleteEffect, LeaseOutcome};
 use facteur_proto::v1 as pb;
 use pb::dispatch_service_server::DispatchService;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 /// `facteur.v1.DispatchService`.
 #[derive(Clone)]
 pub struct DispatchApi(pub Arc<AppState>);
 
-/// Longest wait between two looks at the queue when nothing woke the stream: bounds how late
-/// an expired lease, a retry whose backoff ended, or a job created on another replica is seen.
-const IDLE_RECHECK: Duration = Duration::from_millis(500);
 const DEFAULT_IN_FLIGHT: u32 = 16;
 const MAX_IN_FLIGHT: u32 = 256;
 
@@ -111,58 +106,6 @@ fn job(l: &Leased) -> pb::LeaseResponse {
     }
 }
 
-async fn lease_loop(
-    state: Arc<AppState>,
-    owner: String,
-    namespaces: Vec<String>,
-    max: u32,
-    tx: mpsc::Sender<Result<pb::LeaseResponse, Status>>,
-) {
-    tracing::info!(owner = %owner, max_in_flight = max, "adapter leasing");
-    loop {
-        let notified = state.dispatch_wake.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let mut wait = IDLE_RECHECK;
-        match state.store.count_leased(&owner).await {
-            Ok(held) if held < u64::from(max) => match state
-                .store
-                .lease_next(&owner, &namespaces, &state.dispatch_policy)
-                .await
-            {
-                Ok(LeaseOutcome::Leased(l)) => {
-                    tracing::info!(run_id = %l.run.id, dispatch = l.dispatch.kind.as_str(), attempt = l.dispatch.attempts, owner = %owner, "dispatch leased");
-                    if tx.send(Ok(job(&l))).await.is_err() {
-                        // The adapter is gone; the lease expires and the job goes to another one.
-                        break;
-                    }
-                    continue;
-                }
-                Ok(LeaseOutcome::Idle { next_due }) => {
-                    if let Some(due) = next_due {
-                        wait = (due - chrono::Utc::now())
-                            .to_std()
-                            .unwrap_or(Duration::ZERO)
-                            .min(IDLE_RECHECK);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "leasing failed; retrying");
-                }
-            },
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot count leases; retrying"),
-        }
-        tokio::select! {
-            _ = &mut notified => {}
-            _ = tokio::time::sleep(wait) => {}
-            _ = tx.closed() => break,
-            _ = state.shutdown.cancelled() => break,
-        }
-    }
-    tracing::info!(owner = %owner, "adapter lease stream ended");
-}
-
 #[tonic::async_trait]
 impl DispatchService for DispatchApi {
     type LeaseStream = BoxStream<pb::LeaseResponse>;
@@ -190,11 +133,9 @@ impl DispatchService for DispatchApi {
             r.max_in_flight.min(MAX_IN_FLIGHT)
         };
         let owner = format!("{}/{id}", principal.name);
-        let (tx, rx) = mpsc::channel(max as usize);
-        let span = tracing::info_span!("lease_stream", owner = %owner);
-        tokio::spawn(lease_loop(self.0.clone(), owner, r.namespaces, max, tx).instrument(span));
+        let rx = dispatch::lease_stream(self.0.clone(), owner, r.namespaces, max);
         Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
+            tokio_stream::wrappers::ReceiverStream::new(rx).map(|l| Ok(job(&l))),
         )))
     }
 
@@ -230,37 +171,14 @@ impl DispatchService for DispatchApi {
                 ));
             }
         };
-        let st = &self.0;
-        let (run, effect) = st
-            .store
-            .complete_dispatch(
-                &r.dispatch_id,
-                &r.lease_token,
-                &outcome,
-                &st.dispatch_policy,
-                &principal.name,
-            )
-            .await?;
-        let m = &st.metrics;
-        match effect {
-            CompleteEffect::Submitted(latency) => {
-                m.add("facteur_command_events_processed_total", vec![], 1);
-                m.observe("facteur_command_events_duration_ms", vec![], latency);
-            }
-            CompleteEffect::RetryScheduled => {
-                m.add("facteur_command_events_failed_total", vec![], 1)
-            }
-            CompleteEffect::DeadLettered => {
-                m.add("facteur_command_events_failed_total", vec![], 1);
-                m.add("facteur_command_events_dlq_total", vec![], 1);
-                tracing::warn!(run_id = %run.id, dispatch_id = %r.dispatch_id, "dispatch dead-lettered");
-            }
-            CompleteEffect::ShutdownSent
-            | CompleteEffect::Cancelled
-            | CompleteEffect::AlreadyDone => {}
-        }
-        tracing::info!(run_id = %run.id, status = %run.status, effect = ?effect, "dispatch completed");
-        st.wake_dispatchers();
+        let run = dispatch::complete(
+            &self.0,
+            &r.dispatch_id,
+            &r.lease_token,
+            &outcome,
+            &principal.name,
+        )
+        .await?;
         Ok(Response::new(pb::CompleteResponse {
             run_status: convert::status(run.status) as i32,
         }))
@@ -304,11 +222,7 @@ impl DispatchService for DispatchApi {
             failed_node_message: r.failed_node_message,
             source: r.source,
         };
-        let (run, changed) = self.0.store.report_status(&report, &principal.name).await?;
-        if changed {
-            tracing::info!(run_id = %run.id, status = %run.status, phase = %report.phase, source = %report.source, "workflow status");
-            self.0.wake_dispatchers();
-        }
+        let (run, changed) = dispatch::report(&self.0, report, &principal.name).await?;
         Ok(Response::new(pb::ReportWorkflowStatusResponse {
             run_status: convert::status(run.status) as i32,
             changed,

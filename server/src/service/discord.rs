@@ -200,7 +200,7 @@ pub async fn start(
 /// What a built-in command answers.
 pub enum Builtin {
     /// One run (`/status`, `/cancel`).
-    Run(Run),
+    Run(Box<Run>),
     /// The member's recent runs (`/runs`).
     Runs(Vec<Run>),
 }
@@ -213,14 +213,14 @@ pub async fn builtin(
     options: &BTreeMap<String, String>,
 ) -> Result<Builtin> {
     match command {
-        "status" => Ok(Builtin::Run(match options.get("run") {
+        "status" => Ok(Builtin::Run(Box::new(match options.get("run") {
             Some(id) => guild_run(state, i, id).await?,
             None => own_runs(state, i, 1)
                 .await?
                 .into_iter()
                 .next()
                 .ok_or_else(|| Error::NotFound("you have no runs in this server".into()))?,
-        })),
+        }))),
         "runs" => Ok(Builtin::Runs(own_runs(state, i, 10).await?)),
         "cancel" => {
             let id = options
@@ -236,7 +236,7 @@ pub async fn builtin(
                 "cancelled from Discord",
             )
             .await?;
-            Ok(Builtin::Run(run))
+            Ok(Builtin::Run(Box::new(run)))
         }
         other => Err(Error::InvalidArgument(format!(
             "`{other}` is not a built-in command"

@@ -5,5 +5,6 @@
 
 pub mod codex;
 pub mod discord;
+pub mod dispatch;
 pub mod runs;
 pub mod sessions;
