@@ -246,11 +246,14 @@ impl Backoff {
     }
 }
 
-/// Whether a status is worth retrying: the server or the path to it was unavailable.
+/// Whether a status is worth retrying unchanged: the server or a dependency was unavailable
+/// (UNAVAILABLE), overloaded (RESOURCE_EXHAUSTED), a concurrent change won (ABORTED), or time
+/// ran out (DEADLINE_EXCEEDED). Anything else (bad input, a refused state, an internal error)
+/// answers the same again, and is not retried.
 pub fn is_retryable(s: &Status) -> bool {
     matches!(
         s.code(),
-        Code::Unavailable | Code::ResourceExhausted | Code::Aborted
+        Code::Unavailable | Code::ResourceExhausted | Code::Aborted | Code::DeadlineExceeded
     )
 }
 
