@@ -21,22 +21,8 @@ async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
+        facteur_config::signals::drain("facteur-argo").await;
         token.cancel();
     });
-    #[cfg(unix)]
-    {
-        let token = shutdown.clone();
-        if let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            tokio::spawn(async move {
-                term.recv().await;
-                tracing::info!("SIGTERM: shutting down");
-                token.cancel();
-            });
-        }
-    }
     facteur_argo::run(&config, control, kube, shutdown).await
 }

@@ -11,6 +11,7 @@
 
 mod load;
 pub mod model;
+pub mod signals;
 pub mod telemetry;
 
 pub use load::{ConfigError, ConfigErrors, ENV_ALIASES, all_keys, env_name, load, load_from};

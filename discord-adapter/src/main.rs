@@ -76,7 +76,7 @@ async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
     };
     let token = shutdown.clone();
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        facteur_config::signals::drain("facteur-discord").await;
         token.cancel();
     });
     let token = shutdown.clone();

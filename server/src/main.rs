@@ -117,38 +117,10 @@ async fn serve(config: facteur_config::Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let server = facteur_server::start(config, shutdown.clone()).await?;
     tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!(
-            "shutting down: finishing in-flight requests (signal again to exit at once)"
-        );
+        facteur_config::signals::drain("facteur").await;
         shutdown.cancel();
-        wait_for_signal().await;
-        tracing::warn!("second signal: exiting now");
-        telemetry::flush_logs();
-        std::process::exit(130);
     });
     server.wait().await.context("server stopped")?;
     tracing::info!("facteur stopped");
     Ok(())
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
