@@ -87,7 +87,7 @@ pub fn load_from(
     let mut errors = Vec::new();
     let defaults = serde_json::to_value(Config::default()).unwrap_or(Value::Null);
 
-    let mut tree = match yaml.map(serde_yaml::from_str::<Value>) {
+    let mut tree = match yaml.map(serde_yaml_ng::from_str::<Value>) {
         None => Value::Object(Map::new()),
         Some(Ok(Value::Null)) => Value::Object(Map::new()),
         Some(Ok(v @ Value::Object(_))) => v,
@@ -336,7 +336,7 @@ impl Config {
                 }
             }
         }
-        serde_yaml::to_string(&v).unwrap_or_default()
+        serde_yaml_ng::to_string(&v).unwrap_or_default()
     }
 }
 

@@ -32,7 +32,7 @@ fn example_file_loads_and_documents_every_key() {
     let c =
         load_from(Some(text), &BTreeMap::new(), Process::Server).expect("example.yaml is valid");
     assert_eq!(c.server.grpc_listen_address, "127.0.0.1:50051");
-    let doc: serde_json::Value = serde_yaml::from_str(text).expect("yaml");
+    let doc: serde_json::Value = serde_yaml_ng::from_str(text).expect("yaml");
     for (key, _) in all_keys() {
         let pointer = format!("/{}", key.replace('.', "/"));
         assert!(
