@@ -141,11 +141,34 @@ async fn compat_endpoint(backend: Backend) {
         .expect("rawEvent is base64 proto-JSON");
     let event: Value = serde_json::from_slice(&base64_decode(params["eventBody"]))
         .expect("eventBody is base64 proto-JSON");
-    assert_eq!(
-        event, raw,
-        "an implementation task's eventBody is its rawEvent"
-    );
+    // eventBody is rawEvent with `stage` the plain string (wire-compat.md §5), keys sorted:
+    // every other field the same, field by field.
     assert_eq!(raw["stage"], "CODEX_TASK_STAGE_IMPLEMENTATION");
+    assert_eq!(event["stage"], "implementation");
+    let (raw_o, event_o) = (
+        raw.as_object().expect("object"),
+        event.as_object().expect("object"),
+    );
+    assert_eq!(
+        raw_o.keys().collect::<Vec<_>>(),
+        event_o.keys().collect::<Vec<_>>(),
+        "the same fields"
+    );
+    for (k, v) in raw_o {
+        if k != "stage" {
+            assert_eq!(&event_o[k], v, "eventBody.{k}");
+        }
+    }
+    let event_text =
+        String::from_utf8(base64_decode(params["eventBody"])).expect("eventBody is UTF-8");
+    let keys: Vec<&str> = event_o.keys().map(String::as_str).collect();
+    let mut sorted = keys.clone();
+    sorted.sort_unstable();
+    assert_eq!(keys, sorted);
+    assert!(
+        event_text.starts_with("{\"base\":\"main\","),
+        "keys sorted in the text itself: {event_text}"
+    );
     assert_eq!(
         raw["issueNumber"], "1635",
         "int64 as a string, as protojson renders it"

@@ -261,11 +261,11 @@ pub fn plan(
         p.insert("judge_prompt".into(), c.judge_prompt.clone());
     }
     let task_json = proto_json(task);
-    // `eventBody` is the task with its stage set to implementation: only that stage gets this
-    // far, so it is `rawEvent` itself, rendered once.
-    let event = base64(task_json.as_bytes());
-    p.insert("eventBody".into(), event.clone());
-    p.insert("rawEvent".into(), event);
+    p.insert(
+        "eventBody".into(),
+        base64(event_body(&task_json).as_bytes()),
+    );
+    p.insert("rawEvent".into(), base64(task_json.as_bytes()));
 
     Ok(CodexPlan {
         delivery_id,
@@ -279,6 +279,22 @@ pub fn plan(
         stage: "implementation",
         task_json,
     })
+}
+
+/// `eventBody` (wire-compat.md §5): the task's proto-JSON with `stage` set to the plain string
+/// `"implementation"` (not the enum name `rawEvent` carries), re-serialised with sorted keys, as
+/// the old service wrote it. WorkflowTemplates read that string.
+pub fn event_body(task_json: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(task_json) {
+        Ok(mut v) => {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("stage".into(), "implementation".into());
+            }
+            // serde_json's map is ordered by key: the output has sorted keys at every depth.
+            v.to_string()
+        }
+        Err(_) => task_json.to_string(),
+    }
 }
 
 /// Standard base64 with padding (what Go's `base64.StdEncoding` produced for these parameters).
@@ -422,7 +438,7 @@ mod tests {
         assert_eq!(p["Extra_Param"], "x");
         assert_eq!(p["rawEvent"], base64(b"{\"stage\":2}"));
         // The task with its stage set to implementation, which it already is.
-        assert_eq!(p["eventBody"], base64(b"{\"stage\":2}"));
+        assert_eq!(p["eventBody"], base64(b"{\"stage\":\"implementation\"}"));
         let mut t = task();
         t.repository = String::new();
         t.issue_number = 0;
