@@ -19,7 +19,8 @@ pub enum Role {
     ArgoAdapter,
     /// Services submitting Codex tasks: CodexService.
     CodexSubmitter,
-    /// Operators: AdminService (and read access to CodexService).
+    /// Operators: AdminService, all of CodexService (submitting a task by hand, to replay one,
+    /// included) and `POST /events`. docs/operations.md "Roles" is the same table.
     Admin,
 }
 
@@ -219,6 +220,22 @@ mod tests {
                 },
             ],
         })
+    }
+
+    /// The roles table of docs/operations.md, pinned.
+    #[test]
+    fn each_role_reaches_exactly_its_services() {
+        use Role::*;
+        let table: [(&[Role], &[Role]); 5] = [
+            (allowed::COMMAND, &[DiscordAdapter]),
+            (allowed::CODEX, &[CodexSubmitter, Admin]),
+            (allowed::DISPATCH, &[ArgoAdapter]),
+            (allowed::ADMIN, &[Admin]),
+            (allowed::EVENTS, &[DiscordAdapter, Admin]),
+        ];
+        for (service, roles) in table {
+            assert_eq!(service, roles);
+        }
     }
 
     #[test]

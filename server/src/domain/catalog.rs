@@ -100,7 +100,7 @@ impl Catalog {
         let mut parameters = self.base.clone();
         for o in &cmd.options {
             match values.get(&o.name) {
-                None if o.required => problems.push(format!("option `{}` is required", o.name)),
+                None if o.required => problems.push(format!("`{}` is required", o.name)),
                 None => {}
                 Some(v) => match check_value(o, v) {
                     Ok(v) => {
@@ -111,7 +111,7 @@ impl Catalog {
                         };
                         parameters.insert(param, v);
                     }
-                    Err(m) => problems.push(format!("option `{}`: {m}", o.name)),
+                    Err(m) => problems.push(format!("`{}` {m}", o.name)),
                 },
             }
         }
@@ -151,9 +151,11 @@ fn check_value(o: &OptionConfig, v: &str) -> std::result::Result<String, String>
             let n: i64 = v
                 .trim()
                 .parse()
-                .map_err(|_| format!("`{v}` is not an integer"))?;
+                .map_err(|_| format!("must be a whole number (got `{v}`)"))?;
             if n.abs() > MAX_SAFE_INTEGER {
-                return Err(format!("{n} is outside ±2^53"));
+                return Err(format!(
+                    "must be between -{MAX_SAFE_INTEGER} and {MAX_SAFE_INTEGER} (got {n})"
+                ));
             }
             check_range(o, n as f64)?;
             n.to_string()
@@ -162,48 +164,56 @@ fn check_value(o: &OptionConfig, v: &str) -> std::result::Result<String, String>
             let n: f64 = v
                 .trim()
                 .parse()
-                .map_err(|_| format!("`{v}` is not a number"))?;
+                .map_err(|_| format!("must be a number (got `{v}`)"))?;
             if !n.is_finite() {
-                return Err(format!("`{v}` is not a finite number"));
+                return Err(format!("must be a finite number (got `{v}`)"));
             }
             check_range(o, n)?;
             v.trim().to_string()
         }
         "boolean" => match v.trim() {
             "true" | "false" => v.trim().to_string(),
-            _ => return Err(format!("`{v}` is not true or false")),
+            _ => return Err(format!("must be true or false (got `{v}`)")),
         },
         "user" | "channel" | "role" => {
             if !is_snowflake(v.trim()) {
-                return Err(format!("`{v}` is not a {kind} id"));
+                return Err(format!("must be a {kind} id (got `{v}`)"));
             }
             v.trim().to_string()
         }
         _ => {
             let len = v.chars().count() as u32;
             if o.min_length.is_some_and(|m| len < m) || o.max_length.is_some_and(|m| len > m) {
-                return Err(format!(
-                    "length {len} is outside {}..={}",
-                    o.min_length.unwrap_or(0),
-                    o.max_length.map_or("∞".to_string(), |m| m.to_string())
-                ));
+                let bounds = match (o.min_length, o.max_length) {
+                    (Some(a), Some(b)) => format!("between {a} and {b} characters long"),
+                    (Some(a), None) => format!("at least {a} characters long"),
+                    (_, Some(b)) => format!("at most {b} characters long"),
+                    (None, None) => "of any length".into(),
+                };
+                return Err(format!("must be {bounds} (got {len})"));
             }
             v.to_string()
         }
     };
     if !o.choices.is_empty() && !o.choices.iter().any(|c| c.value == value) {
         let allowed: Vec<&str> = o.choices.iter().map(|c| c.value.as_str()).collect();
-        return Err(format!("`{value}` is not one of {}", allowed.join(", ")));
+        return Err(format!(
+            "must be one of {} (got `{value}`)",
+            allowed.join(", ")
+        ));
     }
     Ok(value)
 }
 
 fn check_range(o: &OptionConfig, n: f64) -> std::result::Result<(), String> {
     if o.min_value.is_some_and(|m| n < m) || o.max_value.is_some_and(|m| n > m) {
-        return Err(format!(
-            "{n} is outside {:?}..={:?}",
-            o.min_value, o.max_value
-        ));
+        let bounds = match (o.min_value, o.max_value) {
+            (Some(a), Some(b)) => format!("between {a} and {b}"),
+            (Some(a), None) => format!("at least {a}"),
+            (_, Some(b)) => format!("at most {b}"),
+            (None, None) => "any number".into(),
+        };
+        return Err(format!("must be {bounds} (got {n})"));
     }
     Ok(())
 }
@@ -290,10 +300,25 @@ mod tests {
             other => panic!("expected invalid argument, got {other:?}"),
         };
         assert!(err(&[]).contains("`service` is required"));
-        assert!(err(&[("service", "web")]).contains("not one of api"));
-        assert!(err(&[("service", "api"), ("replicas", "11")]).contains("outside"));
-        assert!(err(&[("service", "api"), ("replicas", "two")]).contains("not an integer"));
-        assert!(err(&[("service", "api"), ("owner", "bob")]).contains("not a user id"));
+        assert_eq!(
+            err(&[("service", "web")]),
+            "`service` must be one of api (got `web`)"
+        );
+        let replicas = err(&[("service", "api"), ("replicas", "11")]);
+        assert!(
+            replicas.starts_with("`replicas` must be between 1 and ")
+                && replicas.ends_with(" (got 11)")
+                && !replicas.contains("Some("),
+            "{replicas}"
+        );
+        assert_eq!(
+            err(&[("service", "api"), ("replicas", "two")]),
+            "`replicas` must be a whole number (got `two`)"
+        );
+        assert_eq!(
+            err(&[("service", "api"), ("owner", "bob")]),
+            "`owner` must be a user id (got `bob`)"
+        );
         assert!(err(&[("service", "api"), ("extra", "x")]).contains("no option `extra`"));
         assert!(
             matches!(c.resolve("nope", &BTreeMap::new()), Err(Error::InvalidArgument(m)) if m.contains("unknown command"))
