@@ -237,6 +237,37 @@ pub fn check_retryable(run: &Run) -> crate::domain::Result<()> {
 }
 
 impl NewRun {
+    /// A replay of an idempotency key must ask for what the first request asked: the same
+    /// command, parameters, requester and parent. Otherwise the key was reused for something
+    /// else, and that is ALREADY_EXISTS naming the key (an identical replay answers the
+    /// original run as a duplicate).
+    pub fn check_replay_of(&self, existing: &Run) -> crate::domain::Result<()> {
+        let mut differs = Vec::new();
+        if self.command != existing.command {
+            differs.push("command");
+        }
+        if self.parameters != existing.parameters {
+            differs.push("parameters");
+        }
+        if self.parent_run_id != existing.parent_run_id {
+            differs.push("the run retried");
+        }
+        if self.requester.user_id != existing.requester.user_id
+            || self.requester.principal != existing.requester.principal
+        {
+            differs.push("requester");
+        }
+        if differs.is_empty() {
+            return Ok(());
+        }
+        Err(crate::domain::Error::AlreadyExists(format!(
+            "idempotency key `{}` was already used by run `{}` with another {}; use a new key",
+            self.idempotency_key,
+            existing.id,
+            differs.join(", ")
+        )))
+    }
+
     /// A new run with the command, target and parameters of `run` (which it retries).
     pub fn retry_of(
         run: &Run,
@@ -360,6 +391,76 @@ pub fn workflow_name(prefix: &str, run_id: &uuid::Uuid) -> String {
 mod tests {
     use super::RunStatus::*;
     use super::*;
+
+    fn new_run() -> NewRun {
+        NewRun {
+            idempotency_key: "k1".into(),
+            command: "deploy".into(),
+            source: RunSource::Admin,
+            requester: Requester {
+                principal: "ops".into(),
+                ..Default::default()
+            },
+            namespace: "ns".into(),
+            workflow_template: "t".into(),
+            service_account: String::new(),
+            workflow_name_prefix: "deploy-".into(),
+            parameters: [("service".to_string(), "api".to_string())].into(),
+            parent_run_id: None,
+            trace_parent: "00-a-b-01".into(),
+        }
+    }
+
+    fn stored(n: &NewRun) -> Run {
+        let t = chrono::Utc::now();
+        Run {
+            id: "r1".into(),
+            idempotency_key: n.idempotency_key.clone(),
+            command: n.command.clone(),
+            source: n.source,
+            status: RunStatus::Running,
+            requester: n.requester.clone(),
+            namespace: n.namespace.clone(),
+            workflow_template: n.workflow_template.clone(),
+            service_account: String::new(),
+            workflow_name: "deploy-r1".into(),
+            workflow_uid: String::new(),
+            parameters: n.parameters.clone(),
+            message: String::new(),
+            progress: String::new(),
+            workflow_phase: String::new(),
+            parent_run_id: None,
+            attempts: 1,
+            created_at: t,
+            updated_at: t,
+            started_at: None,
+            finished_at: None,
+            cancel_requested_at: None,
+            trace_parent: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_reused_key_with_other_content_is_a_conflict_and_a_replay_is_not() {
+        let first = new_run();
+        let run = stored(&first);
+        // Another trace, the same request: a replay.
+        let mut again = new_run();
+        again.trace_parent = "00-c-d-01".into();
+        assert!(again.check_replay_of(&run).is_ok());
+        let mut other = new_run();
+        other.parameters.insert("service".into(), "web".into());
+        let Err(crate::domain::Error::AlreadyExists(m)) = other.check_replay_of(&run) else {
+            panic!("conflict expected");
+        };
+        assert!(m.contains("`k1`") && m.contains("parameters"), "{m}");
+        let mut other = new_run();
+        other.command = "rollback".into();
+        assert!(other.check_replay_of(&run).is_err());
+        let mut other = new_run();
+        other.requester.principal = "someone-else".into();
+        assert!(other.check_replay_of(&run).is_err());
+    }
 
     #[test]
     fn forward_path_is_legal() {

@@ -28,8 +28,11 @@ pub async fn get(state: &AppState, id: &str) -> Result<Run> {
 /// Records a new run (idempotent on its key) and wakes the lease streams. Returns the run and
 /// whether it was a replay.
 pub async fn start(state: &AppState, new: NewRun, actor: &str) -> Result<(Run, bool)> {
+    let asked = new.clone();
     let (run, duplicate) = state.store.create_run(new, actor).await?;
-    if !duplicate {
+    if duplicate {
+        asked.check_replay_of(&run)?;
+    } else {
         tracing::info!(run_id = %run.id, command = %run.command, source = run.source.as_str(), actor, "run accepted");
         state.wake_dispatchers();
     }
