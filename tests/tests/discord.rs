@@ -246,14 +246,20 @@ async fn the_message_follows_the_run_then_moves_to_the_bot_token() {
     })
     .await;
 
-    // The interaction token's 15 minutes are over: the bot posts in the channel once, then edits.
-    s.srv
-        .server
-        .state
-        .sessions
-        .delete(&format!("facteur:run-session:{}", run.id))
-        .await
-        .expect("expire the session");
+    // The interaction token's 15 minutes are over (both session keys expire together): the bot
+    // posts in the channel once, then edits.
+    for key in [
+        format!("facteur:run-session:{}", run.id),
+        "facteur:session:700000000000000020".to_string(),
+    ] {
+        s.srv
+            .server
+            .state
+            .sessions
+            .delete(&key)
+            .await
+            .expect("expire the session");
+    }
     kube.set_phase(
         "argo-workflows",
         &run.workflow_name,

@@ -474,7 +474,7 @@ const WATCH_RECHECK: Duration = Duration::from_millis(500);
 /// Where a run is shown: the interaction while its token lives, then the channel (and the
 /// message recorded by `RecordRunMessage`).
 async fn target(state: &AppState, run: &Run) -> pb::DiscordTarget {
-    let (session, message) = sessions::of_run(state, &run.id).await;
+    let (session, message) = sessions::of_run(state, run).await;
     let session = session.unwrap_or_default();
     pb::DiscordTarget {
         application_id: session.application_id,

@@ -190,9 +190,39 @@ pub async fn start(
     check_options(options)?;
     let resolved = state.catalog.resolve(command, options)?;
     let new = resolved.into_run(i.key(), source, i.requester(), runs::trace_parent());
-    let (run, duplicate) = runs::start(state, new, &i.user_id).await?;
-    if !duplicate && !i.token.is_empty() {
-        sessions::remember(state, i, &run).await?;
+    with_session(state, i, new, runs::start).await
+}
+
+/// Starts `new` for interaction `i` so that the run and the session that lets it report back
+/// are one outcome: the session is written first (no session store, no run: UNAVAILABLE and
+/// nothing started), then the run, then the link between them (best effort). A replay of an
+/// interaction whose run already started is answered with that run even while the session
+/// store is out.
+async fn with_session<'a, F, Fut>(
+    state: &'a AppState,
+    i: &'a Interaction,
+    new: crate::domain::run::NewRun,
+    start: F,
+) -> Result<(Run, bool)>
+where
+    F: FnOnce(&'a AppState, crate::domain::run::NewRun, &'a str) -> Fut,
+    Fut: std::future::Future<Output = Result<(Run, bool)>>,
+{
+    if !i.token.is_empty()
+        && let Err(e) = sessions::open(state, i).await
+    {
+        return match state.store.run_by_key(&new.idempotency_key).await? {
+            Some(run) => {
+                new.check_replay_of(&run)?;
+                Ok((run, true))
+            }
+            None => Err(e),
+        };
+    }
+    let (run, duplicate) = start(state, new, &i.user_id).await?;
+    if !i.token.is_empty() {
+        // A replay links again: its `open` wrote the session without the run.
+        sessions::link(state, i, &run).await;
     }
     Ok((run, duplicate))
 }
@@ -297,11 +327,8 @@ pub async fn click(
             Ok((run, true))
         }
         Button::Retry => {
-            let (new, duplicate) =
-                runs::retry(state, &run, i.key(), i.requester(), &i.user_id).await?;
-            if !duplicate && !i.token.is_empty() {
-                sessions::remember(state, i, &new).await?;
-            }
+            let new = runs::retry_of(&run, i.key(), i.requester())?;
+            let (new, _) = with_session(state, i, new, runs::start).await?;
             Ok((new, false))
         }
         Button::Refresh => Ok((run, true)),

@@ -39,6 +39,17 @@ pub async fn start(state: &AppState, new: NewRun, actor: &str) -> Result<(Run, b
     Ok((run, duplicate))
 }
 
+/// The new run that retries `old`, if `old` is finished (FAILED_PRECONDITION otherwise).
+pub fn retry_of(old: &Run, idempotency_key: String, requester: Requester) -> Result<NewRun> {
+    check_retryable(old)?;
+    Ok(NewRun::retry_of(
+        old,
+        idempotency_key,
+        requester,
+        trace_parent(),
+    ))
+}
+
 /// Starts a new run with what `old` ran, if `old` is finished.
 pub async fn retry(
     state: &AppState,
@@ -47,9 +58,7 @@ pub async fn retry(
     requester: Requester,
     actor: &str,
 ) -> Result<(Run, bool)> {
-    check_retryable(old)?;
-    let new = NewRun::retry_of(old, idempotency_key, requester, trace_parent());
-    start(state, new, actor).await
+    start(state, retry_of(old, idempotency_key, requester)?, actor).await
 }
 
 /// Cancels a run (at once while queued; by a stop or terminate job once its Workflow may exist).

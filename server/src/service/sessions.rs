@@ -71,31 +71,54 @@ fn json(v: &impl Serialize) -> Result<String> {
     serde_json::to_string(v).map_err(|e| crate::domain::Error::Internal(e.to_string()))
 }
 
-/// Remembers that `run` answers interaction `i`.
-pub async fn remember(state: &AppState, i: &Interaction, run: &Run) -> Result<()> {
-    let session = InteractionSession {
+fn session_of(i: &Interaction, run_id: &str) -> InteractionSession {
+    InteractionSession {
         interaction_id: i.interaction_id.clone(),
         application_id: i.application_id.clone(),
         token: i.token.clone(),
         guild_id: i.guild_id.clone(),
         channel_id: i.channel_id.clone(),
         user_id: i.user_id.clone(),
-        run_id: run.id.clone(),
+        run_id: run_id.to_string(),
         expires_at: Some(Utc::now() + chrono::Duration::from_std(SESSION_TTL).unwrap_or_default()),
-    };
-    let value = json(&session)?;
-    let s = &state.sessions;
-    s.put(&session_key(&i.interaction_id), &value, SESSION_TTL)
-        .await?;
-    s.put(&run_session_key(&run.id), &value, SESSION_TTL)
-        .await?;
-    let last = LastDispatch {
-        run_id: &run.id,
-        command: &run.command,
-        workflow_name: &run.workflow_name,
-    };
-    s.put(&last_dispatch_key(&i.user_id), &json(&last)?, SESSION_TTL)
+    }
+}
+
+/// Writes the session of interaction `i` *before* the run it starts exists: a run and the
+/// session that lets it report back are one outcome. If the session store does not answer,
+/// this fails and nothing is started; once it is written, the run (keyed by the interaction id)
+/// finds it whatever happens next.
+pub async fn open(state: &AppState, i: &Interaction) -> Result<()> {
+    let value = json(&session_of(i, ""))?;
+    state
+        .sessions
+        .put(&session_key(&i.interaction_id), &value, SESSION_TTL)
         .await
+}
+
+/// Links the session of `i` to the run it started (by run id, and the old service's per-user
+/// "last dispatch" record). Best effort: the session written by [`open`] already lets the run
+/// report back.
+pub async fn link(state: &AppState, i: &Interaction, run: &Run) {
+    let result = async {
+        let value = json(&session_of(i, &run.id))?;
+        let s = &state.sessions;
+        s.put(&session_key(&i.interaction_id), &value, SESSION_TTL)
+            .await?;
+        s.put(&run_session_key(&run.id), &value, SESSION_TTL)
+            .await?;
+        let last = LastDispatch {
+            run_id: &run.id,
+            command: &run.command,
+            workflow_name: &run.workflow_name,
+        };
+        s.put(&last_dispatch_key(&i.user_id), &json(&last)?, SESSION_TTL)
+            .await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(run_id = %run.id, error = %e, "session not linked to its run; the interaction session still reaches it");
+    }
 }
 
 /// Records the message that shows a run.
@@ -112,15 +135,21 @@ async fn read<T: for<'de> Deserialize<'de>>(state: &AppState, key: &str) -> Opti
 }
 
 /// The interaction session and the recorded message of a run, where they exist (best effort:
-/// a session store that does not answer gives none).
+/// a session store that does not answer gives none). A run started from Discord finds its
+/// session by run id, or else by its interaction (its idempotency key `discord:<id>`).
 pub async fn of_run(
     state: &AppState,
-    run_id: &str,
+    run: &Run,
 ) -> (Option<InteractionSession>, Option<RunMessage>) {
-    (
-        read(state, &run_session_key(run_id)).await,
-        read(state, &run_message_key(run_id)).await,
-    )
+    let mut session: Option<InteractionSession> = read(state, &run_session_key(&run.id)).await;
+    if session.is_none()
+        && let Some(interaction) = run.idempotency_key.strip_prefix("discord:")
+    {
+        session = read::<InteractionSession>(state, &session_key(interaction))
+            .await
+            .filter(|s| s.run_id.is_empty() || s.run_id == run.id);
+    }
+    (session, read(state, &run_message_key(&run.id)).await)
 }
 
 /// The live interaction sessions, of one guild or (empty) all.
