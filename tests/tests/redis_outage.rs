@@ -96,7 +96,6 @@ fn event(id: &str) -> Vec<u8> {
         member: Some(facteur_proto::legacy::DiscordMember {
             id: "300000000000000001".into(),
             roles: vec![DEPLOYER.into()],
-            ..Default::default()
         }),
         options: [("service".to_string(), "api".to_string())].into(),
         ..Default::default()
