@@ -172,6 +172,34 @@ fn otlp_protocol(signal: &str) -> Option<Protocol> {
     })
 }
 
+/// Crates whose spans and debug events carry secrets: serenity's HTTP spans record the route,
+/// and an interaction route holds the interaction token; the HTTP, TLS and websocket stacks
+/// under it log request URIs and headers at debug and trace.
+const SECRET_BEARING: &[&str] = &[
+    "serenity",
+    "reqwest",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "tungstenite",
+    "tokio_tungstenite",
+    "rustls",
+    "tokio_rustls",
+];
+
+/// A filter for every layer: the spans of [`SECRET_BEARING`] crates are never recorded (logs or
+/// OTLP), and only their warnings and errors are, whatever `RUST_LOG` asks for.
+pub fn secret_safe() -> tracing_subscriber::filter::FilterFn {
+    tracing_subscriber::filter::filter_fn(|m| {
+        let bearing = SECRET_BEARING.iter().any(|c| {
+            m.target()
+                .strip_prefix(c)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        });
+        !bearing || (m.is_event() && *m.level() <= tracing::Level::WARN)
+    })
+}
+
 /// Installs the global subscriber. Call once, inside the Tokio runtime (the gRPC exporter
 /// needs it), before anything logs. `force_json` overrides the configured format.
 pub fn init(service: &'static str, cfg: &TelemetryConfig, force_json: bool) -> TelemetryGuard {
@@ -269,6 +297,7 @@ pub fn init(service: &'static str, cfg: &TelemetryConfig, force_json: bool) -> T
         tracing_opentelemetry::layer()
             .with_tracer(t.tracer(service))
             .with_filter(EnvFilter::new("info"))
+            .with_filter(secret_safe())
     });
     if let Some(m) = &meter {
         opentelemetry::global::set_meter_provider(m.clone());
@@ -278,7 +307,7 @@ pub fn init(service: &'static str, cfg: &TelemetryConfig, force_json: bool) -> T
     );
 
     let _ = tracing_subscriber::registry()
-        .with(fmt_layer.with_filter(filter()))
+        .with(fmt_layer.with_filter(filter()).with_filter(secret_safe()))
         .with(otel_layer)
         .try_init();
     for p in problems {
@@ -333,6 +362,41 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    impl<'a> MakeWriter<'a> for Shared {
+        type Writer = Shared;
+        fn make_writer(&'a self) -> Shared {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn secret_bearing_spans_and_debug_events_never_reach_a_log_even_at_trace() {
+        let out = Shared::default();
+        let layer = tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_writer(out.clone())
+            .with_filter(EnvFilter::new("trace"))
+            .with_filter(secret_safe());
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(target: "serenity::http::client", "request",
+                route = "WebhookOriginalInteractionResponse { token: \"tok-in-span\" }");
+            let _g = span.enter();
+            tracing::debug!(target: "serenity::http::ratelimiting", token = "tok-in-debug", "pre-hook");
+            tracing::trace!(target: "hyper_util::client", uri = "/webhooks/1/tok-in-uri", "request");
+            tracing::warn!(target: "serenity::http", "rate limited: kept");
+            tracing::debug!(target: "facteur_discord", "our own debug: kept");
+        });
+        let text = String::from_utf8(out.0.lock().expect("output").clone()).expect("utf-8");
+        for secret in ["tok-in-span", "tok-in-debug", "tok-in-uri"] {
+            assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+        }
+        assert!(text.contains("rate limited: kept"), "{text}");
+        assert!(text.contains("our own debug: kept"), "{text}");
     }
 
     fn log(lines: &Lines, text: &str) {

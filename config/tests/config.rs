@@ -264,6 +264,46 @@ fn each_process_requires_only_its_keys() {
 }
 
 #[test]
+fn query_string_passwords_are_redacted_too() {
+    use facteur_config::redact_url;
+    for (url, shown) in [
+        (
+            "postgres://facteur@db/facteur?password=hunter2&sslmode=require",
+            "postgres://***@db/facteur?password=***&sslmode=require",
+        ),
+        (
+            "postgres://db?user=facteur&password=hunter2",
+            "postgres://db?user=facteur&password=***",
+        ),
+        (
+            "redis://cache:6379/0?password=hunter2",
+            "redis://cache:6379/0?password=***",
+        ),
+        (
+            "postgres://u:hunter2@db/x?sslpassword=hunter2&application_name=f",
+            "postgres://u:***@db/x?sslpassword=***&application_name=f",
+        ),
+        ("http://h/x?token=hunter2", "http://h/x?token=***"),
+        (
+            "sqlite://facteur.db?mode=rwc",
+            "sqlite://facteur.db?mode=rwc",
+        ),
+    ] {
+        assert_eq!(redact_url(url), shown);
+    }
+    let e = env(&[
+        (
+            "FACTEUR_DATABASE_URL",
+            "postgres://facteur@db/facteur?password=hunter2-q",
+        ),
+        ("FACTEUR_REDIS_URL", "redis://cache:6379?password=hunter2-r"),
+    ]);
+    let c = load_from(None, &e, Process::Server).expect("valid");
+    let shown = c.redacted_yaml();
+    assert!(!shown.contains("hunter2"), "{shown}");
+}
+
+#[test]
 fn secrets_never_appear_in_the_redacted_view_or_debug() {
     let e = env(&[
         (
