@@ -16,11 +16,13 @@ pub async fn run(
     adapter_id: String,
     namespaces: Vec<String>,
     max_in_flight: u32,
+    grace: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let permits = Arc::new(Semaphore::new(max_in_flight as usize));
-    // Jobs live in this set: if the adapter stops, they stop with it (as a killed process would),
-    // and their leases expire and are redelivered.
+    // Jobs live in this set. On shutdown no new job is taken, and those in flight get `grace` to
+    // finish (create and complete); past it they are cut, as a killed process would be, and
+    // their leases expire and are redelivered.
     let mut jobs = tokio::task::JoinSet::new();
     let mut backoff = Backoff::new(crate::BACKOFF_INITIAL, crate::BACKOFF_CAP);
     while !shutdown.is_cancelled() {
@@ -45,14 +47,14 @@ pub async fn run(
         tracing::info!("lease stream open");
         loop {
             let next = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => break,
                 n = stream.next() => n,
             };
             match next {
                 Some(Ok(job)) => {
                     backoff.reset();
                     let Ok(permit) = permits.clone().acquire_owned().await else {
-                        return Ok(());
+                        break;
                     };
                     let span = tracing::info_span!("dispatch", run_id = %job.run_id, dispatch_id = %job.dispatch_id, attempt = job.attempt);
                     let (control, workflows) = (control.clone(), workflows.clone());
@@ -78,7 +80,24 @@ pub async fn run(
         let delay = backoff.next_delay();
         tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(delay) => {} }
     }
-    Ok(())
+    // The lease stream is closed: no new job comes. Let those in flight finish.
+    while jobs.try_join_next().is_some() {}
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(jobs = jobs.len(), grace = ?grace, "finishing the jobs in flight");
+    let drained =
+        tokio::time::timeout(grace, async { while jobs.join_next().await.is_some() {} }).await;
+    if drained.is_ok() {
+        tracing::info!("every job in flight finished");
+        return Ok(());
+    }
+    let cut = jobs.len();
+    jobs.abort_all();
+    Err(anyhow::anyhow!(
+        "the shutdown grace of {} s (argo.shutdown_grace_seconds) ran out with {cut} job(s) in flight: they were cut, and their leases will expire and be handed out again",
+        grace.as_secs()
+    ))
 }
 
 /// Carries out one job and reports its outcome.

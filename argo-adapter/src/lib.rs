@@ -49,6 +49,7 @@ pub async fn run(
         adapter_id,
         namespaces.clone(),
         config.argo.max_in_flight,
+        Duration::from_secs(config.argo.shutdown_grace_seconds),
         shutdown.clone(),
     ));
     let reporter = status::Reporter::new(control.clone());

@@ -533,6 +533,9 @@ pub struct ArgoConfig {
     pub callback_token: Secret,
     /// Dispatch jobs one argo-adapter works on at once. Default 16.
     pub max_in_flight: u32,
+    /// Seconds the argo-adapter gives its in-flight jobs (a Workflow create and its completion)
+    /// to finish after SIGTERM before it cuts them and exits non-zero. Default 20.
+    pub shutdown_grace_seconds: u64,
 }
 
 impl Default for ArgoConfig {
@@ -548,6 +551,7 @@ impl Default for ArgoConfig {
             namespaces: Vec::new(),
             callback_token: Secret::default(),
             max_in_flight: 16,
+            shutdown_grace_seconds: 20,
         }
     }
 }

@@ -238,7 +238,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             r = both => r,
             _ = deadline => {
                 tracing::warn!(grace_seconds = grace.as_secs(), "in-flight requests did not finish in time; stopping anyway");
-                Ok(())
+                Err(anyhow::anyhow!(
+                    "the shutdown grace of {} s (server.shutdown_grace_seconds) ran out: in-flight requests were cut",
+                    grace.as_secs()
+                ))
             }
         }
     });

@@ -34,6 +34,7 @@ struct Inner {
     patches: Vec<(String, String, Value)>,
     fail_creates: VecDeque<u16>,
     hang_creates: usize,
+    create_delay: Option<std::time::Duration>,
     create_seen: HashMap<String, std::time::Instant>,
 }
 
@@ -182,6 +183,13 @@ impl FakeKube {
         }
     }
 
+    /// Answers every create after `d` (the object exists at once, as on a slow API server).
+    pub fn delay_creates(&self, d: std::time::Duration) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.create_delay = Some(d);
+        }
+    }
+
     /// The next `n` creates store the Workflow but never answer (the caller "dies" waiting).
     pub fn hang_creates(&self, n: usize) {
         if let Ok(mut i) = self.inner.lock() {
@@ -259,10 +267,14 @@ async fn create(State(Ctx(fake)): State<Ctx>, Path(ns): Path<String>, body: Byte
         if hang {
             inner.hang_creates -= 1;
         }
-        hang
+        (hang, inner.create_delay)
     };
+    let (hang, delay) = hang;
     if hang {
         std::future::pending::<()>().await;
+    }
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
     }
     (StatusCode::CREATED, axum::Json(obj)).into_response()
 }

@@ -51,8 +51,15 @@ impl Adapter {
 
     /// Stops it gracefully.
     pub async fn stop(self) {
+        let _ = self.drain().await;
+    }
+
+    /// Stops it as SIGTERM does and returns how it ended (an error when its grace ran out).
+    pub async fn drain(self) -> anyhow::Result<()> {
         self.stop.cancel();
-        let _ = self.handle.await;
+        self.handle
+            .await
+            .map_err(|e| anyhow::anyhow!("adapter task: {e}"))?
     }
 }
 

@@ -354,12 +354,12 @@ async fn rejections_write_nothing(backend: Backend) {
 
 #[tokio::test]
 async fn rejections_write_nothing_on_sqlite() {
-    rejections_write_nothing(Backend::Sqlite).await;
+    Box::pin(rejections_write_nothing(Backend::Sqlite)).await;
 }
 
 #[tokio::test]
 async fn rejections_write_nothing_on_postgres() {
-    rejections_write_nothing(Backend::Postgres).await;
+    Box::pin(rejections_write_nothing(Backend::Postgres)).await;
 }
 
 async fn replay_after_restart(backend: Backend) {
