@@ -35,6 +35,11 @@ pub struct Health {
     sessions: Arc<dyn SessionStore>,
     metrics: Arc<Metrics>,
     timeout: Duration,
+    /// The gRPC health service, once [`Health::publish`] attached it: every check (a `/readyz`
+    /// probe too) moves it at once when the answer changes.
+    reporter: Arc<std::sync::OnceLock<HealthReporter>>,
+    /// What the gRPC health service says now.
+    serving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Health {
@@ -50,6 +55,8 @@ impl Health {
             sessions,
             metrics,
             timeout,
+            reporter: Arc::default(),
+            serving: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
     }
 
@@ -75,25 +82,25 @@ impl Health {
                 if r.healthy { 1.0 } else { 0.0 },
             );
         }
+        let ok = db.healthy && ss.healthy;
+        let was = self.serving.swap(ok, std::sync::atomic::Ordering::AcqRel);
+        if was != ok
+            && let Some(reporter) = self.reporter.get()
+        {
+            set_status(reporter, ok).await;
+        }
         vec![db, ss]
     }
 
     /// Checks now and publishes the result to the gRPC health service; true when all healthy.
     pub async fn publish(&self, reporter: &HealthReporter) -> bool {
+        let _ = self.reporter.set(reporter.clone());
         let reports = self.check().await;
         let ok = reports.iter().all(|r| r.healthy);
         for r in reports.iter().filter(|r| !r.healthy) {
             tracing::warn!(dependency = r.name, backend = r.backend, error = %r.message, "dependency check failed");
         }
-        let status = if ok {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        reporter.set_service_status("", status).await;
-        for name in facteur_proto::SERVICE_NAMES {
-            reporter.set_service_status(name, status).await;
-        }
+        set_status(reporter, ok).await;
         ok
     }
 
@@ -123,6 +130,18 @@ impl Health {
         reporter
             .set_service_status("", ServingStatus::NotServing)
             .await;
+    }
+}
+
+async fn set_status(reporter: &HealthReporter, ok: bool) {
+    let status = if ok {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    reporter.set_service_status("", status).await;
+    for name in facteur_proto::SERVICE_NAMES {
+        reporter.set_service_status(name, status).await;
     }
 }
 

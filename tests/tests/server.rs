@@ -366,10 +366,15 @@ async fn readiness_follows_redis_and_recovers_without_restart() {
         !body.contains("\"backend\":\"postgres\",\"healthy\":false"),
         "{body}"
     );
-    wait_until("gRPC health NOT_SERVING", Duration::from_secs(10), || {
-        let c = client.clone();
-        async move { health_status(&c, "").await == ServingStatus::NotServing }
-    })
+    // gRPC health follows what /readyz found within 0.5 s (the probe's check moves it).
+    wait_until(
+        "gRPC health NOT_SERVING",
+        Duration::from_millis(500),
+        || {
+            let c = client.clone();
+            async move { health_status(&c, "").await == ServingStatus::NotServing }
+        },
+    )
     .await;
     let status = client
         .admin()
@@ -384,10 +389,14 @@ async fn readiness_follows_redis_and_recovers_without_restart() {
         http_get(&srv.http_url("/readyz")).await.0 == 200
     })
     .await;
-    wait_until("gRPC health SERVING again", Duration::from_secs(10), || {
-        let c = client.clone();
-        async move { health_status(&c, "").await == ServingStatus::Serving }
-    })
+    wait_until(
+        "gRPC health SERVING again",
+        Duration::from_millis(500),
+        || {
+            let c = client.clone();
+            async move { health_status(&c, "").await == ServingStatus::Serving }
+        },
+    )
     .await;
     srv.stop().await;
 }
