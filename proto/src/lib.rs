@@ -62,35 +62,20 @@ pub fn codex_task_json(task: &froussard::CodexTask) -> String {
     }
 }
 
-/// A Timestamp as protojson renders it: `2025-10-30T20:55:00Z`, `…:00.120Z`, `…:00.000001Z`.
+/// A Timestamp as protojson renders it: `2025-10-30T20:55:00Z`, `…:00.120Z`, `…:00.000001Z`
+/// (0, 3, 6 or 9 fractional digits: chrono's `AutoSi`). Outside protojson's range (years 1 to
+/// 9999) there is no rendering; [`timestamp_in_range`] tells beforehand.
 pub fn protojson_timestamp(ts: &Timestamp) -> String {
-    let (days, secs) = (ts.seconds.div_euclid(86_400), ts.seconds.rem_euclid(86_400));
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let n = ts.nanos.clamp(0, 999_999_999);
-    let frac = if n == 0 {
-        String::new()
-    } else if n % 1_000_000 == 0 {
-        format!(".{:03}", n / 1_000_000)
-    } else if n % 1_000 == 0 {
-        format!(".{:06}", n / 1_000)
-    } else {
-        format!(".{n:09}")
-    };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{frac}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    let nanos = u32::try_from(ts.nanos.clamp(0, 999_999_999)).unwrap_or(0);
+    chrono::DateTime::from_timestamp(ts.seconds, nanos)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_default()
+}
+
+/// Whether protojson can render `ts`: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+pub fn timestamp_in_range(ts: &Timestamp) -> bool {
+    (-62_135_596_800..=253_402_300_799).contains(&ts.seconds)
+        && (0..=999_999_999).contains(&ts.nanos)
 }
 
 /// Parses a proto-JSON CodexTask (camelCase or original field names, numbers or strings for
@@ -122,6 +107,19 @@ mod tests {
         assert_eq!(t(0, 120_000_000), "1970-01-01T00:00:00.120Z");
         assert_eq!(t(0, 1_000), "1970-01-01T00:00:00.000001Z");
         assert_eq!(t(0, 1), "1970-01-01T00:00:00.000000001Z");
+        assert_eq!(t(-62_135_596_800, 0), "0001-01-01T00:00:00Z");
+        assert_eq!(
+            t(253_402_300_799, 999_999_999),
+            "9999-12-31T23:59:59.999999999Z"
+        );
+        assert!(!timestamp_in_range(&Timestamp {
+            seconds: 253_402_300_800,
+            nanos: 0
+        }));
+        assert!(!timestamp_in_range(&Timestamp {
+            seconds: 0,
+            nanos: -1
+        }));
     }
 
     #[test]

@@ -209,6 +209,27 @@ async fn bad_codex_tasks_are_invalid_argument_naming_the_field_and_write_nothing
     task.repository = "proompteng/lab".into();
     refused_everywhere(&srv, &task, "delivery_id").await;
 
+    // A timestamp protojson cannot render (rawEvent would be lost): gRPC and binary HTTP.
+    let mut task = sample("ts-out-of-range");
+    task.issued_at = Some(facteur_proto::Timestamp {
+        seconds: 253_402_300_800,
+        nanos: 0,
+    });
+    let err = srv
+        .client(CODEX_TOKEN)
+        .await
+        .codex()
+        .submit_task(pb::SubmitTaskRequest {
+            task: Some(task.clone()),
+            delivery_id: String::new(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("issued_at"), "{}", err.message());
+    let (code, body) = post(&srv, "application/x-protobuf", &task.encode_to_vec()).await;
+    assert_eq!(code, 400, "{body}");
+
     // Invalid UTF-8: in proto-JSON, and in a binary string field.
     let (code, body) = post(&srv, "application/json", b"{\"prompt\": \"\xff\xfe\"}").await;
     assert_eq!(code, 400, "{body}");

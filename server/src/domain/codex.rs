@@ -92,6 +92,13 @@ pub fn iterations(task: &CodexTask) -> i32 {
 pub fn check_task(task: &CodexTask) -> Result<(), Error> {
     use crate::domain::input::{no_nul, storable};
     storable("repository", &task.repository, MAX_REPOSITORY)?;
+    if let Some(ts) = &task.issued_at
+        && !facteur_proto::timestamp_in_range(ts)
+    {
+        return Err(Error::InvalidArgument(
+            "issued_at is outside 0001-01-01T00:00:00Z..9999-12-31T23:59:59.999999999Z".into(),
+        ));
+    }
     for (field, v) in [
         ("prompt", &task.prompt),
         ("base", &task.base),

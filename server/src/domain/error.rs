@@ -40,10 +40,6 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// Whether the same request may succeed if sent again unchanged.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Unavailable { .. } | Error::Aborted(_))
-    }
     /// Session store failure.
     pub fn session_store(e: impl std::fmt::Display) -> Self {
         Error::Unavailable {
