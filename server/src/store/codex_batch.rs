@@ -297,7 +297,7 @@ impl Batcher {
         // is started when the slot is given back.)
         if self.lock().is_empty() && self.acquire() {
             let _slot = Slot(self);
-            let mut written = self.write(&[&row]).await?;
+            let mut written = self.write(&[&row]).await.inspect_err(|e| self.outage(e))?;
             return Ok(written.remove(&0));
         }
         let (done, wait) = oneshot::channel();
@@ -306,6 +306,19 @@ impl Batcher {
         self.start();
         wait.await
             .map_err(|_| Error::Internal("the codex batch was abandoned".into()))?
+    }
+
+    /// After a write found the database unavailable: the deliveries queued meanwhile are
+    /// answered with the same error at once (their producers retry), instead of each waiting
+    /// out a connection attempt of its own.
+    fn outage(&self, e: &Error) {
+        if !matches!(e, Error::Unavailable { .. }) {
+            return;
+        }
+        let queued: Vec<Pending> = self.lock().drain(..).collect();
+        for p in queued {
+            let _ = p.done.send(Err(Self::same(e)));
+        }
     }
 
     fn held_pop(&self) -> Option<Held> {
@@ -403,9 +416,12 @@ impl Batcher {
                     let _ = p.done.send(Ok(written.remove(&i)));
                 }
             }
-            Err(e) if batch.len() == 1 => {
-                if let Some(p) = batch.pop() {
-                    let _ = p.done.send(Err(e));
+            Err(e) if batch.len() == 1 || matches!(e, Error::Unavailable { .. }) => {
+                // The database is not there: every delivery of the batch, and every one queued
+                // behind it, is answered now rather than after a connection wait of its own.
+                self.outage(&e);
+                for p in batch {
+                    let _ = p.done.send(Err(Self::same(&e)));
                 }
             }
             Err(e) => {
@@ -416,6 +432,20 @@ impl Batcher {
                     let _ = p.done.send(result);
                 }
             }
+        }
+    }
+
+    /// The same answer for another delivery of a failed batch.
+    fn same(e: &Error) -> Error {
+        match e {
+            Error::Unavailable {
+                dependency,
+                message,
+            } => Error::Unavailable {
+                dependency,
+                message: message.clone(),
+            },
+            other => Error::Internal(other.to_string()),
         }
     }
 
