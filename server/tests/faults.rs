@@ -162,6 +162,14 @@ struct Server {
     http: u16,
 }
 
+impl Drop for Server {
+    /// A failing test must not leave its server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn start_server(pg: &Pg, http: u16, log: &Path) -> Server {
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -324,7 +332,7 @@ fn a_database_crash_and_a_killed_server_lose_no_acknowledged_delivery() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("facteur.log");
     let http = free_port();
-    let mut server = start_server(&pg, http, &log);
+    let server = start_server(&pg, http, &log);
 
     // PostgreSQL crashes for 3 s under load.
     let stop = Arc::new(Mutex::new(false));
@@ -372,8 +380,7 @@ fn a_database_crash_and_a_killed_server_lose_no_acknowledged_delivery() {
     let stop = Arc::new(Mutex::new(false));
     let handles = load(server.http, 4, "kill", stop.clone());
     std::thread::sleep(Duration::from_millis(1000));
-    server.child.kill().expect("kill -9");
-    let _ = server.child.wait();
+    drop(server); // SIGKILL
     std::thread::sleep(Duration::from_millis(300));
     *stop.lock().expect("stop") = true;
     let killed = collect(handles);
@@ -382,7 +389,7 @@ fn a_database_crash_and_a_killed_server_lose_no_acknowledged_delivery() {
         killed.acked.len(),
         killed.refused
     );
-    server = start_server(&pg, http, &log);
+    let server = start_server(&pg, http, &log);
     stored_once(&pg, &killed.acked);
     let mut all = seen.acked.clone();
     all.extend(killed.acked.iter().cloned());
@@ -393,8 +400,4 @@ fn a_database_crash_and_a_killed_server_lose_no_acknowledged_delivery() {
         assert!(body.contains("\"duplicate\":true"), "{body}");
     }
     stored_once(&pg, &all);
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status();
-    let _ = server.child.wait();
 }

@@ -22,8 +22,18 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A private `redis-server`, killed when dropped (a failing test leaves none behind).
+struct Redis(Child);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A private `redis-server` on `port`, keeping nothing on disk.
-fn redis(port: u16) -> Child {
+fn redis(port: u16) -> Redis {
     let child = Command::new("redis-server")
         .args([
             "--port",
@@ -47,12 +57,12 @@ fn redis(port: u16) -> Child {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    child
+    Redis(child)
 }
 
-fn signal(child: &Child, sig: &str) {
+fn signal(r: &Redis, sig: &str) {
     let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
+        .args([sig, &r.0.id().to_string()])
         .status()
         .expect("kill");
     assert!(ok.success());
@@ -142,7 +152,7 @@ async fn a_redis_outage_starts_no_run_behind_a_failure() {
             signal(&redis_proc, "-STOP");
         } else {
             signal(&redis_proc, "-KILL");
-            let _ = redis_proc.wait();
+            let _ = redis_proc.0.wait();
         }
         let before = count_rows(store, "runs").await;
         let t = Instant::now();
@@ -231,6 +241,5 @@ async fn a_redis_outage_starts_no_run_behind_a_failure() {
         );
     }
     srv.stop().await;
-    let _ = redis_proc.kill();
-    let _ = redis_proc.wait();
+    drop(redis_proc);
 }

@@ -144,6 +144,39 @@ async fn append_event<C: ConnectionTrait>(
     Ok(())
 }
 
+/// `run` as `t` leaves it (what the database holds once `t` is applied): no read-back needed.
+fn after(run: &Run, t: &Transition, now: DateTime<Utc>) -> Run {
+    let mut r = run.clone();
+    let c = &t.run;
+    r.status = t.to;
+    r.updated_at = now;
+    if let Some(v) = &c.message {
+        r.message = v.clone();
+    }
+    if let Some(v) = c.attempts {
+        r.attempts = v;
+    }
+    if let Some(v) = &c.workflow_uid {
+        r.workflow_uid = v.clone();
+    }
+    if let Some(v) = &c.progress {
+        r.progress = v.clone();
+    }
+    if let Some(v) = &c.workflow_phase {
+        r.workflow_phase = v.clone();
+    }
+    if c.started_at.is_some() {
+        r.started_at = c.started_at;
+    }
+    if c.finished_at.is_some() {
+        r.finished_at = c.finished_at;
+    }
+    if let Some((_, at)) = c.cancel_requested {
+        r.cancel_requested_at = Some(at);
+    }
+    r
+}
+
 /// The lease a [`DispatchChange::Lease`] hands out.
 struct NewLease<'a> {
     owner: &'a str,
@@ -169,8 +202,8 @@ async fn apply(
     t: &Transition,
     actor: &str,
     lease: Option<NewLease<'_>>,
+    now: DateTime<Utc>,
 ) -> Result<()> {
-    let now = Utc::now();
     if let (Some(d), Some(change)) = (d, &t.dispatch) {
         let mut q = dispatches::Entity::update_many()
             .col_expr(
@@ -234,6 +267,13 @@ async fn apply(
                     Expr::value(Option::<DateTime<Utc>>::None),
                 ),
         };
+        if matches!(change, DispatchChange::Lease) {
+            // Still due: a retry's backoff or another adapter's live lease is not jumped over.
+            q = match d.state {
+                DispatchState::Pending => q.filter(dispatches::Column::AvailableAt.lte(now)),
+                _ => q.filter(dispatches::Column::LeaseExpiresAt.lte(now)),
+            };
+        }
         let won = q
             .filter(dispatches::Column::Id.eq(d.id.as_str()))
             .filter(dispatches::Column::State.eq(d.state.as_str()))
@@ -408,9 +448,7 @@ impl Store {
             .await
             .map_err(errors::db)?;
         for c in candidates {
-            let leased =
-                errors::retry_aborted(|| self.try_lease(&c, owner, namespaces, policy)).await;
-            match leased {
+            match self.try_lease(&c, owner, namespaces, policy).await {
                 Ok(Some(leased)) => return Ok(LeaseOutcome::Leased(Box::new(leased))),
                 Ok(None) => {}
                 // Another transaction kept changing this one: the next candidate will do.
@@ -455,7 +493,9 @@ impl Store {
     ) -> Result<Option<Leased>> {
         let txn = self.begin().await?;
         // Run first, then the dispatch: the lock order of every transaction here. A run that
-        // another transaction holds (a cancel, a report) is skipped, not waited for.
+        // another transaction holds (a cancel, a report) is skipped, not waited for. The
+        // dispatch is taken by a compare-and-set on the state and token the candidate was read
+        // with: if another adapter, a completion or a cancel changed it since, it is skipped.
         let Some(run) = lock_run(&txn, &c.run_id, true).await? else {
             let _ = txn.rollback().await;
             return Ok(None);
@@ -464,21 +504,8 @@ impl Store {
             let _ = txn.rollback().await;
             return Ok(None);
         }
-        let Some(d) = lock_dispatch(&txn, &c.id).await? else {
-            let _ = txn.rollback().await;
-            return Ok(None);
-        };
+        let d = dispatch_from_model(c.clone())?;
         let now = Utc::now();
-        let still_due = match d.state {
-            DispatchState::Pending => c.available_at <= now,
-            DispatchState::Leased => d.lease_expires_at.is_some_and(|t| t <= now),
-            _ => false,
-        };
-        if !still_due {
-            // Someone else leased, completed or cancelled it since the candidates were read.
-            let _ = txn.rollback().await;
-            return Ok(None);
-        }
         let token = uuid::Uuid::new_v4().simple().to_string();
         let expires = now
             + chrono::Duration::from_std(policy.lease)
@@ -489,20 +516,12 @@ impl Store {
             token: &token,
             expires,
         };
-        if let Err(e) = apply(
-            &txn,
-            &run,
-            Some(&d),
-            &t,
-            if t.dispatch == Some(DispatchChange::Lease) {
-                owner
-            } else {
-                "dispatcher"
-            },
-            Some(lease),
-        )
-        .await
-        {
+        let actor = if t.dispatch == Some(DispatchChange::Lease) {
+            owner
+        } else {
+            "dispatcher"
+        };
+        if let Err(e) = apply(&txn, &run, Some(&d), &t, actor, Some(lease), now).await {
             let _ = txn.rollback().await;
             return Err(e);
         }
@@ -510,6 +529,7 @@ impl Store {
         if t.dispatch != Some(DispatchChange::Lease) {
             return Ok(None);
         }
+        let run = after(&run, &t, now);
         let dispatch = Dispatch {
             state: DispatchState::Leased,
             attempts: d.attempts + 1,
@@ -518,7 +538,6 @@ impl Store {
             dead_lettered_at: None,
             ..d
         };
-        let run = load_run(&self.db, &dispatch.run_id).await?;
         Ok(Some(Leased { dispatch, run }))
     }
 
@@ -545,17 +564,22 @@ impl Store {
                 let d = lock_dispatch(&txn, dispatch_id)
                     .await?
                     .ok_or_else(|| Error::NotFound(format!("no dispatch `{dispatch_id}`")))?;
-                let (t, effect) = on_outcome(&d, lease_token, &run, outcome, policy, Utc::now())?;
-                if let Some(t) = &t {
-                    apply(&txn, &run, Some(&d), t, actor, None).await?;
-                }
-                Ok::<_, Error>(effect)
+                let now = Utc::now();
+                let (t, effect) = on_outcome(&d, lease_token, &run, outcome, policy, now)?;
+                let run = match &t {
+                    Some(t) => {
+                        apply(&txn, &run, Some(&d), t, actor, None, now).await?;
+                        after(&run, t, now)
+                    }
+                    None => run,
+                };
+                Ok::<_, Error>((run, effect))
             }
             .await;
             match result {
-                Ok(effect) => {
+                Ok(done) => {
                     txn.commit().await.map_err(errors::db)?;
-                    Ok((load_run(&self.db, &run_id).await?, effect))
+                    Ok(done)
                 }
                 Err(e) => {
                     let _ = txn.rollback().await;
@@ -579,20 +603,21 @@ impl Store {
                     .await?
                     .ok_or_else(|| Error::NotFound(format!("no run `{run_id}`")))?;
                 let Some(t) = decide(&run)? else {
-                    return Ok::<_, Error>(None);
+                    return Ok::<_, Error>((run, false));
                 };
-                apply(&txn, &run, None, &t, actor, None).await?;
-                Ok(Some(run))
+                let now = Utc::now();
+                apply(&txn, &run, None, &t, actor, None, now).await?;
+                Ok((after(&run, &t, now), true))
             }
             .await;
             match result {
-                Ok(Some(_)) => {
+                Ok((run, true)) => {
                     txn.commit().await.map_err(errors::db)?;
-                    Ok((load_run(&self.db, run_id).await?, true))
+                    Ok((run, true))
                 }
-                Ok(None) => {
+                Ok((run, false)) => {
                     let _ = txn.rollback().await;
-                    Ok((load_run(&self.db, run_id).await?, false))
+                    Ok((run, false))
                 }
                 Err(e) => {
                     let _ = txn.rollback().await;
@@ -655,13 +680,15 @@ impl Store {
                     .await?
                     .ok_or_else(|| Error::NotFound(format!("no dispatch `{dispatch_id}`")))?;
                 let t = on_requeue(&d, &run)?;
-                apply(&txn, &run, Some(&d), &t, actor, None).await
+                let now = Utc::now();
+                apply(&txn, &run, Some(&d), &t, actor, None, now).await?;
+                Ok::<_, Error>(after(&run, &t, now))
             }
             .await;
             match result {
-                Ok(()) => {
+                Ok(run) => {
                     txn.commit().await.map_err(errors::db)?;
-                    load_run(&self.db, &run_id).await
+                    Ok(run)
                 }
                 Err(e) => {
                     let _ = txn.rollback().await;
