@@ -2,12 +2,18 @@
 //! (guild `""`) once; `SetPolicy` replaces a guild's policy live (optimistic concurrency on its
 //! version), and every change and every denial is written to `audit_events`.
 
+use super::Store;
+use super::entities::{audit_events, guild_policies, role_policies};
 use super::errors;
-use super::{Store, portable as stmt};
 use crate::domain::policy::{DefaultPolicy, GuildPolicy};
 use crate::domain::{Error, Result};
-use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, TransactionTrait};
+use chrono::Utc;
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
 use std::collections::BTreeMap;
 
 impl Store {
@@ -20,12 +26,16 @@ impl Store {
         subject: &str,
         payload: serde_json::Value,
     ) -> Result<()> {
-        let b = c.get_database_backend();
-        c.execute_raw(stmt(
-            b,
-            "INSERT INTO audit_events (guild_id, actor, kind, subject, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-            vec![guild_id.into(), actor.into(), kind.into(), subject.into(), payload.to_string().into(), Utc::now().into()],
-        ))
+        audit_events::Entity::insert(audit_events::ActiveModel {
+            guild_id: Set(guild_id.to_string()),
+            actor: Set(actor.to_string()),
+            kind: Set(kind.to_string()),
+            subject: Set(subject.to_string()),
+            payload: Set(payload.to_string()),
+            created_at: Set(Utc::now()),
+            ..Default::default()
+        })
+        .exec_without_returning(c)
         .await
         .map_err(errors::db)?;
         Ok(())
@@ -49,30 +59,20 @@ impl Store {
         guild_id: &str,
         limit: u64,
     ) -> Result<Vec<(String, String, String, serde_json::Value)>> {
-        let b = self.db.get_database_backend();
-        let rows = self
-            .db
-            .query_all_raw(stmt(
-                b,
-                "SELECT actor, kind, subject, payload FROM audit_events WHERE guild_id = $1 ORDER BY id DESC LIMIT $2",
-                vec![guild_id.into(), (limit as i64).into()],
-            ))
+        let rows = audit_events::Entity::find()
+            .filter(audit_events::Column::GuildId.eq(guild_id))
+            .order_by_desc(audit_events::Column::Id)
+            .limit(limit)
+            .all(&self.db)
             .await
             .map_err(errors::db)?;
-        rows.iter()
+        Ok(rows
+            .into_iter()
             .map(|r| {
-                let get = |c: &str| {
-                    r.try_get::<String>("", c)
-                        .map_err(|e| Error::Internal(e.to_string()))
-                };
-                Ok((
-                    get("actor")?,
-                    get("kind")?,
-                    get("subject")?,
-                    serde_json::from_str(&get("payload")?).unwrap_or_default(),
-                ))
+                let payload = serde_json::from_str(&r.payload).unwrap_or_default();
+                (r.actor, r.kind, r.subject, payload)
             })
-            .collect()
+            .collect())
     }
 
     /// Seeds the global policy from the configuration, unless one is stored already (a live
@@ -100,47 +100,33 @@ impl Store {
     }
 
     pub(crate) async fn stored_policy(&self, guild_id: &str) -> Result<Option<GuildPolicy>> {
-        let b = self.db.get_database_backend();
-        let head = self
-            .db
-            .query_one_raw(stmt(
-                b,
-                "SELECT default_policy, version, updated_by, updated_at FROM guild_policies WHERE guild_id = $1",
-                vec![guild_id.into()],
-            ))
+        let Some(head) = guild_policies::Entity::find_by_id(guild_id.to_string())
+            .one(&self.db)
             .await
-            .map_err(errors::db)?;
-        let Some(head) = head else { return Ok(None) };
-        let rows = self
-            .db
-            .query_all_raw(stmt(
-                b,
-                "SELECT command, role_ids FROM role_policies WHERE guild_id = $1",
-                vec![guild_id.into()],
-            ))
+            .map_err(errors::db)?
+        else {
+            return Ok(None);
+        };
+        let rows = role_policies::Entity::find()
+            .filter(role_policies::Column::GuildId.eq(guild_id))
+            .all(&self.db)
             .await
             .map_err(errors::db)?;
         let mut commands = BTreeMap::new();
         for r in rows {
-            let command: String = r.try_get("", "command").map_err(errors::db)?;
-            let roles: String = r.try_get("", "role_ids").map_err(errors::db)?;
             commands.insert(
-                command,
-                serde_json::from_str(&roles)
+                r.command,
+                serde_json::from_str(&r.role_ids)
                     .map_err(|e| Error::Internal(format!("stored role ids: {e}")))?,
             );
         }
         Ok(Some(GuildPolicy {
             guild_id: guild_id.to_string(),
             commands,
-            default: DefaultPolicy::parse(
-                &head
-                    .try_get::<String>("", "default_policy")
-                    .map_err(errors::db)?,
-            ),
-            version: head.try_get("", "version").map_err(errors::db)?,
-            updated_by: head.try_get("", "updated_by").map_err(errors::db)?,
-            updated_at: head.try_get::<DateTime<Utc>>("", "updated_at").ok(),
+            default: DefaultPolicy::parse(&head.default_policy),
+            version: head.version,
+            updated_by: head.updated_by,
+            updated_at: Some(head.updated_at),
         }))
     }
 
@@ -183,29 +169,40 @@ impl Store {
                 p.guild_id
             )));
         }
-        let b = self.db.get_database_backend();
         let now = Utc::now();
         let txn = self.db.begin().await.map_err(errors::db)?;
         // Compare-and-set on the version: concurrent writers cannot both win.
         let changed = if before.is_some() {
-            txn.execute_raw(stmt(
-                b,
-                "UPDATE guild_policies SET default_policy = $1, version = version + 1, updated_by = $2, updated_at = $3 WHERE guild_id = $4 AND version = $5",
-                vec![p.default.as_str().into(), actor.into(), now.into(), p.guild_id.clone().into(), current.into()],
-            ))
-            .await
-            .map_err(errors::db)?
-            .rows_affected()
+            guild_policies::Entity::update_many()
+                .col_expr(
+                    guild_policies::Column::DefaultPolicy,
+                    Expr::value(p.default.as_str()),
+                )
+                .col_expr(
+                    guild_policies::Column::Version,
+                    Expr::col(guild_policies::Column::Version).add(1),
+                )
+                .col_expr(guild_policies::Column::UpdatedBy, Expr::value(actor))
+                .col_expr(guild_policies::Column::UpdatedAt, Expr::value(now))
+                .filter(guild_policies::Column::GuildId.eq(p.guild_id.as_str()))
+                .filter(guild_policies::Column::Version.eq(current))
+                .exec(&txn)
+                .await
+                .map_err(errors::db)?
+                .rows_affected
         } else {
-            match txn
-                .execute_raw(stmt(
-                    b,
-                    "INSERT INTO guild_policies (guild_id, default_policy, version, updated_by, updated_at) VALUES ($1, $2, 1, $3, $4)",
-                    vec![p.guild_id.clone().into(), p.default.as_str().into(), actor.into(), now.into()],
-                ))
+            let row = guild_policies::ActiveModel {
+                guild_id: Set(p.guild_id.clone()),
+                default_policy: Set(p.default.as_str().into()),
+                version: Set(1),
+                updated_by: Set(actor.to_string()),
+                updated_at: Set(now),
+            };
+            match guild_policies::Entity::insert(row)
+                .exec_without_returning(&txn)
                 .await
             {
-                Ok(r) => r.rows_affected(),
+                Ok(n) => n,
                 Err(e) if super::is_unique_violation(&e) => 0,
                 Err(e) => return Err(errors::db(e)),
             }
@@ -217,24 +214,19 @@ impl Store {
                 p.guild_id
             )));
         }
-        txn.execute_raw(stmt(
-            b,
-            "DELETE FROM role_policies WHERE guild_id = $1",
-            vec![p.guild_id.clone().into()],
-        ))
-        .await
-        .map_err(errors::db)?;
+        role_policies::Entity::delete_many()
+            .filter(role_policies::Column::GuildId.eq(p.guild_id.as_str()))
+            .exec(&txn)
+            .await
+            .map_err(errors::db)?;
         for (command, roles) in &p.commands {
             let roles = serde_json::to_string(roles).map_err(|e| Error::Internal(e.to_string()))?;
-            txn.execute_raw(stmt(
-                b,
-                "INSERT INTO role_policies (guild_id, command, role_ids) VALUES ($1, $2, $3)",
-                vec![
-                    p.guild_id.clone().into(),
-                    command.clone().into(),
-                    roles.into(),
-                ],
-            ))
+            role_policies::Entity::insert(role_policies::ActiveModel {
+                guild_id: Set(p.guild_id.clone()),
+                command: Set(command.clone()),
+                role_ids: Set(roles),
+            })
+            .exec_without_returning(&txn)
             .await
             .map_err(errors::db)?;
         }
