@@ -156,3 +156,26 @@ pub mod role_policies {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod discord_guilds {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "discord_guilds")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub guild_id: String,
+        pub generation: i64,
+        pub requested_by: String,
+        pub requested_at: DateTimeUtc,
+        pub registered_generation: i64,
+        pub registered_at: Option<DateTimeUtc>,
+        pub registered_commands: i32,
+        pub registration_error: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -2,12 +2,15 @@
 //! policy and bumps the guild's `generation`; the discord-adapter registers the catalog there
 //! and reports the generation it registered, so `ListGuilds` tells an operator when it is done.
 
+use super::Store;
+use super::entities::discord_guilds;
 use super::errors;
-use super::{Store, portable as stmt};
 use crate::domain::policy::{DefaultPolicy, GuildPolicy};
 use crate::domain::{Error, Result};
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, QueryResult};
+use sea_orm::ActiveValue::Set;
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use std::collections::BTreeMap;
 
 /// A guild set up for facteur, and where its command registration stands.
@@ -36,23 +39,22 @@ impl Guild {
     pub fn pending(&self) -> bool {
         self.registered_generation < self.generation
     }
-
-    fn from_row(r: &QueryResult) -> Result<Guild> {
-        let e = errors::db;
-        Ok(Guild {
-            guild_id: r.try_get("", "guild_id").map_err(e)?,
-            generation: r.try_get("", "generation").map_err(e)?,
-            requested_by: r.try_get("", "requested_by").map_err(e)?,
-            requested_at: r.try_get("", "requested_at").map_err(e)?,
-            registered_generation: r.try_get("", "registered_generation").map_err(e)?,
-            registered_at: r.try_get("", "registered_at").map_err(e)?,
-            registered_commands: r.try_get("", "registered_commands").map_err(e)?,
-            registration_error: r.try_get("", "registration_error").map_err(e)?,
-        })
-    }
 }
 
-const COLUMNS: &str = "guild_id, generation, requested_by, requested_at, registered_generation, registered_at, registered_commands, registration_error";
+impl From<discord_guilds::Model> for Guild {
+    fn from(m: discord_guilds::Model) -> Guild {
+        Guild {
+            guild_id: m.guild_id,
+            generation: m.generation,
+            requested_by: m.requested_by,
+            requested_at: m.requested_at,
+            registered_generation: m.registered_generation,
+            registered_at: m.registered_at,
+            registered_commands: m.registered_commands,
+            registration_error: m.registration_error,
+        }
+    }
+}
 
 /// What a set-up did.
 #[derive(Clone, Debug)]
@@ -92,25 +94,31 @@ impl Store {
                 (self.set_policy(&wanted, Some(expected), actor).await?, true)
             }
         };
-        let b = self.db.get_database_backend();
-        let now = Utc::now();
-        let row = self
-            .db
-            .query_one_raw(stmt(
-                b,
-                &format!(
-                    "INSERT INTO discord_guilds (guild_id, generation, requested_by, requested_at, registered_generation, registered_commands, registration_error) \
-                     VALUES ($1, 1, $2, $3, 0, 0, '') \
-                     ON CONFLICT (guild_id) DO UPDATE SET generation = discord_guilds.generation + 1, \
-                     requested_by = excluded.requested_by, requested_at = excluded.requested_at, registration_error = '' \
-                     RETURNING {COLUMNS}"
-                ),
-                vec![guild_id.into(), actor.into(), now.into()],
-            ))
+        use discord_guilds::Column as C;
+        let row = discord_guilds::ActiveModel {
+            guild_id: Set(guild_id.to_string()),
+            generation: Set(1),
+            requested_by: Set(actor.to_string()),
+            requested_at: Set(Utc::now()),
+            registered_generation: Set(0),
+            registered_at: Set(None),
+            registered_commands: Set(0),
+            registration_error: Set(String::new()),
+        };
+        // A new set-up of a known guild asks for a new registration: the next generation.
+        let upsert = OnConflict::column(C::GuildId)
+            .value(
+                C::Generation,
+                Expr::col((discord_guilds::Entity, C::Generation)).add(1),
+            )
+            .update_columns([C::RequestedBy, C::RequestedAt, C::RegistrationError])
+            .to_owned();
+        let guild: Guild = discord_guilds::Entity::insert(row)
+            .on_conflict(upsert)
+            .exec_with_returning(&self.db)
             .await
             .map_err(errors::db)?
-            .ok_or_else(|| Error::Internal("set-up returned no row".into()))?;
-        let guild = Guild::from_row(&row)?;
+            .into();
         Self::audit_on(
             &self.db,
             guild_id,
@@ -129,23 +137,16 @@ impl Store {
 
     /// Guilds set up, by id (`only`: that one).
     pub async fn guilds(&self, only: Option<&str>) -> Result<Vec<Guild>> {
-        let b = self.db.get_database_backend();
-        let (sql, values) = match only {
-            Some(g) => (
-                format!("SELECT {COLUMNS} FROM discord_guilds WHERE guild_id = $1"),
-                vec![g.into()],
-            ),
-            None => (
-                format!("SELECT {COLUMNS} FROM discord_guilds ORDER BY guild_id"),
-                vec![],
-            ),
-        };
-        let rows = self
-            .db
-            .query_all_raw(stmt(b, &sql, values))
+        let mut q = discord_guilds::Entity::find().order_by_asc(discord_guilds::Column::GuildId);
+        if let Some(g) = only {
+            q = q.filter(discord_guilds::Column::GuildId.eq(g));
+        }
+        Ok(q.all(&self.db)
             .await
-            .map_err(errors::db)?;
-        rows.iter().map(Guild::from_row).collect()
+            .map_err(errors::db)?
+            .into_iter()
+            .map(Guild::from)
+            .collect())
     }
 
     /// Records the outcome of registering `generation` in a guild. A success never moves the
@@ -157,38 +158,23 @@ impl Store {
         commands: u32,
         error: &str,
     ) -> Result<Guild> {
-        let b = self.db.get_database_backend();
-        let changed = if error.is_empty() {
-            self.db
-                .execute_raw(stmt(
-                    b,
-                    "UPDATE discord_guilds SET registered_generation = $1, registered_at = $2, registered_commands = $3, registration_error = '' \
-                     WHERE guild_id = $4 AND registered_generation < $5 AND generation >= $6",
-                    vec![
-                        generation.into(),
-                        Utc::now().into(),
-                        (commands as i32).into(),
-                        guild_id.into(),
-                        generation.into(),
-                        generation.into(),
-                    ],
-                ))
-                .await
+        use discord_guilds::Column as C;
+        let q = discord_guilds::Entity::update_many().filter(C::GuildId.eq(guild_id));
+        let q = if error.is_empty() {
+            // A success never moves the registered generation back.
+            q.col_expr(C::RegisteredGeneration, Expr::value(generation))
+                .col_expr(C::RegisteredAt, Expr::value(Some(Utc::now())))
+                .col_expr(C::RegisteredCommands, Expr::value(commands as i32))
+                .col_expr(C::RegistrationError, Expr::value(""))
+                .filter(C::RegisteredGeneration.lt(generation))
+                .filter(C::Generation.gte(generation))
         } else {
-            self.db
-                .execute_raw(stmt(
-                    b,
-                    "UPDATE discord_guilds SET registration_error = $1 WHERE guild_id = $2 AND generation = $3 AND registered_generation < $4",
-                    vec![
-                        error.into(),
-                        guild_id.into(),
-                        generation.into(),
-                        generation.into(),
-                    ],
-                ))
-                .await
+            // A failure is kept only for the latest generation.
+            q.col_expr(C::RegistrationError, Expr::value(error))
+                .filter(C::Generation.eq(generation))
+                .filter(C::RegisteredGeneration.lt(generation))
         };
-        changed.map_err(errors::db)?;
+        q.exec(&self.db).await.map_err(errors::db)?;
         self.guilds(Some(guild_id))
             .await?
             .pop()
