@@ -19,9 +19,8 @@ use chrono::{DateTime, Utc};
 use entities::{dispatches, run_events, runs};
 use facteur_config::DatabaseBackend;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbErr,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -287,41 +286,36 @@ impl Store {
         cursor: i64,
         limit: u64,
     ) -> Result<Vec<(i64, String)>> {
-        let b = self.db.get_database_backend();
-        let sql = "SELECT e.id, e.run_id FROM run_events e JOIN runs r ON r.id = e.run_id WHERE e.id > $1 AND r.guild_id <> '' ORDER BY e.id LIMIT $2";
-        let rows = self
-            .db
-            .query_all_raw(sea_orm::Statement::from_sql_and_values(
-                b,
-                sql,
-                [cursor.into(), (limit as i64).into()],
-            ))
+        use sea_orm::sea_query::Query;
+        let from_discord = Query::select()
+            .column(runs::Column::Id)
+            .from(runs::Entity)
+            .and_where(runs::Column::GuildId.ne(""))
+            .to_owned();
+        run_events::Entity::find()
+            .select_only()
+            .column(run_events::Column::Id)
+            .column(run_events::Column::RunId)
+            .filter(run_events::Column::Id.gt(cursor))
+            .filter(run_events::Column::RunId.in_subquery(from_discord))
+            .order_by_asc(run_events::Column::Id)
+            .limit(limit)
+            .into_tuple()
+            .all(&self.db)
             .await
-            .map_err(errors::db)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get::<i64>("", "id").map_err(errors::db)?,
-                    r.try_get::<String>("", "run_id").map_err(errors::db)?,
-                ))
-            })
-            .collect()
+            .map_err(errors::db)
     }
 
     /// The newest history entry id (where a watcher without a cursor starts).
     pub async fn latest_event_id(&self) -> Result<i64> {
-        let b = self.db.get_database_backend();
-        let row = self
-            .db
-            .query_one_raw(sea_orm::Statement::from_string(
-                b,
-                "SELECT COALESCE(MAX(id), 0) AS m FROM run_events",
-            ))
+        let max: Option<Option<i64>> = run_events::Entity::find()
+            .select_only()
+            .column_as(run_events::Column::Id.max(), "m")
+            .into_tuple()
+            .one(&self.db)
             .await
             .map_err(errors::db)?;
-        Ok(row
-            .and_then(|r| r.try_get::<i64>("", "m").ok())
-            .unwrap_or(0))
+        Ok(max.flatten().unwrap_or(0))
     }
 
     /// Number of dispatches of a run (the outbox invariant: every run has at least one).
