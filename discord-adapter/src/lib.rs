@@ -372,7 +372,8 @@ pub fn normal(v: &Value) -> Value {
                     json!({
                         "type": o["type"], "name": o["name"], "description": o["description"],
                         "required": o["required"].as_bool().unwrap_or(false),
-                        "choices": o["choices"].as_array().cloned().unwrap_or_default().iter().map(|c| json!({"name": c["name"], "value": c["value"]})).collect::<Vec<_>>(),
+                        // A choice's value compares as text: `5` and `"5"` are the same choice.
+                        "choices": o["choices"].as_array().cloned().unwrap_or_default().iter().map(|c| json!({"name": c["name"], "value": match &c["value"] { Value::String(s) => s.clone(), other => other.to_string() }})).collect::<Vec<_>>(),
                         "min_value": o["min_value"].as_f64(), "max_value": o["max_value"].as_f64(),
                         "min_length": o["min_length"].as_u64(), "max_length": o["max_length"].as_u64(),
                         "autocomplete": o["autocomplete"].as_bool().unwrap_or(false),

@@ -35,41 +35,90 @@ pub fn notice(text: &str) -> Value {
     json!({"type": 4, "data": {"content": text, "flags": EPHEMERAL, "allowed_mentions": {"parse": []}}})
 }
 
-/// Discord's option type numbers.
+/// Discord's option type numbers (serenity's `CommandOptionType`).
 pub fn option_type(t: i32) -> u8 {
-    match pb::OptionType::try_from(t) {
-        Ok(pb::OptionType::Integer) => 4,
-        Ok(pb::OptionType::Boolean) => 5,
-        Ok(pb::OptionType::User) => 6,
-        Ok(pb::OptionType::Channel) => 7,
-        Ok(pb::OptionType::Role) => 8,
-        Ok(pb::OptionType::Number) => 10,
-        _ => 3,
+    use serenity::all::CommandOptionType as T;
+    u8::from(match pb::OptionType::try_from(t) {
+        Ok(pb::OptionType::Integer) => T::Integer,
+        Ok(pb::OptionType::Boolean) => T::Boolean,
+        Ok(pb::OptionType::User) => T::User,
+        Ok(pb::OptionType::Channel) => T::Channel,
+        Ok(pb::OptionType::Role) => T::Role,
+        Ok(pb::OptionType::Number) => T::Number,
+        _ => T::String,
+    })
+}
+
+/// A bound or choice value in the type Discord documents for the option: an integer for
+/// INTEGER options, a number for NUMBER ones, a string otherwise.
+fn typed(kind: u8, v: f64) -> Value {
+    if kind == u8::from(serenity::all::CommandOptionType::Integer) && v.fract() == 0.0 {
+        json!(v as i64)
+    } else {
+        json!(v)
     }
 }
 
-/// A catalog command in Discord's registration shape, normalised for comparison: guild
-/// context only, defaults written out so a command read back from Discord compares equal.
+fn typed_choice(kind: u8, v: &str) -> Value {
+    use serenity::all::CommandOptionType as T;
+    let parsed = if kind == u8::from(T::Integer) {
+        v.trim().parse::<i64>().ok().map(|n| json!(n))
+    } else if kind == u8::from(T::Number) {
+        v.trim().parse::<f64>().ok().map(|n| json!(n))
+    } else {
+        None
+    };
+    parsed.unwrap_or_else(|| json!(v))
+}
+
+/// A catalog command in Discord's registration shape (application command object): fields
+/// absent when unset, never `null`; INTEGER bounds and choices as integers; guild context.
+/// (serenity 0.12's `CreateCommandOption` takes only unsigned integer bounds and `i32` integer
+/// choices, narrower than the catalog's ±2^53, so the body is written out here.)
 pub fn command(c: &pb::CommandDefinition) -> Value {
     let options: Vec<Value> = c
         .options
         .iter()
         .map(|o| {
-            json!({
-                "type": option_type(o.r#type),
-                "name": o.name,
-                "description": o.description,
-                "required": o.required,
-                "choices": o.choices.iter().map(|ch| json!({"name": ch.name, "value": ch.value})).collect::<Vec<_>>(),
-                "min_value": o.min_value,
-                "max_value": o.max_value,
-                "min_length": o.min_length,
-                "max_length": o.max_length,
-                "autocomplete": o.autocomplete,
-            })
+            let kind = option_type(o.r#type);
+            let mut v = json!({"type": kind, "name": o.name, "description": o.description});
+            if o.required {
+                v["required"] = json!(true);
+            }
+            if !o.choices.is_empty() {
+                v["choices"] = o
+                    .choices
+                    .iter()
+                    .map(|ch| json!({"name": ch.name, "value": typed_choice(kind, &ch.value)}))
+                    .collect();
+            }
+            if let Some(n) = o.min_value {
+                v["min_value"] = typed(kind, n);
+            }
+            if let Some(n) = o.max_value {
+                v["max_value"] = typed(kind, n);
+            }
+            if let Some(n) = o.min_length {
+                v["min_length"] = json!(n);
+            }
+            if let Some(n) = o.max_length {
+                v["max_length"] = json!(n);
+            }
+            if o.autocomplete {
+                v["autocomplete"] = json!(true);
+            }
+            v
         })
         .collect();
-    json!({"type": 1, "name": c.name, "description": c.description, "options": options, "contexts": [0], "integration_types": [0]})
+    use serenity::all::{CommandType, InstallationContext, InteractionContext};
+    json!({
+        "type": u8::from(CommandType::ChatInput),
+        "name": c.name,
+        "description": c.description,
+        "options": options,
+        "contexts": [InteractionContext::Guild],
+        "integration_types": [InstallationContext::Guild],
+    })
 }
 
 /// A modal response (type 9): one text input per row.
@@ -114,5 +163,60 @@ pub fn modal_values(components: &Value, out: &mut std::collections::HashMap<Stri
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod registration_tests {
+    use super::*;
+
+    /// The registration body as Discord documents the application command object.
+    #[test]
+    fn integer_bounds_are_integers_and_absent_fields_are_omitted() {
+        let c = pb::CommandDefinition {
+            name: "deploy".into(),
+            description: "Deploy a service".into(),
+            options: vec![
+                pb::CommandOption {
+                    name: "replicas".into(),
+                    description: "how many".into(),
+                    r#type: pb::OptionType::Integer as i32,
+                    required: true,
+                    choices: vec![pb::OptionChoice {
+                        name: "two".into(),
+                        value: "2".into(),
+                    }],
+                    min_value: Some(1.0),
+                    max_value: Some(10.0),
+                    ..Default::default()
+                },
+                pb::CommandOption {
+                    name: "note".into(),
+                    description: "free text".into(),
+                    r#type: pb::OptionType::String as i32,
+                    max_length: Some(100),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            command(&c),
+            json!({
+                "type": 1, "name": "deploy", "description": "Deploy a service",
+                "contexts": [0], "integration_types": [0],
+                "options": [
+                    {"type": 4, "name": "replicas", "description": "how many", "required": true,
+                     "choices": [{"name": "two", "value": 2}], "min_value": 1, "max_value": 10},
+                    {"type": 3, "name": "note", "description": "free text", "max_length": 100},
+                ],
+            })
+        );
+        let text = command(&c).to_string();
+        assert!(!text.contains("null"), "{text}");
+        assert!(
+            text.contains("\"min_value\":1,"),
+            "an integer, not 1.0: {text}"
+        );
     }
 }
