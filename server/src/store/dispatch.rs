@@ -550,6 +550,24 @@ impl Store {
         policy: &DispatchPolicy,
         actor: &str,
     ) -> Result<(Run, CompleteEffect)> {
+        self.change_dispatch(dispatch_id, actor, |d, run, now| {
+            on_outcome(d, lease_token, run, outcome, policy, now)
+        })
+        .await
+    }
+
+    /// Runs `decide` on a dispatch and its run, both locked (run first), and applies the
+    /// transition it returns, in one transaction (run again when the database aborts it).
+    /// Returns the run afterwards and what `decide` said besides.
+    async fn change_dispatch<F, R>(
+        &self,
+        dispatch_id: &str,
+        actor: &str,
+        decide: F,
+    ) -> Result<(Run, R)>
+    where
+        F: Fn(&Dispatch, &Run, DateTime<Utc>) -> Result<(Option<Transition>, R)>,
+    {
         errors::retry_aborted(|| async {
             let run_id = self
                 .get_dispatch(dispatch_id)
@@ -565,7 +583,7 @@ impl Store {
                     .await?
                     .ok_or_else(|| Error::NotFound(format!("no dispatch `{dispatch_id}`")))?;
                 let now = Utc::now();
-                let (t, effect) = on_outcome(&d, lease_token, &run, outcome, policy, now)?;
+                let (t, said) = decide(&d, &run, now)?;
                 let run = match &t {
                     Some(t) => {
                         apply(&txn, &run, Some(&d), t, actor, None, now).await?;
@@ -573,7 +591,7 @@ impl Store {
                     }
                     None => run,
                 };
-                Ok::<_, Error>((run, effect))
+                Ok::<_, Error>((run, said))
             }
             .await;
             match result {
@@ -665,38 +683,11 @@ impl Store {
 
     /// Puts a dead-lettered job back in the queue with fresh attempts.
     pub async fn requeue_dead_letter(&self, dispatch_id: &str, actor: &str) -> Result<Run> {
-        errors::retry_aborted(|| async {
-            let run_id = self
-                .get_dispatch(dispatch_id)
-                .await?
-                .ok_or_else(|| Error::NotFound(format!("no dispatch `{dispatch_id}`")))?
-                .run_id;
-            let txn = self.begin().await?;
-            let result = async {
-                let run = lock_run(&txn, &run_id, false)
-                    .await?
-                    .ok_or_else(|| Error::NotFound(format!("no run `{run_id}`")))?;
-                let d = lock_dispatch(&txn, dispatch_id)
-                    .await?
-                    .ok_or_else(|| Error::NotFound(format!("no dispatch `{dispatch_id}`")))?;
-                let t = on_requeue(&d, &run)?;
-                let now = Utc::now();
-                apply(&txn, &run, Some(&d), &t, actor, None, now).await?;
-                Ok::<_, Error>(after(&run, &t, now))
-            }
-            .await;
-            match result {
-                Ok(run) => {
-                    txn.commit().await.map_err(errors::db)?;
-                    Ok(run)
-                }
-                Err(e) => {
-                    let _ = txn.rollback().await;
-                    Err(e)
-                }
-            }
+        self.change_dispatch(dispatch_id, actor, |d, run, _| {
+            on_requeue(d, run).map(|t| (Some(t), ()))
         })
         .await
+        .map(|(run, ())| run)
     }
 
     /// Dead-lettered jobs, newest first, after the keyset cursor `after`.
