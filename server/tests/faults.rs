@@ -334,47 +334,55 @@ fn a_database_crash_and_a_killed_server_lose_no_acknowledged_delivery() {
     let http = free_port();
     let server = start_server(&pg, http, &log);
 
-    // PostgreSQL crashes for 3 s under load.
-    let stop = Arc::new(Mutex::new(false));
-    let handles = load(server.http, 4, "crash", stop.clone());
-    std::thread::sleep(Duration::from_millis(1500));
-    pg.crash();
-    let down = Instant::now();
-    let mut saw_not_ready = false;
-    while down.elapsed() < Duration::from_secs(3) {
-        saw_not_ready |= http_call(server.http, "GET", "/readyz", &[]).0 == 503;
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    pg.start();
-    let back = Instant::now();
-    while http_call(server.http, "GET", "/readyz", &[]).0 != 200 {
-        assert!(
-            back.elapsed() < Duration::from_secs(20),
-            "never ready again"
+    // PostgreSQL crashes for 3 s, then for 15 s, under load.
+    let mut seen = Seen::default();
+    for outage in [3, 15] {
+        let stop = Arc::new(Mutex::new(false));
+        let handles = load(server.http, 4, &format!("crash{outage}"), stop.clone());
+        std::thread::sleep(Duration::from_millis(1500));
+        pg.crash();
+        let down = Instant::now();
+        let mut saw_not_ready = false;
+        while down.elapsed() < Duration::from_secs(outage) {
+            saw_not_ready |= http_call(server.http, "GET", "/readyz", &[]).0 == 503;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        pg.start();
+        let back = Instant::now();
+        while http_call(server.http, "GET", "/readyz", &[]).0 != 200 {
+            assert!(
+                back.elapsed() < Duration::from_secs(20),
+                "never ready again"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        *stop.lock().expect("stop") = true;
+        let round = collect(handles);
+        eprintln!(
+            "{outage} s crash: {} acknowledged, {} refused, slowest answer {:?}",
+            round.acked.len(),
+            round.refused,
+            round.slowest
         );
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            saw_not_ready,
+            "readiness went false while the database was down"
+        );
+        assert!(round.refused > 0, "the outage was felt");
+        assert!(
+            round.acked.len() > 20,
+            "load went on: {}",
+            round.acked.len()
+        );
+        assert!(
+            round.slowest <= Duration::from_secs(CONNECT_TIMEOUT + 2),
+            "{outage} s outage: a request waited {:?}",
+            round.slowest
+        );
+        seen.acked.extend(round.acked);
+        stored_once(&pg, &seen.acked);
     }
-    std::thread::sleep(Duration::from_millis(1500));
-    *stop.lock().expect("stop") = true;
-    let seen = collect(handles);
-    eprintln!(
-        "crash: {} acknowledged, {} refused, slowest answer {:?}",
-        seen.acked.len(),
-        seen.refused,
-        seen.slowest
-    );
-    assert!(
-        saw_not_ready,
-        "readiness went false while the database was down"
-    );
-    assert!(seen.refused > 0, "the outage was felt");
-    assert!(seen.acked.len() > 20, "load went on: {}", seen.acked.len());
-    assert!(
-        seen.slowest <= Duration::from_secs(CONNECT_TIMEOUT + 2),
-        "a request waited {:?}",
-        seen.slowest
-    );
-    stored_once(&pg, &seen.acked);
 
     // kill -9 mid-load, then a restart.
     let stop = Arc::new(Mutex::new(false));
@@ -399,5 +407,34 @@ fn a_database_crash_and_a_killed_server_lose_no_acknowledged_delivery() {
         assert_eq!(code, 202, "{body}");
         assert!(body.contains("\"duplicate\":true"), "{body}");
     }
+    stored_once(&pg, &all);
+
+    // SIGTERM under load: the requests in flight are answered, the server exits 0 within its
+    // grace, and what it acknowledged is stored.
+    let stop = Arc::new(Mutex::new(false));
+    let handles = load(server.http, 4, "term", stop.clone());
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut server = server;
+    let ok = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    let sent = Instant::now();
+    let status = loop {
+        if let Some(s) = server.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(25),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    *stop.lock().expect("stop") = true;
+    let termed = collect(handles);
+    assert_eq!(status.code(), Some(0), "a drain within the grace exits 0");
+    assert!(!termed.acked.is_empty());
+    all.extend(termed.acked);
     stored_once(&pg, &all);
 }
