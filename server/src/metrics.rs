@@ -67,6 +67,11 @@ const DESCRIPTORS: &[(&str, &str, &str)] = &[
         "Codex task deliveries replayed (answered with the original).",
     ),
     (
+        "facteur_codex_tasks_replay_differs_total",
+        "counter",
+        "Codex task deliveries replayed with other content than first recorded (answered with the original).",
+    ),
+    (
         "facteur_codex_tasks_rejected_total",
         "counter",
         "Codex tasks refused, by reason.",
@@ -132,6 +137,7 @@ impl Metrics {
             "facteur_command_events_dlq_total",
             "facteur_codex_tasks_accepted_total",
             "facteur_codex_tasks_duplicate_total",
+            "facteur_codex_tasks_replay_differs_total",
         ] {
             m.add(name, vec![], 0);
         }

@@ -80,6 +80,22 @@ async fn compat_endpoint(backend: Backend) {
     assert_eq!(again["submittedAt"], body["submittedAt"]);
     assert_eq!(rows(&srv).await, [1, 1, 1, 1, 1]);
 
+    // A replay with other content still answers with the original (the old service's
+    // behaviour), and is counted apart.
+    let mut changed = sample();
+    changed.prompt = "something else".into();
+    let (code, differs) = post_task(
+        &srv,
+        CODEX_TOKEN,
+        "application/x-protobuf",
+        &changed.encode_to_vec(),
+    )
+    .await;
+    assert_eq!(code, 202);
+    assert_eq!(differs["duplicate"], true);
+    assert_eq!(differs["workflowName"], name.as_str());
+    assert_eq!(rows(&srv).await, [1, 1, 1, 1, 1]);
+
     // proto-JSON with content-type application/json is accepted too.
     let mut other = serde_json::from_str::<Value>(SAMPLE).expect("json");
     other["deliveryId"] = json!("delivery-json-1");
@@ -193,11 +209,15 @@ async fn compat_endpoint(backend: Backend) {
         "{metrics}"
     );
     assert!(
-        metrics.contains("facteur_codex_tasks_duplicate_total 1"),
+        metrics.contains("facteur_codex_tasks_duplicate_total 2"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("facteur_codex_ingest_duration_ms_count 3"),
+        metrics.contains("facteur_codex_tasks_replay_differs_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("facteur_codex_ingest_duration_ms_count 4"),
         "{metrics}"
     );
     srv.stop().await;

@@ -46,7 +46,18 @@ pub async fn ingest(
         .await?;
     if accepted.duplicate {
         m.add("facteur_codex_tasks_duplicate_total", vec![], 1);
-        tracing::info!(delivery_id = %plan.delivery_id, "codex task replayed; answering with the original");
+        // A redelivery answers with the original whatever it carries (the old service's
+        // behaviour); one whose task differs from what was first recorded is counted and said.
+        let first = accepted
+            .run
+            .as_ref()
+            .and_then(|r| r.parameters.get("rawEvent"));
+        if first.is_some() && first != plan.parameters.get("rawEvent") {
+            m.add("facteur_codex_tasks_replay_differs_total", vec![], 1);
+            tracing::warn!(delivery_id = %plan.delivery_id, "codex task replayed with other content; answering with the original, the new content is not used");
+        } else {
+            tracing::info!(delivery_id = %plan.delivery_id, "codex task replayed; answering with the original");
+        }
     } else {
         m.add("facteur_codex_tasks_accepted_total", vec![], 1);
         tracing::info!(delivery_id = %plan.delivery_id, workflow = %accepted.workflow_name, "codex task accepted");
