@@ -232,12 +232,12 @@ fn base64_decode(s: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn compat_endpoint_with_the_sample_on_sqlite() {
-    compat_endpoint(Backend::Sqlite).await;
+    Box::pin(compat_endpoint(Backend::Sqlite)).await;
 }
 
 #[tokio::test]
 async fn compat_endpoint_with_the_sample_on_postgres() {
-    compat_endpoint(Backend::Postgres).await;
+    Box::pin(compat_endpoint(Backend::Postgres)).await;
 }
 
 async fn rejections_write_nothing(backend: Backend) {
