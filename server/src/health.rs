@@ -77,7 +77,7 @@ impl Health {
         let (db, ss) = tokio::join!(db, ss);
         for r in [&db, &ss] {
             self.metrics.set_gauge(
-                "facteur_dependency_up",
+                crate::metrics::Metric::DependencyUp,
                 vec![("dependency", r.name.into()), ("backend", r.backend.into())],
                 if r.healthy { 1.0 } else { 0.0 },
             );

@@ -14,74 +14,53 @@ const BUCKETS_MS: [f64; 14] = [
     0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
 ];
 
-/// Metric descriptions: name, type, help. Every metric is declared here once.
-const DESCRIPTORS: &[(&str, &str, &str)] = &[
-    (
-        "facteur_build_info",
-        "gauge",
-        "Build information; always 1.",
-    ),
-    (
-        "facteur_grpc_requests_total",
-        "counter",
-        "gRPC requests by method and status code.",
-    ),
-    (
-        "facteur_grpc_request_duration_ms",
-        "histogram",
-        "gRPC request latency in milliseconds.",
-    ),
-    (
-        "facteur_dependency_up",
-        "gauge",
-        "1 when the dependency answered its last health check.",
-    ),
-    (
-        "facteur_command_events_processed_total",
-        "counter",
-        "Runs accepted.",
-    ),
-    (
-        "facteur_command_events_failed_total",
-        "counter",
-        "Runs whose dispatch attempt failed.",
-    ),
-    (
-        "facteur_command_events_dlq_total",
-        "counter",
-        "Dispatches dead-lettered after their last attempt.",
-    ),
-    (
-        "facteur_command_events_duration_ms",
-        "histogram",
-        "Time from run acceptance to Workflow creation, ms.",
-    ),
-    (
-        "facteur_codex_tasks_accepted_total",
-        "counter",
-        "Codex tasks accepted (new delivery ids).",
-    ),
-    (
-        "facteur_codex_tasks_duplicate_total",
-        "counter",
-        "Codex task deliveries replayed (answered with the original).",
-    ),
-    (
-        "facteur_codex_tasks_replay_differs_total",
-        "counter",
-        "Codex task deliveries replayed with other content than first recorded (answered with the original).",
-    ),
-    (
-        "facteur_codex_tasks_rejected_total",
-        "counter",
-        "Codex tasks refused, by reason.",
-    ),
-    (
-        "facteur_codex_ingest_duration_ms",
-        "histogram",
-        "Codex task ingestion latency (validation and persistence), ms.",
-    ),
-];
+/// Every metric, declared once (name, type, help): a metric that is not declared here does not
+/// compile, so none can silently vanish from `/metrics` by a typo.
+macro_rules! metrics {
+    ($($variant:ident => $name:literal, $kind:literal, $help:literal;)*) => {
+        /// A metric of the registry.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Metric {
+            $(
+                #[doc = $help]
+                $variant,
+            )*
+        }
+
+        impl Metric {
+            /// Every metric, in exposition order.
+            pub const ALL: &[Metric] = &[$(Metric::$variant),*];
+            /// Exposed name.
+            pub fn name(self) -> &'static str {
+                match self { $(Metric::$variant => $name),* }
+            }
+            /// `counter`, `gauge` or `histogram`.
+            pub fn kind(self) -> &'static str {
+                match self { $(Metric::$variant => $kind),* }
+            }
+            /// `# HELP` text.
+            pub fn help(self) -> &'static str {
+                match self { $(Metric::$variant => $help),* }
+            }
+        }
+    };
+}
+
+metrics! {
+    BuildInfo => "facteur_build_info", "gauge", "Build information; always 1.";
+    GrpcRequests => "facteur_grpc_requests_total", "counter", "gRPC requests by method and status code.";
+    GrpcRequestDurationMs => "facteur_grpc_request_duration_ms", "histogram", "gRPC request latency in milliseconds.";
+    DependencyUp => "facteur_dependency_up", "gauge", "1 when the dependency answered its last health check.";
+    CommandEventsProcessed => "facteur_command_events_processed_total", "counter", "Runs accepted.";
+    CommandEventsFailed => "facteur_command_events_failed_total", "counter", "Runs whose dispatch attempt failed.";
+    CommandEventsDlq => "facteur_command_events_dlq_total", "counter", "Dispatches dead-lettered after their last attempt.";
+    CommandEventsDurationMs => "facteur_command_events_duration_ms", "histogram", "Time from run acceptance to Workflow creation, ms.";
+    CodexTasksAccepted => "facteur_codex_tasks_accepted_total", "counter", "Codex tasks accepted (new delivery ids).";
+    CodexTasksDuplicate => "facteur_codex_tasks_duplicate_total", "counter", "Codex task deliveries replayed (answered with the original).";
+    CodexTasksReplayDiffers => "facteur_codex_tasks_replay_differs_total", "counter", "Codex task deliveries replayed with other content than first recorded (answered with the original).";
+    CodexTasksRejected => "facteur_codex_tasks_rejected_total", "counter", "Codex tasks refused, by reason.";
+    CodexIngestDurationMs => "facteur_codex_ingest_duration_ms", "histogram", "Codex task ingestion latency (validation and persistence), ms.";
+}
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -127,17 +106,17 @@ impl Metrics {
             instruments: Mutex::default(),
         };
         m.set_gauge(
-            "facteur_build_info",
+            Metric::BuildInfo,
             vec![("version", env!("CARGO_PKG_VERSION").to_string())],
             1.0,
         );
         for name in [
-            "facteur_command_events_processed_total",
-            "facteur_command_events_failed_total",
-            "facteur_command_events_dlq_total",
-            "facteur_codex_tasks_accepted_total",
-            "facteur_codex_tasks_duplicate_total",
-            "facteur_codex_tasks_replay_differs_total",
+            Metric::CommandEventsProcessed,
+            Metric::CommandEventsFailed,
+            Metric::CommandEventsDlq,
+            Metric::CodexTasksAccepted,
+            Metric::CodexTasksDuplicate,
+            Metric::CodexTasksReplayDiffers,
         ] {
             m.add(name, vec![], 0);
         }
@@ -145,7 +124,9 @@ impl Metrics {
     }
 
     /// Adds `n` to a counter.
-    pub fn add(&self, name: &'static str, labels: Labels, n: u64) {
+    pub fn add(&self, metric: Metric, labels: Labels, n: u64) {
+        debug_assert_eq!(metric.kind(), "counter", "{metric:?}");
+        let name = metric.name();
         if n > 0
             && let Ok(mut i) = self.instruments.lock()
         {
@@ -161,7 +142,9 @@ impl Metrics {
     }
 
     /// Sets a gauge.
-    pub fn set_gauge(&self, name: &'static str, labels: Labels, v: f64) {
+    pub fn set_gauge(&self, metric: Metric, labels: Labels, v: f64) {
+        debug_assert_eq!(metric.kind(), "gauge", "{metric:?}");
+        let name = metric.name();
         if let Ok(mut i) = self.instruments.lock() {
             let meter = &self.meter;
             i.gauges
@@ -175,7 +158,9 @@ impl Metrics {
     }
 
     /// Records a duration in a histogram (milliseconds).
-    pub fn observe(&self, name: &'static str, labels: Labels, d: Duration) {
+    pub fn observe(&self, metric: Metric, labels: Labels, d: Duration) {
+        debug_assert_eq!(metric.kind(), "histogram", "{metric:?}");
+        let name = metric.name();
         let ms = d.as_secs_f64() * 1000.0;
         if let Ok(mut i) = self.instruments.lock() {
             let meter = &self.meter;
@@ -197,7 +182,8 @@ impl Metrics {
     }
 
     /// Current value of a counter (tests and status).
-    pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> u64 {
+    pub fn counter(&self, metric: Metric, labels: &[(&'static str, &str)]) -> u64 {
+        let name = metric.name();
         let key: Labels = labels.iter().map(|(k, v)| (*k, v.to_string())).collect();
         self.counters
             .lock()
@@ -215,15 +201,15 @@ impl Metrics {
             .lock()
             .map(|h| h.clone())
             .unwrap_or_default();
-        for (name, kind, help) in DESCRIPTORS {
+        for (name, kind, help) in Metric::ALL.iter().map(|m| (m.name(), m.kind(), m.help())) {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for ((n, labels), v) in counters.iter().filter(|((n, _), _)| n == name) {
+            for ((n, labels), v) in counters.iter().filter(|((n, _), _)| *n == name) {
                 let _ = writeln!(out, "{n}{} {v}", fmt_labels(labels, None));
             }
-            for ((n, labels), v) in gauges.iter().filter(|((n, _), _)| n == name) {
+            for ((n, labels), v) in gauges.iter().filter(|((n, _), _)| *n == name) {
                 let _ = writeln!(out, "{n}{} {v}", fmt_labels(labels, None));
             }
-            for ((n, labels), h) in histograms.iter().filter(|((n, _), _)| n == name) {
+            for ((n, labels), h) in histograms.iter().filter(|((n, _), _)| *n == name) {
                 for (i, b) in BUCKETS_MS.iter().enumerate() {
                     let _ = writeln!(
                         out,
@@ -280,15 +266,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_metric_is_declared_once_with_a_known_type_and_rendered() {
+        let mut seen = std::collections::HashSet::new();
+        let m = Metrics::new();
+        for metric in Metric::ALL {
+            assert!(seen.insert(metric.name()), "{} twice", metric.name());
+            assert!(metric.name().starts_with("facteur_"));
+            assert!(["counter", "gauge", "histogram"].contains(&metric.kind()));
+            match metric.kind() {
+                "counter" => m.add(*metric, vec![], 1),
+                "gauge" => m.set_gauge(*metric, vec![], 1.0),
+                _ => m.observe(*metric, vec![], Duration::from_millis(1)),
+            }
+        }
+        let text = m.render();
+        for metric in Metric::ALL {
+            assert!(
+                text.contains(&format!("# TYPE {} {}", metric.name(), metric.kind())),
+                "{} missing from /metrics",
+                metric.name()
+            );
+        }
+    }
+
+    #[test]
     fn renders_prometheus_text() {
         let m = Metrics::new();
         m.add(
-            "facteur_grpc_requests_total",
+            Metric::GrpcRequests,
             vec![("method", "/a.B/C".into()), ("code", "0".into())],
             2,
         );
         m.observe(
-            "facteur_grpc_request_duration_ms",
+            Metric::GrpcRequestDurationMs,
             vec![("method", "/a.B/C".into())],
             Duration::from_millis(3),
         );

@@ -376,14 +376,14 @@ async fn a_dispatch_failing_every_attempt_is_dead_lettered_and_requeue_brings_it
         srv.server
             .state
             .metrics
-            .counter("facteur_command_events_dlq_total", &[]),
+            .counter(facteur_server::metrics::Metric::CommandEventsDlq, &[]),
         1
     );
     assert_eq!(
         srv.server
             .state
             .metrics
-            .counter("facteur_command_events_failed_total", &[]),
+            .counter(facteur_server::metrics::Metric::CommandEventsFailed, &[]),
         3
     );
 

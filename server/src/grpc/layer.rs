@@ -69,12 +69,12 @@ where
                 };
                 tracing::Span::current().record("rpc.code", code.as_str());
                 metrics.add(
-                    "facteur_grpc_requests_total",
+                    crate::metrics::Metric::GrpcRequests,
                     vec![("method", method.clone()), ("code", code)],
                     1,
                 );
                 metrics.observe(
-                    "facteur_grpc_request_duration_ms",
+                    crate::metrics::Metric::GrpcRequestDurationMs,
                     vec![("method", method)],
                     start.elapsed(),
                 );

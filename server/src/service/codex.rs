@@ -45,7 +45,7 @@ pub async fn ingest(
         .submit_codex(&plan, principal, trace_parent)
         .await?;
     if accepted.duplicate {
-        m.add("facteur_codex_tasks_duplicate_total", vec![], 1);
+        m.add(crate::metrics::Metric::CodexTasksDuplicate, vec![], 1);
         // A redelivery answers with the original whatever it carries (the old service's
         // behaviour); one whose task differs from what was first recorded is counted and said.
         let first = accepted
@@ -53,18 +53,18 @@ pub async fn ingest(
             .as_ref()
             .and_then(|r| r.parameters.get("rawEvent"));
         if first.is_some() && first != plan.parameters.get("rawEvent") {
-            m.add("facteur_codex_tasks_replay_differs_total", vec![], 1);
+            m.add(crate::metrics::Metric::CodexTasksReplayDiffers, vec![], 1);
             tracing::warn!(delivery_id = %plan.delivery_id, "codex task replayed with other content; answering with the original, the new content is not used");
         } else {
             tracing::info!(delivery_id = %plan.delivery_id, "codex task replayed; answering with the original");
         }
     } else {
-        m.add("facteur_codex_tasks_accepted_total", vec![], 1);
+        m.add(crate::metrics::Metric::CodexTasksAccepted, vec![], 1);
         tracing::info!(delivery_id = %plan.delivery_id, workflow = %accepted.workflow_name, "codex task accepted");
         state.wake_dispatchers();
     }
     m.observe(
-        "facteur_codex_ingest_duration_ms",
+        crate::metrics::Metric::CodexIngestDurationMs,
         vec![],
         started.elapsed(),
     );
@@ -74,7 +74,7 @@ pub async fn ingest(
 /// Counts a refusal by reason.
 pub fn reject(state: &AppState, reason: &'static str) {
     state.metrics.add(
-        "facteur_codex_tasks_rejected_total",
+        crate::metrics::Metric::CodexTasksRejected,
         vec![("reason", reason.to_string())],
         1,
     );

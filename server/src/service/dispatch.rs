@@ -102,13 +102,19 @@ pub async fn complete(
     let m = &state.metrics;
     match effect {
         CompleteEffect::Submitted(latency) => {
-            m.add("facteur_command_events_processed_total", vec![], 1);
-            m.observe("facteur_command_events_duration_ms", vec![], latency);
+            m.add(crate::metrics::Metric::CommandEventsProcessed, vec![], 1);
+            m.observe(
+                crate::metrics::Metric::CommandEventsDurationMs,
+                vec![],
+                latency,
+            );
         }
-        CompleteEffect::RetryScheduled => m.add("facteur_command_events_failed_total", vec![], 1),
+        CompleteEffect::RetryScheduled => {
+            m.add(crate::metrics::Metric::CommandEventsFailed, vec![], 1)
+        }
         CompleteEffect::DeadLettered => {
-            m.add("facteur_command_events_failed_total", vec![], 1);
-            m.add("facteur_command_events_dlq_total", vec![], 1);
+            m.add(crate::metrics::Metric::CommandEventsFailed, vec![], 1);
+            m.add(crate::metrics::Metric::CommandEventsDlq, vec![], 1);
             tracing::warn!(run_id = %run.id, dispatch_id, "dispatch dead-lettered");
         }
         CompleteEffect::ShutdownSent | CompleteEffect::Cancelled | CompleteEffect::AlreadyDone => {}
