@@ -5,11 +5,11 @@ use facteur_client::{Backoff, Client, pb, retry};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// Keeps a lease stream open until `shutdown`; jobs run concurrently up to `max_in_flight`.
+/// Keeps a lease stream open until `shutdown` (the adapters' one reconnect loop,
+/// [`facteur_client::adapter::follow`]); jobs run concurrently up to `max_in_flight`.
 pub async fn run(
     control: Client,
     workflows: Workflows,
@@ -23,63 +23,44 @@ pub async fn run(
     // Jobs live in this set. On shutdown no new job is taken, and those in flight get `grace` to
     // finish (create and complete); past it they are cut, as a killed process would be, and
     // their leases expire and are redelivered.
-    let mut jobs = tokio::task::JoinSet::new();
-    let mut backoff = Backoff::new(crate::BACKOFF_INITIAL, crate::BACKOFF_CAP);
-    while !shutdown.is_cancelled() {
+    let jobs = std::sync::Mutex::new(tokio::task::JoinSet::new());
+    let open = || {
+        let mut dispatch = control.dispatch();
         let req = pb::LeaseRequest {
             adapter_id: adapter_id.clone(),
             max_in_flight,
             namespaces: namespaces.clone(),
         };
-        let mut dispatch = control.dispatch();
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            s = dispatch.lease(req) => s,
-        };
-        let mut stream = match stream {
-            Ok(s) => s.into_inner(),
-            Err(s) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(code = ?s.code(), error = %s.message(), retry_in = ?delay, "cannot lease from the server");
-                tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(delay) => continue }
+        async move {
+            let stream = dispatch.lease(req).await;
+            if stream.is_ok() {
+                tracing::info!("lease stream open");
             }
-        };
-        tracing::info!("lease stream open");
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                n = stream.next() => n,
-            };
-            match next {
-                Some(Ok(job)) => {
-                    backoff.reset();
-                    let Ok(permit) = permits.clone().acquire_owned().await else {
-                        break;
-                    };
-                    let span = tracing::info_span!("dispatch", run_id = %job.run_id, dispatch_id = %job.dispatch_id, attempt = job.attempt);
-                    let (control, workflows) = (control.clone(), workflows.clone());
-                    while jobs.try_join_next().is_some() {}
-                    jobs.spawn(
-                        async move {
-                            execute(&control, &workflows, job).await;
-                            drop(permit);
-                        }
-                        .instrument(span),
-                    );
-                }
-                Some(Err(s)) => {
-                    tracing::warn!(code = ?s.code(), error = %s.message(), "lease stream failed");
-                    break;
-                }
-                None => {
-                    tracing::info!("lease stream ended by the server");
-                    break;
-                }
-            }
+            stream
         }
-        let delay = backoff.next_delay();
-        tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(delay) => {} }
-    }
+    };
+    let each = |job: pb::LeaseResponse| {
+        let (permits, jobs) = (permits.clone(), &jobs);
+        let (control, workflows) = (control.clone(), workflows.clone());
+        async move {
+            // At most `max_in_flight` jobs at once: the stream waits for a free slot.
+            let Ok(permit) = permits.acquire_owned().await else {
+                return;
+            };
+            let span = tracing::info_span!("dispatch", run_id = %job.run_id, dispatch_id = %job.dispatch_id, attempt = job.attempt);
+            let mut jobs = jobs.lock().unwrap_or_else(|p| p.into_inner());
+            while jobs.try_join_next().is_some() {}
+            jobs.spawn(
+                async move {
+                    execute(&control, &workflows, job).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+    };
+    facteur_client::adapter::follow("the lease stream", &shutdown, open, each).await;
+    let mut jobs = jobs.into_inner().unwrap_or_else(|p| p.into_inner());
     // The lease stream is closed: no new job comes. Let those in flight finish.
     while jobs.try_join_next().is_some() {}
     if jobs.is_empty() {

@@ -84,3 +84,55 @@ pub fn control_plane(c: &ControlPlaneConfig) -> anyhow::Result<Client> {
     }
     Ok(Client::lazy(cc)?)
 }
+
+/// Follows a server stream until `shutdown`: opens it with `open`, hands every message to
+/// `each` in order, and opens it again after an error or its end, with capped backoff. The one
+/// reconnect loop of both adapters (lease stream, run updates, guild set-ups).
+pub async fn follow<T, O, OF, E, EF>(
+    what: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+    open: O,
+    each: E,
+) where
+    O: Fn() -> OF,
+    OF: std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
+    E: Fn(T) -> EF,
+    EF: std::future::Future<Output = ()>,
+{
+    let mut backoff = crate::Backoff::new(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(15),
+    );
+    while !shutdown.is_cancelled() {
+        let opened = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = open() => s,
+        };
+        match opened {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    let next = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        n = stream.message() => n,
+                    };
+                    match next {
+                        Ok(Some(message)) => {
+                            backoff.reset();
+                            each(message).await;
+                        }
+                        Ok(None) => break,
+                        Err(st) => {
+                            tracing::warn!(code = ?st.code(), error = %st.message(), "{what} interrupted");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(st) => {
+                tracing::warn!(code = ?st.code(), error = %st.message(), "cannot follow {what}")
+            }
+        }
+        tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(backoff.next_delay()) => {} }
+    }
+}

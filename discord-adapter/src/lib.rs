@@ -461,51 +461,7 @@ pub async fn follow_guilds(control: Client, http: Arc<Http>, shutdown: Cancellat
             }
         }
     };
-    follow("guild set-ups", &shutdown, open, each).await;
-}
-
-/// Follows a server stream until `shutdown`: opens it with `open`, hands every message to
-/// `each` in order, and opens it again after an error or its end, with capped backoff.
-async fn follow<T, O, OF, E, EF>(what: &str, shutdown: &CancellationToken, open: O, each: E)
-where
-    O: Fn() -> OF,
-    OF: std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
-    E: Fn(T) -> EF,
-    EF: std::future::Future<Output = ()>,
-{
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
-    while !shutdown.is_cancelled() {
-        let opened = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            s = open() => s,
-        };
-        match opened {
-            Ok(stream) => {
-                let mut stream = stream.into_inner();
-                loop {
-                    let next = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        n = stream.message() => n,
-                    };
-                    match next {
-                        Ok(Some(message)) => {
-                            backoff.reset();
-                            each(message).await;
-                        }
-                        Ok(None) => break,
-                        Err(st) => {
-                            tracing::warn!(code = ?st.code(), error = %st.message(), "{what} interrupted");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(st) => {
-                tracing::warn!(code = ?st.code(), error = %st.message(), "cannot follow {what}")
-            }
-        }
-        tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(backoff.next_delay()) => {} }
-    }
+    facteur_client::adapter::follow("guild set-ups", &shutdown, open, each).await;
 }
 
 async fn register_guild(control: &Client, http: &Http, g: &pb::Guild) {
@@ -570,7 +526,7 @@ pub async fn follow_runs(control: Client, http: Arc<Http>, shutdown: Cancellatio
             }
         }
     };
-    follow("run updates", &shutdown, open, each).await;
+    facteur_client::adapter::follow("run updates", &shutdown, open, each).await;
 }
 
 /// Renders one update where it belongs. Failures are logged; the next update retries.
