@@ -198,9 +198,11 @@ async fn interactions(State(a): State<Adapter>, headers: HeaderMap, body: Bytes)
 /// route. Within Discord's 3 s: a command the server is slow to answer gets a deferral now and
 /// its answer as an edit of the original response later. `None`: not a type Discord sends.
 pub async fn respond(a: &Adapter, i: &Value) -> Option<Value> {
-    Some(match i["type"].as_u64() {
-        Some(1) => json!({"type": 1}),
-        Some(2) => {
+    use render::{callback, interaction};
+    let kind = i["type"].as_u64().and_then(|t| u8::try_from(t).ok());
+    Some(match kind {
+        Some(interaction::PING) => json!({"type": callback::PONG}),
+        Some(interaction::COMMAND) => {
             let options = i["data"]["options"]
                 .as_array()
                 .map(|o| {
@@ -221,7 +223,7 @@ pub async fn respond(a: &Adapter, i: &Value) -> Option<Value> {
             };
             invoke(a, i, req).await
         }
-        Some(3) => {
+        Some(interaction::COMPONENT) => {
             let req = pb::InteractRequest {
                 context: Some(context(i)),
                 custom_id: s(i, &["data", "custom_id"]),
@@ -240,8 +242,8 @@ pub async fn respond(a: &Adapter, i: &Value) -> Option<Value> {
             // Buttons update the message they sit on, or answer the clicker alone.
             let call = tokio::spawn(async move {
                 match call.await {
-                    Ok(Ok((reply, true))) => Ok(Ok((reply, 7u8))),
-                    Ok(Ok((reply, false))) => Ok(Ok((reply, 4u8))),
+                    Ok(Ok((reply, true))) => Ok(Ok((reply, callback::UPDATE_MESSAGE))),
+                    Ok(Ok((reply, false))) => Ok(Ok((reply, callback::CHANNEL_MESSAGE))),
                     Ok(Err(st)) => Ok(Err(st)),
                     Err(e) => Err(e),
                 }
@@ -249,10 +251,10 @@ pub async fn respond(a: &Adapter, i: &Value) -> Option<Value> {
             match tokio::time::timeout(DEFER_AFTER, call).await {
                 Ok(Ok(Ok(Ok((reply, kind))))) => render::response(kind, &reply),
                 Ok(Ok(Ok(Err(st)))) => status_notice(&st),
-                _ => json!({"type": 6}),
+                _ => json!({"type": callback::DEFERRED_UPDATE_MESSAGE}),
             }
         }
-        Some(5) => {
+        Some(interaction::MODAL) => {
             let mut values = std::collections::HashMap::new();
             render::modal_values(&i["data"]["components"], &mut values);
             let req = pb::InvokeRequest {
@@ -264,7 +266,7 @@ pub async fn respond(a: &Adapter, i: &Value) -> Option<Value> {
             };
             invoke(a, i, req).await
         }
-        Some(4) => {
+        Some(interaction::AUTOCOMPLETE) => {
             let options = i["data"]["options"].as_array().cloned().unwrap_or_default();
             let focused = options
                 .iter()
@@ -292,7 +294,7 @@ pub async fn respond(a: &Adapter, i: &Value) -> Option<Value> {
                 .iter()
                 .map(|c| json!({"name": c.name, "value": c.value}))
                 .collect();
-            json!({"type": 8, "data": {"choices": choices}})
+            json!({"type": callback::AUTOCOMPLETE_RESULT, "data": {"choices": choices}})
         }
         _ => return None,
     })
@@ -306,7 +308,10 @@ async fn invoke(a: &Adapter, i: &Value, req: pb::InvokeRequest) -> Value {
             let r = r.into_inner();
             match r.modal {
                 Some(m) => render::modal(&m),
-                None => render::response(4, &r.reply.unwrap_or_default()),
+                None => render::response(
+                    render::callback::CHANNEL_MESSAGE,
+                    &r.reply.unwrap_or_default(),
+                ),
             }
         })
     });
@@ -332,10 +337,12 @@ async fn answer(
             tokio::spawn(async move {
                 let body = match call.await {
                     // A modal cannot follow a deferral; say so instead.
-                    Ok(Ok(response)) if response["type"] == 9 => render::notice(
-                        "facteur was too slow to open the form; run the command again.",
-                    )["data"]
-                        .clone(),
+                    Ok(Ok(response)) if response["type"] == render::callback::MODAL => {
+                        render::notice(
+                            "facteur was too slow to open the form; run the command again.",
+                        )["data"]
+                            .clone()
+                    }
                     Ok(Ok(response)) => response["data"].clone(),
                     Ok(Err(st)) => status_notice(&st)["data"].clone(),
                     Err(_) => {
@@ -357,7 +364,7 @@ async fn answer(
                     }
                 }
             });
-            json!({"type": 5})
+            json!({"type": render::callback::DEFERRED_CHANNEL_MESSAGE})
         }
     }
 }

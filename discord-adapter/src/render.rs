@@ -3,21 +3,67 @@
 use facteur_proto::v1 as pb;
 use serde_json::{Value, json};
 
-/// Message flag: only the invoker sees it.
-pub const EPHEMERAL: u64 = 1 << 6;
+/// Message flag: only the invoker sees it (serenity's `MessageFlags::EPHEMERAL`).
+pub const EPHEMERAL: u64 = serenity::all::MessageFlags::EPHEMERAL.bits();
+
+/// Interaction response types (Discord's "interaction callback type"; serenity 0.12 keeps them
+/// private to its builders).
+pub mod callback {
+    /// ACK a ping.
+    pub const PONG: u8 = 1;
+    /// Respond with a message.
+    pub const CHANNEL_MESSAGE: u8 = 4;
+    /// ACK now, edit the original response later.
+    pub const DEFERRED_CHANNEL_MESSAGE: u8 = 5;
+    /// ACK a component now, update its message later.
+    pub const DEFERRED_UPDATE_MESSAGE: u8 = 6;
+    /// Edit the message the component is attached to.
+    pub const UPDATE_MESSAGE: u8 = 7;
+    /// Autocomplete choices.
+    pub const AUTOCOMPLETE_RESULT: u8 = 8;
+    /// Open a modal.
+    pub const MODAL: u8 = 9;
+}
+
+/// Interaction types Discord sends (the values of serenity's `InteractionType`, which has no
+/// `const` conversion; a test pins them to it).
+pub mod interaction {
+    /// A ping.
+    pub const PING: u8 = 1;
+    /// A slash command.
+    pub const COMMAND: u8 = 2;
+    /// A button.
+    pub const COMPONENT: u8 = 3;
+    /// Autocomplete.
+    pub const AUTOCOMPLETE: u8 = 4;
+    /// A modal submitted.
+    pub const MODAL: u8 = 5;
+}
+
+fn component(t: serenity::all::ComponentType) -> u8 {
+    u8::from(t)
+}
 
 /// `{content, flags, components}` of a message.
 pub fn message(reply: &pb::Reply) -> Value {
     let buttons: Vec<Value> = reply
         .buttons
         .iter()
-        .map(|b| json!({"type": 2, "style": if b.danger { 4 } else { 2 }, "label": b.label, "custom_id": b.custom_id}))
+        .map(|b| {
+            use serenity::all::{ButtonStyle, ComponentType};
+            let style = if b.danger {
+                ButtonStyle::Danger
+            } else {
+                ButtonStyle::Secondary
+            };
+            json!({"type": component(ComponentType::Button), "style": u8::from(style), "label": b.label, "custom_id": b.custom_id})
+        })
         .collect();
     let mut m = json!({"content": reply.content, "allowed_mentions": {"parse": []}});
     m["components"] = if buttons.is_empty() {
         json!([])
     } else {
-        json!([{"type": 1, "components": buttons}])
+        json!([{"type": component(serenity::all::ComponentType::ActionRow), "components": buttons}])
     };
     if reply.ephemeral {
         m["flags"] = json!(EPHEMERAL);
@@ -25,14 +71,15 @@ pub fn message(reply: &pb::Reply) -> Value {
     m
 }
 
-/// An interaction response of `kind` (4 = channel message, 7 = update message).
+/// An interaction response of `kind` ([`callback::CHANNEL_MESSAGE`] or
+/// [`callback::UPDATE_MESSAGE`]).
 pub fn response(kind: u8, reply: &pb::Reply) -> Value {
     json!({"type": kind, "data": message(reply)})
 }
 
 /// A refusal or error shown only to the invoker.
 pub fn notice(text: &str) -> Value {
-    json!({"type": 4, "data": {"content": text, "flags": EPHEMERAL, "allowed_mentions": {"parse": []}}})
+    json!({"type": callback::CHANNEL_MESSAGE, "data": {"content": text, "flags": EPHEMERAL, "allowed_mentions": {"parse": []}}})
 }
 
 /// Discord's option type numbers (serenity's `CommandOptionType`).
@@ -127,9 +174,15 @@ pub fn modal(m: &pb::Modal) -> Value {
         .inputs
         .iter()
         .map(|i| {
+            use serenity::all::{ComponentType, InputTextStyle};
+            let style = if i.paragraph {
+                InputTextStyle::Paragraph
+            } else {
+                InputTextStyle::Short
+            };
             let mut input = json!({
-                "type": 4, "custom_id": i.custom_id, "label": i.label,
-                "style": if i.paragraph { 2 } else { 1 }, "required": i.required,
+                "type": component(ComponentType::InputText), "custom_id": i.custom_id, "label": i.label,
+                "style": u8::from(style), "required": i.required,
             });
             if let Some(n) = i.min_length {
                 input["min_length"] = json!(n);
@@ -140,10 +193,10 @@ pub fn modal(m: &pb::Modal) -> Value {
             if !i.placeholder.is_empty() {
                 input["placeholder"] = json!(i.placeholder);
             }
-            json!({"type": 1, "components": [input]})
+            json!({"type": component(ComponentType::ActionRow), "components": [input]})
         })
         .collect();
-    json!({"type": 9, "data": {"custom_id": m.custom_id, "title": m.title, "components": rows}})
+    json!({"type": callback::MODAL, "data": {"custom_id": m.custom_id, "title": m.title, "components": rows}})
 }
 
 /// The values of a submitted modal, by input `custom_id` (action rows or Label-wrapped inputs).
@@ -169,6 +222,20 @@ pub fn modal_values(components: &Value, out: &mut std::collections::HashMap<Stri
 #[cfg(test)]
 mod registration_tests {
     use super::*;
+
+    #[test]
+    fn interaction_types_are_serenitys() {
+        use serenity::all::InteractionType as T;
+        for (ours, theirs) in [
+            (interaction::PING, T::Ping),
+            (interaction::COMMAND, T::Command),
+            (interaction::COMPONENT, T::Component),
+            (interaction::AUTOCOMPLETE, T::Autocomplete),
+            (interaction::MODAL, T::Modal),
+        ] {
+            assert_eq!(ours, u8::from(theirs));
+        }
+    }
 
     /// The registration body as Discord documents the application command object.
     #[test]
