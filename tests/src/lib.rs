@@ -498,3 +498,26 @@ pub fn with_deploy_command(mut c: Config, role: &str) -> Config {
     c.role_map.insert("deploy".into(), vec![role.into()]);
     c
 }
+
+/// The member every interaction test speaks for.
+pub const MEMBER: &str = "300000000000000001";
+
+/// An interaction of [`MEMBER`] (named `alice`) in `guild` with `roles`, as the discord-adapter
+/// sends it.
+pub fn interaction(
+    id: &str,
+    guild: &str,
+    roles: &[&str],
+) -> facteur_client::pb::InteractionContext {
+    facteur_client::pb::InteractionContext {
+        interaction_id: id.into(),
+        application_id: "400000000000000001".into(),
+        token: "interaction-token-secret".into(),
+        guild_id: guild.into(),
+        channel_id: "500000000000000001".into(),
+        user_id: MEMBER.into(),
+        user_name: "alice".into(),
+        role_ids: roles.iter().map(|r| r.to_string()).collect(),
+        ..Default::default()
+    }
+}

@@ -269,17 +269,7 @@ const GUILD: &str = "100000000000000001";
 const DEPLOYER: &str = "200000000000000001";
 
 fn ctx(id: &str) -> pb::InteractionContext {
-    pb::InteractionContext {
-        interaction_id: id.into(),
-        application_id: "400000000000000001".into(),
-        token: "interaction-token-secret".into(),
-        guild_id: GUILD.into(),
-        channel_id: "500000000000000001".into(),
-        user_id: "300000000000000001".into(),
-        user_name: "alice".into(),
-        role_ids: vec![DEPLOYER.into()],
-        ..Default::default()
-    }
+    interaction(id, GUILD, &[DEPLOYER])
 }
 
 #[tokio::test]

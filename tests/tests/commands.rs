@@ -11,24 +11,14 @@ const GUILD: &str = "100000000000000001";
 const OTHER_GUILD: &str = "100000000000000002";
 const DEPLOYER: &str = "200000000000000001";
 const OPS: &str = "200000000000000002";
-const ALICE: &str = "300000000000000001";
+const ALICE: &str = MEMBER;
 
 fn commands_config(db: &TestDb) -> facteur_config::Config {
     with_deploy_command(with_tokens(config(db)), DEPLOYER)
 }
 
-fn ctx(interaction: &str, guild: &str, roles: &[&str]) -> pb::InteractionContext {
-    pb::InteractionContext {
-        interaction_id: interaction.into(),
-        application_id: "400000000000000001".into(),
-        token: "interaction-token-secret".into(),
-        guild_id: guild.into(),
-        channel_id: "500000000000000001".into(),
-        user_id: ALICE.into(),
-        user_name: "alice".into(),
-        role_ids: roles.iter().map(|r| r.to_string()).collect(),
-        ..Default::default()
-    }
+fn ctx(id: &str, guild: &str, roles: &[&str]) -> pb::InteractionContext {
+    interaction(id, guild, roles)
 }
 
 fn invoke(

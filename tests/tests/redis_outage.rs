@@ -70,17 +70,7 @@ fn signal(r: &Redis, sig: &str) {
 
 fn invoke(id: &str) -> pb::InvokeRequest {
     pb::InvokeRequest {
-        context: Some(pb::InteractionContext {
-            interaction_id: id.into(),
-            application_id: "400000000000000001".into(),
-            token: "interaction-token-secret".into(),
-            guild_id: GUILD.into(),
-            channel_id: "500000000000000001".into(),
-            user_id: "300000000000000001".into(),
-            user_name: "alice".into(),
-            role_ids: vec![DEPLOYER.into()],
-            ..Default::default()
-        }),
+        context: Some(interaction(id, GUILD, &[DEPLOYER])),
         kind: pb::InvocationKind::SlashCommand as i32,
         command: "deploy".into(),
         options: vec![pb::OptionValue {
