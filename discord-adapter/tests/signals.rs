@@ -1,8 +1,192 @@
 //! `facteur-discord` as Kubernetes stops it: SIGTERM drains the listener and exits 0 (it used to
-//! listen for SIGINT only, so SIGTERM killed it at once, cutting requests in flight).
+//! listen for SIGINT only, so SIGTERM killed it at once, cutting requests in flight) — idle, and
+//! with a slash command in flight, which is still answered.
 
-use std::process::{Command, Stdio};
+use ed25519_dalek::{Signer, SigningKey};
+use facteur_client::pb;
+use pb::command_service_server::{CommandService, CommandServiceServer};
+use std::io::{Read, Write};
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status};
+
+type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+/// A control plane whose `Invoke` takes a second (the command is in flight when SIGTERM comes).
+struct SlowControlPlane;
+
+#[tonic::async_trait]
+impl CommandService for SlowControlPlane {
+    async fn list_commands(
+        &self,
+        _: Request<pb::ListCommandsRequest>,
+    ) -> Result<Response<pb::ListCommandsResponse>, Status> {
+        Ok(Response::new(pb::ListCommandsResponse::default()))
+    }
+    async fn invoke(
+        &self,
+        _: Request<pb::InvokeRequest>,
+    ) -> Result<Response<pb::InvokeResponse>, Status> {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        Ok(Response::new(pb::InvokeResponse {
+            reply: Some(pb::Reply {
+                content: "answered while draining".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+    async fn autocomplete(
+        &self,
+        _: Request<pb::AutocompleteRequest>,
+    ) -> Result<Response<pb::AutocompleteResponse>, Status> {
+        Err(Status::unimplemented("not here"))
+    }
+    async fn interact(
+        &self,
+        _: Request<pb::InteractRequest>,
+    ) -> Result<Response<pb::InteractResponse>, Status> {
+        Err(Status::unimplemented("not here"))
+    }
+    async fn record_run_message(
+        &self,
+        _: Request<pb::RecordRunMessageRequest>,
+    ) -> Result<Response<pb::RecordRunMessageResponse>, Status> {
+        Err(Status::unimplemented("not here"))
+    }
+    type WatchGuildsStream = Stream<pb::WatchGuildsResponse>;
+    async fn watch_guilds(
+        &self,
+        _: Request<pb::WatchGuildsRequest>,
+    ) -> Result<Response<Self::WatchGuildsStream>, Status> {
+        Ok(Response::new(Box::pin(tokio_stream::pending())))
+    }
+    async fn report_guild_registration(
+        &self,
+        _: Request<pb::ReportGuildRegistrationRequest>,
+    ) -> Result<Response<pb::ReportGuildRegistrationResponse>, Status> {
+        Err(Status::unimplemented("not here"))
+    }
+    type WatchRunsStream = Stream<pb::WatchRunsResponse>;
+    async fn watch_runs(
+        &self,
+        _: Request<pb::WatchRunsRequest>,
+    ) -> Result<Response<Self::WatchRunsStream>, Status> {
+        Ok(Response::new(Box::pin(tokio_stream::pending())))
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn start_adapter(control_plane: &str, public_key: &str, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_facteur-discord"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("FACTEUR_CONTROL_PLANE_URL", control_plane)
+        .env("FACTEUR_DISCORD_BOT_TOKEN", "test-bot-token")
+        .env("FACTEUR_DISCORD_APPLICATION_ID", "400000000000000001")
+        .env("FACTEUR_DISCORD_PUBLIC_KEY", public_key)
+        .env("FACTEUR_DISCORD_API_BASE_URL", "http://127.0.0.1:9")
+        .env(
+            "FACTEUR_DISCORD_INTERACTIONS_LISTEN_ADDRESS",
+            format!("127.0.0.1:{port}"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start facteur-discord")
+}
+
+fn wait_listening(child: &mut Child, port: u16) {
+    let up = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("facteur-discord exited at start: {status}");
+        }
+        assert!(up.elapsed() < Duration::from_secs(20), "never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sigterm(child: &Child) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let sent = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return s;
+        }
+        if sent.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!("facteur-discord did not stop within 15 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_the_command_in_flight_then_exits_zero() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let control = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(CommandServiceServer::new(SlowControlPlane))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let key = SigningKey::from_bytes(&[9u8; 32]);
+    let port = free_port();
+    let mut child = start_adapter(&control, &hex(&key.verifying_key().to_bytes()), port);
+    wait_listening(&mut child, port);
+
+    let body = serde_json::json!({
+        "type": 2, "id": "900000000000000001", "application_id": "400000000000000001",
+        "token": "in-flight-token", "guild_id": "100000000000000001",
+        "channel_id": "500000000000000001",
+        "member": {"user": {"id": "300000000000000001", "username": "alice"}, "roles": []},
+        "data": {"name": "deploy", "options": []},
+    })
+    .to_string();
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        .to_string();
+    let signature = hex(&key.sign(format!("{ts}{body}").as_bytes()).to_bytes());
+    let request = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let head = format!(
+            "POST /interactions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nX-Signature-Ed25519: {signature}\r\nX-Signature-Timestamp: {ts}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    });
+    // The command is at the control plane (1 s) when the stop comes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sigterm(&child);
+    let answer = tokio::task::spawn_blocking(move || request.join().expect("request"))
+        .await
+        .expect("join");
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child))
+        .await
+        .expect("join");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("answered while draining"), "{answer}");
+    assert_eq!(status.code(), Some(0), "{status}");
+}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -14,51 +198,16 @@ fn free_port() -> u16 {
 #[test]
 fn sigterm_drains_and_exits_zero() {
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_facteur-discord"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        // Nothing answers there: the adapter keeps trying in the background, as in a real
-        // start-up before the server is up.
-        .env("FACTEUR_CONTROL_PLANE_URL", "http://127.0.0.1:9")
-        .env("FACTEUR_DISCORD_BOT_TOKEN", "test-bot-token")
-        .env("FACTEUR_DISCORD_APPLICATION_ID", "400000000000000001")
-        .env(
-            "FACTEUR_DISCORD_PUBLIC_KEY",
-            "0000000000000000000000000000000000000000000000000000000000000000",
-        )
-        .env("FACTEUR_DISCORD_API_BASE_URL", "http://127.0.0.1:9")
-        .env(
-            "FACTEUR_DISCORD_INTERACTIONS_LISTEN_ADDRESS",
-            format!("127.0.0.1:{port}"),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start facteur-discord");
-    let up = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("facteur-discord exited at start: {status}");
-        }
-        assert!(up.elapsed() < Duration::from_secs(20), "never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let sent = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if sent.elapsed() > Duration::from_secs(15) {
-            let _ = child.kill();
-            panic!("facteur-discord did not stop within 15 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // Nothing answers at the control plane: the adapter keeps trying in the background, as in a
+    // real start-up before the server is up.
+    let mut child = start_adapter(
+        "http://127.0.0.1:9",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        port,
+    );
+    wait_listening(&mut child, port);
+    sigterm(&child);
+    let status = wait_exit(&mut child);
     assert_eq!(
         status.code(),
         Some(0),
