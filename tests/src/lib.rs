@@ -521,3 +521,20 @@ pub fn interaction(
         ..Default::default()
     }
 }
+
+/// `/deploy service:api` (the command of [`with_deploy_command`]) from `context`.
+pub fn deploy_invoke(
+    context: facteur_client::pb::InteractionContext,
+) -> facteur_client::pb::InvokeRequest {
+    use facteur_client::pb;
+    pb::InvokeRequest {
+        context: Some(context),
+        kind: pb::InvocationKind::SlashCommand as i32,
+        command: "deploy".into(),
+        options: vec![pb::OptionValue {
+            name: "service".into(),
+            value: "api".into(),
+        }],
+        ..Default::default()
+    }
+}

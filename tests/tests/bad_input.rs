@@ -297,16 +297,7 @@ async fn bad_interactions_and_parameters_are_invalid_argument_and_write_nothing(
         edit(&mut context);
         let err = c
             .command()
-            .invoke(pb::InvokeRequest {
-                context: Some(context),
-                kind: pb::InvocationKind::SlashCommand as i32,
-                command: "deploy".into(),
-                options: vec![pb::OptionValue {
-                    name: "service".into(),
-                    value: "api".into(),
-                }],
-                ..Default::default()
-            })
+            .invoke(deploy_invoke(context))
             .await
             .expect_err("refused");
         assert_eq!(
@@ -321,19 +312,7 @@ async fn bad_interactions_and_parameters_are_invalid_argument_and_write_nothing(
     let mut context = ctx(&"7".repeat(100));
     context.user_name = "n".repeat(100);
     context.locale = "en-US".into();
-    let ok = c
-        .command()
-        .invoke(pb::InvokeRequest {
-            context: Some(context),
-            kind: pb::InvocationKind::SlashCommand as i32,
-            command: "deploy".into(),
-            options: vec![pb::OptionValue {
-                name: "service".into(),
-                value: "api".into(),
-            }],
-            ..Default::default()
-        })
-        .await;
+    let ok = c.command().invoke(deploy_invoke(context)).await;
     assert!(ok.is_ok(), "{ok:?}");
     assert_eq!(count_rows(&srv.server.state.store, "runs").await, 1);
 

@@ -69,16 +69,7 @@ fn signal(r: &Redis, sig: &str) {
 }
 
 fn invoke(id: &str) -> pb::InvokeRequest {
-    pb::InvokeRequest {
-        context: Some(interaction(id, GUILD, &[DEPLOYER])),
-        kind: pb::InvocationKind::SlashCommand as i32,
-        command: "deploy".into(),
-        options: vec![pb::OptionValue {
-            name: "service".into(),
-            value: "api".into(),
-        }],
-        ..Default::default()
-    }
+    deploy_invoke(interaction(id, GUILD, &[DEPLOYER]))
 }
 
 fn event(id: &str) -> Vec<u8> {

@@ -2,6 +2,7 @@
 //! their options. Discord's client-side checks are never trusted; only declared options reach
 //! Argo, on top of the configured base parameters (`argo.parameters`).
 
+use crate::domain::input::storable;
 use crate::domain::{Error, Result};
 use facteur_config::{CommandConfig, Config, OptionConfig, is_snowflake};
 use std::collections::BTreeMap;
@@ -80,6 +81,11 @@ impl Catalog {
 
     /// Validates `values` against `command` and resolves what it runs.
     pub fn resolve(&self, command: &str, values: &BTreeMap<String, String>) -> Result<Resolved> {
+        // What no store can hold is refused first, whoever asks (StartRun, Invoke, /events).
+        for (name, value) in values {
+            storable("option name", name, MAX_OPTION_NAME)?;
+            storable(&format!("option `{name}`"), value, MAX_OPTION_VALUE)?;
+        }
         let Some(cmd) = self.commands.iter().find(|c| c.name == command) else {
             let known: Vec<&str> = self.commands.iter().map(|c| c.name.as_str()).collect();
             return Err(Error::InvalidArgument(format!(
@@ -140,6 +146,11 @@ impl Catalog {
 }
 
 /// Checks one value by the option's type and bounds; returns it normalised.
+/// Discord's longest string option.
+pub const MAX_OPTION_VALUE: usize = 6000;
+/// Longest option name (Discord allows 32).
+const MAX_OPTION_NAME: usize = 100;
+
 fn check_value(o: &OptionConfig, v: &str) -> std::result::Result<String, String> {
     let kind = if o.kind.is_empty() {
         "string"

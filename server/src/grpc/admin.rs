@@ -7,7 +7,7 @@ use crate::domain::dispatch::DispatchKind;
 use crate::domain::input::storable;
 use crate::domain::policy::{DefaultPolicy, GuildPolicy, commands_from};
 use crate::domain::run::{MAX_IDEMPOTENCY_KEY, Requester, RunSource};
-use crate::service::{discord, runs, sessions};
+use crate::service::{runs, sessions};
 use crate::state::AppState;
 use crate::store::RunFilter;
 use chrono::{DateTime, Utc};
@@ -102,7 +102,6 @@ impl AdminService for AdminApi {
         let trace_parent = facteur_config::telemetry::current_traceparent().unwrap_or_default();
         let r = req.into_inner();
         let params: std::collections::BTreeMap<String, String> = r.parameters.into_iter().collect();
-        discord::check_options(&params)?;
         let resolved = self.0.catalog.resolve(&r.command, &params)?;
         let key = idempotency_key(&r.idempotency_key, || {
             format!("admin:{}", uuid::Uuid::new_v4())

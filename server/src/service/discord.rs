@@ -22,9 +22,6 @@ const MAX_INTERACTION_ID: usize = 100;
 const MAX_USER_NAME: usize = 100;
 const MAX_TOKEN: usize = 1000;
 const MAX_LOCALE: usize = 16;
-/// Discord's longest string option.
-pub const MAX_OPTION_VALUE: usize = 6000;
-const MAX_OPTION_NAME: usize = 100;
 
 /// A Discord interaction as the server sees it (from `CommandService` or `POST /events`).
 #[derive(Clone, Debug, Default)]
@@ -121,15 +118,6 @@ impl Interaction {
     }
 }
 
-/// Checks option names and values (each goes to the run's parameters).
-pub fn check_options(options: &BTreeMap<String, String>) -> Result<()> {
-    for (name, value) in options {
-        storable("option name", name, MAX_OPTION_NAME)?;
-        storable(&format!("option `{name}`"), value, MAX_OPTION_VALUE)?;
-    }
-    Ok(())
-}
-
 /// Checks the role policy; a denial is audited and answered PERMISSION_DENIED with the roles
 /// that would allow it.
 pub async fn authorize(state: &AppState, i: &Interaction, command: &str) -> Result<()> {
@@ -187,7 +175,6 @@ pub async fn start(
     options: &BTreeMap<String, String>,
     source: RunSource,
 ) -> Result<(Run, bool)> {
-    check_options(options)?;
     let resolved = state.catalog.resolve(command, options)?;
     let new = resolved.into_run(i.key(), source, i.requester(), runs::trace_parent());
     with_session(state, i, new, runs::start).await
