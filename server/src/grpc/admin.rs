@@ -56,12 +56,6 @@ pub(crate) fn cursor(t: DateTime<Utc>, id: &str) -> String {
     format!("{}.{id}", t.timestamp_nanos_opt().unwrap_or(0))
 }
 
-fn run_id(id: &str) -> Result<(), Status> {
-    uuid::Uuid::parse_str(id)
-        .map(|_| ())
-        .map_err(|_| Status::invalid_argument(format!("run_id `{id}` is not a UUID")))
-}
-
 fn idempotency_key(given: &str, default: impl FnOnce() -> String) -> Result<String, Status> {
     if given.is_empty() {
         return Ok(default());
@@ -173,13 +167,7 @@ impl AdminService for AdminApi {
         req: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::GetRunResponse>, Status> {
         let id = req.into_inner().run_id;
-        run_id(&id)?;
-        let run = self
-            .0
-            .store
-            .get_run(&id)
-            .await?
-            .ok_or_else(|| Status::not_found(format!("no run `{id}`")))?;
+        let run = runs::get(&self.0, &id).await?;
         let events = self.0.store.run_events(&id).await?;
         Ok(Response::new(pb::GetRunResponse {
             run: Some(convert::run(&run)),
@@ -193,7 +181,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
         let principal = Principal::of(&req);
         let r = req.into_inner();
-        run_id(&r.run_id)?;
+        runs::check_id(&r.run_id)?;
         let kind = match pb::CancelMode::try_from(r.mode) {
             Ok(pb::CancelMode::Unspecified | pb::CancelMode::Stop) => DispatchKind::Stop,
             Ok(pb::CancelMode::Terminate) => DispatchKind::Terminate,

@@ -381,12 +381,7 @@ impl CommandService for CommandApi {
         req: Request<pb::RecordRunMessageRequest>,
     ) -> Result<Response<pb::RecordRunMessageResponse>, Status> {
         let r = req.into_inner();
-        if uuid::Uuid::parse_str(&r.run_id).is_err() {
-            return Err(Status::invalid_argument(format!(
-                "run_id `{}` is not a UUID",
-                r.run_id
-            )));
-        }
+        runs::check_id(&r.run_id)?;
         if !is_snowflake(&r.channel_id) || !is_snowflake(&r.message_id) {
             return Err(Status::invalid_argument(
                 "channel_id and message_id must be snowflakes",

@@ -195,11 +195,8 @@ impl DispatchService for DispatchApi {
                 "run_id or workflow_name is required",
             ));
         }
-        if !r.run_id.is_empty() && uuid::Uuid::parse_str(&r.run_id).is_err() {
-            return Err(Status::invalid_argument(format!(
-                "run_id `{}` is not a UUID",
-                r.run_id
-            )));
+        if !r.run_id.is_empty() {
+            crate::service::runs::check_id(&r.run_id)?;
         }
         if !["", "Pending", "Running", "Succeeded", "Failed", "Error"].contains(&r.phase.as_str()) {
             return Err(Status::invalid_argument(format!(

@@ -11,13 +11,16 @@ pub fn trace_parent() -> String {
     facteur_config::telemetry::current_traceparent().unwrap_or_default()
 }
 
+/// A run id is a UUID (INVALID_ARGUMENT otherwise).
+pub fn check_id(id: &str) -> Result<()> {
+    uuid::Uuid::parse_str(id)
+        .map(|_| ())
+        .map_err(|_| Error::InvalidArgument(format!("run_id `{id}` is not a UUID")))
+}
+
 /// A run by id (NOT_FOUND naming it).
 pub async fn get(state: &AppState, id: &str) -> Result<Run> {
-    if uuid::Uuid::parse_str(id).is_err() {
-        return Err(Error::InvalidArgument(format!(
-            "run_id `{id}` is not a UUID"
-        )));
-    }
+    check_id(id)?;
     state
         .store
         .get_run(id)
