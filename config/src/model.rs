@@ -491,6 +491,9 @@ pub struct DiscordConfig {
     /// What a command without a `role_map` entry allows: `allow` (everyone) or `deny`.
     /// Default `allow`, as the old service.
     pub default_policy: String,
+    /// Seconds the discord-adapter gives in-flight interactions (and the deferred answers it
+    /// still owes Discord) after SIGTERM before it cuts them and exits non-zero. Default 20.
+    pub shutdown_grace_seconds: u64,
 }
 
 impl Default for DiscordConfig {
@@ -504,6 +507,7 @@ impl Default for DiscordConfig {
             interactions_listen_address: "0.0.0.0:8081".into(),
             api_base_url: "https://discord.com".into(),
             default_policy: "allow".into(),
+            shutdown_grace_seconds: 20,
         }
     }
 }

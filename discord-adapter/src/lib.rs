@@ -24,6 +24,7 @@ use serenity::http::Http;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use verify::{Refusal, Verifier};
 
 /// Discord allows 3 s for the first response; past this we defer and edit later.
@@ -36,6 +37,9 @@ pub struct Adapter {
     verifier: Option<Verifier>,
     control: Client,
     http: Arc<Http>,
+    /// Deferred answers still to be sent (an edit of `@original` once the server answers): a
+    /// drain waits for them, so a stop does not leave a user looking at "thinking…".
+    deferred: TaskTracker,
 }
 
 impl Adapter {
@@ -45,6 +49,7 @@ impl Adapter {
             verifier: Some(verifier),
             control,
             http,
+            deferred: TaskTracker::new(),
         }
     }
 
@@ -54,6 +59,27 @@ impl Adapter {
             verifier: None,
             control,
             http,
+            deferred: TaskTracker::new(),
+        }
+    }
+
+    /// After the listener stopped: waits up to `grace` for the deferred answers still being
+    /// sent. An error when the grace ran out and some were cut (the binary exits non-zero).
+    pub async fn drain(&self, grace: Duration) -> anyhow::Result<()> {
+        self.deferred.close();
+        if !self.deferred.is_empty() {
+            tracing::info!(
+                pending = self.deferred.len(),
+                "waiting for deferred interaction answers"
+            );
+        }
+        match tokio::time::timeout(grace, self.deferred.wait()).await {
+            Ok(()) => Ok(()),
+            Err(_) => anyhow::bail!(
+                "shutdown grace ({} s) ran out with {} deferred interaction answer(s) unsent",
+                grace.as_secs(),
+                self.deferred.len()
+            ),
         }
     }
 }
@@ -334,7 +360,7 @@ async fn answer(
         }
         Err(_) => {
             let (http, token) = (a.http.clone(), s(i, &["token"]));
-            tokio::spawn(async move {
+            a.deferred.spawn(async move {
                 let body = match call.await {
                     // A modal cannot follow a deferral; say so instead.
                     Ok(Ok(response)) if response["type"] == render::callback::MODAL => {

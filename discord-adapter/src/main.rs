@@ -5,6 +5,7 @@ use anyhow::Context;
 use facteur_config::Process;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -93,7 +94,7 @@ async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
             &config.discord.api_base_url,
         );
         let connected = async {
-            let r = facteur_discord::gateway::run(adapter, gateway_http, shutdown.clone()).await;
+            let r = facteur_discord::gateway::run(adapter.clone(), gateway_http, shutdown.clone()).await;
             shutdown.cancel();
             r
         };
@@ -103,5 +104,7 @@ async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
     } else {
         serving.await?;
     }
-    Ok(())
+    adapter
+        .drain(Duration::from_secs(config.discord.shutdown_grace_seconds))
+        .await
 }

@@ -1,6 +1,8 @@
 //! `facteur-discord` as Kubernetes stops it: SIGTERM drains the listener and exits 0 (it used to
-//! listen for SIGINT only, so SIGTERM killed it at once, cutting requests in flight) — idle, and
-//! with a slash command in flight, which is still answered.
+//! listen for SIGINT only, so SIGTERM killed it at once, cutting requests in flight) — idle, with
+//! a slash command in flight, which is still answered, and with a deferred answer still owed to
+//! Discord (the server took longer than Discord's 3 s), which is still sent as the edit of the
+//! original response before the process exits.
 
 use ed25519_dalek::{Signer, SigningKey};
 use facteur_client::pb;
@@ -13,8 +15,8 @@ use tonic::{Request, Response, Status};
 
 type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
 
-/// A control plane whose `Invoke` takes a second (the command is in flight when SIGTERM comes).
-struct SlowControlPlane;
+/// A control plane whose `Invoke` takes this long (the command is in flight when SIGTERM comes).
+struct SlowControlPlane(Duration);
 
 #[tonic::async_trait]
 impl CommandService for SlowControlPlane {
@@ -28,7 +30,7 @@ impl CommandService for SlowControlPlane {
         &self,
         _: Request<pb::InvokeRequest>,
     ) -> Result<Response<pb::InvokeResponse>, Status> {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        tokio::time::sleep(self.0).await;
         Ok(Response::new(pb::InvokeResponse {
             reply: Some(pb::Reply {
                 content: "answered while draining".into(),
@@ -82,6 +84,10 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn start_adapter(control_plane: &str, public_key: &str, port: u16) -> Child {
+    start_adapter_with(control_plane, public_key, port, "http://127.0.0.1:9")
+}
+
+fn start_adapter_with(control_plane: &str, public_key: &str, port: u16, discord: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_facteur-discord"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -89,7 +95,7 @@ fn start_adapter(control_plane: &str, public_key: &str, port: u16) -> Child {
         .env("FACTEUR_DISCORD_BOT_TOKEN", "test-bot-token")
         .env("FACTEUR_DISCORD_APPLICATION_ID", "400000000000000001")
         .env("FACTEUR_DISCORD_PUBLIC_KEY", public_key)
-        .env("FACTEUR_DISCORD_API_BASE_URL", "http://127.0.0.1:9")
+        .env("FACTEUR_DISCORD_API_BASE_URL", discord)
         .env(
             "FACTEUR_DISCORD_INTERACTIONS_LISTEN_ADDRESS",
             format!("127.0.0.1:{port}"),
@@ -133,20 +139,59 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_answers_the_command_in_flight_then_exits_zero() {
+/// The PATCHes of `@original` a fake Discord REST API received: (path, body).
+type Edits = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// A fake Discord REST API that records edits of original interaction responses.
+async fn fake_discord() -> (String, Edits) {
+    let edits = Edits::default();
+    let seen = edits.clone();
+    let app = axum::Router::new().route(
+        "/api/v10/webhooks/{app}/{token}/messages/@original",
+        axum::routing::patch(
+            move |uri: axum::http::Uri, body: axum::body::Bytes| async move {
+                let body = String::from_utf8_lossy(&body).to_string();
+                seen.lock().expect("edits").push((uri.path().to_string(), body));
+                axum::Json(serde_json::json!({
+                    "id": "600000000000000001", "channel_id": "500000000000000001",
+                    "content": "", "type": 0, "timestamp": "2026-12-04T00:00:00+00:00",
+                    "author": {"id": "400000000000000001", "username": "facteur",
+                               "discriminator": "0000", "avatar": null},
+                    "tts": false, "mention_everyone": false, "mentions": [],
+                    "mention_roles": [], "attachments": [], "embeds": [], "pinned": false
+                }))
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, edits)
+}
+
+/// Starts `facteur-discord` over a control plane whose `Invoke` takes `server_delay`, sends one
+/// signed slash command, SIGTERMs the process `stop_after` later, and returns the HTTP answer,
+/// the exit status and what the fake Discord received.
+async fn slash_command_then_sigterm(
+    server_delay: Duration,
+    stop_after: Duration,
+) -> (String, std::process::ExitStatus, Vec<(String, String)>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let control = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(CommandServiceServer::new(SlowControlPlane))
+            .add_service(CommandServiceServer::new(SlowControlPlane(server_delay)))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
+    let (discord, edits) = fake_discord().await;
     let key = SigningKey::from_bytes(&[9u8; 32]);
     let port = free_port();
-    let mut child = start_adapter(&control, &hex(&key.verifying_key().to_bytes()), port);
+    let mut child =
+        start_adapter_with(&control, &hex(&key.verifying_key().to_bytes()), port, &discord);
     wait_listening(&mut child, port);
 
     let body = serde_json::json!({
@@ -174,8 +219,7 @@ async fn sigterm_answers_the_command_in_flight_then_exits_zero() {
         let _ = s.read_to_string(&mut out);
         out
     });
-    // The command is at the control plane (1 s) when the stop comes.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(stop_after).await;
     sigterm(&child);
     let answer = tokio::task::spawn_blocking(move || request.join().expect("request"))
         .await
@@ -183,8 +227,35 @@ async fn sigterm_answers_the_command_in_flight_then_exits_zero() {
     let status = tokio::task::spawn_blocking(move || wait_exit(&mut child))
         .await
         .expect("join");
+    let edits = edits.lock().expect("edits").clone();
+    (answer, status, edits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_the_command_in_flight_then_exits_zero() {
+    // The command is at the control plane (1 s) when the stop comes.
+    let (answer, status, edits) =
+        slash_command_then_sigterm(Duration::from_millis(1000), Duration::from_millis(300)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("answered while draining"), "{answer}");
+    assert!(edits.is_empty(), "answered in time, nothing deferred: {edits:?}");
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_a_deferred_answer_still_owed_then_exits_zero() {
+    // The server takes 4 s: the adapter defers at 2.5 s; the stop comes at 3 s, while the
+    // answer is still owed to Discord. Before, the edit was a detached task the exit cut.
+    let (answer, status, edits) =
+        slash_command_then_sigterm(Duration::from_millis(4000), Duration::from_millis(3000)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""type":5"#), "a deferral: {answer}");
+    assert_eq!(edits.len(), 1, "{edits:?}");
+    assert_eq!(
+        edits[0].0,
+        "/api/v10/webhooks/400000000000000001/in-flight-token/messages/@original"
+    );
+    assert!(edits[0].1.contains("answered while draining"), "{edits:?}");
     assert_eq!(status.code(), Some(0), "{status}");
 }
 
