@@ -94,7 +94,8 @@ async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
             &config.discord.api_base_url,
         );
         let connected = async {
-            let r = facteur_discord::gateway::run(adapter.clone(), gateway_http, shutdown.clone()).await;
+            let r = facteur_discord::gateway::run(adapter.clone(), gateway_http, shutdown.clone())
+                .await;
             shutdown.cancel();
             r
         };

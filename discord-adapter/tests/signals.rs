@@ -151,7 +151,9 @@ async fn fake_discord() -> (String, Edits) {
         axum::routing::patch(
             move |uri: axum::http::Uri, body: axum::body::Bytes| async move {
                 let body = String::from_utf8_lossy(&body).to_string();
-                seen.lock().expect("edits").push((uri.path().to_string(), body));
+                seen.lock()
+                    .expect("edits")
+                    .push((uri.path().to_string(), body));
                 axum::Json(serde_json::json!({
                     "id": "600000000000000001", "channel_id": "500000000000000001",
                     "content": "", "type": 0, "timestamp": "2026-12-04T00:00:00+00:00",
@@ -190,8 +192,12 @@ async fn slash_command_then_sigterm(
     let (discord, edits) = fake_discord().await;
     let key = SigningKey::from_bytes(&[9u8; 32]);
     let port = free_port();
-    let mut child =
-        start_adapter_with(&control, &hex(&key.verifying_key().to_bytes()), port, &discord);
+    let mut child = start_adapter_with(
+        &control,
+        &hex(&key.verifying_key().to_bytes()),
+        port,
+        &discord,
+    );
     wait_listening(&mut child, port);
 
     let body = serde_json::json!({
@@ -238,7 +244,10 @@ async fn sigterm_answers_the_command_in_flight_then_exits_zero() {
         slash_command_then_sigterm(Duration::from_millis(1000), Duration::from_millis(300)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("answered while draining"), "{answer}");
-    assert!(edits.is_empty(), "answered in time, nothing deferred: {edits:?}");
+    assert!(
+        edits.is_empty(),
+        "answered in time, nothing deferred: {edits:?}"
+    );
     assert_eq!(status.code(), Some(0), "{status}");
 }
 
