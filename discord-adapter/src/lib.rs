@@ -219,41 +219,85 @@ async fn interactions(State(a): State<Adapter>, headers: HeaderMap, body: Bytes)
     }
 }
 
+/// What an interaction asks of the control plane, read from its JSON alone (no I/O, so the
+/// parser can be fuzzed: `fuzz/fuzz_targets/discord_interaction.rs`).
+pub enum Request {
+    /// A PING: answered PONG here.
+    Ping,
+    /// A slash command or a modal submission.
+    Invoke(pb::InvokeRequest),
+    /// A button or select click.
+    Interact(pb::InteractRequest),
+    /// An autocomplete query.
+    Autocomplete(pb::AutocompleteRequest),
+}
+
+fn option_values(options: &[Value]) -> Vec<pb::OptionValue> {
+    options
+        .iter()
+        .map(|o| pb::OptionValue {
+            name: s(o, &["name"]),
+            value: s(o, &["value"]),
+        })
+        .collect()
+}
+
+/// Parses one interaction object; `None`: not a type Discord sends.
+pub fn request(i: &Value) -> Option<Request> {
+    use render::interaction;
+    let kind = i["type"].as_u64().and_then(|t| u8::try_from(t).ok());
+    let options = || i["data"]["options"].as_array().cloned().unwrap_or_default();
+    Some(match kind? {
+        interaction::PING => Request::Ping,
+        interaction::COMMAND => Request::Invoke(pb::InvokeRequest {
+            context: Some(context(i)),
+            kind: pb::InvocationKind::SlashCommand as i32,
+            command: s(i, &["data", "name"]),
+            options: option_values(&options()),
+            ..Default::default()
+        }),
+        interaction::COMPONENT => Request::Interact(pb::InteractRequest {
+            context: Some(context(i)),
+            custom_id: s(i, &["data", "custom_id"]),
+        }),
+        interaction::MODAL => {
+            let mut values = std::collections::HashMap::new();
+            render::modal_values(&i["data"]["components"], &mut values);
+            Request::Invoke(pb::InvokeRequest {
+                context: Some(context(i)),
+                kind: pb::InvocationKind::ModalSubmit as i32,
+                modal_custom_id: s(i, &["data", "custom_id"]),
+                modal_values: values,
+                ..Default::default()
+            })
+        }
+        interaction::AUTOCOMPLETE => {
+            let options = options();
+            let focused = options
+                .iter()
+                .find(|o| o["focused"].as_bool() == Some(true));
+            Request::Autocomplete(pb::AutocompleteRequest {
+                context: Some(context(i)),
+                command: s(i, &["data", "name"]),
+                focused_option: focused.map(|o| s(o, &["name"])).unwrap_or_default(),
+                partial_value: focused.map(|o| s(o, &["value"])).unwrap_or_default(),
+                options: option_values(&options),
+            })
+        }
+        _ => return None,
+    })
+}
+
 /// The answer to one authentic interaction (an interaction response object), whatever the
 /// transport: the HTTP endpoint returns it as its body, gateway mode sends it to the callback
 /// route. Within Discord's 3 s: a command the server is slow to answer gets a deferral now and
 /// its answer as an edit of the original response later. `None`: not a type Discord sends.
 pub async fn respond(a: &Adapter, i: &Value) -> Option<Value> {
-    use render::{callback, interaction};
-    let kind = i["type"].as_u64().and_then(|t| u8::try_from(t).ok());
-    Some(match kind {
-        Some(interaction::PING) => json!({"type": callback::PONG}),
-        Some(interaction::COMMAND) => {
-            let options = i["data"]["options"]
-                .as_array()
-                .map(|o| {
-                    o.iter()
-                        .map(|o| pb::OptionValue {
-                            name: s(o, &["name"]),
-                            value: s(o, &["value"]),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let req = pb::InvokeRequest {
-                context: Some(context(i)),
-                kind: pb::InvocationKind::SlashCommand as i32,
-                command: s(i, &["data", "name"]),
-                options,
-                ..Default::default()
-            };
-            invoke(a, i, req).await
-        }
-        Some(interaction::COMPONENT) => {
-            let req = pb::InteractRequest {
-                context: Some(context(i)),
-                custom_id: s(i, &["data", "custom_id"]),
-            };
+    use render::callback;
+    Some(match request(i)? {
+        Request::Ping => json!({"type": callback::PONG}),
+        Request::Invoke(req) => invoke(a, i, req).await,
+        Request::Interact(req) => {
             let control = a.control.clone();
             let call = tokio::spawn(async move {
                 control.command().interact(req).await.map(|r| {
@@ -280,36 +324,7 @@ pub async fn respond(a: &Adapter, i: &Value) -> Option<Value> {
                 _ => json!({"type": callback::DEFERRED_UPDATE_MESSAGE}),
             }
         }
-        Some(interaction::MODAL) => {
-            let mut values = std::collections::HashMap::new();
-            render::modal_values(&i["data"]["components"], &mut values);
-            let req = pb::InvokeRequest {
-                context: Some(context(i)),
-                kind: pb::InvocationKind::ModalSubmit as i32,
-                modal_custom_id: s(i, &["data", "custom_id"]),
-                modal_values: values,
-                ..Default::default()
-            };
-            invoke(a, i, req).await
-        }
-        Some(interaction::AUTOCOMPLETE) => {
-            let options = i["data"]["options"].as_array().cloned().unwrap_or_default();
-            let focused = options
-                .iter()
-                .find(|o| o["focused"].as_bool() == Some(true));
-            let req = pb::AutocompleteRequest {
-                context: Some(context(i)),
-                command: s(i, &["data", "name"]),
-                focused_option: focused.map(|o| s(o, &["name"])).unwrap_or_default(),
-                partial_value: focused.map(|o| s(o, &["value"])).unwrap_or_default(),
-                options: options
-                    .iter()
-                    .map(|o| pb::OptionValue {
-                        name: s(o, &["name"]),
-                        value: s(o, &["value"]),
-                    })
-                    .collect(),
-            };
+        Request::Autocomplete(req) => {
             let mut command = a.control.command();
             // Autocomplete cannot be deferred: no answer in time means no suggestions.
             let choices = match tokio::time::timeout(DEFER_AFTER, command.autocomplete(req)).await {
@@ -322,7 +337,6 @@ pub async fn respond(a: &Adapter, i: &Value) -> Option<Value> {
                 .collect();
             json!({"type": callback::AUTOCOMPLETE_RESULT, "data": {"choices": choices}})
         }
-        _ => return None,
     })
 }
 

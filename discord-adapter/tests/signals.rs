@@ -2,7 +2,8 @@
 //! listen for SIGINT only, so SIGTERM killed it at once, cutting requests in flight) — idle, with
 //! a slash command in flight, which is still answered, and with a deferred answer still owed to
 //! Discord (the server took longer than Discord's 3 s), which is still sent as the edit of the
-//! original response before the process exits.
+//! original response before the process exits. And at `RUST_LOG=trace`, neither the bot token
+//! nor an interaction token reaches its log.
 
 use ed25519_dalek::{Signer, SigningKey};
 use facteur_client::pb;
@@ -84,24 +85,56 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn start_adapter(control_plane: &str, public_key: &str, port: u16) -> Child {
-    start_adapter_with(control_plane, public_key, port, "http://127.0.0.1:9")
+    start_adapter_with(control_plane, public_key, port, &Secrets::plain())
 }
 
-fn start_adapter_with(control_plane: &str, public_key: &str, port: u16, discord: &str) -> Child {
+/// What a test gives the adapter that it must never log, and where its log goes.
+struct Secrets {
+    discord: String,
+    bot_token: String,
+    interaction_token: String,
+    rust_log: &'static str,
+    log: Option<std::path::PathBuf>,
+}
+
+impl Secrets {
+    fn plain() -> Secrets {
+        Secrets {
+            discord: "http://127.0.0.1:9".into(),
+            bot_token: "test-bot-token".into(),
+            interaction_token: "in-flight-token".into(),
+            rust_log: "info",
+            log: None,
+        }
+    }
+}
+
+fn start_adapter_with(control_plane: &str, public_key: &str, port: u16, s: &Secrets) -> Child {
+    let out = || match &s.log {
+        None => Stdio::null(),
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("log file"),
+        ),
+    };
     Command::new(env!("CARGO_BIN_EXE_facteur-discord"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", s.rust_log)
         .env("FACTEUR_CONTROL_PLANE_URL", control_plane)
-        .env("FACTEUR_DISCORD_BOT_TOKEN", "test-bot-token")
+        .env("FACTEUR_DISCORD_BOT_TOKEN", &s.bot_token)
         .env("FACTEUR_DISCORD_APPLICATION_ID", "400000000000000001")
         .env("FACTEUR_DISCORD_PUBLIC_KEY", public_key)
-        .env("FACTEUR_DISCORD_API_BASE_URL", discord)
+        .env("FACTEUR_DISCORD_API_BASE_URL", &s.discord)
         .env(
             "FACTEUR_DISCORD_INTERACTIONS_LISTEN_ADDRESS",
             format!("127.0.0.1:{port}"),
         )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(out())
+        .stderr(out())
         .spawn()
         .expect("start facteur-discord")
 }
@@ -179,6 +212,7 @@ async fn fake_discord() -> (String, Edits) {
 async fn slash_command_then_sigterm(
     server_delay: Duration,
     stop_after: Duration,
+    mut secrets: Secrets,
 ) -> (String, std::process::ExitStatus, Vec<(String, String)>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -192,17 +226,18 @@ async fn slash_command_then_sigterm(
     let (discord, edits) = fake_discord().await;
     let key = SigningKey::from_bytes(&[9u8; 32]);
     let port = free_port();
+    secrets.discord = discord;
     let mut child = start_adapter_with(
         &control,
         &hex(&key.verifying_key().to_bytes()),
         port,
-        &discord,
+        &secrets,
     );
     wait_listening(&mut child, port);
 
     let body = serde_json::json!({
         "type": 2, "id": "900000000000000001", "application_id": "400000000000000001",
-        "token": "in-flight-token", "guild_id": "100000000000000001",
+        "token": secrets.interaction_token, "guild_id": "100000000000000001",
         "channel_id": "500000000000000001",
         "member": {"user": {"id": "300000000000000001", "username": "alice"}, "roles": []},
         "data": {"name": "deploy", "options": []},
@@ -240,8 +275,12 @@ async fn slash_command_then_sigterm(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_answers_the_command_in_flight_then_exits_zero() {
     // The command is at the control plane (1 s) when the stop comes.
-    let (answer, status, edits) =
-        slash_command_then_sigterm(Duration::from_millis(1000), Duration::from_millis(300)).await;
+    let (answer, status, edits) = slash_command_then_sigterm(
+        Duration::from_millis(1000),
+        Duration::from_millis(300),
+        Secrets::plain(),
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("answered while draining"), "{answer}");
     assert!(
@@ -255,8 +294,12 @@ async fn sigterm_answers_the_command_in_flight_then_exits_zero() {
 async fn sigterm_sends_a_deferred_answer_still_owed_then_exits_zero() {
     // The server takes 4 s: the adapter defers at 2.5 s; the stop comes at 3 s, while the
     // answer is still owed to Discord. Before, the edit was a detached task the exit cut.
-    let (answer, status, edits) =
-        slash_command_then_sigterm(Duration::from_millis(4000), Duration::from_millis(3000)).await;
+    let (answer, status, edits) = slash_command_then_sigterm(
+        Duration::from_millis(4000),
+        Duration::from_millis(3000),
+        Secrets::plain(),
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains(r#""type":5"#), "a deferral: {answer}");
     assert_eq!(edits.len(), 1, "{edits:?}");
@@ -266,6 +309,55 @@ async fn sigterm_sends_a_deferred_answer_still_owed_then_exits_zero() {
     );
     assert!(edits[0].1.contains("answered while draining"), "{edits:?}");
     assert_eq!(status.code(), Some(0), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_log_at_trace() {
+    // Random secrets, RUST_LOG=trace, and a command slow enough to be deferred: the interaction
+    // token travels in serenity's route (its HTTP span) when the answer is sent as an edit, and
+    // the bot token in every REST call (the command registration retried against a fake Discord
+    // that knows only the edit route).
+    let random = |what: &str| {
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos();
+        format!("{what}{n:x}{}", std::process::id())
+    };
+    let dir = std::env::temp_dir().join(random("facteur-discord-trace-"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let log = dir.join("adapter.log");
+    let secrets = Secrets {
+        discord: String::new(),
+        bot_token: random("bot"),
+        interaction_token: random("itk"),
+        rust_log: "trace",
+        log: Some(log.clone()),
+    };
+    let (bot, token) = (secrets.bot_token.clone(), secrets.interaction_token.clone());
+    let (answer, status, edits) = slash_command_then_sigterm(
+        Duration::from_millis(3000),
+        Duration::from_millis(3500),
+        secrets,
+    )
+    .await;
+    assert!(answer.contains(r#""type":5"#), "a deferral: {answer}");
+    assert_eq!(edits.len(), 1, "the deferred answer was sent: {edits:?}");
+    assert!(edits[0].0.contains(&token), "sent with the real token");
+    assert_eq!(status.code(), Some(0), "{status}");
+    let text = std::fs::read_to_string(&log).expect("log");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        text.lines().count() > 20 && text.contains("TRACE"),
+        "the log is at trace: {text}"
+    );
+    for (what, secret) in [("bot token", &bot), ("interaction token", &token)] {
+        let hits: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(secret.as_str()))
+            .collect();
+        assert!(hits.is_empty(), "{what} in the log: {hits:#?}");
+    }
 }
 
 fn free_port() -> u16 {

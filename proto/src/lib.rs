@@ -49,9 +49,23 @@ pub use proompteng::froussard::v1 as froussard;
 pub use pbjson_types::Timestamp;
 
 /// A CodexTask as proto-JSON, as Go's `protojson.Marshal` renders it (camelCase names, enum
-/// names, 64-bit integers as strings, unset fields omitted).
+/// names, 64-bit integers as strings, unset fields omitted). A stage number that names no
+/// enum value is written as that number, as protojson does (pbjson would refuse the whole task).
 pub fn codex_task_json(task: &froussard::CodexTask) -> String {
-    let json = serde_json::to_string(task).unwrap_or_else(|_| "{}".into());
+    let json = if froussard::CodexTaskStage::try_from(task.stage).is_ok() {
+        serde_json::to_string(task)
+    } else {
+        // `stage` is field 1, so protojson writes it first.
+        let known = froussard::CodexTask {
+            stage: 0,
+            ..task.clone()
+        };
+        serde_json::to_string(&known).map(|rest| match rest.strip_prefix("{}") {
+            Some(_) => format!("{{\"stage\":{}}}", task.stage),
+            None => format!("{{\"stage\":{},{}", task.stage, &rest[1..]),
+        })
+    }
+    .unwrap_or_else(|_| "{}".into());
     // pbjson writes `+00:00`; protojson writes `Z` with 0, 3, 6 or 9 fractional digits.
     match &task.issued_at {
         Some(ts) => match serde_json::to_string(ts) {
@@ -120,6 +134,24 @@ mod tests {
             seconds: 0,
             nanos: -1
         }));
+    }
+
+    #[test]
+    fn an_unknown_stage_is_written_as_its_number() {
+        let task = froussard::CodexTask {
+            stage: 1_581_355,
+            issue_number: 7,
+            ..Default::default()
+        };
+        let out = codex_task_json(&task);
+        assert_eq!(out, r#"{"stage":1581355,"issueNumber":"7"}"#);
+        // pbjson's parser, unlike protojson's, takes only known enum numbers.
+        assert!(codex_task_from_json(out.as_bytes()).is_err());
+        let bare = froussard::CodexTask {
+            stage: -3,
+            ..Default::default()
+        };
+        assert_eq!(codex_task_json(&bare), r#"{"stage":-3}"#);
     }
 
     #[test]

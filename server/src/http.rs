@@ -231,65 +231,22 @@ async fn events(
             );
         }
     };
-    if bytes.is_empty() {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "empty body: expected a proompteng.facteur.v1.CommandEvent",
-        );
-    }
-    let ev = match <CommandEvent as prost::Message>::decode(bytes.as_ref()) {
-        Ok(e) => e,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("body is not a binary CommandEvent: {e}"),
-            );
-        }
+    let EventRequest {
+        interaction,
+        command,
+        options,
+        correlation_id,
+    } = match event_request(&bytes) {
+        Ok(r) => r,
+        Err(message) => return json_error(StatusCode::BAD_REQUEST, message),
     };
-    if ev.command.trim().is_empty() {
-        return json_error(StatusCode::BAD_REQUEST, "command is required");
-    }
-    if ev.interaction_id.is_empty() && ev.correlation_id.is_empty() {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "interaction_id (or correlation_id) is required: it is the idempotency key",
-        );
-    }
-    let user = ev.user.clone().unwrap_or_default();
-    let member = ev.member.clone().unwrap_or_default();
-    let interaction = Interaction {
-        interaction_id: if ev.interaction_id.is_empty() {
-            format!("event-{}", ev.correlation_id)
-        } else {
-            ev.interaction_id.clone()
-        },
-        application_id: ev.application_id.clone(),
-        token: ev.token.clone(),
-        guild_id: ev.guild_id.clone(),
-        channel_id: ev.channel_id.clone(),
-        user_id: if user.id.is_empty() {
-            member.id.clone()
-        } else {
-            user.id.clone()
-        },
-        user_name: if user.global_name.is_empty() {
-            user.username.clone()
-        } else {
-            user.global_name.clone()
-        },
-        role_ids: member.roles.clone(),
-        locale: ev.locale.clone(),
-        field_prefix: "",
-    };
-    let options: std::collections::BTreeMap<String, String> =
-        ev.options.clone().into_iter().collect();
     let result = async {
         let i = interaction.validate()?;
-        discord::authorize(&state, &i, &ev.command).await?;
+        discord::authorize(&state, &i, &command).await?;
         discord::start(
             &state,
             &i,
-            &ev.command,
+            &command,
             &options,
             crate::domain::run::RunSource::CompatEvent,
         )
@@ -298,16 +255,79 @@ async fn events(
     .await;
     match result {
         Ok((run, _)) => {
-            let correlation = if ev.correlation_id.is_empty() {
+            let correlation = if correlation_id.is_empty() {
                 run.id.clone()
             } else {
-                ev.correlation_id.clone()
+                correlation_id
             };
             let body = json!({"workflowName": run.workflow_name, "namespace": run.namespace, "correlationId": correlation});
             (StatusCode::ACCEPTED, Json(body)).into_response()
         }
         Err(e) => http_error(e),
     }
+}
+
+/// What a `POST /events` body asks for, before any check that needs state.
+pub struct EventRequest {
+    /// The interaction it came from (not yet validated: see [`Interaction::validate`]).
+    pub interaction: Interaction,
+    /// The command to run.
+    pub command: String,
+    /// Its options, by name.
+    pub options: std::collections::BTreeMap<String, String>,
+    /// The producer's correlation id (may be empty).
+    pub correlation_id: String,
+}
+
+/// Decode a `POST /events` body (a binary `proompteng.facteur.v1.CommandEvent`) into the
+/// interaction and command it asks for; the error is the sentence a 400 answers with.
+/// Pure, so it can be fuzzed (`fuzz/fuzz_targets/command_event.rs`).
+pub fn event_request(bytes: &[u8]) -> Result<EventRequest, String> {
+    if bytes.is_empty() {
+        return Err("empty body: expected a proompteng.facteur.v1.CommandEvent".into());
+    }
+    let ev = <CommandEvent as prost::Message>::decode(bytes)
+        .map_err(|e| format!("body is not a binary CommandEvent: {e}"))?;
+    if ev.command.trim().is_empty() {
+        return Err("command is required".into());
+    }
+    if ev.interaction_id.is_empty() && ev.correlation_id.is_empty() {
+        return Err(
+            "interaction_id (or correlation_id) is required: it is the idempotency key".into(),
+        );
+    }
+    let user = ev.user.unwrap_or_default();
+    let member = ev.member.unwrap_or_default();
+    let interaction = Interaction {
+        interaction_id: if ev.interaction_id.is_empty() {
+            format!("event-{}", ev.correlation_id)
+        } else {
+            ev.interaction_id
+        },
+        application_id: ev.application_id,
+        token: ev.token,
+        guild_id: ev.guild_id,
+        channel_id: ev.channel_id,
+        user_id: if user.id.is_empty() {
+            member.id
+        } else {
+            user.id
+        },
+        user_name: if user.global_name.is_empty() {
+            user.username
+        } else {
+            user.global_name
+        },
+        role_ids: member.roles,
+        locale: ev.locale,
+        field_prefix: "",
+    };
+    Ok(EventRequest {
+        interaction,
+        command: ev.command,
+        options: ev.options.into_iter().collect(),
+        correlation_id: ev.correlation_id,
+    })
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
