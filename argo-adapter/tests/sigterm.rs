@@ -1,0 +1,150 @@
+//! The real `facteur-argo` binary as Kubernetes stops it (SIGTERM), against the control plane
+//! (the server in-process, on SQLite) and a fake Kubernetes API that its kubeconfig names:
+//! - idle: it drains and exits 0 at once;
+//! - a Workflow create in flight: the create is finished and completed (the run is `submitted`,
+//!   not left `dispatching` until its lease expires), then exit 0;
+//! - a create that outlives `argo.shutdown_grace_seconds`: cut when the grace runs out, and the
+//!   exit status says so (non-zero).
+//!
+//! Before, the process exited in 0.03 s on SIGTERM with a create in flight.
+
+use facteur_client::pb;
+use facteur_tests::fake_kube::FakeKube;
+use facteur_tests::stack::admin;
+use facteur_tests::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NS: &str = "argo-workflows";
+
+/// A kubeconfig naming the fake API server (plain HTTP, no credentials).
+fn kubeconfig(dir: &Path, kube: &FakeKube) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {NS}\ncurrent-context: fake\n",
+        kube.addr
+    );
+    std::fs::write(&path, text).expect("kubeconfig");
+    path
+}
+
+/// A running `facteur-argo`, killed when dropped (a failing test leaves none behind).
+struct Argo(Child);
+
+impl Drop for Argo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(grpc_url: &str, kubeconfig: &Path, grace: u64, log: &Path) -> Argo {
+    let file = std::fs::File::create(log).expect("log");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_facteur-argo"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("FACTEUR_") || k == "KUBECONFIG") {
+        c.env_remove(k);
+    }
+    let child = c
+        .env("FACTEUR_CONTROL_PLANE_URL", grpc_url)
+        .env("FACTEUR_CONTROL_PLANE_TOKEN", ARGO_TOKEN)
+        .env("FACTEUR_KUBECONFIG", kubeconfig)
+        .env("FACTEUR_ARGO_NAMESPACE", NS)
+        .env("FACTEUR_ARGO_SHUTDOWN_GRACE_SECONDS", grace.to_string())
+        .stdout(Stdio::from(file.try_clone().expect("log")))
+        .stderr(Stdio::from(file))
+        .spawn()
+        .expect("start facteur-argo");
+    Argo(child)
+}
+
+/// SIGTERM, then the exit status and how long the exit took.
+fn sigterm(argo: &mut Argo) -> (std::process::ExitStatus, Duration) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &argo.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    let sent = Instant::now();
+    loop {
+        if let Some(s) = argo.0.try_wait().expect("wait") {
+            return (s, sent.elapsed());
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(20),
+            "facteur-argo did not stop within 20 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_idle_in_flight_and_past_the_grace() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut c = with_tokens(config(&db));
+    c.dispatcher.lease_seconds = 30;
+    let srv = TestServer::start(c).await;
+    let a = admin(&srv).await;
+    let dir = std::env::temp_dir().join(format!("facteur-argo-sigterm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let log = |name: &str| dir.join(format!("{name}.log"));
+    let read = |name: &str| std::fs::read_to_string(log(name)).unwrap_or_default();
+
+    // Idle: connected, nothing to do.
+    let kube = FakeKube::start().await;
+    let mut argo = start(&srv.grpc_url(), &kubeconfig(&dir, &kube), 10, &log("idle"));
+    let warm = a.start_run("dispatch", &[]).await;
+    wait_until("the adapter to serve", Duration::from_secs(20), || async {
+        a.status(&warm.id).await == pb::RunStatus::Submitted
+    })
+    .await;
+    let (status, took) = sigterm(&mut argo);
+    assert_eq!(status.code(), Some(0), "idle: {status}\n{}", read("idle"));
+    assert!(took < Duration::from_secs(3), "idle drain took {took:?}");
+
+    // A slow create (2 s) in flight when the stop comes: finished, completed, exit 0.
+    let kube = FakeKube::start().await;
+    kube.delay_creates(Duration::from_millis(2000));
+    let mut argo = start(
+        &srv.grpc_url(),
+        &kubeconfig(&dir, &kube),
+        10,
+        &log("inflight"),
+    );
+    let run = a.start_run("dispatch", &[]).await;
+    wait_until("the create to be sent", Duration::from_secs(20), || async {
+        kube.create_seen_count() == 1
+    })
+    .await;
+    let (status, took) = sigterm(&mut argo);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "in flight: {status}\n{}",
+        read("inflight")
+    );
+    assert!(took >= Duration::from_millis(1000), "it waited: {took:?}");
+    assert_eq!(
+        a.status(&run.id).await,
+        pb::RunStatus::Submitted,
+        "the create in flight was finished and completed before the exit"
+    );
+
+    // A create that hangs: cut when the grace (1 s) runs out; the exit status says so.
+    let kube = FakeKube::start().await;
+    kube.hang_creates(1);
+    let mut argo = start(&srv.grpc_url(), &kubeconfig(&dir, &kube), 1, &log("cut"));
+    let run = a.start_run("dispatch", &[]).await;
+    wait_until("the create to be sent", Duration::from_secs(20), || async {
+        kube.create_seen_count() == 1
+    })
+    .await;
+    let (status, took) = sigterm(&mut argo);
+    assert_ne!(status.code(), Some(0), "work was cut: {status}");
+    assert!(took < Duration::from_secs(4), "cut at the grace: {took:?}");
+    assert!(read("cut").contains("shutdown grace"), "{}", read("cut"));
+    assert_eq!(a.status(&run.id).await, pb::RunStatus::Dispatching);
+
+    let _ = std::fs::remove_dir_all(&dir);
+    srv.stop().await;
+}
