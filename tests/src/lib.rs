@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub mod discord;
 pub mod fake_discord;
 pub mod fake_kube;
+pub mod redis_server;
 pub mod stack;
 
 /// Admin token used by [`with_tokens`].

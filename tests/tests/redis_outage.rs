@@ -6,67 +6,14 @@
 //! run. (Before, the run was committed and its Workflow ran behind the failure answer.)
 
 use facteur_client::pb;
+use facteur_tests::redis_server::PrivateRedis;
 use facteur_tests::*;
 use prost::Message;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::Code;
 
 const GUILD: &str = "100000000000000001";
 const DEPLOYER: &str = "200000000000000001";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// A private `redis-server`, killed when dropped (a failing test leaves none behind).
-struct Redis(Child);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A private `redis-server` on `port`, keeping nothing on disk.
-fn redis(port: u16) -> Redis {
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server is installed (the machine runs one)");
-    let up = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            up.elapsed() < Duration::from_secs(10),
-            "redis never listened"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Redis(child)
-}
-
-fn signal(r: &Redis, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &r.0.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
-}
 
 fn invoke(id: &str) -> pb::InvokeRequest {
     deploy_invoke(interaction(id, GUILD, &[DEPLOYER]))
@@ -96,11 +43,10 @@ fn event(id: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_starts_no_run_behind_a_failure() {
-    let port = free_port();
-    let mut redis_proc = redis(port);
+    let mut redis = PrivateRedis::start();
     let db = TestDb::new(Backend::Postgres).await;
     let mut cfg = with_deploy_command(with_tokens(config(&db)), DEPLOYER);
-    cfg.redis.url = facteur_config::Secret(format!("redis://127.0.0.1:{port}"));
+    cfg.redis.url = facteur_config::Secret(redis.url());
     cfg.redis.timeout_ms = 500;
     let srv = TestServer::start(cfg).await;
     let discord = srv.client(DISCORD_TOKEN).await;
@@ -130,10 +76,9 @@ async fn a_redis_outage_starts_no_run_behind_a_failure() {
 
     for (outage, freeze) in [("stopped", false), ("frozen", true)] {
         if freeze {
-            signal(&redis_proc, "-STOP");
+            redis.freeze();
         } else {
-            signal(&redis_proc, "-KILL");
-            let _ = redis_proc.0.wait();
+            redis.stop();
         }
         let before = count_rows(store, "runs").await;
         let t = Instant::now();
@@ -178,9 +123,9 @@ async fn a_redis_outage_starts_no_run_behind_a_failure() {
             .expect("admin run while redis is out");
         assert_eq!(count_rows(store, "runs").await, before + 1);
         if freeze {
-            signal(&redis_proc, "-CONT");
+            redis.thaw();
         } else {
-            redis_proc = redis(port);
+            redis.restart();
         }
         // Back: the retried interaction starts exactly one run, and reaches its session.
         let id = format!("80000000000000010{}", u8::from(freeze));
@@ -222,5 +167,5 @@ async fn a_redis_outage_starts_no_run_behind_a_failure() {
         );
     }
     srv.stop().await;
-    drop(redis_proc);
+    drop(redis);
 }
