@@ -14,7 +14,7 @@ pub async fn run(
     control: Client,
     workflows: Workflows,
     adapter_id: String,
-    namespaces: Vec<String>,
+    mut assigned: crate::assignment::Assigned,
     max_in_flight: u32,
     grace: Duration,
     shutdown: CancellationToken,
@@ -24,12 +24,12 @@ pub async fn run(
     // finish (create and complete); past it they are cut, as a killed process would be, and
     // their leases expire and are redelivered.
     let jobs = std::sync::Mutex::new(tokio::task::JoinSet::new());
-    let open = || {
+    let open = |namespaces: Vec<String>| {
         let mut dispatch = control.dispatch();
         let req = pb::LeaseRequest {
             adapter_id: adapter_id.clone(),
             max_in_flight,
-            namespaces: namespaces.clone(),
+            namespaces,
         };
         async move {
             let stream = dispatch.lease(req).await;
@@ -59,7 +59,38 @@ pub async fn run(
             );
         }
     };
-    facteur_client::adapter::follow("the lease stream", &shutdown, open, each).await;
+    // One lease stream per assignment: when the server assigns other namespaces, the stream is
+    // opened again for them (jobs in flight carry on). With no namespace assigned, none is
+    // opened (an empty filter would mean every namespace).
+    while !shutdown.is_cancelled() {
+        let namespaces = assigned.borrow_and_update().clone().unwrap_or_default();
+        let round = shutdown.child_token();
+        let stream = async {
+            if namespaces.is_empty() {
+                round.cancelled().await;
+            } else {
+                let ns = namespaces.clone();
+                facteur_client::adapter::follow(
+                    "the lease stream",
+                    &round,
+                    || open(ns.clone()),
+                    each,
+                )
+                .await;
+            }
+        };
+        tokio::pin!(stream);
+        tokio::select! {
+            _ = &mut stream => {}
+            changed = assigned.changed() => {
+                if changed.is_ok() {
+                    tracing::info!(from = ?namespaces, "assignment changed: leasing again");
+                    round.cancel();
+                }
+                stream.await;
+            }
+        }
+    }
     let mut jobs = jobs.into_inner().unwrap_or_else(|p| p.into_inner());
     // The lease stream is closed: no new job comes. Let those in flight finish.
     while jobs.try_join_next().is_some() {}

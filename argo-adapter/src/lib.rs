@@ -13,6 +13,7 @@
 //! truth for status: it resumes with backoff and re-lists after reconnecting, so nothing missed
 //! while disconnected is lost; the server ignores any report that would move a run backwards.
 
+pub mod assignment;
 pub mod callback;
 pub mod kubeconfig;
 pub mod leaser;
@@ -30,37 +31,50 @@ pub const BACKOFF_INITIAL: Duration = Duration::from_millis(200);
 /// Cap of the reconnect backoff.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(15);
 
-/// Runs the leaser, one watcher per namespace, and (when configured) the callback endpoint,
-/// until `shutdown`. A task that dies ends the whole adapter with its error.
+/// Asks the server what to serve, then runs the leaser, one watcher per assigned namespace
+/// (following changes of the assignment), and (when configured) the callback endpoint, until
+/// `shutdown`. A task that dies ends the whole adapter with its error.
 pub async fn run(
     config: &Config,
     control: Client,
     kube: kube::Client,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let namespaces = config.watch_namespaces();
     let adapter_id = adapter_id();
-    tracing::info!(adapter_id = %adapter_id, namespaces = ?namespaces, "argo-adapter starting");
+    tracing::info!(adapter_id = %adapter_id, narrowing = ?config.argo.namespaces, "argo-adapter starting");
     let workflows = workflows::Workflows::new(kube.clone());
     let mut tasks = tokio::task::JoinSet::new();
+    // The server says where runs go; this adapter's `argo.namespaces` may only narrow that.
+    let (tx, mut assigned) = tokio::sync::watch::channel(None);
+    tasks.spawn(assignment::follow(
+        control.clone(),
+        adapter_id.clone(),
+        config.argo.namespaces.clone(),
+        config.argo.max_in_flight,
+        config.watch_namespaces(),
+        tx,
+        shutdown.clone(),
+    ));
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = assigned.wait_for(Option::is_some) => {}
+    }
     tasks.spawn(leaser::run(
         control.clone(),
         workflows.clone(),
         adapter_id,
-        namespaces.clone(),
+        assigned.clone(),
         config.argo.max_in_flight,
         Duration::from_secs(config.argo.shutdown_grace_seconds),
         shutdown.clone(),
     ));
     let reporter = status::Reporter::new(control.clone());
-    for ns in namespaces {
-        tasks.spawn(watch::run(
-            workflows.clone(),
-            ns,
-            reporter.clone(),
-            shutdown.clone(),
-        ));
-    }
+    tasks.spawn(watch::follow(
+        workflows.clone(),
+        assigned,
+        reporter.clone(),
+        shutdown.clone(),
+    ));
     if !config.argo.callback_token.is_empty() {
         let listener = tokio::net::TcpListener::bind(&config.argo.callback_listen_address)
             .await

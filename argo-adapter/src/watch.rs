@@ -5,10 +5,62 @@
 use crate::status::{MANAGED_SELECTOR, Reporter, report_of};
 use crate::workflows::Workflows;
 use kube::runtime::{WatchStreamExt, watcher};
+use std::collections::BTreeMap;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-/// Runs until `shutdown`.
+/// One watcher per namespace of the assignment, until `shutdown`: a namespace added gets a
+/// watcher at once, one removed has its watcher stopped. A watcher that fails ends it all.
+pub async fn follow(
+    workflows: Workflows,
+    mut assigned: crate::assignment::Assigned,
+    reporter: Reporter,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut running: BTreeMap<String, CancellationToken> = BTreeMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let wanted = assigned.borrow_and_update().clone().unwrap_or_default();
+        running.retain(|ns, token| {
+            let keep = wanted.contains(ns);
+            if !keep {
+                tracing::info!(namespace = %ns, "no longer assigned: watch stopped");
+                token.cancel();
+            }
+            keep
+        });
+        for ns in wanted {
+            if !running.contains_key(&ns) {
+                let token = shutdown.child_token();
+                running.insert(ns.clone(), token.clone());
+                tasks.spawn(run(workflows.clone(), ns, reporter.clone(), token));
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = assigned.changed() => {
+                if changed.is_err() {
+                    // The assignment is final (an older server): nothing changes any more.
+                    shutdown.cancelled().await;
+                    break;
+                }
+            }
+            Some(done) = tasks.join_next() => {
+                match done {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => return Err(anyhow::anyhow!("workflow watch panicked: {e}")),
+                }
+            }
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| anyhow::anyhow!("workflow watch panicked: {e}"))??;
+    }
+    Ok(())
+}
+
+/// Watches one namespace until `shutdown`.
 pub async fn run(
     workflows: Workflows,
     namespace: String,

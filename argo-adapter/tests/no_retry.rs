@@ -25,6 +25,12 @@ impl DispatchService for Scripted {
     async fn lease(&self, _: Request<pb::LeaseRequest>) -> Result<Response<Stream>, Status> {
         Err(Status::unimplemented("not here"))
     }
+    async fn get_assignment(
+        &self,
+        _: Request<pb::GetAssignmentRequest>,
+    ) -> Result<Response<pb::GetAssignmentResponse>, Status> {
+        Err(Status::unimplemented("not here"))
+    }
     async fn complete(
         &self,
         _: Request<pb::CompleteRequest>,

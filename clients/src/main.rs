@@ -681,6 +681,57 @@ async fn status(client: &Client, url: &str) -> anyhow::Result<ExitCode> {
             &rows
         )
     );
+    println!();
+    if s.adapters.is_empty() {
+        println!("no argo-adapter connected");
+    } else {
+        let rows: Vec<Vec<String>> = s
+            .adapters
+            .iter()
+            .map(|a| {
+                vec![
+                    a.adapter_id.clone(),
+                    a.namespaces.join(","),
+                    format!("{}/{}", a.in_flight, a.max_in_flight),
+                    a.connected_at
+                        .as_ref()
+                        .map_or_else(String::new, |t| fmt_time(t.seconds)),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(&["ADAPTER", "NAMESPACES", "IN-FLIGHT", "SINCE"], &rows)
+        );
+    }
+    if !s.unserved_namespaces.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = s
+            .unserved_namespaces
+            .iter()
+            .map(|u| {
+                vec![
+                    u.namespace.clone(),
+                    u.queued_runs.to_string(),
+                    u.oldest_queued_at
+                        .as_ref()
+                        .map_or_else(|| "-".into(), |t| fmt_time(t.seconds)),
+                    if u.configured {
+                        "configured".into()
+                    } else {
+                        "old runs only".into()
+                    },
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(
+                &["UNSERVED NAMESPACE", "QUEUED RUNS", "OLDEST", "WHY"],
+                &rows
+            )
+        );
+    }
     Ok(if s.ready {
         ExitCode::SUCCESS
     } else {

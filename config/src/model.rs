@@ -530,8 +530,8 @@ pub struct ArgoConfig {
     pub callback_listen_address: String,
     /// Base URL of the Argo UI, for links in Discord messages.
     pub ui_base_url: String,
-    /// Namespaces the argo-adapter works in (lease filter and watches); empty: `argo.namespace`
-    /// plus the Codex namespaces.
+    /// argo-adapter: the namespaces it may serve (its RBAC scope). The server assigns every
+    /// namespace it dispatches to; this only narrows that. Empty: no narrowing.
     pub namespaces: Vec<String>,
     /// Bearer token Argo exit handlers present to the callback endpoint; empty disables it.
     pub callback_token: Secret,
@@ -617,6 +617,10 @@ pub struct DispatcherConfig {
     pub backoff_initial_ms: u64,
     /// Cap of the retry delay in milliseconds. Default 60000.
     pub backoff_max_ms: u64,
+    /// Seconds a run may wait in a namespace that no argo-adapter serves before it counts as
+    /// stranded (`facteur_stranded_runs`, a warning in the log). It keeps waiting: an adapter
+    /// that comes takes it. Default 60.
+    pub strand_after_seconds: u64,
 }
 
 impl Default for DispatcherConfig {
@@ -627,6 +631,7 @@ impl Default for DispatcherConfig {
             max_attempts: 5,
             backoff_initial_ms: 1000,
             backoff_max_ms: 60_000,
+            strand_after_seconds: 60,
         }
     }
 }
@@ -657,7 +662,8 @@ impl Config {
         backend_of(self.database_url())
     }
 
-    /// Namespaces the argo-adapter leases for and watches.
+    /// Namespaces an argo-adapter serves by its own configuration alone: used only against a
+    /// server too old to assign them (`DispatchService.GetAssignment`).
     pub fn watch_namespaces(&self) -> Vec<String> {
         let mut ns: Vec<String> = if self.argo.namespaces.is_empty() {
             let c = &self.codex_implementation_orchestrator;

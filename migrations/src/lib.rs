@@ -13,6 +13,7 @@ mod m20261123_000002_codex_kb;
 mod m20261123_000003_audit;
 mod m20261123_000004_guilds;
 mod m20261203_000005_widen_columns;
+mod m20261204_000006_adapters;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_audit::Migration),
             Box::new(m20261123_000004_guilds::Migration),
             Box::new(m20261203_000005_widen_columns::Migration),
+            Box::new(m20261204_000006_adapters::Migration),
         ]
     }
 }

@@ -166,6 +166,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let (reporter, health_service) = tonic_health::server::health_reporter();
     health.publish(&reporter).await;
     tokio::spawn(health.watch(reporter, interval, shutdown.clone()));
+    if !state.config.dispatcher.disabled {
+        tokio::spawn(crate::service::dispatch::watch_served(
+            state.clone(),
+            crate::service::dispatch::ASSIGNMENT_REFRESH,
+        ));
+    }
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(facteur_proto::FILE_DESCRIPTOR_SET)

@@ -79,6 +79,15 @@ impl Catalog {
         &self.commands
     }
 
+    /// The namespace `cmd` runs in: its own, else `argo.namespace`.
+    pub fn namespace_of(&self, cmd: &CommandConfig) -> String {
+        if cmd.namespace.is_empty() {
+            self.namespace.clone()
+        } else {
+            cmd.namespace.clone()
+        }
+    }
+
     /// Validates `values` against `command` and resolves what it runs.
     pub fn resolve(&self, command: &str, values: &BTreeMap<String, String>) -> Result<Resolved> {
         // What no store can hold is refused first, whoever asks (StartRun, Invoke, /events).
@@ -134,7 +143,7 @@ impl Catalog {
         Ok(Resolved {
             command: cmd.name.clone(),
             workflow_template: or(&cmd.workflow_template, &self.template),
-            namespace: or(&cmd.namespace, &self.namespace),
+            namespace: self.namespace_of(cmd),
             service_account: or(&cmd.service_account, &self.service_account),
             workflow_name_prefix: or(
                 &cmd.workflow_name_prefix,

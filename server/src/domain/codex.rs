@@ -158,6 +158,21 @@ fn first_non_empty<'a>(candidates: &[&'a str]) -> Option<&'a str> {
     candidates.iter().copied().find(|s| !s.is_empty())
 }
 
+/// The namespace an autonomous (or not) task runs in: the orchestrator's, else `argo.namespace`
+/// (autonomous tasks: `autonomous_namespace` first, `jangar` last).
+pub fn namespace(config: &Config, autonomous: bool) -> String {
+    let (c, argo) = (&config.codex_implementation_orchestrator, &config.argo);
+    if autonomous {
+        first_non_empty(&[&c.autonomous_namespace, &c.namespace, &argo.namespace])
+            .unwrap_or("jangar")
+            .to_string()
+    } else {
+        first_non_empty(&[&c.namespace, &argo.namespace])
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
 /// Validates a task and resolves what it runs. `proto_json` renders the task as proto-JSON
 /// (for `rawEvent` and `eventBody`).
 pub fn plan(
@@ -211,9 +226,7 @@ pub fn plan(
     let (workflow_template, namespace, service_account, prefix) = if autonomous {
         (
             c.autonomous_workflow_template.clone(),
-            first_non_empty(&[&c.autonomous_namespace, &c.namespace, &argo.namespace])
-                .unwrap_or("jangar")
-                .to_string(),
+            namespace(config, true),
             first_non_empty(&[
                 &c.autonomous_service_account,
                 &c.service_account,
@@ -226,9 +239,7 @@ pub fn plan(
     } else {
         (
             c.workflow_template.clone(),
-            first_non_empty(&[&c.namespace, &argo.namespace])
-                .unwrap_or("")
-                .to_string(),
+            namespace(config, false),
             first_non_empty(&[&c.service_account, &argo.service_account])
                 .unwrap_or("")
                 .to_string(),

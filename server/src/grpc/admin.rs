@@ -71,7 +71,38 @@ impl AdminService for AdminApi {
         _req: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let deps = self.0.health.check().await;
+        // Who serves what needs the database; when it is down the dependencies say so.
+        let served = crate::service::dispatch::served(&self.0).await.ok();
+        let (adapters, unserved_namespaces) = served
+            .map(|s| {
+                let adapters = s
+                    .adapters
+                    .into_iter()
+                    .map(|a| pb::AdapterStatus {
+                        adapter_id: a.id,
+                        namespaces: a.namespaces,
+                        connected_at: Some(convert::ts(a.connected_at)),
+                        last_seen_at: Some(convert::ts(a.seen_at)),
+                        in_flight: u32::try_from(a.in_flight).unwrap_or(u32::MAX),
+                        max_in_flight: a.max_in_flight,
+                    })
+                    .collect();
+                let unserved = s
+                    .unserved
+                    .into_iter()
+                    .map(|u| pb::UnservedNamespace {
+                        namespace: u.namespace,
+                        queued_runs: u32::try_from(u.queued.runs).unwrap_or(u32::MAX),
+                        oldest_queued_at: u.queued.oldest.map(convert::ts),
+                        configured: u.configured,
+                    })
+                    .collect();
+                (adapters, unserved)
+            })
+            .unwrap_or_default();
         Ok(Response::new(pb::GetStatusResponse {
+            adapters,
+            unserved_namespaces,
             version: env!("CARGO_PKG_VERSION").into(),
             ready: deps.iter().all(|d| d.healthy),
             dependencies: deps

@@ -40,6 +40,26 @@ pub const RUN_ID_LABEL: &str = "facteur.proompteng.ai/run-id";
 /// Label selecting the Workflows facteur manages.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 
+/// An adapter id as `Lease` and `GetAssignment` take it.
+fn adapter_id(raw: &str) -> Result<&str, Status> {
+    let id = raw.trim();
+    if id.is_empty() || id.len() > 100 {
+        return Err(Status::invalid_argument(
+            "adapter_id is required (1 to 100 characters, e.g. the pod name)",
+        ));
+    }
+    Ok(id)
+}
+
+/// `max_in_flight` as asked (0: the default), capped.
+fn in_flight(asked: u32) -> u32 {
+    if asked == 0 {
+        DEFAULT_IN_FLIGHT
+    } else {
+        asked.min(MAX_IN_FLIGHT)
+    }
+}
+
 fn job(l: &Leased) -> pb::LeaseResponse {
     let run = &l.run;
     let kind = match l.dispatch.kind {
@@ -116,27 +136,42 @@ impl DispatchService for DispatchApi {
     ) -> Result<Response<Self::LeaseStream>, Status> {
         let principal = Principal::of(&req);
         let r = req.into_inner();
-        let id = r.adapter_id.trim();
-        if id.is_empty() || id.len() > 100 {
-            return Err(Status::invalid_argument(
-                "adapter_id is required (1 to 100 characters, e.g. the pod name)",
-            ));
-        }
+        let id = adapter_id(&r.adapter_id)?;
         if self.0.config.dispatcher.disabled {
             return Err(Status::failed_precondition(
                 "dispatching is disabled on this server (dispatcher.disabled / FACTEUR_DISABLE_DISPATCHER)",
             ));
         }
-        let max = if r.max_in_flight == 0 {
-            DEFAULT_IN_FLIGHT
-        } else {
-            r.max_in_flight.min(MAX_IN_FLIGHT)
-        };
+        let max = in_flight(r.max_in_flight);
         let owner = format!("{}/{id}", principal.name);
         let rx = dispatch::lease_stream(self.0.clone(), owner, r.namespaces, max);
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx).map(|l| Ok(job(&l))),
         )))
+    }
+
+    async fn get_assignment(
+        &self,
+        req: Request<pb::GetAssignmentRequest>,
+    ) -> Result<Response<pb::GetAssignmentResponse>, Status> {
+        let principal = Principal::of(&req);
+        let r = req.into_inner();
+        let id = adapter_id(&r.adapter_id)?;
+        for (i, ns) in r.namespaces.iter().enumerate() {
+            if ns.is_empty() || ns.len() > 63 {
+                return Err(Status::invalid_argument(format!(
+                    "namespaces[{i}] must be a namespace name (1 to 63 characters)"
+                )));
+            }
+        }
+        let owner = format!("{}/{id}", principal.name);
+        let a = dispatch::assignment(&self.0, &owner, &r.namespaces, in_flight(r.max_in_flight))
+            .await?;
+        Ok(Response::new(pb::GetAssignmentResponse {
+            namespaces: a.namespaces,
+            dispatch_namespaces: a.dispatch,
+            refresh_seconds: dispatch::ASSIGNMENT_REFRESH.as_secs() as u32,
+        }))
     }
 
     async fn complete(

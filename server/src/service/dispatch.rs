@@ -2,14 +2,116 @@
 //! Workflow status reports made storable.
 
 use crate::domain::Result;
+use crate::domain::assignment;
 use crate::domain::dispatch::{Leased, Outcome, StatusReport};
 use crate::domain::run::Run;
+use crate::metrics::Metric;
 use crate::state::AppState;
+use crate::store::adapters::AdapterSeen;
 use crate::store::dispatch::{CompleteEffect, LeaseOutcome};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::Instrument;
+
+/// How often an adapter calls `GetAssignment` (its heartbeat).
+pub const ASSIGNMENT_REFRESH: Duration = Duration::from_secs(5);
+/// An adapter not heard from for this long (three heartbeats) no longer serves anything.
+pub const ADAPTER_LIVE: Duration = Duration::from_secs(15);
+
+/// What `GetAssignment` answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    /// What the adapter serves.
+    pub namespaces: Vec<String>,
+    /// Every namespace this server dispatches to.
+    pub dispatch: Vec<String>,
+}
+
+/// Records a heartbeat of adapter `owner` and tells it what to serve: everything this server
+/// dispatches to, narrowed by the adapter's own list.
+pub async fn assignment(
+    state: &AppState,
+    owner: &str,
+    narrowing: &[String],
+    max_in_flight: u32,
+) -> Result<Assignment> {
+    let dispatch = assignment::dispatch_namespaces(&state.config, &state.catalog);
+    let namespaces = assignment::assign(&dispatch, narrowing);
+    state
+        .store
+        .adapter_heartbeat(owner, &namespaces, max_in_flight)
+        .await?;
+    Ok(Assignment {
+        namespaces,
+        dispatch,
+    })
+}
+
+/// Who serves what, as every replica sees it.
+#[derive(Clone, Debug)]
+pub struct Served {
+    /// Adapters heard from within [`ADAPTER_LIVE`].
+    pub adapters: Vec<AdapterSeen>,
+    /// Namespaces none of them serves.
+    pub unserved: Vec<assignment::Unserved>,
+    /// Runs waiting longer than `dispatcher.strand_after_seconds` in those.
+    pub stranded: u64,
+}
+
+/// The adapters, the unserved namespaces and the stranded runs; also sets their metrics.
+pub async fn served(state: &AppState) -> Result<Served> {
+    let now = chrono::Utc::now();
+    let live = chrono::Duration::from_std(ADAPTER_LIVE).unwrap_or_default();
+    let adapters = state.store.adapters_seen(now - live).await?;
+    let queued = state.store.queued_by_namespace().await?;
+    let dispatch = assignment::dispatch_namespaces(&state.config, &state.catalog);
+    let sets: Vec<Vec<String>> = adapters.iter().map(|a| a.namespaces.clone()).collect();
+    let unserved = assignment::unserved(&dispatch, &sets, &queued);
+    let after = chrono::Duration::seconds(
+        i64::try_from(state.config.dispatcher.strand_after_seconds).unwrap_or(i64::MAX),
+    );
+    let stranded = assignment::stranded(&unserved, now, after);
+    let m = &state.metrics;
+    m.set_gauge(Metric::AdaptersConnected, vec![], adapters.len() as f64);
+    m.set_gauge(Metric::UnservedNamespaces, vec![], unserved.len() as f64);
+    m.set_gauge(Metric::StrandedRuns, vec![], stranded as f64);
+    Ok(Served {
+        adapters,
+        unserved,
+        stranded,
+    })
+}
+
+/// Looks at who serves what every `interval` until `shutdown`, so the metrics stay current and
+/// stranded runs are logged (once each time their number changes).
+pub async fn watch_served(state: Arc<AppState>, interval: Duration) {
+    let mut last = 0;
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        match served(&state).await {
+            Ok(s) if s.stranded != last => {
+                if s.stranded > 0 {
+                    let namespaces: Vec<&str> = s
+                        .unserved
+                        .iter()
+                        .filter(|u| u.queued.runs > 0)
+                        .map(|u| u.namespace.as_str())
+                        .collect();
+                    tracing::warn!(stranded_runs = s.stranded, namespaces = ?namespaces, adapters = s.adapters.len(), "runs wait in namespaces that no argo-adapter serves (AdminService.GetStatus lists them)");
+                } else {
+                    tracing::info!("no run waits in an unserved namespace any more");
+                }
+                last = s.stranded;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "could not look at who serves what"),
+        }
+    }
+}
 
 /// Longest wait between two looks at the queue when nothing woke the stream: bounds how late
 /// an expired lease, a retry whose backoff ended, or a job created on another replica is seen.

@@ -440,8 +440,21 @@ impl Store {
                     .add(dispatches::Column::State.eq(DispatchState::Leased.as_str()))
                     .add(dispatches::Column::LeaseExpiresAt.lte(now)),
             );
-        let candidates = dispatches::Entity::find()
-            .filter(due)
+        let mut candidates = dispatches::Entity::find().filter(due);
+        if !namespaces.is_empty() {
+            // In the query, so jobs for namespaces this adapter does not serve never crowd out
+            // the ones it does.
+            candidates = candidates.filter(
+                dispatches::Column::RunId.in_subquery(
+                    sea_orm::sea_query::Query::select()
+                        .column(runs::Column::Id)
+                        .from(runs::Entity)
+                        .and_where(runs::Column::Namespace.is_in(namespaces.iter().cloned()))
+                        .to_owned(),
+                ),
+            );
+        }
+        let candidates = candidates
             .order_by_asc(dispatches::Column::AvailableAt)
             .limit(LEASE_CANDIDATES)
             .all(&self.db)

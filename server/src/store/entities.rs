@@ -179,3 +179,23 @@ pub mod discord_guilds {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod adapters {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "adapters")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub namespaces: String,
+        pub max_in_flight: i32,
+        pub connected_at: DateTimeUtc,
+        pub seen_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

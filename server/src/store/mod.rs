@@ -4,6 +4,7 @@
 //! outbox): no run without a dispatch, no dispatch without a run. The idempotency key is unique,
 //! so a replay, on any replica and at any time, finds the original run.
 
+pub mod adapters;
 pub mod codex;
 pub mod codex_batch;
 pub mod dispatch;
