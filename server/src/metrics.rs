@@ -60,6 +60,7 @@ metrics! {
     CodexTasksReplayDiffers => "facteur_codex_tasks_replay_differs_total", "counter", "Codex task deliveries replayed with other content than first recorded (answered with the original).";
     CodexTasksRejected => "facteur_codex_tasks_rejected_total", "counter", "Codex tasks refused, by reason.";
     CodexIngestDurationMs => "facteur_codex_ingest_duration_ms", "histogram", "Codex task ingestion latency (validation and persistence), ms.";
+    LeaseRedeliveries => "facteur_lease_redeliveries_total", "counter", "Jobs leased again after an earlier lease expired (an adapter died or stalled mid-job).";
     AdaptersConnected => "facteur_adapters_connected", "gauge", "argo-adapters heard from within the last 15 s (any replica).";
     UnservedNamespaces => "facteur_unserved_namespaces", "gauge", "Namespaces runs are dispatched to or wait in that no connected argo-adapter serves.";
     StrandedRuns => "facteur_stranded_runs", "gauge", "Runs waiting longer than dispatcher.strand_after_seconds in a namespace no argo-adapter serves.";

@@ -175,6 +175,14 @@ async fn adapter_killed_between_create_and_complete_makes_no_second_workflow() {
         .collect();
     assert_eq!(owners.len(), 2, "{events:#?}");
     assert_ne!(owners[0], owners[1], "redelivered to another adapter");
+    assert_eq!(
+        srv.server
+            .state
+            .metrics
+            .counter(facteur_server::metrics::Metric::LeaseRedeliveries, &[]),
+        1,
+        "counted as a redelivery"
+    );
     let submitted = events
         .iter()
         .find(|e| e.kind == "submitted")

@@ -124,6 +124,8 @@ pub struct Leased {
     pub dispatch: Dispatch,
     /// Its run.
     pub run: Run,
+    /// Taken again after an earlier lease expired (its adapter died or stalled).
+    pub redelivered: bool,
 }
 
 /// How an attempt ended.

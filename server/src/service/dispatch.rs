@@ -151,6 +151,9 @@ async fn lease_loop(
                 .await
             {
                 Ok(LeaseOutcome::Leased(l)) => {
+                    if l.redelivered {
+                        state.metrics.add(Metric::LeaseRedeliveries, vec![], 1);
+                    }
                     tracing::info!(run_id = %l.run.id, dispatch = l.dispatch.kind.as_str(), attempt = l.dispatch.attempts, owner = %owner, "dispatch leased");
                     if tx.send(*l).await.is_err() {
                         // The adapter is gone; the lease expires and the job goes to another one.

@@ -543,6 +543,7 @@ impl Store {
             return Ok(None);
         }
         let run = after(&run, &t, now);
+        let redelivered = d.state == DispatchState::Leased;
         let dispatch = Dispatch {
             state: DispatchState::Leased,
             attempts: d.attempts + 1,
@@ -551,7 +552,11 @@ impl Store {
             dead_lettered_at: None,
             ..d
         };
-        Ok(Some(Leased { dispatch, run }))
+        Ok(Some(Leased {
+            dispatch,
+            run,
+            redelivered,
+        }))
     }
 
     /// Records the outcome of a leased job.
