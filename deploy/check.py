@@ -14,7 +14,7 @@
   its Role there); the service account each Workflow runs as exists there with Argo's executor
   minimum (workflowtaskresults create and patch).
 """
-import json, pathlib, subprocess, sys
+import json, pathlib, re, subprocess, sys
 import jsonschema
 import yaml
 import kubernetes_validate
@@ -30,6 +30,7 @@ ROLES = {
 }
 EXECUTOR = ("argoproj.io", "workflowtaskresults", {"create", "patch"})
 CRD_REQUIRED = {
+    "PrometheusRule": [("spec", "groups")],
     "Service/serving.knative.dev/v1": [("spec", "template", "spec", "containers")],
     "Application": [("spec", "source", "repoURL"), ("spec", "source", "path"), ("spec", "destination", "namespace")],
 }
@@ -45,7 +46,20 @@ ENV_ALIASES = {
     "FACTEUR_LOG_FORMAT": "telemetry.log_format",
     "FACTEUR_LOG_LEVEL": "telemetry.log_level",
 }
+# The metrics the server exports (server/src/metrics.rs), and the runbook's headings.
+METRICS = set(re.findall(r'=> "(facteur_[a-z_]+)"', (REPO / "server/src/metrics.rs").read_text()))
+ANCHORS = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
+           for h in re.findall(r"^#+ (.+)$|^\*\*(.+?)\*\*", (REPO / "docs/operations.md").read_text(), re.M)
+           for h in h if h}
 problems = []
+
+
+def check_metrics(text, label):
+    """Every facteur_* series an expression names is one the server exports."""
+    for name in set(re.findall(r"\bfacteur_[a-z_]+", text)):
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        if name not in METRICS and base not in METRICS:
+            problems.append(f"{label}: `{name}` is not a metric the server exports")
 
 
 def dig(obj, path):
@@ -116,6 +130,16 @@ def check(obj, where):
     if api.startswith("argoproj.io/") and kind in ARGO:
         check_argo(obj, label)
         return
+    if kind == "PrometheusRule":
+        for g in dig(obj, ("spec", "groups")) or []:
+            for r in g.get("rules", []):
+                check_metrics(r.get("expr", ""), f"{label}: {r.get('alert')}")
+                anchor = dig(r, ("annotations", "runbook_url")) or ""
+                if "#" not in anchor or anchor.split("#", 1)[1] not in ANCHORS:
+                    problems.append(f"{label}: {r.get('alert')}: runbook_url `{anchor}` names no section of docs/operations.md")
+    if kind == "ConfigMap" and any(k.endswith(".json") for k in (obj.get("data") or {})):
+        for k, v in obj["data"].items():
+            check_metrics(v, f"{label}: {k}")
     crd = CRD_REQUIRED.get(kind) or CRD_REQUIRED.get(f"{kind}/{api}")
     if crd is not None:
         for path in crd:
