@@ -8,6 +8,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+/// Annotation of the run's W3C trace context on its Workflow (set by the server).
+pub const TRACEPARENT_ANNOTATION: &str = "facteur.proompteng.ai/traceparent";
+
 /// Keeps a lease stream open until `shutdown` (the adapters' one reconnect loop,
 /// [`facteur_client::adapter::follow`]); jobs run concurrently up to `max_in_flight`.
 pub async fn run(
@@ -47,7 +50,29 @@ pub async fn run(
             let Ok(permit) = permits.acquire_owned().await else {
                 return;
             };
-            let span = tracing::info_span!("dispatch", run_id = %job.run_id, dispatch_id = %job.dispatch_id, attempt = job.attempt);
+            let kind = pb::DispatchKind::try_from(job.kind)
+                .map(|k| {
+                    k.as_str_name()
+                        .trim_start_matches("DISPATCH_KIND_")
+                        .to_lowercase()
+                })
+                .unwrap_or_default();
+            let span = tracing::info_span!(
+                "dispatch",
+                otel.name = %format!("facteur-argo dispatch {kind}"),
+                otel.kind = "consumer",
+                run_id = %job.run_id,
+                dispatch_id = %job.dispatch_id,
+                attempt = job.attempt,
+            );
+            // The job carries its run's trace context: the create joins the request's trace.
+            let parent = job
+                .workflow
+                .as_ref()
+                .and_then(|w| w.annotations.get(TRACEPARENT_ANNOTATION).cloned());
+            facteur_config::telemetry::adopt_parent(&span, |k| {
+                (k == "traceparent").then(|| parent.clone()).flatten()
+            });
             let mut jobs = jobs.lock().unwrap_or_else(|p| p.into_inner());
             while jobs.try_join_next().is_some() {}
             jobs.spawn(

@@ -73,8 +73,13 @@ impl Workflows {
 
     /// Creates the Workflow; AlreadyExists counts as success (the name is the run's).
     pub async fn create(&self, spec: &pb::WorkflowSpec) -> Applied {
+        use tracing::Instrument;
         let api = self.api(&spec.namespace);
-        match api.create(&PostParams::default(), &self.object(spec)).await {
+        let created = api
+            .create(&PostParams::default(), &self.object(spec))
+            .instrument(kube_span("create", &spec.namespace, &spec.name))
+            .await;
+        match created {
             Ok(created) => Applied::Ok {
                 name: spec.name.clone(),
                 uid: created.metadata.uid.unwrap_or_default(),
@@ -95,10 +100,12 @@ impl Workflows {
 
     /// Merge-patches `spec.shutdown` to `Stop` or `Terminate` (what `argo stop|terminate` do).
     pub async fn shutdown(&self, namespace: &str, name: &str, mode: &str) -> Applied {
+        use tracing::Instrument;
         let patch = json!({"spec": {"shutdown": mode}});
         match self
             .api(namespace)
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .instrument(kube_span("patch", namespace, name))
             .await
         {
             Ok(wf) => Applied::Ok {
@@ -110,6 +117,19 @@ impl Workflows {
             Err(e) => failed("patching spec.shutdown", e, true),
         }
     }
+}
+
+/// The client span of one Kubernetes API call on a Workflow.
+fn kube_span(verb: &str, namespace: &str, name: &str) -> tracing::Span {
+    tracing::info_span!(
+        "kubernetes",
+        otel.name = %format!("{verb} workflows.argoproj.io"),
+        otel.kind = "client",
+        k8s.namespace.name = %namespace,
+        k8s.resource = "workflows.argoproj.io",
+        k8s.verb = %verb,
+        k8s.object.name = %name,
+    )
 }
 
 /// Classifies a Kubernetes error: network trouble, 5xx, 429 and conflicts are worth retrying,

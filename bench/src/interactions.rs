@@ -153,7 +153,7 @@ pub async fn run(seconds: u64, rates: &[u32]) -> anyhow::Result<Value> {
     let stack = Stack::start(Options {
         backend: Backend::Postgres,
         redis: true,
-        proxy: false,
+        ..Default::default()
     })
     .await;
     let ids = Arc::new(AtomicU64::new(0));

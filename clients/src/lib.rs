@@ -118,7 +118,8 @@ impl ClientConfig {
     }
 }
 
-/// Adds `authorization: Bearer <token>` to every call.
+/// Adds `authorization: Bearer <token>` to every call, and the caller's trace context (W3C
+/// `traceparent` of the current span, when traces are exported) so the server's span joins it.
 #[derive(Clone)]
 pub struct Bearer(Option<MetadataValue<Ascii>>);
 
@@ -126,6 +127,11 @@ impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
+        }
+        if let Some(tp) = facteur_config::telemetry::current_traceparent()
+            && let Ok(v) = MetadataValue::try_from(tp.as_str())
+        {
+            req.metadata_mut().insert("traceparent", v);
         }
         Ok(req)
     }

@@ -5,7 +5,8 @@
 
 use crate::model::TelemetryConfig;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+pub use opentelemetry_otlp::Protocol;
+use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{Resource, metrics::SdkMeterProvider, trace::SdkTracerProvider};
 use std::io::{IsTerminal, Write};
 use std::sync::OnceLock;
@@ -155,6 +156,35 @@ impl Drop for TelemetryGuard {
     }
 }
 
+impl TelemetryGuard {
+    /// Exports every span ended so far (the batch exporter otherwise sends every few seconds).
+    pub fn flush(&self) {
+        flush_logs();
+        if let Some(t) = &self.tracer {
+            let _ = t.force_flush();
+        }
+    }
+}
+
+/// Where OTLP signals go: each `None` when not exported.
+#[derive(Clone, Debug, Default)]
+pub struct Exporters {
+    /// Traces: the protocol, and an endpoint (`None`: the exporter reads `OTEL_EXPORTER_OTLP_*`).
+    pub traces: Option<(Protocol, Option<String>)>,
+    /// Metrics, likewise.
+    pub metrics: Option<(Protocol, Option<String>)>,
+}
+
+impl Exporters {
+    /// From the standard `OTEL_*` environment variables.
+    pub fn from_env() -> Exporters {
+        Exporters {
+            traces: otlp_protocol("TRACES").map(|p| (p, None)),
+            metrics: otlp_protocol("METRICS").map(|p| (p, None)),
+        }
+    }
+}
+
 /// Which OTLP protocol a signal uses, from `OTEL_EXPORTER_OTLP_<SIGNAL>_PROTOCOL` or
 /// `OTEL_EXPORTER_OTLP_PROTOCOL`; `None` when no endpoint is configured for it.
 fn otlp_protocol(signal: &str) -> Option<Protocol> {
@@ -203,6 +233,16 @@ pub fn secret_safe() -> tracing_subscriber::filter::FilterFn {
 /// Installs the global subscriber. Call once, inside the Tokio runtime (the gRPC exporter
 /// needs it), before anything logs. `force_json` overrides the configured format.
 pub fn init(service: &'static str, cfg: &TelemetryConfig, force_json: bool) -> TelemetryGuard {
+    init_with(service, cfg, force_json, Exporters::from_env())
+}
+
+/// [`init`] with the OTLP exporters given instead of read from the environment.
+pub fn init_with(
+    service: &'static str,
+    cfg: &TelemetryConfig,
+    force_json: bool,
+    exporters: Exporters,
+) -> TelemetryGuard {
     let filter = || {
         EnvFilter::try_from_default_env()
             .or_else(|_| EnvFilter::try_new(&cfg.log_level))
@@ -244,15 +284,26 @@ pub fn init(service: &'static str, cfg: &TelemetryConfig, force_json: bool) -> T
     };
     let resource = Resource::builder().with_service_name(service).build();
 
-    let tracer = otlp_protocol("TRACES").and_then(|protocol| {
+    let tracer = exporters.traces.and_then(|(protocol, endpoint)| {
         let exporter = match protocol {
-            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .build(),
-            _ => opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(protocol)
-                .build(),
+            Protocol::Grpc => {
+                let b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+                match endpoint {
+                    Some(e) => b.with_endpoint(e),
+                    None => b,
+                }
+                .build()
+            }
+            _ => {
+                let b = opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(protocol);
+                match endpoint {
+                    Some(e) => b.with_endpoint(e),
+                    None => b,
+                }
+                .build()
+            }
         };
         match exporter {
             Ok(e) => Some(
@@ -267,15 +318,26 @@ pub fn init(service: &'static str, cfg: &TelemetryConfig, force_json: bool) -> T
             }
         }
     });
-    let meter = otlp_protocol("METRICS").and_then(|protocol| {
+    let meter = exporters.metrics.and_then(|(protocol, endpoint)| {
         let exporter = match protocol {
-            Protocol::Grpc => opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
-                .build(),
-            _ => opentelemetry_otlp::MetricExporter::builder()
-                .with_http()
-                .with_protocol(protocol)
-                .build(),
+            Protocol::Grpc => {
+                let b = opentelemetry_otlp::MetricExporter::builder().with_tonic();
+                match endpoint {
+                    Some(e) => b.with_endpoint(e),
+                    None => b,
+                }
+                .build()
+            }
+            _ => {
+                let b = opentelemetry_otlp::MetricExporter::builder()
+                    .with_http()
+                    .with_protocol(protocol);
+                match endpoint {
+                    Some(e) => b.with_endpoint(e),
+                    None => b,
+                }
+                .build()
+            }
         };
         match exporter {
             Ok(e) => Some(

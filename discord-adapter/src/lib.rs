@@ -293,22 +293,54 @@ pub fn request(i: &Value) -> Option<Request> {
 /// route. Within Discord's 3 s: a command the server is slow to answer gets a deferral now and
 /// its answer as an edit of the original response later. `None`: not a type Discord sends.
 pub async fn respond(a: &Adapter, i: &Value) -> Option<Value> {
+    use tracing::Instrument;
+    // The root of the interaction's trace: the control plane's span, the run, the argo-adapter's
+    // create and the Workflow's `traceparent` annotation all join it.
+    let kind = i["type"].as_u64().unwrap_or(0);
+    let span = tracing::info_span!(
+        "interaction",
+        otel.name = %format!("discord.interaction {}", interaction_kind(kind)),
+        otel.kind = "server",
+        discord.interaction.type = kind,
+        discord.interaction.id = %s(i, &["id"]),
+        discord.guild.id = %s(i, &["guild_id"]),
+    );
+    respond_in_span(a, i).instrument(span).await
+}
+
+fn interaction_kind(kind: u64) -> &'static str {
+    use render::interaction;
+    match u8::try_from(kind).unwrap_or(0) {
+        interaction::PING => "ping",
+        interaction::COMMAND => "command",
+        interaction::COMPONENT => "component",
+        interaction::MODAL => "modal",
+        interaction::AUTOCOMPLETE => "autocomplete",
+        _ => "unknown",
+    }
+}
+
+async fn respond_in_span(a: &Adapter, i: &Value) -> Option<Value> {
     use render::callback;
+    use tracing::Instrument;
     Some(match request(i)? {
         Request::Ping => json!({"type": callback::PONG}),
         Request::Invoke(req) => invoke(a, i, req).await,
         Request::Interact(req) => {
             let control = a.control.clone();
-            let call = tokio::spawn(async move {
-                control.command().interact(req).await.map(|r| {
-                    let r = r.into_inner();
-                    let mut reply = r.reply.unwrap_or_default();
-                    if !r.update_message {
-                        reply.ephemeral = true;
-                    }
-                    (reply, r.update_message)
-                })
-            });
+            let call = tokio::spawn(
+                async move {
+                    control.command().interact(req).await.map(|r| {
+                        let r = r.into_inner();
+                        let mut reply = r.reply.unwrap_or_default();
+                        if !r.update_message {
+                            reply.ephemeral = true;
+                        }
+                        (reply, r.update_message)
+                    })
+                }
+                .instrument(tracing::Span::current()),
+            );
             // Buttons update the message they sit on, or answer the clicker alone.
             let call = tokio::spawn(async move {
                 match call.await {
@@ -342,19 +374,25 @@ pub async fn respond(a: &Adapter, i: &Value) -> Option<Value> {
 
 /// Sends an `Invoke` and answers with a message, a modal, or a deferral.
 async fn invoke(a: &Adapter, i: &Value, req: pb::InvokeRequest) -> Value {
+    use tracing::Instrument;
     let control = a.control.clone();
-    let call = tokio::spawn(async move {
-        control.command().invoke(req).await.map(|r| {
-            let r = r.into_inner();
-            match r.modal {
-                Some(m) => render::modal(&m),
-                None => render::response(
-                    render::callback::CHANNEL_MESSAGE,
-                    &r.reply.unwrap_or_default(),
-                ),
-            }
-        })
-    });
+    // The call runs on its own task (it may outlive the deferral); it stays in the
+    // interaction's span, so the control plane's span joins the interaction's trace.
+    let call = tokio::spawn(
+        async move {
+            control.command().invoke(req).await.map(|r| {
+                let r = r.into_inner();
+                match r.modal {
+                    Some(m) => render::modal(&m),
+                    None => render::response(
+                        render::callback::CHANNEL_MESSAGE,
+                        &r.reply.unwrap_or_default(),
+                    ),
+                }
+            })
+        }
+        .instrument(tracing::Span::current()),
+    );
     answer(a, i, call).await
 }
 

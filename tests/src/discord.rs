@@ -74,6 +74,8 @@ pub struct Options {
     pub redis: bool,
     /// Put a [`CuttableProxy`] between the adapter and the server.
     pub proxy: bool,
+    /// Codex implementation orchestration on (into `argo.namespace`).
+    pub codex: bool,
 }
 
 impl Default for Options {
@@ -82,6 +84,7 @@ impl Default for Options {
             backend: Backend::Sqlite,
             redis: false,
             proxy: false,
+            codex: false,
         }
     }
 }
@@ -136,6 +139,7 @@ impl Stack {
     pub async fn start(o: Options) -> Stack {
         let db = TestDb::new(o.backend).await;
         let mut cfg = stack_config(&db);
+        cfg.codex_implementation_orchestrator.enabled = o.codex;
         let redis = o.redis.then(RedisPrefix::new);
         if let Some(p) = &redis {
             cfg.redis.url = Secret(redis_url());

@@ -35,6 +35,8 @@ pub fn label_value(s: &str) -> String {
         .to_string()
 }
 
+/// Annotation carrying the W3C trace context of the request that created the run.
+pub const TRACEPARENT_ANNOTATION: &str = "facteur.proompteng.ai/traceparent";
 /// Label carrying the run id on every Workflow we create.
 pub const RUN_ID_LABEL: &str = "facteur.proompteng.ai/run-id";
 /// Label selecting the Workflows facteur manages.
@@ -95,10 +97,7 @@ fn job(l: &Leased) -> pb::LeaseResponse {
     .into_iter()
     .collect();
     if !run.trace_parent.is_empty() {
-        annotations.insert(
-            "facteur.proompteng.ai/traceparent".into(),
-            run.trace_parent.clone(),
-        );
+        annotations.insert(TRACEPARENT_ANNOTATION.into(), run.trace_parent.clone());
     }
     pb::LeaseResponse {
         dispatch_id: l.dispatch.id.clone(),
