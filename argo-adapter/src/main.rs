@@ -15,13 +15,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
+    // Before start-up work: a SIGTERM during start-up drains too.
+    let stop = facteur_config::signals::drain("facteur-argo");
     let control = facteur_client::adapter::control_plane(&config.control_plane)?;
     let kube_config = facteur_argo::kubeconfig::resolve(&config.argo.kubeconfig).await?;
     let kube = kube::Client::try_from(kube_config).context("cannot build the Kubernetes client")?;
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {
-        facteur_config::signals::drain("facteur-argo").await;
+        stop.await;
         token.cancel();
     });
     facteur_argo::run(&config, control, kube, shutdown).await

@@ -18,6 +18,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
+    // Before start-up work: a SIGTERM during start-up drains too.
+    let stop = facteur_config::signals::drain("facteur-discord");
     let control = facteur_client::adapter::control_plane(&config.control_plane)?;
     let app_id: u64 = config
         .discord
@@ -77,7 +79,7 @@ async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
     };
     let token = shutdown.clone();
     tokio::spawn(async move {
-        facteur_config::signals::drain("facteur-discord").await;
+        stop.await;
         token.cancel();
     });
     let token = shutdown.clone();

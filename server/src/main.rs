@@ -114,10 +114,12 @@ async fn run(cli: Cli) -> ExitCode {
 }
 
 async fn serve(config: facteur_config::Config) -> anyhow::Result<()> {
+    // Before start-up work: a SIGTERM during start-up drains too.
+    let stop = facteur_config::signals::drain("facteur");
     let shutdown = CancellationToken::new();
     let server = facteur_server::start(config, shutdown.clone()).await?;
     tokio::spawn(async move {
-        facteur_config::signals::drain("facteur").await;
+        stop.await;
         shutdown.cancel();
     });
     server.wait().await.context("server stopped")?;
