@@ -6,7 +6,8 @@
 //! - a create that outlives `argo.shutdown_grace_seconds`: cut when the grace runs out, and the
 //!   exit status says so (non-zero).
 //!
-//! Before, the process exited in 0.03 s on SIGTERM with a create in flight.
+//! Before, the process exited in 0.03 s on SIGTERM with a create in flight. It runs at
+//! `RUST_LOG=trace` with random tokens, and neither appears in its log.
 
 use facteur_client::pb;
 use facteur_tests::fake_kube::FakeKube;
@@ -39,7 +40,13 @@ impl Drop for Argo {
     }
 }
 
-fn start(grpc_url: &str, kubeconfig: &Path, grace: u64, log: &Path) -> Argo {
+/// The secrets the adapter is given (random per run): never in its log, at any level.
+struct Secrets {
+    control_plane_token: String,
+    callback_token: String,
+}
+
+fn start(grpc_url: &str, kubeconfig: &Path, grace: u64, log: &Path, s: &Secrets) -> Argo {
     let file = std::fs::File::create(log).expect("log");
     let mut c = Command::new(env!("CARGO_BIN_EXE_facteur-argo"));
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("FACTEUR_") || k == "KUBECONFIG") {
@@ -47,7 +54,13 @@ fn start(grpc_url: &str, kubeconfig: &Path, grace: u64, log: &Path) -> Argo {
     }
     let child = c
         .env("FACTEUR_CONTROL_PLANE_URL", grpc_url)
-        .env("FACTEUR_CONTROL_PLANE_TOKEN", ARGO_TOKEN)
+        .env("RUST_LOG", "trace")
+        .env("FACTEUR_CONTROL_PLANE_TOKEN", &s.control_plane_token)
+        .env("FACTEUR_ARGO_CALLBACK_TOKEN", &s.callback_token)
+        .env(
+            "FACTEUR_ARGO_CALLBACK_LISTEN_ADDRESS",
+            format!("127.0.0.1:{}", free_port()),
+        )
         .env("FACTEUR_KUBECONFIG", kubeconfig)
         .env("FACTEUR_ARGO_NAMESPACE", NS)
         .env("FACTEUR_ARGO_SHUTDOWN_GRACE_SECONDS", grace.to_string())
@@ -78,10 +91,27 @@ fn sigterm(argo: &mut Argo) -> (std::process::ExitStatus, Duration) {
     }
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_idle_in_flight_and_past_the_grace() {
+    let random = |what: &str| format!("{what}-{}", uuid::Uuid::new_v4().simple());
+    let secrets = Secrets {
+        control_plane_token: random("argo-token"),
+        callback_token: random("callback-token"),
+    };
     let db = TestDb::new(Backend::Sqlite).await;
     let mut c = with_tokens(config(&db));
+    c.auth.tokens.push(facteur_config::TokenConfig {
+        name: "argo-trace".into(),
+        role: "argo-adapter".into(),
+        token: facteur_config::Secret(secrets.control_plane_token.clone()),
+    });
     c.dispatcher.lease_seconds = 30;
     let srv = TestServer::start(c).await;
     let a = admin(&srv).await;
@@ -92,7 +122,13 @@ async fn sigterm_idle_in_flight_and_past_the_grace() {
 
     // Idle: connected, nothing to do.
     let kube = FakeKube::start().await;
-    let mut argo = start(&srv.grpc_url(), &kubeconfig(&dir, &kube), 10, &log("idle"));
+    let mut argo = start(
+        &srv.grpc_url(),
+        &kubeconfig(&dir, &kube),
+        10,
+        &log("idle"),
+        &secrets,
+    );
     let warm = a.start_run("dispatch", &[]).await;
     wait_until("the adapter to serve", Duration::from_secs(20), || async {
         a.status(&warm.id).await == pb::RunStatus::Submitted
@@ -110,6 +146,7 @@ async fn sigterm_idle_in_flight_and_past_the_grace() {
         &kubeconfig(&dir, &kube),
         10,
         &log("inflight"),
+        &secrets,
     );
     let run = a.start_run("dispatch", &[]).await;
     wait_until("the create to be sent", Duration::from_secs(20), || async {
@@ -133,7 +170,13 @@ async fn sigterm_idle_in_flight_and_past_the_grace() {
     // A create that hangs: cut when the grace (1 s) runs out; the exit status says so.
     let kube = FakeKube::start().await;
     kube.hang_creates(1);
-    let mut argo = start(&srv.grpc_url(), &kubeconfig(&dir, &kube), 1, &log("cut"));
+    let mut argo = start(
+        &srv.grpc_url(),
+        &kubeconfig(&dir, &kube),
+        1,
+        &log("cut"),
+        &secrets,
+    );
     let run = a.start_run("dispatch", &[]).await;
     wait_until("the create to be sent", Duration::from_secs(20), || async {
         kube.create_seen_count() == 1
@@ -145,6 +188,21 @@ async fn sigterm_idle_in_flight_and_past_the_grace() {
     assert!(read("cut").contains("shutdown grace"), "{}", read("cut"));
     assert_eq!(a.status(&run.id).await, pb::RunStatus::Dispatching);
 
+    // At RUST_LOG=trace, neither token reached any of the three logs.
+    for name in ["idle", "inflight", "cut"] {
+        let text = read(name);
+        assert!(
+            text.lines().count() > 20,
+            "{name}: the log is at trace:\n{text}"
+        );
+        for secret in [&secrets.control_plane_token, &secrets.callback_token] {
+            let hits: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains(secret.as_str()))
+                .collect();
+            assert!(hits.is_empty(), "{name}: a token in the log: {hits:#?}");
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
     srv.stop().await;
 }
