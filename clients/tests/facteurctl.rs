@@ -61,12 +61,29 @@ async fn every_command_against_a_live_server() {
         out.contains("ready") && out.contains("sqlite") && out.contains("memory"),
         "{out}"
     );
+    // Nobody serves the namespace the server dispatches to: said at once.
+    assert!(out.contains("no argo-adapter connected"), "{out}");
+    let unserved = |out: &str, queued: &str| {
+        out.lines().any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.first() == Some(&"argo-workflows") && cols.get(1) == Some(&queued)
+        })
+    };
+    assert!(
+        out.contains("UNSERVED NAMESPACE") && unserved(&out, "0"),
+        "{out}"
+    );
 
     let (ok, out, err) = tokio::task::block_in_place(|| {
         ctl(url, &["run", "dispatch", "payload=hello", "--key", "k1"])
     });
     assert!(ok, "{err}");
     assert!(out.contains(": queued"), "{out}");
+    let (_, status, _) = tokio::task::block_in_place(|| ctl(url, &["status"]));
+    assert!(
+        unserved(&status, "1"),
+        "the queued run is counted: {status}"
+    );
     let run_id = out
         .split_whitespace()
         .nth(1)
