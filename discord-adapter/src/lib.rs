@@ -20,6 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use facteur_client::{Backoff, Client, pb};
 use serde_json::{Value, json};
+use serenity::all::{CreateInteractionResponse, CreateInteractionResponseMessage};
 use serenity::http::Http;
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,7 +177,7 @@ fn context(i: &Value) -> pb::InteractionContext {
 }
 
 /// A refusal the member should read; anything else is not theirs to see.
-fn status_notice(st: &tonic::Status) -> Value {
+fn status_notice(st: &tonic::Status) -> CreateInteractionResponse {
     use tonic::Code::*;
     match st.code() {
         PermissionDenied | InvalidArgument | NotFound | FailedPrecondition => {
@@ -214,9 +215,21 @@ async fn interactions(State(a): State<Adapter>, headers: HeaderMap, body: Bytes)
         return (StatusCode::BAD_REQUEST, "body is not JSON").into_response();
     };
     match respond(&a, &i).await {
-        Some(answer) => Json(answer).into_response(),
+        Some(answer) => Json(response_body(&answer)).into_response(),
         None => (StatusCode::BAD_REQUEST, "unsupported interaction type").into_response(),
     }
+}
+
+/// A response's JSON body. serenity writes `"data": null` for the responses without data; a
+/// PONG is answered exactly as Discord's documentation shows it, `{"type": 1}`.
+fn response_body(answer: &CreateInteractionResponse) -> Value {
+    let mut v = serde_json::to_value(answer).unwrap_or_else(|_| json!({}));
+    if let Some(m) = v.as_object_mut()
+        && m.get("data").is_some_and(Value::is_null)
+    {
+        m.remove("data");
+    }
+    v
 }
 
 /// What an interaction asks of the control plane, read from its JSON alone (no I/O, so the
@@ -292,7 +305,7 @@ pub fn request(i: &Value) -> Option<Request> {
 /// transport: the HTTP endpoint returns it as its body, gateway mode sends it to the callback
 /// route. Within Discord's 3 s: a command the server is slow to answer gets a deferral now and
 /// its answer as an edit of the original response later. `None`: not a type Discord sends.
-pub async fn respond(a: &Adapter, i: &Value) -> Option<Value> {
+pub async fn respond(a: &Adapter, i: &Value) -> Option<CreateInteractionResponse> {
     use tracing::Instrument;
     // The root of the interaction's trace: the control plane's span, the run, the argo-adapter's
     // create and the Workflow's `traceparent` annotation all join it.
@@ -320,11 +333,10 @@ fn interaction_kind(kind: u64) -> &'static str {
     }
 }
 
-async fn respond_in_span(a: &Adapter, i: &Value) -> Option<Value> {
-    use render::callback;
+async fn respond_in_span(a: &Adapter, i: &Value) -> Option<CreateInteractionResponse> {
     use tracing::Instrument;
     Some(match request(i)? {
-        Request::Ping => json!({"type": callback::PONG}),
+        Request::Ping => CreateInteractionResponse::Pong,
         Request::Invoke(req) => invoke(a, i, req).await,
         Request::Interact(req) => {
             let control = a.control.clone();
@@ -342,18 +354,10 @@ async fn respond_in_span(a: &Adapter, i: &Value) -> Option<Value> {
                 .instrument(tracing::Span::current()),
             );
             // Buttons update the message they sit on, or answer the clicker alone.
-            let call = tokio::spawn(async move {
-                match call.await {
-                    Ok(Ok((reply, true))) => Ok(Ok((reply, callback::UPDATE_MESSAGE))),
-                    Ok(Ok((reply, false))) => Ok(Ok((reply, callback::CHANNEL_MESSAGE))),
-                    Ok(Err(st)) => Ok(Err(st)),
-                    Err(e) => Err(e),
-                }
-            });
             match tokio::time::timeout(DEFER_AFTER, call).await {
-                Ok(Ok(Ok(Ok((reply, kind))))) => render::response(kind, &reply),
-                Ok(Ok(Ok(Err(st)))) => status_notice(&st),
-                _ => json!({"type": callback::DEFERRED_UPDATE_MESSAGE}),
+                Ok(Ok(Ok((reply, update)))) => render::response(update, &reply),
+                Ok(Ok(Err(st))) => status_notice(&st),
+                _ => CreateInteractionResponse::Acknowledge,
             }
         }
         Request::Autocomplete(req) => {
@@ -363,17 +367,13 @@ async fn respond_in_span(a: &Adapter, i: &Value) -> Option<Value> {
                 Ok(Ok(r)) => r.into_inner().choices,
                 _ => vec![],
             };
-            let choices: Vec<Value> = choices
-                .iter()
-                .map(|c| json!({"name": c.name, "value": c.value}))
-                .collect();
-            json!({"type": callback::AUTOCOMPLETE_RESULT, "data": {"choices": choices}})
+            render::autocomplete(&choices)
         }
     })
 }
 
 /// Sends an `Invoke` and answers with a message, a modal, or a deferral.
-async fn invoke(a: &Adapter, i: &Value, req: pb::InvokeRequest) -> Value {
+async fn invoke(a: &Adapter, i: &Value, req: pb::InvokeRequest) -> CreateInteractionResponse {
     use tracing::Instrument;
     let control = a.control.clone();
     // The call runs on its own task (it may outlive the deferral); it stays in the
@@ -384,10 +384,7 @@ async fn invoke(a: &Adapter, i: &Value, req: pb::InvokeRequest) -> Value {
                 let r = r.into_inner();
                 match r.modal {
                     Some(m) => render::modal(&m),
-                    None => render::response(
-                        render::callback::CHANNEL_MESSAGE,
-                        &r.reply.unwrap_or_default(),
-                    ),
+                    None => render::response(false, &r.reply.unwrap_or_default()),
                 }
             })
         }
@@ -401,8 +398,8 @@ async fn invoke(a: &Adapter, i: &Value, req: pb::InvokeRequest) -> Value {
 async fn answer(
     a: &Adapter,
     i: &Value,
-    mut call: tokio::task::JoinHandle<Result<Value, tonic::Status>>,
-) -> Value {
+    mut call: tokio::task::JoinHandle<Result<CreateInteractionResponse, tonic::Status>>,
+) -> CreateInteractionResponse {
     match tokio::time::timeout(DEFER_AFTER, &mut call).await {
         Ok(Ok(Ok(response))) => response,
         Ok(Ok(Err(st))) => status_notice(&st),
@@ -413,19 +410,21 @@ async fn answer(
         Err(_) => {
             let (http, token) = (a.http.clone(), s(i, &["token"]));
             a.deferred.spawn(async move {
-                let body = match call.await {
+                let failed = || render::notice_message("facteur failed to handle this; try again.");
+                let body = match call
+                    .await
+                    .map(|r| r.unwrap_or_else(|st| status_notice(&st)))
+                {
+                    Ok(
+                        CreateInteractionResponse::Message(m)
+                        | CreateInteractionResponse::UpdateMessage(m)
+                        | CreateInteractionResponse::Defer(m),
+                    ) => m,
                     // A modal cannot follow a deferral; say so instead.
-                    Ok(Ok(response)) if response["type"] == render::callback::MODAL => {
-                        render::notice(
-                            "facteur was too slow to open the form; run the command again.",
-                        )["data"]
-                            .clone()
-                    }
-                    Ok(Ok(response)) => response["data"].clone(),
-                    Ok(Err(st)) => status_notice(&st)["data"].clone(),
-                    Err(_) => {
-                        render::notice("facteur failed to handle this; try again.")["data"].clone()
-                    }
+                    Ok(CreateInteractionResponse::Modal(_)) => render::notice_message(
+                        "facteur was too slow to open the form; run the command again.",
+                    ),
+                    Ok(_) | Err(_) => failed(),
                 };
                 // The deferral may still be on its way to Discord when a slow answer lands
                 // just after it: a refused edit is tried again.
@@ -442,7 +441,7 @@ async fn answer(
                     }
                 }
             });
-            json!({"type": render::callback::DEFERRED_CHANNEL_MESSAGE})
+            CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new())
         }
     }
 }
@@ -619,8 +618,10 @@ async fn show(control: &Client, http: &Http, u: &pb::WatchRunsResponse) {
     let (Some(target), Some(reply), Some(run)) = (&u.target, &u.reply, &u.run) else {
         return;
     };
-    let mut body = render::message(reply);
-    body.as_object_mut().map(|m| m.remove("flags"));
+    let body = render::message(&pb::Reply {
+        ephemeral: false,
+        ..reply.clone()
+    });
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

@@ -1,29 +1,13 @@
-//! The server's replies as Discord interaction responses and message bodies.
+//! The server's replies as Discord interaction responses and message bodies, built with
+//! serenity's builders (which carry Discord's callback and component type numbers).
 
 use facteur_proto::v1 as pb;
 use serde_json::{Value, json};
-
-/// Message flag: only the invoker sees it (serenity's `MessageFlags::EPHEMERAL`).
-pub const EPHEMERAL: u64 = serenity::all::MessageFlags::EPHEMERAL.bits();
-
-/// Interaction response types (Discord's "interaction callback type"; serenity 0.12 keeps them
-/// private to its builders).
-pub mod callback {
-    /// ACK a ping.
-    pub const PONG: u8 = 1;
-    /// Respond with a message.
-    pub const CHANNEL_MESSAGE: u8 = 4;
-    /// ACK now, edit the original response later.
-    pub const DEFERRED_CHANNEL_MESSAGE: u8 = 5;
-    /// ACK a component now, update its message later.
-    pub const DEFERRED_UPDATE_MESSAGE: u8 = 6;
-    /// Edit the message the component is attached to.
-    pub const UPDATE_MESSAGE: u8 = 7;
-    /// Autocomplete choices.
-    pub const AUTOCOMPLETE_RESULT: u8 = 8;
-    /// Open a modal.
-    pub const MODAL: u8 = 9;
-}
+use serenity::all::{
+    ButtonStyle, CreateActionRow, CreateAllowedMentions, CreateAutocompleteResponse, CreateButton,
+    CreateInputText, CreateInteractionResponse, CreateInteractionResponseMessage, CreateModal,
+    InputTextStyle,
+};
 
 /// Interaction types Discord sends (the values of serenity's `InteractionType`, which has no
 /// `const` conversion; a test pins them to it).
@@ -40,46 +24,70 @@ pub mod interaction {
     pub const MODAL: u8 = 5;
 }
 
-fn component(t: serenity::all::ComponentType) -> u8 {
-    u8::from(t)
-}
-
-/// `{content, flags, components}` of a message.
-pub fn message(reply: &pb::Reply) -> Value {
-    let buttons: Vec<Value> = reply
+/// A reply's message body: content, its buttons in one row, and no pings (`allowed_mentions`
+/// empty). The same body is an interaction response's `data`, an edit of `@original`, and a
+/// channel message (created or edited): serenity writes the fields those routes share.
+pub fn message(reply: &pb::Reply) -> CreateInteractionResponseMessage {
+    let buttons: Vec<CreateButton> = reply
         .buttons
         .iter()
         .map(|b| {
-            use serenity::all::{ButtonStyle, ComponentType};
-            let style = if b.danger {
-                ButtonStyle::Danger
-            } else {
-                ButtonStyle::Secondary
-            };
-            json!({"type": component(ComponentType::Button), "style": u8::from(style), "label": b.label, "custom_id": b.custom_id})
+            CreateButton::new(b.custom_id.clone())
+                .label(b.label.clone())
+                .style(if b.danger {
+                    ButtonStyle::Danger
+                } else {
+                    ButtonStyle::Secondary
+                })
         })
         .collect();
-    let mut m = json!({"content": reply.content, "allowed_mentions": {"parse": []}});
-    m["components"] = if buttons.is_empty() {
-        json!([])
+    let rows = if buttons.is_empty() {
+        vec![]
     } else {
-        json!([{"type": component(serenity::all::ComponentType::ActionRow), "components": buttons}])
+        vec![CreateActionRow::Buttons(buttons)]
     };
+    let m = CreateInteractionResponseMessage::new()
+        .content(reply.content.clone())
+        .allowed_mentions(CreateAllowedMentions::new())
+        .components(rows);
     if reply.ephemeral {
-        m["flags"] = json!(EPHEMERAL);
+        m.ephemeral(true)
+    } else {
+        m
     }
-    m
 }
 
-/// An interaction response of `kind` ([`callback::CHANNEL_MESSAGE`] or
-/// [`callback::UPDATE_MESSAGE`]).
-pub fn response(kind: u8, reply: &pb::Reply) -> Value {
-    json!({"type": kind, "data": message(reply)})
+/// A reply as an interaction response: a new message, or (for a component) an update of the
+/// message the component sits on.
+pub fn response(update: bool, reply: &pb::Reply) -> CreateInteractionResponse {
+    if update {
+        CreateInteractionResponse::UpdateMessage(message(reply))
+    } else {
+        CreateInteractionResponse::Message(message(reply))
+    }
 }
 
 /// A refusal or error shown only to the invoker.
-pub fn notice(text: &str) -> Value {
-    json!({"type": callback::CHANNEL_MESSAGE, "data": {"content": text, "flags": EPHEMERAL, "allowed_mentions": {"parse": []}}})
+pub fn notice(text: &str) -> CreateInteractionResponse {
+    CreateInteractionResponse::Message(notice_message(text))
+}
+
+/// The body of [`notice`].
+pub fn notice_message(text: &str) -> CreateInteractionResponseMessage {
+    CreateInteractionResponseMessage::new()
+        .content(text)
+        .allowed_mentions(CreateAllowedMentions::new())
+        .ephemeral(true)
+}
+
+/// Autocomplete suggestions (values are the option's text).
+pub fn autocomplete(choices: &[pb::OptionChoice]) -> CreateInteractionResponse {
+    let r = choices
+        .iter()
+        .fold(CreateAutocompleteResponse::new(), |r, c| {
+            r.add_string_choice(c.name.clone(), c.value.clone())
+        });
+    CreateInteractionResponse::Autocomplete(r)
 }
 
 /// Discord's option type numbers (serenity's `CommandOptionType`).
@@ -168,35 +176,36 @@ pub fn command(c: &pb::CommandDefinition) -> Value {
     })
 }
 
-/// A modal response (type 9): one text input per row.
-pub fn modal(m: &pb::Modal) -> Value {
-    let rows: Vec<Value> = m
+/// A modal: one text input per row. Lengths beyond Discord's (4,000) are left to Discord to
+/// refuse rather than wrapped.
+pub fn modal(m: &pb::Modal) -> CreateInteractionResponse {
+    let len = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
+    let rows: Vec<CreateActionRow> = m
         .inputs
         .iter()
         .map(|i| {
-            use serenity::all::{ComponentType, InputTextStyle};
             let style = if i.paragraph {
                 InputTextStyle::Paragraph
             } else {
                 InputTextStyle::Short
             };
-            let mut input = json!({
-                "type": component(ComponentType::InputText), "custom_id": i.custom_id, "label": i.label,
-                "style": u8::from(style), "required": i.required,
-            });
+            let mut input = CreateInputText::new(style, i.label.clone(), i.custom_id.clone())
+                .required(i.required);
             if let Some(n) = i.min_length {
-                input["min_length"] = json!(n);
+                input = input.min_length(len(n));
             }
             if let Some(n) = i.max_length {
-                input["max_length"] = json!(n);
+                input = input.max_length(len(n));
             }
             if !i.placeholder.is_empty() {
-                input["placeholder"] = json!(i.placeholder);
+                input = input.placeholder(i.placeholder.clone());
             }
-            json!({"type": component(ComponentType::ActionRow), "components": [input]})
+            CreateActionRow::InputText(input)
         })
         .collect();
-    json!({"type": callback::MODAL, "data": {"custom_id": m.custom_id, "title": m.title, "components": rows}})
+    CreateInteractionResponse::Modal(
+        CreateModal::new(m.custom_id.clone(), m.title.clone()).components(rows),
+    )
 }
 
 /// The values of a submitted modal, by input `custom_id` (action rows or Label-wrapped inputs).
@@ -235,6 +244,77 @@ mod registration_tests {
         ] {
             assert_eq!(ours, u8::from(theirs));
         }
+    }
+
+    /// Interaction responses as Discord documents them (callback type, message flags,
+    /// component and style numbers), whatever serenity's builders write besides.
+    #[test]
+    fn responses_are_discords_shapes() {
+        let v = |r: CreateInteractionResponse| serde_json::to_value(r).expect("serialises");
+        let reply = pb::Reply {
+            content: "run `abc`: **running**".into(),
+            buttons: vec![pb::Button {
+                label: "Cancel".into(),
+                custom_id: "facteur:cancel:abc".into(),
+                danger: true,
+                ..Default::default()
+            }],
+            ephemeral: false,
+        };
+        let m = v(response(false, &reply));
+        assert_eq!(m["type"], 4, "{m}");
+        assert_eq!(m["data"]["content"], "run `abc`: **running**");
+        assert!(m["data"].get("flags").is_none(), "not ephemeral: {m}");
+        assert_eq!(m["data"]["allowed_mentions"]["parse"], json!([]));
+        assert_eq!(
+            m["data"]["components"],
+            json!([{"type": 1, "components": [
+                {"type": 2, "style": 4, "label": "Cancel", "custom_id": "facteur:cancel:abc", "disabled": false}
+            ]}])
+        );
+        assert_eq!(v(response(true, &reply))["type"], 7);
+        let n = v(notice("no"));
+        assert_eq!(
+            (n["type"].clone(), n["data"]["flags"].clone()),
+            (json!(4), json!(64))
+        );
+        assert_eq!(v(CreateInteractionResponse::Pong)["type"], 1);
+        assert_eq!(v(CreateInteractionResponse::Acknowledge)["type"], 6);
+        let a = v(autocomplete(&[pb::OptionChoice {
+            name: "prod".into(),
+            value: "prod".into(),
+        }]));
+        assert_eq!(
+            (a["type"].clone(), a["data"]["choices"].clone()),
+            (json!(8), json!([{"name": "prod", "value": "prod"}]))
+        );
+        let f = v(modal(&pb::Modal {
+            custom_id: "facteur:modal:deploy".into(),
+            title: "Deploy".into(),
+            inputs: vec![pb::ModalInput {
+                custom_id: "note".into(),
+                label: "Note".into(),
+                paragraph: true,
+                required: false,
+                max_length: Some(100),
+                ..Default::default()
+            }],
+        }));
+        assert_eq!(f["type"], 9, "{f}");
+        assert_eq!(f["data"]["custom_id"], "facteur:modal:deploy");
+        let input = &f["data"]["components"][0]["components"][0];
+        assert_eq!(f["data"]["components"][0]["type"], 1);
+        assert_eq!(
+            (
+                &input["type"],
+                &input["style"],
+                &input["custom_id"],
+                &input["max_length"]
+            ),
+            (&json!(4), &json!(2), &json!("note"), &json!(100)),
+            "{f}"
+        );
+        assert_eq!(input["required"], false);
     }
 
     /// The registration body as Discord documents the application command object.
