@@ -3,17 +3,23 @@
 //! run and its dispatch: a delivery is either wholly accepted or not at all, and a replay on
 //! any replica, at any time, finds the original through the unique delivery id.
 //!
-//! The SQL is written per backend: Postgres uses the `codex_kb` schema and native `uuid`,
-//! `jsonb`, `timestamptz` columns (the old service's layout); SQLite uses `codex_kb_*` tables
-//! with text columns.
+//! The tables differ per backend: Postgres has the `codex_kb` schema with native `uuid`,
+//! `jsonb`, `timestamptz` columns (the old service's layout); SQLite has `codex_kb_*` tables
+//! with text columns. Statements are built with sea-query ([`Kb`] names the table and types the
+//! values per backend), so each backend gets its own placeholders; the Postgres group-commit
+//! statement (`codex_batch.rs`) is the one raw statement, kept for its measured speed.
 
 use super::codex_batch::Row;
 use super::errors;
-use super::{Inserted, Store, insert_run, portable as stmt};
+use super::{Inserted, Store, insert_run};
 use crate::domain::codex::CodexPlan;
 use crate::domain::run::{NewRun, Requester, Run, RunSource, RunStatus};
 use crate::domain::{Error, Result};
 use chrono::{DateTime, SubsecRound, Utc};
+use sea_orm::sea_query::{
+    Alias, Expr, ExprTrait, InsertStatement, IntoTableRef, LikeExpr, OnConflict, Order, Query,
+    TableRef,
+};
 use sea_orm::{ConnectionTrait, DatabaseBackend, QueryResult, TransactionTrait};
 
 /// What a submission recorded (or found, for a replay).
@@ -65,25 +71,12 @@ pub fn run_key(delivery_id: &str) -> String {
     format!("codex:{delivery_id}")
 }
 
-fn pg(backend: DatabaseBackend) -> bool {
-    backend == DatabaseBackend::Postgres
-}
-
-/// Table name per backend.
-fn t(backend: DatabaseBackend, table: &str) -> String {
-    if pg(backend) {
-        format!("codex_kb.{table}")
-    } else {
-        format!("codex_kb_{table}")
-    }
-}
-
-/// Timestamps as bound values: text everywhere (cast on Postgres), RFC 3339 with microseconds.
+/// Timestamps as SQLite keeps them: RFC 3339 text with microseconds (sorts as it reads).
 fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-/// Reading a timestamp column selected as text.
+/// Reading a timestamp SQLite keeps as text.
 fn parse_stamp(s: &str) -> Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
@@ -93,18 +86,123 @@ fn parse_stamp(s: &str) -> Result<DateTime<Utc>> {
         .map_err(|e| Error::Internal(format!("stored timestamp `{s}` is invalid: {e}")))
 }
 
-/// `created_at` selected as RFC 3339 text on both backends.
-fn ts_text(backend: DatabaseBackend, col: &str) -> String {
-    if pg(backend) {
-        format!("to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
-    } else {
-        col.to_string()
+/// The `codex_kb` tables and their column types on one backend.
+#[derive(Clone, Copy)]
+struct Kb(DatabaseBackend);
+
+/// The aliases of the joined tables in [`Kb::select`].
+const TR: &str = "tr";
+const TK: &str = "tk";
+const IDEA: &str = "i";
+
+fn col(table: &str, column: &str) -> Expr {
+    Expr::col((Alias::new(table), Alias::new(column)))
+}
+
+impl Kb {
+    fn pg(self) -> bool {
+        self.0 == DatabaseBackend::Postgres
+    }
+
+    /// `codex_kb.<name>` on Postgres, `codex_kb_<name>` on SQLite.
+    fn table(self, name: &str) -> TableRef {
+        if self.pg() {
+            (Alias::new("codex_kb"), Alias::new(name)).into_table_ref()
+        } else {
+            Alias::new(format!("codex_kb_{name}")).into_table_ref()
+        }
+    }
+
+    fn typed(self, v: impl Into<sea_orm::Value>, pg_type: &str) -> Expr {
+        if self.pg() {
+            Expr::val(v).cast_as(Alias::new(pg_type))
+        } else {
+            Expr::val(v)
+        }
+    }
+
+    /// A UUID (a `uuid` column on Postgres, text on SQLite).
+    fn uuid(self, v: impl Into<String>) -> Expr {
+        self.typed(v.into(), "uuid")
+    }
+
+    /// A JSON document (`jsonb` on Postgres, text on SQLite).
+    fn json(self, v: impl Into<String>) -> Expr {
+        self.typed(v.into(), "jsonb")
+    }
+
+    /// An instant (`timestamptz` on Postgres, [`stamp`] text on SQLite).
+    fn time(self, t: DateTime<Utc>) -> Expr {
+        if self.pg() {
+            Expr::val(t)
+        } else {
+            Expr::val(stamp(t))
+        }
+    }
+
+    /// `INSERT INTO <table> (…) VALUES (…) RETURNING id`, each column beside its value.
+    fn insert<const N: usize>(self, table: &str, row: [(&str, Expr); N]) -> InsertStatement {
+        let (columns, values): (Vec<_>, Vec<_>) =
+            row.into_iter().map(|(c, v)| (Alias::new(c), v)).unzip();
+        Query::insert()
+            .into_table(self.table(table))
+            .columns(columns)
+            .values_panic(values)
+            .returning(Query::returning().column(Alias::new("id")))
+            .to_owned()
+    }
+
+    /// A UUID column read back as text.
+    fn id(self, row: &QueryResult, column: &str) -> Result<String> {
+        let read = if self.pg() {
+            row.try_get::<uuid::Uuid>("", column).map(|u| u.to_string())
+        } else {
+            row.try_get::<String>("", column)
+        };
+        read.map_err(|e| Error::Internal(format!("reading {column}: {e}")))
+    }
+
+    /// The id a `RETURNING id` gave, if a row was written.
+    fn returned_id(self, row: Option<QueryResult>) -> Result<Option<String>> {
+        row.map(|r| self.id(&r, "id")).transpose()
+    }
+
+    fn at(self, row: &QueryResult, column: &str) -> Result<DateTime<Utc>> {
+        if self.pg() {
+            row.try_get::<DateTime<Utc>>("", column)
+                .map_err(|e| Error::Internal(format!("reading {column}: {e}")))
+        } else {
+            parse_stamp(&text(row, column)?)
+        }
+    }
+
+    /// Task runs with their task and idea: `tr`, `tk`, `i`.
+    fn select(self) -> sea_orm::sea_query::SelectStatement {
+        let mut q = Query::select();
+        q.expr_as(col(TR, "id"), Alias::new("task_run_id"))
+            .expr_as(col(TR, "task_id"), Alias::new("task_id"))
+            .expr_as(col(TK, "idea_id"), Alias::new("idea_id"))
+            .expr_as(col(TR, "delivery_id"), Alias::new("delivery_id"))
+            .expr_as(col(TR, "status"), Alias::new("status"))
+            .expr_as(col(TK, "stage"), Alias::new("stage"))
+            .expr_as(col(IDEA, "source_ref"), Alias::new("source_ref"))
+            .expr_as(col(TR, "created_at"), Alias::new("created_at"))
+            .from(self.table("task_runs").alias(Alias::new(TR)))
+            .inner_join(
+                self.table("tasks").alias(Alias::new(TK)),
+                col(TK, "id").eq(col(TR, "task_id")),
+            )
+            .inner_join(
+                self.table("ideas").alias(Alias::new(IDEA)),
+                col(IDEA, "id").eq(col(TK, "idea_id")),
+            );
+        q
     }
 }
 
-fn get(row: &QueryResult, col: &str) -> Result<String> {
-    row.try_get::<String>("", col)
-        .map_err(|e| Error::Internal(format!("reading {col}: {e}")))
+fn text(row: &QueryResult, column: &str) -> Result<String> {
+    row.try_get::<String>("", column)
+        .map_err(|e| Error::Internal(format!("reading {column}: {e}")))
 }
 
 impl Store {
@@ -223,61 +321,79 @@ impl Store {
                 run: Some(run),
             });
         }
+        let kb = Kb(b);
         let txn = self.db.begin().await.map_err(errors::db)?;
-        let idea = txn
-            .query_one_raw(stmt(
-                b,
-                &format!(
-                    "INSERT INTO {} (id, source_type, source_ref, priority, status, risk_flags, payload, created_at, updated_at)
-                     VALUES ($1::uuid, 'github_issue', $2, 0, 'received', '{{}}', $3::jsonb, $4::timestamptz, $4::timestamptz)
-                     ON CONFLICT (source_type, source_ref) DO UPDATE SET payload = excluded.payload, updated_at = excluded.updated_at
-                     RETURNING id::text AS id",
-                    t(b, "ideas")
-                ),
-                vec![uuid::Uuid::new_v4().to_string().into(), source_ref.into(), plan.task_json.clone().into(), now.clone().into()],
-            ))
-            .await
-            .map_err(errors::db)?
-            .ok_or_else(|| Error::Internal("idea upsert returned nothing".into()))?;
-        let idea_id = get(&idea, "id")?;
-        let task = txn
-            .query_one_raw(stmt(
-                b,
-                &format!(
-                    "INSERT INTO {} (id, idea_id, stage, state, metadata, created_at, updated_at)
-                     VALUES ($1::uuid, $2::uuid, $3, 'queued', $4::jsonb, $5::timestamptz, $5::timestamptz)
-                     ON CONFLICT (idea_id, stage) DO UPDATE SET state = 'queued', metadata = excluded.metadata, updated_at = excluded.updated_at
-                     RETURNING id::text AS id",
-                    t(b, "tasks")
-                ),
-                vec![uuid::Uuid::new_v4().to_string().into(), idea_id.clone().into(), plan.stage.into(), task_meta.to_string().into(), now.clone().into()],
-            ))
-            .await
-            .map_err(errors::db)?
-            .ok_or_else(|| Error::Internal("task upsert returned nothing".into()))?;
-        let task_id = get(&task, "id")?;
-        let task_run = txn
-            .query_one_raw(stmt(
-                b,
-                &format!(
-                    "INSERT INTO {} (id, task_id, external_run_id, status, queued_at, retry_count, metadata, created_at, updated_at, delivery_id)
-                     VALUES ($1::uuid, $2::uuid, $3, 'queued', $4::timestamptz, 0, $5::jsonb, $4::timestamptz, $4::timestamptz, $6)
-                     ON CONFLICT (delivery_id) DO NOTHING
-                     RETURNING id::text AS id",
-                    t(b, "task_runs")
-                ),
-                vec![
-                    uuid::Uuid::new_v4().to_string().into(),
-                    task_id.clone().into(),
-                    workflow_name.clone().into(),
-                    now.clone().into(),
-                    run_meta.to_string().into(),
-                    plan.delivery_id.clone().into(),
+        let idea = kb
+            .insert(
+                "ideas",
+                [
+                    ("id", kb.uuid(uuid::Uuid::new_v4().to_string())),
+                    ("source_type", Expr::val("github_issue")),
+                    ("source_ref", Expr::val(source_ref)),
+                    ("priority", Expr::val(0)),
+                    ("status", Expr::val("received")),
+                    ("risk_flags", kb.json("{}")),
+                    ("payload", kb.json(plan.task_json.clone())),
+                    ("created_at", kb.time(at)),
+                    ("updated_at", kb.time(at)),
                 ],
-            ))
-            .await
-            .map_err(errors::db)?;
-        let Some(task_run) = task_run else {
+            )
+            .on_conflict(
+                OnConflict::columns([Alias::new("source_type"), Alias::new("source_ref")])
+                    .update_columns([Alias::new("payload"), Alias::new("updated_at")])
+                    .to_owned(),
+            )
+            .to_owned();
+        let idea_id = kb
+            .returned_id(txn.query_one(&idea).await.map_err(errors::db)?)?
+            .ok_or_else(|| Error::Internal("idea upsert returned nothing".into()))?;
+        let task = kb
+            .insert(
+                "tasks",
+                [
+                    ("id", kb.uuid(uuid::Uuid::new_v4().to_string())),
+                    ("idea_id", kb.uuid(idea_id.clone())),
+                    ("stage", Expr::val(plan.stage)),
+                    ("state", Expr::val("queued")),
+                    ("metadata", kb.json(task_meta.to_string())),
+                    ("created_at", kb.time(at)),
+                    ("updated_at", kb.time(at)),
+                ],
+            )
+            .on_conflict(
+                OnConflict::columns([Alias::new("idea_id"), Alias::new("stage")])
+                    .value(Alias::new("state"), "queued")
+                    .update_columns([Alias::new("metadata"), Alias::new("updated_at")])
+                    .to_owned(),
+            )
+            .to_owned();
+        let task_id = kb
+            .returned_id(txn.query_one(&task).await.map_err(errors::db)?)?
+            .ok_or_else(|| Error::Internal("task upsert returned nothing".into()))?;
+        let task_run = kb
+            .insert(
+                "task_runs",
+                [
+                    ("id", kb.uuid(uuid::Uuid::new_v4().to_string())),
+                    ("task_id", kb.uuid(task_id.clone())),
+                    ("external_run_id", Expr::val(workflow_name.clone())),
+                    ("status", Expr::val("queued")),
+                    ("queued_at", kb.time(at)),
+                    ("retry_count", Expr::val(0)),
+                    ("metadata", kb.json(run_meta.to_string())),
+                    ("created_at", kb.time(at)),
+                    ("updated_at", kb.time(at)),
+                    ("delivery_id", Expr::val(plan.delivery_id.clone())),
+                ],
+            )
+            .on_conflict(
+                OnConflict::column(Alias::new("delivery_id"))
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .to_owned();
+        let task_run = kb.returned_id(txn.query_one(&task_run).await.map_err(errors::db)?)?;
+        let Some(task_run_id) = task_run else {
             // Another submission of this delivery committed first.
             let _ = txn.rollback().await;
             return self
@@ -285,7 +401,6 @@ impl Store {
                 .await?
                 .ok_or_else(|| Error::Internal("delivery conflicted but is not recorded".into()));
         };
-        let task_run_id = get(&task_run, "id")?;
         match insert_run(&txn, run_id, &new, principal, at).await {
             Ok(()) => {}
             Err(Inserted::Duplicate(e)) => {
@@ -331,52 +446,38 @@ impl Store {
         }))
     }
 
-    fn codex_select(&self, filter: &str) -> String {
-        let b = self.db.get_database_backend();
-        format!(
-            "SELECT tr.id::text AS task_run_id, tr.task_id::text AS task_id, tk.idea_id::text AS idea_id, tr.delivery_id,
-                    tr.status, tk.stage, i.source_ref, {} AS created_at, tr.created_at AS created_sort
-             FROM {} tr JOIN {} tk ON tk.id = tr.task_id JOIN {} i ON i.id = tk.idea_id
-             WHERE {filter}",
-            ts_text(b, "tr.created_at"),
-            t(b, "task_runs"),
-            t(b, "tasks"),
-            t(b, "ideas")
-        )
-    }
-
-    async fn codex_record(&self, row: QueryResult) -> Result<CodexRecord> {
-        let delivery_id = get(&row, "delivery_id")?;
-        let source_ref = get(&row, "source_ref")?;
+    async fn codex_record(&self, kb: Kb, row: QueryResult) -> Result<CodexRecord> {
+        let delivery_id = text(&row, "delivery_id")?;
+        let source_ref = text(&row, "source_ref")?;
         let (repository, issue) = source_ref
             .rsplit_once('#')
             .unwrap_or((source_ref.as_str(), "0"));
         Ok(CodexRecord {
-            idea_id: get(&row, "idea_id")?,
-            task_id: get(&row, "task_id")?,
-            task_run_id: get(&row, "task_run_id")?,
+            idea_id: kb.id(&row, "idea_id")?,
+            task_id: kb.id(&row, "task_id")?,
+            task_run_id: kb.id(&row, "task_run_id")?,
             repository: repository.to_string(),
             issue_number: issue.parse().unwrap_or(0),
-            stage: get(&row, "stage")?,
-            status: get(&row, "status")?,
-            created_at: parse_stamp(&get(&row, "created_at")?)?,
+            stage: text(&row, "stage")?,
+            status: text(&row, "status")?,
+            created_at: kb.at(&row, "created_at")?,
             run: self.run_by_key(&run_key(&delivery_id)).await?,
             delivery_id,
         })
     }
 
-    /// A task run by delivery id.
-    pub async fn codex_by_delivery(&self, delivery_id: &str) -> Result<Option<CodexRecord>> {
-        let b = self.db.get_database_backend();
-        let q = stmt(
-            b,
-            &self.codex_select("tr.delivery_id = $1"),
-            vec![delivery_id.into()],
-        );
-        match self.db.query_one_raw(q).await.map_err(errors::db)? {
-            Some(row) => Ok(Some(self.codex_record(row).await?)),
+    async fn codex_one(&self, filter: Expr) -> Result<Option<CodexRecord>> {
+        let kb = Kb(self.db.get_database_backend());
+        let q = kb.select().and_where(filter).to_owned();
+        match self.db.query_one(&q).await.map_err(errors::db)? {
+            Some(row) => Ok(Some(self.codex_record(kb, row).await?)),
             None => Ok(None),
         }
+    }
+
+    /// A task run by delivery id.
+    pub async fn codex_by_delivery(&self, delivery_id: &str) -> Result<Option<CodexRecord>> {
+        self.codex_one(col(TR, "delivery_id").eq(delivery_id)).await
     }
 
     /// A task run by id.
@@ -386,12 +487,8 @@ impl Store {
                 "task_run_id `{id}` is not a UUID"
             )));
         }
-        let b = self.db.get_database_backend();
-        let q = stmt(b, &self.codex_select("tr.id = $1::uuid"), vec![id.into()]);
-        match self.db.query_one_raw(q).await.map_err(errors::db)? {
-            Some(row) => Ok(Some(self.codex_record(row).await?)),
-            None => Ok(None),
-        }
+        let kb = Kb(self.db.get_database_backend());
+        self.codex_one(col(TR, "id").eq(kb.uuid(id))).await
     }
 
     /// Task runs, newest first, optionally by repository and status, after a keyset cursor.
@@ -402,30 +499,37 @@ impl Store {
         limit: u64,
         after: Option<(DateTime<Utc>, String)>,
     ) -> Result<Vec<CodexRecord>> {
-        let b = self.db.get_database_backend();
-        // Without a cursor, start after a time later than any row (a typed value keeps the
-        // Postgres cast valid; an empty string would not parse as a timestamp).
-        let (after_t, after_id) = after
-            .map(|(t, id)| (stamp(t), id))
-            .unwrap_or_else(|| ("9999-12-31T00:00:00.000000Z".into(), String::new()));
-        let filter = "($1 = '' OR i.source_ref LIKE $1 || '#%') AND ($2 = '' OR tr.status = $2)
-             AND (tr.created_at < $3::timestamptz OR (tr.created_at = $3::timestamptz AND tr.id::text < $4))
-             ORDER BY tr.created_at DESC, tr.id DESC LIMIT $5";
-        let q = stmt(
-            b,
-            &self.codex_select(filter),
-            vec![
-                repository.into(),
-                status.into(),
-                after_t.into(),
-                after_id.into(),
-                (limit as i64).into(),
-            ],
-        );
-        let rows = self.db.query_all_raw(q).await.map_err(errors::db)?;
+        let kb = Kb(self.db.get_database_backend());
+        let mut q = kb.select();
+        if !repository.is_empty() {
+            // `owner/name#…`, with LIKE's wildcards in the name taken literally.
+            let literal = repository
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            q.and_where(
+                col(IDEA, "source_ref").like(LikeExpr::new(format!("{literal}#%")).escape('\\')),
+            );
+        }
+        if !status.is_empty() {
+            q.and_where(col(TR, "status").eq(status));
+        }
+        if let Some((t, id)) = after {
+            q.and_where(
+                col(TR, "created_at")
+                    .lt(kb.time(t))
+                    .or(col(TR, "created_at")
+                        .eq(kb.time(t))
+                        .and(col(TR, "id").lt(kb.uuid(id)))),
+            );
+        }
+        q.order_by_expr(col(TR, "created_at"), Order::Desc)
+            .order_by_expr(col(TR, "id"), Order::Desc)
+            .limit(limit);
+        let rows = self.db.query_all(&q).await.map_err(errors::db)?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            out.push(self.codex_record(row).await?);
+            out.push(self.codex_record(kb, row).await?);
         }
         Ok(out)
     }
@@ -436,33 +540,28 @@ impl Store {
 pub(crate) async fn sync_task_run<C: ConnectionTrait>(
     c: &C,
     run: &Run,
-    to: crate::domain::run::RunStatus,
+    to: RunStatus,
 ) -> Result<()> {
     let Some(delivery_id) = run.idempotency_key.strip_prefix("codex:") else {
         return Ok(());
     };
-    let b = c.get_database_backend();
-    let now = stamp(Utc::now());
-    let started = to == crate::domain::run::RunStatus::Running || to.is_terminal();
-    let text = format!(
-        "UPDATE {} SET status = $1, updated_at = $2::timestamptz,
-            started_at = CASE WHEN $3 AND started_at IS NULL THEN $2::timestamptz ELSE started_at END,
-            completed_at = CASE WHEN $4 THEN $2::timestamptz ELSE completed_at END
-         WHERE delivery_id = $5",
-        t(b, "task_runs")
-    );
-    c.execute_raw(stmt(
-        b,
-        &text,
-        vec![
-            to.as_str().into(),
-            now.into(),
-            started.into(),
-            to.is_terminal().into(),
-            delivery_id.into(),
-        ],
-    ))
-    .await
-    .map_err(errors::db)?;
+    let kb = Kb(c.get_database_backend());
+    let now = Utc::now();
+    let mut q = Query::update();
+    q.table(kb.table("task_runs"))
+        .value(Alias::new("status"), to.as_str())
+        .value(Alias::new("updated_at"), kb.time(now));
+    if to == RunStatus::Running || to.is_terminal() {
+        // Set once: the first move to running (or straight to an end) starts it.
+        q.value(
+            Alias::new("started_at"),
+            Expr::col(Alias::new("started_at")).if_null(kb.time(now)),
+        );
+    }
+    if to.is_terminal() {
+        q.value(Alias::new("completed_at"), kb.time(now));
+    }
+    q.and_where(Expr::col(Alias::new("delivery_id")).eq(delivery_id));
+    c.execute(&q).await.map_err(errors::db)?;
     Ok(())
 }

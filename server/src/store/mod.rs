@@ -348,32 +348,6 @@ pub(crate) fn created_payload(new: &NewRun) -> serde_json::Value {
     })
 }
 
-/// A statement written for Postgres, made to run on the connection's backend: for SQLite,
-/// `$n` placeholders become `?n` and the Postgres casts (`::uuid`, `::jsonb`, `::timestamptz`,
-/// `::text`) go (SQLite stores those columns as text anyway).
-pub(crate) fn portable(
-    b: sea_orm::DatabaseBackend,
-    text: &str,
-    values: Vec<sea_orm::Value>,
-) -> sea_orm::Statement {
-    if b == sea_orm::DatabaseBackend::Postgres {
-        return sea_orm::Statement::from_sql_and_values(b, text, values);
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-            out.push('?');
-        } else {
-            out.push(c);
-        }
-    }
-    for cast in ["::uuid", "::jsonb", "::timestamptz", "::text"] {
-        out = out.replace(cast, "");
-    }
-    sea_orm::Statement::from_sql_and_values(b, out, values)
-}
-
 /// A new job for a run, due now.
 pub(crate) fn pending_dispatch(
     run_id: &str,
