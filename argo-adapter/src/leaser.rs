@@ -8,8 +8,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// Annotation of the run's W3C trace context on its Workflow (set by the server).
-pub const TRACEPARENT_ANNOTATION: &str = "facteur.proompteng.ai/traceparent";
+pub use facteur_proto::workflow::TRACEPARENT_ANNOTATION;
 
 /// Keeps a lease stream open until `shutdown` (the adapters' one reconnect loop,
 /// [`facteur_client::adapter::follow`]); jobs run concurrently up to `max_in_flight`.

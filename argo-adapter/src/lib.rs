@@ -68,7 +68,8 @@ pub async fn run(
         Duration::from_secs(config.argo.shutdown_grace_seconds),
         shutdown.clone(),
     ));
-    let reporter = status::Reporter::new(control.clone());
+    let reporter =
+        status::Reporter::new(control.clone()).with_logs(workflows.clone(), config.secrets());
     tasks.spawn(watch::follow(
         workflows.clone(),
         assigned,

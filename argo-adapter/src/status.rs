@@ -1,5 +1,6 @@
 //! Turning a Workflow object into a status report, and sending it (de-duplicated).
 
+use crate::workflows::Workflows;
 use facteur_client::{Backoff, Client, pb, retry};
 use kube::api::DynamicObject;
 use serde_json::Value;
@@ -7,10 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Label carrying the run id.
-pub const RUN_ID_LABEL: &str = "facteur.proompteng.ai/run-id";
-/// Selector of the Workflows facteur manages.
-pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=facteur";
+pub use facteur_proto::workflow::{MANAGED_SELECTOR, RUN_ID_LABEL, SHOW_LOGS_ANNOTATION};
 
 fn ts(v: &Value) -> Option<facteur_proto::Timestamp> {
     let t = chrono::DateTime::parse_from_rfc3339(v.as_str()?).ok()?;
@@ -20,50 +18,150 @@ fn ts(v: &Value) -> Option<facteur_proto::Timestamp> {
     })
 }
 
-/// The failing node: a failed or errored Pod node if any (the step that broke), else any
-/// failed node; its display name and message.
-pub fn failing_node(status: &Value) -> Option<(String, String)> {
-    let nodes = status.get("nodes")?.as_object()?;
-    let failed = |n: &&Value| {
-        matches!(
-            n.get("phase").and_then(Value::as_str),
-            Some("Failed" | "Error")
-        )
-    };
-    let pick = nodes
-        .values()
+/// Argo's annotation choosing how pod names are derived (`v1`: the node id; else `v2`).
+const POD_NAME_FORMAT_ANNOTATION: &str = "workflows.argoproj.io/pod-name-format";
+/// Lines of a failed step's log that a card shows.
+pub const LOG_TAIL_LINES: i64 = 15;
+
+fn text<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The Workflow's Pod nodes: its steps that run a container.
+fn pods(status: &Value) -> impl Iterator<Item = &Value> {
+    status
+        .get("nodes")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|n| n.values())
+        .filter(|n| text(n, "type") == "Pod")
+}
+
+/// The failing node: a failed or errored Pod node if any (the step that broke; the latest to
+/// finish), else any failed node.
+fn failing(status: &Value) -> Option<&Value> {
+    let failed = |n: &&Value| matches!(text(n, "phase"), "Failed" | "Error");
+    pods(status)
         .filter(failed)
-        .filter(|n| n.get("type").and_then(Value::as_str) == Some("Pod"))
-        .max_by_key(|n| n.get("finishedAt").and_then(Value::as_str).unwrap_or(""))
-        .or_else(|| nodes.values().find(failed))?;
-    let name = pick
-        .get("displayName")
-        .or_else(|| pick.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let message = pick
-        .get("message")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    Some((name, message))
+        .max_by_key(|n| text(n, "finishedAt"))
+        .or_else(|| {
+            status
+                .get("nodes")?
+                .as_object()?
+                .values()
+                .find(|n| failed(n))
+        })
+}
+
+fn display_name(n: &Value) -> String {
+    let d = text(n, "displayName");
+    if d.is_empty() { text(n, "name") } else { d }.to_string()
+}
+
+/// The failing node's display name and message.
+pub fn failing_node(status: &Value) -> Option<(String, String)> {
+    failing(status).map(|n| (display_name(n), text(n, "message").to_string()))
+}
+
+/// Steps done / total: Argo's `status.progress` where present, else counted from the Pod nodes
+/// (a node that succeeded or was skipped is done).
+pub fn progress_of(status: &Value) -> String {
+    let p = text(status, "progress");
+    if !p.is_empty() {
+        return p.to_string();
+    }
+    let (mut done, mut total) = (0, 0);
+    for n in pods(status) {
+        total += 1;
+        if matches!(text(n, "phase"), "Succeeded" | "Skipped" | "Omitted") {
+            done += 1;
+        }
+    }
+    if total == 0 {
+        String::new()
+    } else {
+        format!("{done}/{total}")
+    }
+}
+
+/// The step running now: the running Pod node started last.
+pub fn current_step(status: &Value) -> String {
+    pods(status)
+        .filter(|n| text(n, "phase") == "Running")
+        .max_by_key(|n| text(n, "startedAt"))
+        .map(display_name)
+        .unwrap_or_default()
+}
+
+/// FNV-1a, 32 bits (what Argo hashes node names with for pod names).
+fn fnv1a32(s: &str) -> u32 {
+    s.bytes().fold(2_166_136_261u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(16_777_619)
+    })
+}
+
+/// The pod of a Pod node, named as Argo names it (`workflow/util/pod_name.go`): the node id
+/// under the `v1` format or without a template name; else `<workflow>-<template>` (cut to
+/// 242 characters) and the FNV-1a hash of the node's name.
+pub fn pod_name(workflow: &str, node: &Value, format: &str) -> String {
+    let id = text(node, "id");
+    let template = match text(node, "templateName") {
+        "" => node
+            .get("templateRef")
+            .map(|r| text(r, "template"))
+            .unwrap_or(""),
+        t => t,
+    };
+    let name = text(node, "name");
+    if format == "v1" || template.is_empty() {
+        return id.to_string();
+    }
+    if name == workflow {
+        return workflow.to_string();
+    }
+    let mut prefix = if name.contains(".inline") {
+        workflow.to_string()
+    } else {
+        format!("{workflow}-{template}")
+    };
+    // Kubernetes names are at most 253; Argo keeps 10 for the hash and one for the dash.
+    prefix.truncate(253 - 10 - 1);
+    format!("{prefix}-{}", fnv1a32(name))
+}
+
+/// The pod whose log a card shows: the failing Pod node's, when the Workflow failed and asks
+/// for logs.
+pub fn failed_pod(obj: &DynamicObject) -> Option<String> {
+    let annotations = obj.metadata.annotations.as_ref()?;
+    if annotations.get(SHOW_LOGS_ANNOTATION).map(String::as_str) != Some("true") {
+        return None;
+    }
+    let status = obj.data.get("status")?;
+    if !matches!(text(status, "phase"), "Failed" | "Error") {
+        return None;
+    }
+    let node = failing(status).filter(|n| text(n, "type") == "Pod")?;
+    let format = annotations
+        .get(POD_NAME_FORMAT_ANNOTATION)
+        .map(String::as_str)
+        .unwrap_or("v2");
+    Some(pod_name(obj.metadata.name.as_deref()?, node, format))
+}
+
+/// The end of a log, bounded to what a card shows, with the secrets given masked.
+pub fn log_tail(log: &str, secrets: &[String]) -> String {
+    let masked = facteur_config::mask_secrets(log.trim_end(), secrets);
+    let n = masked.chars().count();
+    masked.chars().skip(n.saturating_sub(1000)).collect()
 }
 
 /// The report for a Workflow object; `None` when it has no phase yet.
 pub fn report_of(obj: &DynamicObject, source: &str) -> Option<pb::ReportWorkflowStatusRequest> {
     let status = obj.data.get("status")?;
-    let phase = status.get("phase").and_then(Value::as_str).unwrap_or("");
+    let phase = text(status, "phase");
     if phase.is_empty() {
         return None;
     }
-    let s = |k: &str| {
-        status
-            .get(k)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
     let (failed_node, failed_node_message) = failing_node(status).unwrap_or_default();
     Some(pb::ReportWorkflowStatusRequest {
         run_id: obj
@@ -77,24 +175,28 @@ pub fn report_of(obj: &DynamicObject, source: &str) -> Option<pb::ReportWorkflow
         workflow_name: obj.metadata.name.clone().unwrap_or_default(),
         workflow_uid: obj.metadata.uid.clone().unwrap_or_default(),
         phase: phase.to_string(),
-        message: s("message"),
-        progress: s("progress"),
+        message: text(status, "message").to_string(),
+        progress: progress_of(status),
         started_at: status.get("startedAt").and_then(ts),
         finished_at: status.get("finishedAt").and_then(ts),
         failed_node,
         failed_node_message,
         source: source.to_string(),
+        current_step: current_step(status),
+        log_tail: String::new(),
     })
 }
 
-/// Phase, progress and message: what makes a report worth sending again.
-type Fingerprint = (String, String, String);
+/// Phase, progress, message and running step: what makes a report worth sending again.
+type Fingerprint = (String, String, String, String);
 
 /// Sends reports, skipping one identical to the last sent for the same Workflow.
 #[derive(Clone)]
 pub struct Reporter {
     client: Client,
     last: Arc<Mutex<HashMap<String, Fingerprint>>>,
+    /// Where failed steps' logs are read, and the secrets masked in them.
+    logs: Option<(Workflows, Arc<[String]>)>,
 }
 
 impl Reporter {
@@ -103,14 +205,46 @@ impl Reporter {
         Self {
             client,
             last: Arc::default(),
+            logs: None,
         }
+    }
+
+    /// Also reads the failing step's log tail of Workflows that ask for it, masking `secrets`.
+    pub fn with_logs(self, workflows: Workflows, secrets: Vec<String>) -> Self {
+        Self {
+            logs: Some((workflows, secrets.into())),
+            ..self
+        }
+    }
+
+    /// Reports what a Workflow object says: its status and, for a failed Workflow that asks for
+    /// it, the last lines of the failing step's log. A log that cannot be read is left out
+    /// (the card still names the step and its message).
+    pub async fn observe(&self, obj: &DynamicObject, source: &str) {
+        let Some(mut r) = report_of(obj, source) else {
+            return;
+        };
+        if let (Some((workflows, secrets)), Some(pod)) = (&self.logs, failed_pod(obj)) {
+            match workflows.log_tail(&r.namespace, &pod, LOG_TAIL_LINES).await {
+                Ok(log) => r.log_tail = log_tail(&log, secrets),
+                Err(e) => {
+                    tracing::warn!(namespace = %r.namespace, pod = %pod, error = %e, "cannot read the failed step's log")
+                }
+            }
+        }
+        self.send(r).await
     }
 
     /// Sends `r` (retrying while the server is unavailable). A report the server rejects is
     /// logged and dropped: the watch will send the Workflow's state again.
     pub async fn send(&self, r: pb::ReportWorkflowStatusRequest) {
         let key = format!("{}/{}", r.namespace, r.workflow_name);
-        let fingerprint = (r.phase.clone(), r.progress.clone(), r.message.clone());
+        let fingerprint = (
+            r.phase.clone(),
+            r.progress.clone(),
+            r.message.clone(),
+            r.current_step.clone(),
+        );
         if self
             .last
             .lock()
@@ -175,5 +309,72 @@ mod tests {
             Some(("build".into(), "exit code 2".into()))
         );
         assert_eq!(failing_node(&json!({"nodes": {}})), None);
+    }
+
+    #[test]
+    fn progress_and_the_running_step_come_from_the_pod_nodes() {
+        let status = json!({"nodes": {
+            "w": {"phase": "Running", "type": "Steps", "displayName": "w"},
+            "a": {"phase": "Succeeded", "type": "Pod", "displayName": "checkout", "startedAt": "2026-01-01T00:00:00Z"},
+            "b": {"phase": "Running", "type": "Pod", "displayName": "build", "startedAt": "2026-01-01T00:00:05Z"},
+            "c": {"phase": "Pending", "type": "Pod", "displayName": "test"},
+        }});
+        assert_eq!(progress_of(&status), "1/3");
+        assert_eq!(current_step(&status), "build");
+        let mut with_argos = status.clone();
+        with_argos["progress"] = json!("2/4");
+        assert_eq!(progress_of(&with_argos), "2/4", "Argo's own figure wins");
+        assert_eq!(progress_of(&json!({})), "");
+        assert_eq!(current_step(&json!({"nodes": {}})), "");
+    }
+
+    #[test]
+    fn pods_are_named_as_argo_names_them() {
+        assert_eq!(fnv1a32("hello"), 1_335_831_723, "Argo's own test vector");
+        assert_eq!(fnv1a32("world"), 933_488_787);
+        let node =
+            json!({"id": "deploy-x-1234", "name": "deploy-x[0].build", "templateName": "build"});
+        assert_eq!(
+            pod_name("deploy-x", &node, "v2"),
+            format!("deploy-x-build-{}", fnv1a32("deploy-x[0].build"))
+        );
+        assert_eq!(pod_name("deploy-x", &node, "v1"), "deploy-x-1234");
+        let by_ref = json!({"id": "i", "name": "deploy-x[0].b", "templateRef": {"name": "t", "template": "run"}});
+        assert!(pod_name("deploy-x", &by_ref, "v2").starts_with("deploy-x-run-"));
+        let root = json!({"id": "deploy-x", "name": "deploy-x", "templateName": "main"});
+        assert_eq!(pod_name("deploy-x", &root, "v2"), "deploy-x");
+        let long = "w".repeat(300);
+        assert!(pod_name(&long, &node, "v2").len() <= 253);
+    }
+
+    fn workflow(annotations: serde_json::Value, status: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+            "metadata": {"name": "deploy-x", "namespace": "ns", "annotations": annotations},
+            "status": status,
+        }))
+        .expect("workflow")
+    }
+
+    #[test]
+    fn logs_are_read_only_for_failed_workflows_that_ask() {
+        let failed = json!({"phase": "Failed", "nodes": {
+            "n": {"id": "deploy-x-1", "name": "deploy-x[0].build", "templateName": "build",
+                  "type": "Pod", "phase": "Failed", "displayName": "build"}}});
+        let asks = json!({SHOW_LOGS_ANNOTATION: "true"});
+        assert_eq!(
+            failed_pod(&workflow(asks.clone(), failed.clone())),
+            Some(format!("deploy-x-build-{}", fnv1a32("deploy-x[0].build")))
+        );
+        assert_eq!(failed_pod(&workflow(json!({}), failed.clone())), None);
+        let mut running = failed.clone();
+        running["phase"] = json!("Running");
+        assert_eq!(failed_pod(&workflow(asks, running)), None);
+        let tail = log_tail(
+            &format!("{}\ntoken s3cr3t-value\n", "x".repeat(2000)),
+            &["s3cr3t-value".into()],
+        );
+        assert_eq!(tail.chars().count(), 1000);
+        assert!(tail.ends_with("token ***"), "{tail}");
     }
 }

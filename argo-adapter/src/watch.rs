@@ -2,7 +2,7 @@
 //! kube-runtime's watcher re-lists after a reconnect (InitApply events): that resync catches
 //! whatever changed while the watch was down. Errors are retried with backoff, forever.
 
-use crate::status::{MANAGED_SELECTOR, Reporter, report_of};
+use crate::status::{MANAGED_SELECTOR, Reporter};
 use crate::workflows::Workflows;
 use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::BTreeMap;
@@ -78,16 +78,8 @@ pub async fn run(
             ev = stream.next() => ev,
         };
         match ev {
-            Some(Ok(watcher::Event::Apply(obj))) => {
-                if let Some(r) = report_of(&obj, "watch") {
-                    reporter.send(r).await;
-                }
-            }
-            Some(Ok(watcher::Event::InitApply(obj))) => {
-                if let Some(r) = report_of(&obj, "resync") {
-                    reporter.send(r).await;
-                }
-            }
+            Some(Ok(watcher::Event::Apply(obj))) => reporter.observe(&obj, "watch").await,
+            Some(Ok(watcher::Event::InitApply(obj))) => reporter.observe(&obj, "resync").await,
             Some(Ok(watcher::Event::Init)) => {
                 tracing::debug!(namespace = %namespace, "watch (re)listing")
             }

@@ -98,6 +98,28 @@ impl Workflows {
         }
     }
 
+    /// The last `lines` lines of a Workflow pod's `main` container (`pods/log` get): what a run
+    /// card shows of a failed step, for commands that opt in.
+    pub async fn log_tail(
+        &self,
+        namespace: &str,
+        pod: &str,
+        lines: i64,
+    ) -> Result<String, kube::Error> {
+        use tracing::Instrument;
+        let params = kube::api::LogParams {
+            container: Some("main".into()),
+            tail_lines: Some(lines),
+            // Bounded whatever the lines hold; the card keeps the end of it.
+            limit_bytes: Some(64 * 1024),
+            ..Default::default()
+        };
+        Api::<k8s_openapi::api::core::v1::Pod>::namespaced(self.client.clone(), namespace)
+            .logs(pod, &params)
+            .instrument(resource_span("get", "pods/log", namespace, pod))
+            .await
+    }
+
     /// Merge-patches `spec.shutdown` to `Stop` or `Terminate` (what `argo stop|terminate` do).
     pub async fn shutdown(&self, namespace: &str, name: &str, mode: &str) -> Applied {
         use tracing::Instrument;
@@ -121,12 +143,17 @@ impl Workflows {
 
 /// The client span of one Kubernetes API call on a Workflow.
 fn kube_span(verb: &str, namespace: &str, name: &str) -> tracing::Span {
+    resource_span(verb, "workflows.argoproj.io", namespace, name)
+}
+
+/// The client span of one Kubernetes API call.
+fn resource_span(verb: &str, resource: &str, namespace: &str, name: &str) -> tracing::Span {
     tracing::info_span!(
         "kubernetes",
-        otel.name = %format!("{verb} workflows.argoproj.io"),
+        otel.name = %format!("{verb} {resource}"),
         otel.kind = "client",
         k8s.namespace.name = %namespace,
-        k8s.resource = "workflows.argoproj.io",
+        k8s.resource = %resource,
         k8s.verb = %verb,
         k8s.object.name = %name,
     )

@@ -102,6 +102,9 @@ pub struct CommandConfig {
     /// Open a modal instead of running at once (the old `/plan`); its inputs fill the options
     /// of the same names.
     pub modal: Option<ModalConfig>,
+    /// A failed run's card shows the last lines of the failing step's log (the argo-adapter
+    /// reads them with `pods/log` get in the Workflow's namespace: grant it there).
+    pub show_logs: bool,
 }
 
 /// A command's modal (`commands[].modal`).
@@ -969,6 +972,66 @@ pub fn validate_role_map(map: &BTreeMap<String, Vec<String>>) -> Vec<(String, St
         }
     }
     v
+}
+
+/// `text` with every occurrence of each secret replaced by `***` (secrets shorter than 6
+/// characters are left: masking them would garble ordinary words).
+pub fn mask_secrets(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for s in secrets.iter().filter(|s| s.len() >= 6) {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "***");
+        }
+    }
+    out
+}
+
+/// The secret parts of a URL: its userinfo password and the values of secret-named query
+/// parameters (what [`redact_url`] hides).
+fn url_secrets(url: &str) -> Vec<String> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut out = Vec::new();
+    if let Some((_, rest)) = base.split_once("://") {
+        let authority = rest.split('/').next().unwrap_or("");
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            out.push(
+                userinfo
+                    .split_once(':')
+                    .map_or(userinfo, |(_, p)| p)
+                    .to_string(),
+            );
+        }
+    }
+    for kv in query.split('&') {
+        if let Some((k, v)) = kv.split_once('=')
+            && is_secret_key(k)
+        {
+            out.push(v.to_string());
+        }
+    }
+    out
+}
+
+impl Config {
+    /// Every secret this configuration holds (tokens, URL passwords), for [`mask_secrets`].
+    pub fn secrets(&self) -> Vec<String> {
+        let mut out: Vec<String> = [
+            &self.discord.bot_token,
+            &self.control_plane.token,
+            &self.argo.callback_token,
+        ]
+        .into_iter()
+        .chain(self.auth.tokens.iter().map(|t| &t.token))
+        .map(|s| s.expose().to_string())
+        .collect();
+        for url in [&self.database.url, &self.postgres.dsn, &self.redis.url] {
+            out.extend(url_secrets(url.expose()));
+        }
+        out.retain(|s| !s.is_empty());
+        out.sort();
+        out.dedup();
+        out
+    }
 }
 
 /// `scheme://user:password@host/…` → `scheme://user:***@host/…`, for logs and `config check`.

@@ -381,3 +381,32 @@ fn the_kubernetes_configuration_is_valid_for_every_process() {
         }
     }
 }
+
+#[test]
+fn every_secret_the_configuration_holds_can_be_masked() {
+    let e = env(&[
+        (
+            "FACTEUR_DATABASE_URL",
+            "postgres://facteur:db-pass-1@db/facteur?sslpassword=ssl-pass-2",
+        ),
+        (
+            "FACTEUR_REDIS_URL",
+            "redis://cache:6379?password=redis-pass-3",
+        ),
+        ("FACTEUR_ARGO_CALLBACK_TOKEN", "callback-token-4"),
+    ]);
+    let mut c = load_from(None, &e, Process::Server).expect("valid");
+    c.auth.tokens.push(facteur_config::TokenConfig {
+        name: "ops".into(),
+        role: "admin".into(),
+        token: facteur_config::Secret("admin-token-5".into()),
+    });
+    let secrets = c.secrets();
+    let log = "auth db-pass-1 ssl-pass-2 redis-pass-3 callback-token-4 admin-token-5 done";
+    assert_eq!(
+        facteur_config::mask_secrets(log, &secrets),
+        "auth *** *** *** *** *** done"
+    );
+    // Too short to mask without garbling ordinary words.
+    assert_eq!(facteur_config::mask_secrets("a b", &["a".into()]), "a b");
+}

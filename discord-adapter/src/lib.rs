@@ -22,8 +22,10 @@ use facteur_client::{Backoff, Client, pb};
 use serde_json::{Value, json};
 use serenity::all::{CreateInteractionResponse, CreateInteractionResponseMessage};
 use serenity::http::Http;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use verify::{Refusal, Verifier};
@@ -590,27 +592,105 @@ pub async fn register_until_done(
     }
 }
 
+/// At most one edit of a run's message per this interval (Discord rate-limits message edits;
+/// a fast-moving Workflow reports far more often).
+pub const EDIT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Keeps every Discord-started run's message in step with the run, until `shutdown`: edits
 /// the original interaction response while its token lives (15 minutes), then posts once in
-/// the channel with the bot token, records that message, and edits it afterwards. Resumes from
-/// the last cursor after a reconnect, with capped backoff.
+/// the channel with the bot token, records that message, and edits it afterwards. Edits are
+/// coalesced per run ([`Coalescer`]). Resumes from the last cursor after a reconnect, with
+/// capped backoff. On `shutdown`, the edits still pending are sent before it returns.
 pub async fn follow_runs(control: Client, http: Arc<Http>, shutdown: CancellationToken) {
     let cursor = std::sync::Mutex::new(String::new());
+    let edits = Coalescer::new(control.clone(), http, EDIT_INTERVAL);
     let open = || {
         let mut command = control.command();
         let cursor = cursor.lock().map(|c| c.clone()).unwrap_or_default();
         async move { command.watch_runs(pb::WatchRunsRequest { cursor }).await }
     };
     let each = |update: pb::WatchRunsResponse| {
-        let (control, http, cursor) = (&control, &http, &cursor);
+        let (edits, cursor) = (&edits, &cursor);
         async move {
-            show(control, http, &update).await;
+            let next = update.cursor.clone();
+            edits.offer(update);
             if let Ok(mut c) = cursor.lock() {
-                *c = update.cursor;
+                *c = next;
             }
         }
     };
     facteur_client::adapter::follow("run updates", &shutdown, open, each).await;
+    edits.flush().await;
+}
+
+/// Per-run edits at most one per interval: the first update of a run is shown at once; those
+/// arriving within the interval after an edit replace one another, and the latest is shown when
+/// the interval ends. So the final state always lands, and a burst costs one edit per interval.
+pub struct Coalescer {
+    control: Client,
+    http: Arc<Http>,
+    interval: Duration,
+    /// The latest update not yet shown, per run with an edit in progress or in its interval.
+    pending: Arc<std::sync::Mutex<HashMap<String, watch::Sender<pb::WatchRunsResponse>>>>,
+    tasks: TaskTracker,
+}
+
+impl Coalescer {
+    /// Edits through `http`, recording channel messages through `control`.
+    pub fn new(control: Client, http: Arc<Http>, interval: Duration) -> Self {
+        Self {
+            control,
+            http,
+            interval,
+            pending: Arc::default(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Shows `u` now, or as soon as its run's interval allows (replacing an older pending one).
+    pub fn offer(&self, u: pb::WatchRunsResponse) {
+        let Some(run_id) = u.run.as_ref().map(|r| r.id.clone()) else {
+            return;
+        };
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
+        if let Some(tx) = pending.get(&run_id) {
+            tx.send_replace(u);
+            return;
+        }
+        let (tx, rx) = watch::channel(u);
+        pending.insert(run_id.clone(), tx);
+        let (control, http, interval, all) = (
+            self.control.clone(),
+            self.http.clone(),
+            self.interval,
+            self.pending.clone(),
+        );
+        self.tasks.spawn(async move {
+            let mut rx = rx;
+            loop {
+                let u = rx.borrow_and_update().clone();
+                show(&control, &http, &u).await;
+                tokio::time::sleep(interval).await;
+                // Under the map's lock, so an update offered now either is seen here or finds
+                // no entry and starts a new worker.
+                let Ok(mut pending) = all.lock() else {
+                    return;
+                };
+                if !rx.has_changed().unwrap_or(false) {
+                    pending.remove(&run_id);
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Waits until every pending edit has been sent.
+    pub async fn flush(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
 }
 
 /// Renders one update where it belongs. Failures are logged; the next update retries.

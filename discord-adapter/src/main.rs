@@ -47,7 +47,7 @@ async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
         http.clone(),
         shutdown.clone(),
     ));
-    tokio::spawn(facteur_discord::follow_runs(
+    let run_cards = tokio::spawn(facteur_discord::follow_runs(
         control.clone(),
         http.clone(),
         shutdown.clone(),
@@ -107,7 +107,11 @@ async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
     } else {
         serving.await?;
     }
-    adapter
-        .drain(Duration::from_secs(config.discord.shutdown_grace_seconds))
-        .await
+    let grace = Duration::from_secs(config.discord.shutdown_grace_seconds);
+    let drained = adapter.drain(grace).await;
+    // The run cards' edits still pending (at most one per run, within a second).
+    if tokio::time::timeout(grace, run_cards).await.is_err() {
+        tracing::warn!("shutdown grace ran out with run card edits unsent");
+    }
+    drained
 }

@@ -5,8 +5,8 @@ use facteur_proto::v1 as pb;
 use serde_json::{Value, json};
 use serenity::all::{
     ButtonStyle, CreateActionRow, CreateAllowedMentions, CreateAutocompleteResponse, CreateButton,
-    CreateInputText, CreateInteractionResponse, CreateInteractionResponseMessage, CreateModal,
-    InputTextStyle,
+    CreateEmbed, CreateEmbedFooter, CreateInputText, CreateInteractionResponse,
+    CreateInteractionResponseMessage, CreateModal, InputTextStyle, Timestamp,
 };
 
 /// Interaction types Discord sends (the values of serenity's `InteractionType`, which has no
@@ -24,23 +24,55 @@ pub mod interaction {
     pub const MODAL: u8 = 5;
 }
 
-/// A reply's message body: content, its buttons in one row, and no pings (`allowed_mentions`
-/// empty). The same body is an interaction response's `data`, an edit of `@original`, and a
-/// channel message (created or edited): serenity writes the fields those routes share.
-pub fn message(reply: &pb::Reply) -> CreateInteractionResponseMessage {
-    let buttons: Vec<CreateButton> = reply
-        .buttons
-        .iter()
-        .map(|b| {
-            CreateButton::new(b.custom_id.clone())
-                .label(b.label.clone())
-                .style(if b.danger {
-                    ButtonStyle::Danger
-                } else {
-                    ButtonStyle::Secondary
-                })
+/// An embed (a run card) as Discord documents it.
+pub fn embed(e: &pb::Embed) -> CreateEmbed {
+    let mut out = CreateEmbed::new().colour(e.color);
+    if !e.title.is_empty() {
+        out = out.title(e.title.clone());
+    }
+    if !e.description.is_empty() {
+        out = out.description(e.description.clone());
+    }
+    if !e.url.is_empty() {
+        out = out.url(e.url.clone());
+    }
+    if !e.footer.is_empty() {
+        out = out.footer(CreateEmbedFooter::new(e.footer.clone()));
+    }
+    if let Some(t) = e
+        .timestamp
+        .as_ref()
+        .and_then(|t| Timestamp::from_unix_timestamp(t.seconds).ok())
+    {
+        out = out.timestamp(t);
+    }
+    out.fields(
+        e.fields
+            .iter()
+            .map(|f| (f.name.clone(), f.value.clone(), f.inline)),
+    )
+}
+
+/// A button: a link when it carries a URL, else one whose click comes back by `custom_id`.
+fn button(b: &pb::Button) -> CreateButton {
+    if !b.url.is_empty() {
+        return CreateButton::new_link(b.url.clone()).label(b.label.clone());
+    }
+    CreateButton::new(b.custom_id.clone())
+        .label(b.label.clone())
+        .style(if b.danger {
+            ButtonStyle::Danger
+        } else {
+            ButtonStyle::Secondary
         })
-        .collect();
+}
+
+/// A reply's message body: content, embeds, its buttons in one row, and no pings
+/// (`allowed_mentions` empty). The same body is an interaction response's `data`, an edit of
+/// `@original`, and a channel message (created or edited): serenity writes the fields those
+/// routes share.
+pub fn message(reply: &pb::Reply) -> CreateInteractionResponseMessage {
+    let buttons: Vec<CreateButton> = reply.buttons.iter().map(button).collect();
     let rows = if buttons.is_empty() {
         vec![]
     } else {
@@ -48,6 +80,7 @@ pub fn message(reply: &pb::Reply) -> CreateInteractionResponseMessage {
     };
     let m = CreateInteractionResponseMessage::new()
         .content(reply.content.clone())
+        .embeds(reply.embeds.iter().map(embed).collect())
         .allowed_mentions(CreateAllowedMentions::new())
         .components(rows);
     if reply.ephemeral {
@@ -260,6 +293,7 @@ mod registration_tests {
                 ..Default::default()
             }],
             ephemeral: false,
+            embeds: vec![],
         };
         let m = v(response(false, &reply));
         assert_eq!(m["type"], 4, "{m}");
@@ -315,6 +349,68 @@ mod registration_tests {
             "{f}"
         );
         assert_eq!(input["required"], false);
+    }
+
+    /// A run card as Discord documents the embed object, with a link button beside the others.
+    #[test]
+    fn cards_are_discords_embeds_and_link_buttons() {
+        let reply = pb::Reply {
+            embeds: vec![pb::Embed {
+                title: "/deploy · run 3f2a9c1e".into(),
+                description: "**running** · step 2 of 3".into(),
+                color: 0x3498db,
+                fields: vec![pb::EmbedField {
+                    name: "Requested by".into(),
+                    value: "<@1>".into(),
+                    inline: true,
+                }],
+                footer: "run 3f2a9c1e-…".into(),
+                timestamp: Some(facteur_proto::Timestamp {
+                    seconds: 1_796_472_000,
+                    nanos: 0,
+                }),
+                url: "https://argo.example/workflows/ns/deploy-3f2a9c1e".into(),
+            }],
+            buttons: vec![
+                pb::Button {
+                    label: "Refresh".into(),
+                    custom_id: "facteur:refresh:abc".into(),
+                    ..Default::default()
+                },
+                pb::Button {
+                    label: "Open in Argo".into(),
+                    url: "https://argo.example/workflows/ns/deploy-3f2a9c1e".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let m = serde_json::to_value(message(&reply)).expect("serialises");
+        assert_eq!(
+            m["embeds"],
+            json!([{
+                "title": "/deploy · run 3f2a9c1e",
+                "description": "**running** · step 2 of 3",
+                "color": 0x3498db,
+                "url": "https://argo.example/workflows/ns/deploy-3f2a9c1e",
+                "footer": {"text": "run 3f2a9c1e-…"},
+                "timestamp": "2026-12-05T12:00:00Z",
+                "fields": [{"name": "Requested by", "value": "<@1>", "inline": true}],
+                "type": "rich",
+            }]),
+            "{m}"
+        );
+        assert_eq!(
+            m["allowed_mentions"]["parse"],
+            json!([]),
+            "a mention never pings"
+        );
+        assert_eq!(
+            m["components"][0]["components"][1],
+            json!({"type": 2, "style": 5, "label": "Open in Argo",
+                   "url": "https://argo.example/workflows/ns/deploy-3f2a9c1e", "disabled": false}),
+            "{m}"
+        );
     }
 
     /// The registration body as Discord documents the application command object.

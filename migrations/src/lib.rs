@@ -14,6 +14,7 @@ mod m20261123_000003_audit;
 mod m20261123_000004_guilds;
 mod m20261203_000005_widen_columns;
 mod m20261204_000006_adapters;
+mod m20261205_000007_run_steps;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000004_guilds::Migration),
             Box::new(m20261203_000005_widen_columns::Migration),
             Box::new(m20261204_000006_adapters::Migration),
+            Box::new(m20261205_000007_run_steps::Migration),
         ]
     }
 }

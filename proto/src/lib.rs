@@ -48,6 +48,22 @@ pub use proompteng::froussard::v1 as froussard;
 /// `google.protobuf.Timestamp` as used by every generated message (with proto-JSON support).
 pub use pbjson_types::Timestamp;
 
+/// The labels and annotations on the Workflows facteur creates: the server writes them into each
+/// job's `WorkflowSpec`, the argo-adapter selects and reads by them. One definition for both.
+pub mod workflow {
+    /// Every Workflow facteur manages carries `app.kubernetes.io/managed-by: facteur`.
+    pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+    /// The selector of those Workflows.
+    pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=facteur";
+    /// The run id.
+    pub const RUN_ID_LABEL: &str = "facteur.proompteng.ai/run-id";
+    /// The W3C `traceparent` of the request that started the run.
+    pub const TRACEPARENT_ANNOTATION: &str = "facteur.proompteng.ai/traceparent";
+    /// `"true"`: a failed run's card shows the failing step's log tail (the argo-adapter reads
+    /// it with `pods/log` get).
+    pub const SHOW_LOGS_ANNOTATION: &str = "facteur.proompteng.ai/show-logs";
+}
+
 /// A CodexTask as proto-JSON, as Go's `protojson.Marshal` renders it (camelCase names, enum
 /// names, 64-bit integers as strings, unset fields omitted). A stage number that names no
 /// enum value is written as that number, as protojson does (pbjson would refuse the whole task).

@@ -539,3 +539,29 @@ pub fn deploy_invoke(
         ..Default::default()
     }
 }
+
+/// Everything a person reads in a Discord message body (content, then each embed's title,
+/// description and fields), for assertions on what a message says.
+pub fn message_text(body: &serde_json::Value) -> String {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    let mut out = vec![s(&body["content"])];
+    for e in body["embeds"].as_array().into_iter().flatten() {
+        out.push(s(&e["title"]));
+        out.push(s(&e["description"]));
+        for f in e["fields"].as_array().into_iter().flatten() {
+            out.push(format!("{}: {}", s(&f["name"]), s(&f["value"])));
+        }
+    }
+    out.join("\n")
+}
+
+/// [`message_text`] of a server reply.
+pub fn reply_text(r: &facteur_client::pb::Reply) -> String {
+    let mut out = vec![r.content.clone()];
+    for e in &r.embeds {
+        out.push(e.title.clone());
+        out.push(e.description.clone());
+        out.extend(e.fields.iter().map(|f| format!("{}: {}", f.name, f.value)));
+    }
+    out.join("\n")
+}

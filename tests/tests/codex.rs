@@ -1011,10 +1011,10 @@ async fn the_accepted_run_is_the_stored_run(backend: Backend) {
 
 #[tokio::test]
 async fn the_accepted_run_is_the_stored_run_on_postgres() {
-    the_accepted_run_is_the_stored_run(Backend::Postgres).await;
+    Box::pin(the_accepted_run_is_the_stored_run(Backend::Postgres)).await;
 }
 
 #[tokio::test]
 async fn the_accepted_run_is_the_stored_run_on_sqlite() {
-    the_accepted_run_is_the_stored_run(Backend::Sqlite).await;
+    Box::pin(the_accepted_run_is_the_stored_run(Backend::Sqlite)).await;
 }

@@ -132,7 +132,7 @@ async fn policy_decides_is_audited_and_changes_live() {
         Some(GUILD)
     );
     let reply = ok.reply.expect("reply");
-    assert!(reply.content.contains("/deploy"), "{}", reply.content);
+    assert!(reply_text(&reply).contains("/deploy"), "{reply:?}");
     assert_eq!(reply.buttons[0].custom_id, format!("cancel:{}", run.id));
     let again = discord
         .command()
@@ -368,21 +368,21 @@ async fn buttons_and_builtins_recheck_permission_state_and_guild() {
         .await
         .expect("status")
         .into_inner();
-    assert!(status.reply.expect("reply").content.contains("queued"));
+    assert!(reply_text(&status.reply.expect("reply")).contains("queued"));
     let runs = discord
         .command()
         .invoke(invoke("b-5", GUILD, &[], "runs", &[]))
         .await
         .expect("runs")
         .into_inner();
-    assert!(runs.reply.expect("reply").content.contains(&run.id[..8]));
+    assert!(reply_text(&runs.reply.expect("reply")).contains(&run.id[..8]));
     let elsewhere = discord
         .command()
         .invoke(invoke("b-6", OTHER_GUILD, &[], "runs", &[]))
         .await
         .expect("runs")
         .into_inner();
-    assert!(elsewhere.reply.expect("reply").content.contains("no runs"));
+    assert!(reply_text(&elsewhere.reply.expect("reply")).contains("no runs"));
 
     let cancelled = discord
         .command()

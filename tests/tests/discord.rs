@@ -81,13 +81,7 @@ async fn commands_buttons_and_denials_through_the_endpoint() {
     let (code, resp) = s.post(&cmd).await;
     assert_eq!(code, 200, "{resp}");
     assert_eq!(resp["type"], 4);
-    assert!(
-        resp["data"]["content"]
-            .as_str()
-            .unwrap_or("")
-            .contains("/deploy"),
-        "{resp}"
-    );
+    assert!(message_text(&resp["data"]).contains("/deploy"), "{resp}");
     let button = &resp["data"]["components"][0]["components"][0];
     assert_eq!(button["label"], "Cancel");
     let custom_id = button["custom_id"].as_str().expect("custom_id").to_string();
@@ -106,13 +100,7 @@ async fn commands_buttons_and_denials_through_the_endpoint() {
     let (code, resp) = s.post(&denied).await;
     assert_eq!(code, 200);
     assert_eq!(resp["data"]["flags"], 64);
-    assert!(
-        resp["data"]["content"]
-            .as_str()
-            .unwrap_or("")
-            .contains(DEPLOYER),
-        "{resp}"
-    );
+    assert!(message_text(&resp["data"]).contains(DEPLOYER), "{resp}");
     assert!(
         store
             .audit_events(GUILD, 5)
@@ -129,13 +117,7 @@ async fn commands_buttons_and_denials_through_the_endpoint() {
     let (code, resp) = s.post(&click).await;
     assert_eq!(code, 200, "{resp}");
     assert_eq!(resp["type"], 7);
-    assert!(
-        resp["data"]["content"]
-            .as_str()
-            .unwrap_or("")
-            .contains("cancelled"),
-        "{resp}"
-    );
+    assert!(message_text(&resp["data"]).contains("cancelled"), "{resp}");
     assert_eq!(
         resp["data"]["components"][0]["components"][0]["label"],
         "Retry"
@@ -208,9 +190,10 @@ async fn the_message_follows_the_run_then_moves_to_the_bot_token() {
     ));
     let wait = std::time::Duration::from_secs(20);
     let edits = |discord: FakeDiscord, path: String, text: &'static str| async move {
-        discord.calls().iter().any(|(m, p, b)| {
-            m == "PATCH" && *p == path && b["content"].as_str().unwrap_or("").contains(text)
-        })
+        discord
+            .calls()
+            .iter()
+            .any(|(m, p, b)| m == "PATCH" && *p == path && message_text(b).contains(text))
     };
 
     let cmd = command(
@@ -284,7 +267,7 @@ async fn the_message_follows_the_run_then_moves_to_the_bot_token() {
         async move {
             d.calls().iter().any(|(m, path, b)| {
                 ((m == "POST" && *path == p) || (m == "PATCH" && *path == e))
-                    && b["content"].as_str().unwrap_or("").contains("succeeded")
+                    && message_text(b).contains("succeeded")
             })
         }
     })
@@ -331,13 +314,7 @@ async fn the_plan_modal_and_autocomplete() {
     let (code, resp) = s.post(&submit).await;
     assert_eq!(code, 200, "{resp}");
     assert_eq!(resp["type"], 4);
-    assert!(
-        resp["data"]["content"]
-            .as_str()
-            .unwrap_or("")
-            .contains("/plan"),
-        "{resp}"
-    );
+    assert!(message_text(&resp["data"]).contains("/plan"), "{resp}");
     let run = s
         .srv
         .server
@@ -429,9 +406,7 @@ async fn a_slow_server_gets_a_deferral_then_the_answer_as_an_edit() {
             let (d, p) = (s.discord.clone(), original.clone());
             async move {
                 d.calls().iter().any(|(m, path, b)| {
-                    m == "PATCH"
-                        && *path == p
-                        && b["content"].as_str().unwrap_or("").contains("/deploy")
+                    m == "PATCH" && *path == p && message_text(b).contains("/deploy")
                 })
             }
         },
@@ -654,10 +629,7 @@ async fn gateway_mode_answers_through_the_callback_route() {
                 m == "POST"
                     && *c == p
                     && b["type"] == 4
-                    && b["data"]["content"]
-                        .as_str()
-                        .unwrap_or("")
-                        .contains("/deploy")
+                    && message_text(&b["data"]).contains("/deploy")
             })
         }
     })

@@ -136,12 +136,12 @@ async fn template_to_succeeded(backend: Backend) {
 
 #[tokio::test]
 async fn run_goes_from_template_to_succeeded_on_sqlite() {
-    template_to_succeeded(Backend::Sqlite).await;
+    Box::pin(template_to_succeeded(Backend::Sqlite)).await;
 }
 
 #[tokio::test]
 async fn run_goes_from_template_to_succeeded_on_postgres() {
-    template_to_succeeded(Backend::Postgres).await;
+    Box::pin(template_to_succeeded(Backend::Postgres)).await;
 }
 
 #[tokio::test]

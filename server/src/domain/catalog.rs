@@ -79,6 +79,13 @@ impl Catalog {
         &self.commands
     }
 
+    /// Whether a failed run of `command` shows its failing step's log tail.
+    pub fn shows_logs(&self, command: &str) -> bool {
+        self.commands
+            .iter()
+            .any(|c| c.name == command && c.show_logs)
+    }
+
     /// The namespace `cmd` runs in: its own, else `argo.namespace`.
     pub fn namespace_of(&self, cmd: &CommandConfig) -> String {
         if cmd.namespace.is_empty() {

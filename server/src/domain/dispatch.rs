@@ -7,7 +7,7 @@
 //! transaction that has locked the run row (then the dispatch row), with a compare-and-set on
 //! each, and writes the history entry only when both won.
 
-use crate::domain::run::{Run, RunStatus};
+use crate::domain::run::{Run, RunStatus, Steps};
 use crate::domain::{Error, Result};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -207,6 +207,10 @@ pub struct StatusReport {
     pub failed_node_message: String,
     /// `watch`, `resync`, `callback`.
     pub source: String,
+    /// The Pod node running now.
+    pub current_step: String,
+    /// The last lines of the failing node's log.
+    pub log_tail: String,
 }
 
 /// What a `Complete` did, for metrics and wake-ups.
@@ -286,6 +290,8 @@ pub struct RunChange {
     pub finished_at: Option<DateTime<Utc>>,
     /// A cancel was requested, to be carried out by a job of this kind.
     pub cancel_requested: Option<(DispatchKind, DateTime<Utc>)>,
+    /// `current_step`, `failed_step`, `log_tail`.
+    pub steps: Option<Steps>,
 }
 
 /// One step of a run and of the dispatch it is about, decided from what is stored and what
@@ -525,17 +531,28 @@ pub fn on_report(run: &Run, r: &StatusReport, now: DateTime<Utc>) -> Result<Opti
             r.message, r.failed_node, r.failed_node_message
         )
     };
+    let steps = Steps {
+        // Nothing runs once the Workflow ended.
+        current: if to.is_terminal() {
+            String::new()
+        } else {
+            r.current_step.clone()
+        },
+        failed: r.failed_node.clone(),
+        log_tail: r.log_tail.clone(),
+    };
     let moves = run.status.can_move_to(to);
     let new_phase = to == run.status && !to.is_terminal() && run.workflow_phase != r.phase;
     let news = to == run.status
         && !to.is_terminal()
-        && (run.progress != r.progress || run.message != message);
+        && (run.progress != r.progress || run.message != message || run.steps != steps);
     if !(moves || new_phase || news) {
         return Ok(None);
     }
     let mut t = Transition::new(to);
     t.run.message = Some(message);
     t.run.progress = Some(r.progress.clone());
+    t.run.steps = Some(steps);
     t.run.workflow_phase = Some(r.phase.clone());
     if run.workflow_uid.is_empty() && !r.workflow_uid.is_empty() {
         t.run.workflow_uid = Some(r.workflow_uid.clone());
@@ -657,6 +674,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             cancel_requested_at: cancel_requested.then_some(t),
+            steps: Default::default(),
             trace_parent: String::new(),
         }
     }
@@ -937,6 +955,48 @@ mod tests {
         assert!(
             on_report(&r, &report, now).expect("ok").is_none(),
             "no news"
+        );
+    }
+
+    #[test]
+    fn the_running_step_is_news_and_the_failed_step_and_log_are_kept() {
+        let now = Utc::now();
+        let mut r = run(RunStatus::Running, false);
+        r.workflow_phase = "Running".into();
+        r.steps.current = "checkout".into();
+        let report = StatusReport {
+            workflow_name: "wf-r1".into(),
+            phase: "Running".into(),
+            current_step: "build".into(),
+            ..Default::default()
+        };
+        let t = on_report(&r, &report, now)
+            .expect("ok")
+            .expect("a new step is news");
+        assert_eq!(
+            t.run.steps.as_ref().map(|s| s.current.as_str()),
+            Some("build")
+        );
+        r.steps.current = "build".into();
+        assert!(on_report(&r, &report, now).expect("ok").is_none());
+        let failed = StatusReport {
+            phase: "Failed".into(),
+            current_step: "build".into(),
+            failed_node: "build".into(),
+            failed_node_message: "exit code 2".into(),
+            log_tail: "boom".into(),
+            ..report
+        };
+        let t = on_report(&r, &failed, now).expect("ok").expect("moves");
+        assert_eq!(t.to, RunStatus::Failed);
+        assert_eq!(
+            t.run.steps,
+            Some(Steps {
+                current: String::new(),
+                failed: "build".into(),
+                log_tail: "boom".into(),
+            }),
+            "nothing runs once the Workflow ended"
         );
     }
 

@@ -344,9 +344,20 @@ pub struct Run {
     pub cancel_requested_at: Option<DateTime<Utc>>,
     /// W3C `traceparent` of the request that created the run (empty when not traced).
     pub trace_parent: String,
+    /// What the Workflow's nodes say beyond its phase.
+    pub steps: Steps,
 }
 
-/// One history entry.
+/// What a run card shows of a Workflow's nodes, as the argo-adapter last reported them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Steps {
+    /// The step running now (empty when none is).
+    pub current: String,
+    /// The step that failed (empty unless one did).
+    pub failed: String,
+    /// The last lines of the failed step's log (commands with `show_logs`).
+    pub log_tail: String,
+}
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunEvent {
     /// 1-based position.
@@ -436,6 +447,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             cancel_requested_at: None,
+            steps: Steps::default(),
             trace_parent: String::new(),
         }
     }

@@ -1,8 +1,8 @@
 //! `facteur.v1.CommandService`: Discord commands and buttons, decided on the server. The
 //! discord-adapter only translates; permission, validation and state are here.
 
-use super::{BoxStream, convert};
-use crate::domain::run::{Run, RunSource, RunStatus};
+use super::{BoxStream, card, convert};
+use crate::domain::run::{Run, RunSource};
 use crate::domain::{Error, Result};
 use crate::service::discord::{self, Builtin, Button, Interaction};
 use crate::service::{runs, sessions};
@@ -18,6 +18,18 @@ use tonic::{Request, Response, Status};
 /// `facteur.v1.CommandService`.
 #[derive(Clone)]
 pub struct CommandApi(pub Arc<AppState>);
+
+impl CommandApi {
+    /// A run's card, linked to the Argo UI when one is configured.
+    fn card(&self, run: &Run, ephemeral: bool) -> pb::Reply {
+        card::run_card(
+            run,
+            &self.0.config.argo.ui_base_url,
+            chrono::Utc::now(),
+            ephemeral,
+        )
+    }
+}
 
 pub use crate::service::discord::BUILTINS;
 
@@ -124,59 +136,6 @@ pub fn definitions(state: &AppState) -> Vec<pb::CommandDefinition> {
     out
 }
 
-fn short(id: &str) -> &str {
-    id.get(..8).unwrap_or(id)
-}
-
-/// The message that shows a run, with the buttons that act on it.
-pub fn run_reply(run: &Run, ephemeral: bool) -> pb::Reply {
-    let mut content = format!(
-        "**/{}** run `{}`: **{}**",
-        run.command,
-        short(&run.id),
-        run.status
-    );
-    if !run.progress.is_empty() && run.status == RunStatus::Running {
-        content.push_str(&format!(" ({})", run.progress));
-    }
-    content.push_str(&format!(
-        "\nworkflow `{}/{}`",
-        run.namespace, run.workflow_name
-    ));
-    if let (Some(start), Some(end)) = (run.started_at, run.finished_at) {
-        content.push_str(&format!(" in {}s", (end - start).num_seconds().max(0)));
-    }
-    if !run.message.is_empty() && run.status != RunStatus::Succeeded {
-        content.push_str(&format!(
-            "\n> {}",
-            run.message.chars().take(500).collect::<String>()
-        ));
-    }
-    let mut buttons = Vec::new();
-    if run.status.is_terminal() {
-        buttons.push(pb::Button {
-            custom_id: format!("retry:{}", run.id),
-            label: "Retry".into(),
-            action: pb::ComponentAction::Retry as i32,
-            run_id: run.id.clone(),
-            danger: false,
-        });
-    } else {
-        buttons.push(pb::Button {
-            custom_id: format!("cancel:{}", run.id),
-            label: "Cancel".into(),
-            action: pb::ComponentAction::Cancel as i32,
-            run_id: run.id.clone(),
-            danger: true,
-        });
-    }
-    pb::Reply {
-        content: content.chars().take(2000).collect(),
-        ephemeral,
-        buttons,
-    }
-}
-
 /// The interaction of a request, checked.
 pub(crate) fn ctx(c: Option<pb::InteractionContext>) -> Result<Interaction> {
     let c = c.ok_or_else(|| Error::InvalidArgument("context is required".into()))?;
@@ -193,31 +152,6 @@ pub(crate) fn ctx(c: Option<pb::InteractionContext>) -> Result<Interaction> {
         field_prefix: "context.",
     }
     .validate()
-}
-
-fn runs_reply(runs: &[Run]) -> pb::Reply {
-    let lines: Vec<String> = runs
-        .iter()
-        .map(|r| {
-            format!(
-                "`{}` /{} **{}** {}",
-                short(&r.id),
-                r.command,
-                r.status,
-                r.created_at.format("%Y-%m-%d %H:%M UTC")
-            )
-        })
-        .collect();
-    let content = if lines.is_empty() {
-        "You have no runs in this server.".to_string()
-    } else {
-        lines.join("\n")
-    };
-    pb::Reply {
-        content,
-        ephemeral: true,
-        buttons: vec![],
-    }
 }
 
 #[tonic::async_trait]
@@ -282,8 +216,8 @@ impl CommandService for CommandApi {
         discord::authorize(&self.0, &c, &r.command).await?;
         if BUILTINS.contains(&r.command.as_str()) {
             let reply = match discord::builtin(&self.0, &c, &r.command, &options).await? {
-                Builtin::Run(run) => run_reply(&run, true),
-                Builtin::Runs(runs) => runs_reply(&runs),
+                Builtin::Run(run) => self.card(&run, true),
+                Builtin::Runs(runs) => card::runs_list(&runs),
             };
             return Ok(Response::new(pb::InvokeResponse {
                 reply: Some(reply),
@@ -310,7 +244,7 @@ impl CommandService for CommandApi {
         let (run, duplicate) =
             discord::start(&self.0, &c, &r.command, &options, RunSource::Discord).await?;
         Ok(Response::new(pb::InvokeResponse {
-            reply: Some(run_reply(&run, ephemeral)),
+            reply: Some(self.card(&run, ephemeral)),
             modal: None,
             run: Some(convert::run(&run)),
             duplicate,
@@ -333,7 +267,7 @@ impl CommandService for CommandApi {
             for run in discord::own_runs(&self.0, &c, 25).await? {
                 if run.id.starts_with(&partial) || run.command.contains(&partial) {
                     choices.push(pb::OptionChoice {
-                        name: format!("{} /{} {}", short(&run.id), run.command, run.status),
+                        name: format!("{} /{} {}", card::short(&run.id), run.command, run.status),
                         value: run.id,
                     });
                 }
@@ -370,7 +304,7 @@ impl CommandService for CommandApi {
         let (button, run_id) = Button::parse(&r.custom_id)?;
         let (run, update) = discord::click(&self.0, &c, button, run_id).await?;
         Ok(Response::new(pb::InteractResponse {
-            reply: Some(run_reply(&run, false)),
+            reply: Some(self.card(&run, false)),
             run: Some(convert::run(&run)),
             update_message: update,
         }))
@@ -565,7 +499,12 @@ async fn watch_loop(
                     let update = pb::WatchRunsResponse {
                         cursor: id.to_string(),
                         target: Some(target(&state, &run).await),
-                        reply: Some(run_reply(&run, false)),
+                        reply: Some(card::run_card(
+                            &run,
+                            &state.config.argo.ui_base_url,
+                            chrono::Utc::now(),
+                            false,
+                        )),
                         run: Some(convert::run(&run)),
                     };
                     if tx.send(Ok(update)).await.is_err() {

@@ -85,6 +85,9 @@ pub fn run(r: &Run) -> pb::Run {
         updated_at: Some(ts(r.updated_at)),
         started_at: r.started_at.map(ts),
         finished_at: r.finished_at.map(ts),
+        current_step: r.steps.current.clone(),
+        failed_step: r.steps.failed.clone(),
+        log_tail: r.steps.log_tail.clone(),
     }
 }
 

@@ -35,12 +35,9 @@ pub fn label_value(s: &str) -> String {
         .to_string()
 }
 
-/// Annotation carrying the W3C trace context of the request that created the run.
-pub const TRACEPARENT_ANNOTATION: &str = "facteur.proompteng.ai/traceparent";
-/// Label carrying the run id on every Workflow we create.
-pub const RUN_ID_LABEL: &str = "facteur.proompteng.ai/run-id";
-/// Label selecting the Workflows facteur manages.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub use facteur_proto::workflow::{
+    MANAGED_BY_LABEL, RUN_ID_LABEL, SHOW_LOGS_ANNOTATION, TRACEPARENT_ANNOTATION,
+};
 
 /// An adapter id as `Lease` and `GetAssignment` take it.
 fn adapter_id(raw: &str) -> Result<&str, Status> {
@@ -62,7 +59,7 @@ fn in_flight(asked: u32) -> u32 {
     }
 }
 
-fn job(l: &Leased) -> pb::LeaseResponse {
+fn job(l: &Leased, show_logs: bool) -> pb::LeaseResponse {
     let run = &l.run;
     let kind = match l.dispatch.kind {
         DispatchKind::Create => pb::DispatchKind::Create,
@@ -98,6 +95,9 @@ fn job(l: &Leased) -> pb::LeaseResponse {
     .collect();
     if !run.trace_parent.is_empty() {
         annotations.insert(TRACEPARENT_ANNOTATION.into(), run.trace_parent.clone());
+    }
+    if show_logs {
+        annotations.insert(SHOW_LOGS_ANNOTATION.into(), "true".into());
     }
     pb::LeaseResponse {
         dispatch_id: l.dispatch.id.clone(),
@@ -144,8 +144,10 @@ impl DispatchService for DispatchApi {
         let max = in_flight(r.max_in_flight);
         let owner = format!("{}/{id}", principal.name);
         let rx = dispatch::lease_stream(self.0.clone(), owner, r.namespaces, max);
+        let state = self.0.clone();
         Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx).map(|l| Ok(job(&l))),
+            tokio_stream::wrappers::ReceiverStream::new(rx)
+                .map(move |l| Ok(job(&l, state.catalog.shows_logs(&l.run.command)))),
         )))
     }
 
@@ -252,6 +254,8 @@ impl DispatchService for DispatchApi {
             failed_node: r.failed_node,
             failed_node_message: r.failed_node_message,
             source: r.source,
+            current_step: r.current_step,
+            log_tail: r.log_tail,
         };
         let (run, changed) = dispatch::report(&self.0, report, &principal.name).await?;
         Ok(Response::new(pb::ReportWorkflowStatusResponse {

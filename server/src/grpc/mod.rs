@@ -2,6 +2,7 @@
 //! Handlers hold no business rule; errors map to codes in [`status`].
 
 pub mod admin;
+pub mod card;
 pub mod codex;
 pub mod command;
 pub mod convert;

@@ -233,6 +233,10 @@ pub async fn complete(
 const MAX_MESSAGE: usize = 4000;
 /// Width of `runs.progress` (Argo's `N/M`).
 const MAX_PROGRESS: usize = 32;
+/// Width of `runs.current_step` and `runs.failed_step` (a Kubernetes name's).
+const MAX_STEP: usize = 253;
+/// Longest log tail kept (a run card shows it whole).
+pub const MAX_LOG_TAIL: usize = 1000;
 
 /// What Argo says is kept, not refused: NUL characters dropped, long texts cut.
 fn storable(s: String, max: usize) -> String {
@@ -247,13 +251,28 @@ fn storable(s: String, max: usize) -> String {
     s.chars().take(max).collect()
 }
 
+/// The last `max` characters of `s`.
+fn tail_chars(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    s.chars().skip(n.saturating_sub(max)).collect()
+}
+
 /// Applies a Workflow status report (monotonic). Returns the run and whether it changed.
 pub async fn report(state: &AppState, r: StatusReport, actor: &str) -> Result<(Run, bool)> {
     let r = StatusReport {
         message: storable(r.message, MAX_MESSAGE),
         progress: storable(r.progress, MAX_PROGRESS),
-        failed_node: storable(r.failed_node, MAX_MESSAGE),
+        failed_node: storable(r.failed_node, MAX_STEP),
         failed_node_message: storable(r.failed_node_message, MAX_MESSAGE),
+        current_step: storable(r.current_step, MAX_STEP),
+        // The adapter masks what it knows; the server masks its own secrets too, and keeps the
+        // end of the log (the lines that say what went wrong).
+        log_tail: if r.log_tail.is_empty() {
+            r.log_tail
+        } else {
+            let masked = facteur_config::mask_secrets(&r.log_tail, &state.config.secrets());
+            tail_chars(&storable(masked, usize::MAX), MAX_LOG_TAIL)
+        },
         workflow_uid: storable(r.workflow_uid, 64),
         source: storable(r.source, 40),
         ..r

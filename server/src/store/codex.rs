@@ -309,6 +309,7 @@ impl Store {
                 started_at: None,
                 finished_at: None,
                 cancel_requested_at: None,
+                steps: Default::default(),
                 trace_parent: new.trace_parent,
             };
             return Ok(CodexAccepted {

@@ -174,6 +174,9 @@ fn after(run: &Run, t: &Transition, now: DateTime<Utc>) -> Run {
     if let Some((_, at)) = c.cancel_requested {
         r.cancel_requested_at = Some(at);
     }
+    if let Some(v) = &c.steps {
+        r.steps = v.clone();
+    }
     r
 }
 
@@ -317,6 +320,12 @@ async fn apply(
         q = q
             .col_expr(runs::Column::CancelRequestedAt, Expr::value(Some(at)))
             .col_expr(runs::Column::CancelMode, Expr::value(kind.as_str()));
+    }
+    if let Some(v) = &r.steps {
+        q = q
+            .col_expr(runs::Column::CurrentStep, Expr::value(v.current.as_str()))
+            .col_expr(runs::Column::FailedStep, Expr::value(v.failed.as_str()))
+            .col_expr(runs::Column::LogTail, Expr::value(v.log_tail.as_str()));
     }
     let won = q
         .filter(runs::Column::Id.eq(run.id.as_str()))

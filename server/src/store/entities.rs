@@ -36,6 +36,9 @@ pub mod runs {
         pub cancel_requested_at: Option<DateTimeUtc>,
         pub cancel_mode: String,
         pub trace_parent: String,
+        pub current_step: String,
+        pub failed_step: String,
+        pub log_tail: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

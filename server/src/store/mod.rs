@@ -424,6 +424,9 @@ pub(crate) async fn insert_run<C: sea_orm::ConnectionTrait>(
         cancel_requested_at: Set(None),
         cancel_mode: Set(String::new()),
         trace_parent: Set(new.trace_parent.clone()),
+        current_step: Set(String::new()),
+        failed_step: Set(String::new()),
+        log_tail: Set(String::new()),
     };
     let dispatch = pending_dispatch(
         &id.to_string(),
@@ -504,6 +507,11 @@ pub(crate) fn run_from_model(m: runs::Model) -> Result<Run> {
         finished_at: m.finished_at,
         cancel_requested_at: m.cancel_requested_at,
         trace_parent: m.trace_parent,
+        steps: crate::domain::run::Steps {
+            current: m.current_step,
+            failed: m.failed_step,
+            log_tail: m.log_tail,
+        },
     })
 }
 

@@ -1,0 +1,451 @@
+//! Run cards: how a run reads in Discord at a glance. A presentation of the domain run as the
+//! `Reply` the discord-adapter renders with serenity's builders (an embed and its buttons); no
+//! rule is decided here.
+//!
+//! ```text
+//!  ┃ /deploy · run 3f2a9c1e                         (title, linked to Argo when configured)
+//!  ┃ **running** · step 2 of 3 · now `build`
+//!  ┃ ▰▰▰▰▰▰▰▱▱▱
+//!  ┃ Requested by @ana   Target argo-workflows/deploy-3f2a…   Started 2 minutes ago
+//!  ┃ Duration 1m 12s so far   Attempt 1
+//!  ┃ run 3f2a9c1e-…                                  · updated 12:03
+//!  [Cancel] [Refresh] [Open in Argo ↗]
+//! ```
+
+use crate::domain::run::{Run, RunStatus};
+use chrono::{DateTime, Utc};
+use facteur_proto::v1 as pb;
+
+/// Colours of the left bar, by status (Discord's palette).
+mod colour {
+    pub const GREY: u32 = 0x95a5a6;
+    pub const BLUE: u32 = 0x3498db;
+    pub const GREEN: u32 = 0x2ecc71;
+    pub const RED: u32 = 0xe74c3c;
+    pub const DARK_GREY: u32 = 0x546e7a;
+    pub const DARK_RED: u32 = 0x992d22;
+}
+
+/// Discord's limits on an embed's parts (characters).
+const TITLE_MAX: usize = 256;
+const DESCRIPTION_MAX: usize = 4096;
+const FIELD_MAX: usize = 1024;
+/// Cells of the progress bar.
+const BAR_CELLS: u64 = 10;
+
+/// The colour of a run's card.
+pub fn colour(status: RunStatus) -> u32 {
+    match status {
+        RunStatus::Queued | RunStatus::Dispatching | RunStatus::Submitted => colour::GREY,
+        RunStatus::Running => colour::BLUE,
+        RunStatus::Succeeded => colour::GREEN,
+        RunStatus::Failed | RunStatus::Error => colour::RED,
+        RunStatus::Cancelled => colour::DARK_GREY,
+        RunStatus::DeadLettered => colour::DARK_RED,
+    }
+}
+
+/// The first 8 characters of a run id, as cards show it.
+pub fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max - 1).collect();
+    out.push('…');
+    out
+}
+
+/// `1h 02m`, `3m 07s`, `12s`.
+fn duration(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m {s:02}s"),
+        (h, m, _) => format!("{h}h {m:02}m"),
+    }
+}
+
+/// Argo's `N/M`, when it parses.
+fn progress(p: &str) -> Option<(u64, u64)> {
+    let (done, total) = p.split_once('/')?;
+    let (done, total) = (done.trim().parse().ok()?, total.trim().parse().ok()?);
+    (total > 0 && done <= total).then_some((done, total))
+}
+
+fn bar(done: u64, total: u64) -> String {
+    let filled = (done * BAR_CELLS + total / 2) / total;
+    (0..BAR_CELLS)
+        .map(|i| if i < filled { '▰' } else { '▱' })
+        .collect()
+}
+
+/// Where the run's Workflow is in Argo's UI, once it may exist.
+pub fn argo_link(run: &Run, ui_base_url: &str) -> Option<String> {
+    let base = ui_base_url.trim_end_matches('/');
+    let created = !run.workflow_uid.is_empty()
+        || matches!(
+            run.status,
+            RunStatus::Submitted
+                | RunStatus::Running
+                | RunStatus::Succeeded
+                | RunStatus::Failed
+                | RunStatus::Error
+        );
+    (!base.is_empty() && created)
+        .then(|| format!("{base}/workflows/{}/{}", run.namespace, run.workflow_name))
+}
+
+/// Who asked: a mention of the Discord user (rendered as a name; no ping, as replies carry no
+/// allowed mentions), else the name given, else the principal.
+fn requester(run: &Run) -> String {
+    let r = &run.requester;
+    if !r.user_id.is_empty() {
+        format!("<@{}>", r.user_id)
+    } else if !r.display_name.is_empty() {
+        r.display_name.clone()
+    } else {
+        r.principal.clone()
+    }
+}
+
+/// The card's first lines: the state, and how far the Workflow got.
+fn summary(run: &Run) -> String {
+    let mut out = format!("**{}**", run.status.as_str().replace('_', " "));
+    let running = run.status == RunStatus::Running;
+    let p = progress(&run.progress);
+    match p {
+        Some((done, total)) if running && done < total => {
+            out.push_str(&format!(" · step {} of {total}", done + 1))
+        }
+        Some((done, total)) => out.push_str(&format!(" · {done} of {total} steps done")),
+        None => {}
+    }
+    if running && !run.steps.current.is_empty() {
+        out.push_str(&format!(" · now `{}`", run.steps.current));
+    }
+    if let Some((done, total)) = p {
+        out.push_str(&format!("\n{} {done}/{total}", bar(done, total)));
+    }
+    out
+}
+
+/// What went wrong or what Argo last said, and the failed step's log tail.
+fn details(run: &Run) -> String {
+    let mut out = String::new();
+    if !run.steps.failed.is_empty() {
+        out.push_str(&format!("\nFailed step: `{}`", run.steps.failed));
+    }
+    if !run.message.is_empty() && run.status != RunStatus::Succeeded {
+        out.push_str(&format!(
+            "\n> {}",
+            clip(&run.message, 500).replace('\n', "\n> ")
+        ));
+    }
+    if !run.steps.log_tail.is_empty() {
+        // A fence inside the log would end the code block early.
+        let log = run.steps.log_tail.replace("```", "ˋˋˋ");
+        out.push_str(&format!("\n```\n{}\n```", log.trim_end()));
+    }
+    out
+}
+
+fn field(name: &str, value: String) -> pb::EmbedField {
+    pb::EmbedField {
+        name: name.into(),
+        value: clip(&value, FIELD_MAX),
+        inline: true,
+    }
+}
+
+fn ts(t: DateTime<Utc>) -> facteur_proto::Timestamp {
+    facteur_proto::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// The embed of one run.
+pub fn embed(run: &Run, ui_base_url: &str, now: DateTime<Utc>) -> pb::Embed {
+    let mut fields = vec![
+        field("Requested by", requester(run)),
+        field(
+            "Target",
+            format!("`{}/{}`", run.namespace, run.workflow_name),
+        ),
+    ];
+    if let Some(start) = run.started_at {
+        fields.push(field("Started", format!("<t:{}:R>", start.timestamp())));
+        fields.push(match run.finished_at {
+            Some(end) => field("Duration", duration((end - start).num_seconds())),
+            None => field(
+                "Duration",
+                format!("{} so far", duration((now - start).num_seconds())),
+            ),
+        });
+    }
+    let mut attempt = run.attempts.max(1).to_string();
+    if let Some(parent) = &run.parent_run_id {
+        attempt.push_str(&format!(" · retry of `{}`", short(parent)));
+    }
+    fields.push(field("Attempt", attempt));
+    let description = clip(
+        &format!("{}{}", summary(run), details(run)),
+        DESCRIPTION_MAX,
+    );
+    pb::Embed {
+        title: clip(
+            &format!("/{} · run {}", run.command, short(&run.id)),
+            TITLE_MAX,
+        ),
+        description,
+        color: colour(run.status),
+        fields,
+        footer: format!("run {}", run.id),
+        timestamp: Some(ts(run.updated_at)),
+        url: argo_link(run, ui_base_url).unwrap_or_default(),
+    }
+}
+
+fn button(label: &str, action: pb::ComponentAction, run: &Run, danger: bool) -> pb::Button {
+    let verb = match action {
+        pb::ComponentAction::Cancel => "cancel",
+        pb::ComponentAction::Retry => "retry",
+        _ => "refresh",
+    };
+    pb::Button {
+        custom_id: format!("{verb}:{}", run.id),
+        label: label.into(),
+        action: action as i32,
+        run_id: run.id.clone(),
+        danger,
+        url: String::new(),
+    }
+}
+
+/// The buttons under a run's card: Cancel while it may still run, Retry once it ended,
+/// Refresh, and a link to Argo when its UI is configured.
+pub fn buttons(run: &Run, ui_base_url: &str) -> Vec<pb::Button> {
+    let mut out = vec![if run.status.is_terminal() {
+        button("Retry", pb::ComponentAction::Retry, run, false)
+    } else {
+        button("Cancel", pb::ComponentAction::Cancel, run, true)
+    }];
+    out.push(button("Refresh", pb::ComponentAction::Refresh, run, false));
+    if let Some(url) = argo_link(run, ui_base_url) {
+        out.push(pb::Button {
+            label: "Open in Argo".into(),
+            url,
+            ..Default::default()
+        });
+    }
+    out
+}
+
+/// A run's message: its card and the buttons that act on it.
+pub fn run_card(run: &Run, ui_base_url: &str, now: DateTime<Utc>, ephemeral: bool) -> pb::Reply {
+    pb::Reply {
+        content: String::new(),
+        ephemeral,
+        buttons: buttons(run, ui_base_url),
+        embeds: vec![embed(run, ui_base_url, now)],
+    }
+}
+
+/// The built-in `/runs`: one compact embed, a line per run.
+pub fn runs_list(runs: &[Run]) -> pb::Reply {
+    let lines: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            let mut line = format!(
+                "`{}` **/{}** · {}",
+                short(&r.id),
+                r.command,
+                r.status.as_str().replace('_', " ")
+            );
+            if let Some((done, total)) = progress(&r.progress)
+                && !r.status.is_terminal()
+            {
+                line.push_str(&format!(" {done}/{total}"));
+            }
+            line.push_str(&format!(" · <t:{}:R>", r.created_at.timestamp()));
+            line
+        })
+        .collect();
+    let description = if lines.is_empty() {
+        "You have no runs in this server.".to_string()
+    } else {
+        lines.join("\n")
+    };
+    pb::Reply {
+        content: String::new(),
+        ephemeral: true,
+        buttons: vec![],
+        embeds: vec![pb::Embed {
+            title: "Your recent runs".into(),
+            description: clip(&description, DESCRIPTION_MAX),
+            color: runs.first().map_or(colour::GREY, |r| colour(r.status)),
+            ..Default::default()
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::run::{Requester, RunSource, Steps};
+    use chrono::TimeZone;
+
+    fn run(status: RunStatus) -> Run {
+        let t = Utc
+            .with_ymd_and_hms(2026, 12, 5, 12, 0, 0)
+            .single()
+            .expect("time");
+        Run {
+            id: "3f2a9c1e-0000-4000-8000-000000000001".into(),
+            idempotency_key: "k".into(),
+            command: "deploy".into(),
+            source: RunSource::Discord,
+            status,
+            requester: Requester {
+                user_id: "123456789012345678".into(),
+                display_name: "ana".into(),
+                ..Default::default()
+            },
+            namespace: "argo-workflows".into(),
+            workflow_template: "deploy".into(),
+            service_account: String::new(),
+            workflow_name: "deploy-3f2a9c1e".into(),
+            workflow_uid: "uid".into(),
+            parameters: Default::default(),
+            message: String::new(),
+            progress: String::new(),
+            workflow_phase: String::new(),
+            parent_run_id: None,
+            attempts: 1,
+            created_at: t,
+            updated_at: t,
+            started_at: Some(t),
+            finished_at: None,
+            cancel_requested_at: None,
+            trace_parent: String::new(),
+            steps: Steps::default(),
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 5, 12, 1, 12)
+            .single()
+            .expect("time")
+    }
+
+    #[test]
+    fn a_running_card_shows_progress_the_step_and_the_live_duration() {
+        let mut r = run(RunStatus::Running);
+        r.progress = "1/3".into();
+        r.steps.current = "build".into();
+        let e = embed(&r, "https://argo.example/", now());
+        assert_eq!(e.title, "/deploy · run 3f2a9c1e");
+        assert_eq!(e.color, 0x3498db);
+        assert_eq!(
+            e.description,
+            "**running** · step 2 of 3 · now `build`\n▰▰▰▱▱▱▱▱▱▱ 1/3"
+        );
+        let f: Vec<(&str, &str)> = e
+            .fields
+            .iter()
+            .map(|f| (f.name.as_str(), f.value.as_str()))
+            .collect();
+        assert_eq!(
+            f,
+            [
+                ("Requested by", "<@123456789012345678>"),
+                ("Target", "`argo-workflows/deploy-3f2a9c1e`"),
+                ("Started", "<t:1796472000:R>"),
+                ("Duration", "1m 12s so far"),
+                ("Attempt", "1"),
+            ]
+        );
+        assert_eq!(
+            e.url,
+            "https://argo.example/workflows/argo-workflows/deploy-3f2a9c1e"
+        );
+        let b = buttons(&r, "https://argo.example/");
+        let labels: Vec<&str> = b.iter().map(|b| b.label.as_str()).collect();
+        assert_eq!(labels, ["Cancel", "Refresh", "Open in Argo"]);
+        assert_eq!(b[0].custom_id, format!("cancel:{}", r.id));
+        assert_eq!(b[1].custom_id, format!("refresh:{}", r.id));
+        assert!(b[2].custom_id.is_empty());
+        assert_eq!(b[2].url, e.url);
+    }
+
+    #[test]
+    fn a_failed_card_names_the_step_its_message_and_log() {
+        let mut r = run(RunStatus::Failed);
+        r.progress = "1/3".into();
+        r.finished_at = Some(now());
+        r.message = "child failed (build: exit code 2)".into();
+        r.steps.failed = "build".into();
+        r.steps.log_tail = "compiling\nerror: ```boom```\n".into();
+        let e = embed(&r, "", now());
+        assert_eq!(e.color, 0xe74c3c);
+        assert_eq!(
+            e.description,
+            "**failed** · 1 of 3 steps done\n▰▰▰▱▱▱▱▱▱▱ 1/3\nFailed step: `build`\n\
+             > child failed (build: exit code 2)\n```\ncompiling\nerror: ˋˋˋboomˋˋˋ\n```"
+        );
+        assert!(e.url.is_empty(), "no Argo UI configured");
+        assert_eq!(e.fields[3].value, "1m 12s");
+        let labels: Vec<String> = buttons(&r, "").into_iter().map(|b| b.label).collect();
+        assert_eq!(labels, ["Retry", "Refresh"]);
+    }
+
+    #[test]
+    fn colours_follow_the_status() {
+        // In the order of `RunStatus::ALL`: queued … dead-lettered.
+        let c: Vec<u32> = RunStatus::ALL.into_iter().map(colour).collect();
+        assert_eq!(
+            c,
+            [
+                0x95a5a6, 0x95a5a6, 0x95a5a6, 0x3498db, 0x2ecc71, 0xe74c3c, 0xe74c3c, 0x546e7a,
+                0x992d22
+            ]
+        );
+    }
+
+    #[test]
+    fn no_link_before_the_workflow_may_exist_and_long_texts_fit() {
+        let mut r = run(RunStatus::Queued);
+        r.workflow_uid.clear();
+        r.started_at = None;
+        assert_eq!(argo_link(&r, "https://argo.example"), None);
+        r.message = "x".repeat(10_000);
+        r.steps.log_tail = "y".repeat(1000);
+        let e = embed(&r, "https://argo.example", now());
+        assert!(e.description.chars().count() <= DESCRIPTION_MAX);
+        assert_eq!(e.description.lines().next(), Some("**queued**"));
+        assert!(e.fields.iter().all(|f| f.name != "Started"));
+    }
+
+    #[test]
+    fn the_runs_list_is_one_compact_embed() {
+        let mut a = run(RunStatus::Running);
+        a.progress = "2/3".into();
+        let b = run(RunStatus::DeadLettered);
+        let reply = runs_list(&[a, b]);
+        assert!(reply.ephemeral);
+        assert_eq!(reply.embeds.len(), 1);
+        assert_eq!(
+            reply.embeds[0].description,
+            "`3f2a9c1e` **/deploy** · running 2/3 · <t:1796472000:R>\n\
+             `3f2a9c1e` **/deploy** · dead lettered · <t:1796472000:R>"
+        );
+        assert_eq!(
+            runs_list(&[]).embeds[0].description,
+            "You have no runs in this server."
+        );
+    }
+}
