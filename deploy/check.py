@@ -12,7 +12,8 @@
   the namespace the run goes to; each of its parameters without a default is always supplied;
   the argo-adapter serves every namespace the server dispatches to (its `argo.namespaces` and
   its Role there); the service account each Workflow runs as exists there with Argo's executor
-  minimum (workflowtaskresults create and patch).
+  minimum (workflowtaskresults create and patch); the argo-adapter may read pod logs exactly in
+  the namespaces where a command has `show_logs` (components/pod-logs).
 """
 import json, pathlib, re, subprocess, sys
 import jsonschema
@@ -27,6 +28,8 @@ ROLES = {
     "facteur-argo": {("argoproj.io", "workflows"): {"create", "get", "list", "watch", "patch"},
                      ("argoproj.io", "workflowtemplates"): {"get", "list"}},
     "facteur-workflow-executor": {("argoproj.io", "workflowtaskresults"): {"create", "patch"}},
+    # components/pod-logs: only where a command has show_logs (checked per overlay).
+    "facteur-argo-logs": {("", "pods/log"): {"get"}},
 }
 EXECUTOR = ("argoproj.io", "workflowtaskresults", {"create", "patch"})
 CRD_REQUIRED = {
@@ -298,6 +301,19 @@ def cross_check(overlay, docs):
         if not bound(docs, ns, account, ns, group, resource, verbs):
             problems.append(f"{where}: service account `{account}` lacks Argo's executor minimum "
                             f"({resource} {sorted(verbs)})")
+    # Pod logs exactly where a command asks for them (show_logs), nowhere else.
+    argo = server["argo"]
+    wanted = {first(c.get("namespace"), argo["namespace"])
+              for c in server.get("commands") or [] if c.get("show_logs")}
+    namespaces = {dig(d, ("metadata", "namespace")) for d in docs if d.get("kind") == "Role"}
+    granted = {ns for ns in namespaces
+               if bound(docs, ns, "facteur-argo", app_ns, "", "pods/log", {"get"})}
+    for ns in sorted(wanted - granted):
+        problems.append(f"{overlay}: a command with show_logs runs in `{ns}`, but the argo-adapter "
+                        f"may not read pod logs there (components/pod-logs)")
+    for ns in sorted(granted - wanted):
+        problems.append(f"{overlay}: the argo-adapter may read pod logs in `{ns}`, but no command "
+                        f"there has show_logs")
 
 
 overlays = sorted(p for p in (ROOT / "kubernetes" / "overlays").iterdir() if p.is_dir())

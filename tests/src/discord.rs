@@ -76,6 +76,10 @@ pub struct Options {
     pub proxy: bool,
     /// Codex implementation orchestration on (into `argo.namespace`).
     pub codex: bool,
+    /// `argo.ui_base_url` (cards link to Argo when set).
+    pub argo_ui: &'static str,
+    /// `/deploy` shows its failed step's log tail.
+    pub show_logs: bool,
 }
 
 impl Default for Options {
@@ -85,6 +89,8 @@ impl Default for Options {
             redis: false,
             proxy: false,
             codex: false,
+            argo_ui: "",
+            show_logs: false,
         }
     }
 }
@@ -140,6 +146,10 @@ impl Stack {
         let db = TestDb::new(o.backend).await;
         let mut cfg = stack_config(&db);
         cfg.codex_implementation_orchestrator.enabled = o.codex;
+        cfg.argo.ui_base_url = o.argo_ui.into();
+        for c in cfg.commands.iter_mut().filter(|c| c.name == "deploy") {
+            c.show_logs = o.show_logs;
+        }
         let redis = o.redis.then(RedisPrefix::new);
         if let Some(p) = &redis {
             cfg.redis.url = Secret(redis_url());
@@ -190,6 +200,18 @@ impl Stack {
             _redis: redis,
             _db: db,
         }
+    }
+
+    /// The run that interaction `id` started.
+    pub async fn run_of(&self, id: &str) -> facteur_server::domain::Run {
+        self.srv
+            .server
+            .state
+            .store
+            .run_by_key(&format!("discord:{id}"))
+            .await
+            .expect("query")
+            .expect("the interaction started a run")
     }
 
     /// POSTs `body` to the endpoint signed with [`key`] now; returns the status and JSON body.

@@ -2,7 +2,8 @@
 //! the unmodified kube-rs client talks to. It serves create (409 on a taken name), get, list
 //! with `labelSelector`, watch (newline-delimited JSON events with resourceVersion, resumable
 //! from a version) and JSON merge patch, and plays the Argo controller on demand
-//! ([`FakeKube::set_phase`]).
+//! ([`FakeKube::set_phase`]). Pods exist only as logs (`pods/{name}/log` with `container` and
+//! `tailLines`), set with [`FakeKube::set_pod_log`].
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -36,6 +37,8 @@ struct Inner {
     hang_creates: usize,
     create_delay: Option<std::time::Duration>,
     create_seen: HashMap<String, std::time::Instant>,
+    pod_logs: BTreeMap<(String, String), String>,
+    log_requests: Vec<(String, String, HashMap<String, String>)>,
 }
 
 /// Handle to a running fake.
@@ -106,6 +109,7 @@ impl FakeKube {
         let app = Router::new()
             .route(BASE, get(list_or_watch).post(create))
             .route(&format!("{BASE}/{{name}}"), get(get_one).patch(patch))
+            .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(pod_log))
             .with_state(Ctx(fake.clone()));
         tokio::spawn(async move {
             let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -197,6 +201,22 @@ impl FakeKube {
         }
     }
 
+    /// The `main` container's log of pod `ns/name`.
+    pub fn set_pod_log(&self, ns: &str, name: &str, log: &str) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.pod_logs
+                .insert((ns.to_string(), name.to_string()), log.to_string());
+        }
+    }
+
+    /// Every pod log request: (namespace, pod, query parameters).
+    pub fn log_requests(&self) -> Vec<(String, String, HashMap<String, String>)> {
+        self.inner
+            .lock()
+            .map(|i| i.log_requests.clone())
+            .unwrap_or_default()
+    }
+
     /// Ends every open watch stream (clients must resume them).
     pub fn end_watches(&self) {
         let _ = self.cut_watches.send(());
@@ -277,6 +297,33 @@ async fn create(State(Ctx(fake)): State<Ctx>, Path(ns): Path<String>, body: Byte
         tokio::time::sleep(d).await;
     }
     (StatusCode::CREATED, axum::Json(obj)).into_response()
+}
+
+async fn pod_log(
+    State(Ctx(fake)): State<Ctx>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Ok(mut inner) = fake.inner.lock() else {
+        return status(500, "InternalError", "poisoned".into());
+    };
+    inner
+        .log_requests
+        .push((ns.clone(), name.clone(), q.clone()));
+    if q.get("container").is_some_and(|c| c != "main") {
+        return status(400, "BadRequest", "container is not valid for pod".into());
+    }
+    let Some(log) = inner.pod_logs.get(&(ns, name.clone())) else {
+        return status(404, "NotFound", format!("pods \"{name}\" not found"));
+    };
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = q
+        .get("tailLines")
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(lines.len());
+    let mut out = lines[lines.len().saturating_sub(tail)..].join("\n");
+    out.push('\n');
+    (StatusCode::OK, out).into_response()
 }
 
 async fn get_one(

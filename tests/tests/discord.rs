@@ -204,15 +204,7 @@ async fn the_message_follows_the_run_then_moves_to_the_bot_token() {
     );
     let (code, _) = s.post(&cmd).await;
     assert_eq!(code, 200);
-    let run = s
-        .srv
-        .server
-        .state
-        .store
-        .run_by_key("discord:700000000000000020")
-        .await
-        .expect("query")
-        .expect("run");
+    let run = s.run_of("700000000000000020").await;
     let original = format!("/webhooks/{APP}/token-700000000000000020/messages/@original");
     wait_until("the submitted edit", wait, || {
         edits(s.discord.clone(), original.clone(), "submitted")
@@ -315,15 +307,7 @@ async fn the_plan_modal_and_autocomplete() {
     assert_eq!(code, 200, "{resp}");
     assert_eq!(resp["type"], 4);
     assert!(message_text(&resp["data"]).contains("/plan"), "{resp}");
-    let run = s
-        .srv
-        .server
-        .state
-        .store
-        .run_by_key("discord:700000000000000031")
-        .await
-        .expect("query")
-        .expect("run");
+    let run = s.run_of("700000000000000031").await;
     assert_eq!(
         run.parameters.get("payload").map(String::as_str),
         Some("build the thing")
@@ -634,15 +618,7 @@ async fn gateway_mode_answers_through_the_callback_route() {
         }
     })
     .await;
-    let run = s
-        .srv
-        .server
-        .state
-        .store
-        .run_by_key(&format!("discord:{id}"))
-        .await
-        .expect("query")
-        .expect("the command started its run");
+    let run = s.run_of(id).await;
     assert_eq!(run.requester.display_name, "Alice");
     stop.cancel();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), connected).await;

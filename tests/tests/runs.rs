@@ -119,6 +119,8 @@ async fn template_to_succeeded(backend: Backend) {
         ("submitted", pb::RunStatus::Submitted),
         ("status", pb::RunStatus::Submitted),
         ("status", pb::RunStatus::Running),
+        // A step ended within the phase: recorded, so run cards follow it.
+        ("progress", pb::RunStatus::Running),
         ("status", pb::RunStatus::Succeeded),
     ];
     assert_eq!(

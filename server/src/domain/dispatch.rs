@@ -578,8 +578,20 @@ pub fn on_report(run: &Run, r: &StatusReport, now: DateTime<Utc>) -> Result<Opti
             "status",
             serde_json::json!({"phase": r.phase, "message": r.message, "progress": r.progress, "source": r.source}),
         ));
+    } else if run.progress != r.progress || run.steps.current != t_current(&t) {
+        // A step started or ended: recorded, so the run's card (which follows the history)
+        // moves with the Workflow. A new message alone is kept without an entry.
+        t.event = Some((
+            "progress",
+            serde_json::json!({"progress": r.progress, "step": t_current(&t), "source": r.source}),
+        ));
     }
     Ok(Some(t))
+}
+
+/// The running step a transition records.
+fn t_current(t: &Transition) -> &str {
+    t.run.steps.as_ref().map_or("", |s| s.current.as_str())
 }
 
 /// A cancel of `run` by a job of `kind`: queued and dead-lettered runs are cancelled at once;
@@ -937,7 +949,7 @@ mod tests {
     }
 
     #[test]
-    fn progress_within_a_phase_updates_without_history() {
+    fn progress_within_a_phase_is_recorded_and_a_message_alone_is_not() {
         let now = Utc::now();
         let mut r = run(RunStatus::Running, false);
         r.workflow_phase = "Running".into();
@@ -950,12 +962,18 @@ mod tests {
         };
         let t = on_report(&r, &report, now).expect("ok").expect("news");
         assert_eq!(t.to, RunStatus::Running);
-        assert!(t.event.is_none());
+        assert_eq!(t.event.as_ref().map(|e| e.0), Some("progress"));
         r.progress = "2/3".into();
         assert!(
             on_report(&r, &report, now).expect("ok").is_none(),
             "no news"
         );
+        let said = StatusReport {
+            message: "still going".into(),
+            ..report
+        };
+        let t = on_report(&r, &said, now).expect("ok").expect("news");
+        assert!(t.event.is_none(), "a message alone adds no entry");
     }
 
     #[test]
