@@ -26,7 +26,7 @@ K8S = "1.34.0"
 # What each Role may grant, by name: the argo-adapter's, and Argo's executor minimum.
 ROLES = {
     "facteur-argo": {("argoproj.io", "workflows"): {"create", "get", "list", "watch", "patch"},
-                     ("argoproj.io", "workflowtemplates"): {"get", "list"}},
+                     ("argoproj.io", "workflowtemplates"): {"get", "list", "watch"}},
     "facteur-workflow-executor": {("argoproj.io", "workflowtaskresults"): {"create", "patch"}},
     # components/pod-logs: only where a command has show_logs (checked per overlay).
     "facteur-argo-logs": {("", "pods/log"): {"get"}},

@@ -18,6 +18,7 @@ pub mod callback;
 pub mod kubeconfig;
 pub mod leaser;
 pub mod status;
+pub mod templates;
 pub mod watch;
 pub mod workflows;
 
@@ -31,8 +32,9 @@ pub const BACKOFF_INITIAL: Duration = Duration::from_millis(200);
 /// Cap of the reconnect backoff.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(15);
 
-/// Asks the server what to serve, then runs the leaser, one watcher per assigned namespace
-/// (following changes of the assignment), and (when configured) the callback endpoint, until
+/// Asks the server what to serve, then runs the leaser, one Workflow watcher and one labelled
+/// WorkflowTemplate watcher per assigned namespace (following changes of the assignment), and
+/// (when configured) the callback endpoint, until
 /// `shutdown`. A task that dies ends the whole adapter with its error.
 pub async fn run(
     config: &Config,
@@ -59,6 +61,13 @@ pub async fn run(
         _ = shutdown.cancelled() => {}
         _ = assigned.wait_for(Option::is_some) => {}
     }
+    tasks.spawn(templates::follow(
+        workflows.clone(),
+        control.clone(),
+        adapter_id.clone(),
+        assigned.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(leaser::run(
         control.clone(),
         workflows.clone(),

@@ -9,14 +9,32 @@ use std::collections::BTreeMap;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-/// One watcher per namespace of the assignment, until `shutdown`: a namespace added gets a
-/// watcher at once, one removed has its watcher stopped. A watcher that fails ends it all.
+/// One Workflow watcher per namespace of the assignment, until `shutdown`.
 pub async fn follow(
     workflows: Workflows,
-    mut assigned: crate::assignment::Assigned,
+    assigned: crate::assignment::Assigned,
     reporter: Reporter,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    per_namespace(assigned, shutdown, "workflow watch", move |ns, token| {
+        run(workflows.clone(), ns, reporter.clone(), token)
+    })
+    .await
+}
+
+/// One task per namespace of the assignment, until `shutdown`: a namespace added gets its task
+/// at once, one removed has its task stopped (its token cancelled). A task that fails ends it
+/// all.
+pub async fn per_namespace<F, Fut>(
+    mut assigned: crate::assignment::Assigned,
+    shutdown: CancellationToken,
+    what: &'static str,
+    task: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(String, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
     let mut running: BTreeMap<String, CancellationToken> = BTreeMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -24,7 +42,7 @@ pub async fn follow(
         running.retain(|ns, token| {
             let keep = wanted.contains(ns);
             if !keep {
-                tracing::info!(namespace = %ns, "no longer assigned: watch stopped");
+                tracing::info!(namespace = %ns, what, "no longer assigned: stopped");
                 token.cancel();
             }
             keep
@@ -33,7 +51,7 @@ pub async fn follow(
             if !running.contains_key(&ns) {
                 let token = shutdown.child_token();
                 running.insert(ns.clone(), token.clone());
-                tasks.spawn(run(workflows.clone(), ns, reporter.clone(), token));
+                tasks.spawn(task(ns, token));
             }
         }
         tokio::select! {
@@ -49,13 +67,13 @@ pub async fn follow(
                 match done {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Err(e),
-                    Err(e) => return Err(anyhow::anyhow!("workflow watch panicked: {e}")),
+                    Err(e) => return Err(anyhow::anyhow!("{what} panicked: {e}")),
                 }
             }
         }
     }
     while let Some(done) = tasks.join_next().await {
-        done.map_err(|e| anyhow::anyhow!("workflow watch panicked: {e}"))??;
+        done.map_err(|e| anyhow::anyhow!("{what} panicked: {e}"))??;
     }
     Ok(())
 }

@@ -31,21 +31,29 @@ pub enum Applied {
 pub struct Workflows {
     client: kube::Client,
     resource: ApiResource,
+    templates: ApiResource,
 }
 
 impl Workflows {
     /// Without discovery: the plural is known.
     pub fn new(client: kube::Client) -> Self {
         let gvk = GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Workflow");
+        let templates = GroupVersionKind::gvk("argoproj.io", "v1alpha1", "WorkflowTemplate");
         Self {
             client,
             resource: ApiResource::from_gvk_with_plural(&gvk, "workflows"),
+            templates: ApiResource::from_gvk_with_plural(&templates, "workflowtemplates"),
         }
     }
 
     /// The namespaced API.
     pub fn api(&self, namespace: &str) -> Api<DynamicObject> {
         Api::namespaced_with(self.client.clone(), namespace, &self.resource)
+    }
+
+    /// The namespaced API of WorkflowTemplates.
+    pub fn templates(&self, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), namespace, &self.templates)
     }
 
     /// The Workflow object for a job.

@@ -37,6 +37,12 @@ impl DispatchService for Scripted {
     ) -> Result<Response<pb::CompleteResponse>, Status> {
         Err(Status::unimplemented("not here"))
     }
+    async fn report_workflow_templates(
+        &self,
+        _: Request<pb::ReportWorkflowTemplatesRequest>,
+    ) -> Result<Response<pb::ReportWorkflowTemplatesResponse>, Status> {
+        Err(Status::unimplemented("not here"))
+    }
     async fn report_workflow_status(
         &self,
         _: Request<pb::ReportWorkflowStatusRequest>,

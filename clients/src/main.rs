@@ -39,6 +39,10 @@ struct Cli {
 enum Command {
     /// Server version and the health of each dependency; exits 1 when not ready.
     Status,
+    /// The command catalog: each command, its options and where it comes from (the
+    /// configuration, built in, or a labelled WorkflowTemplate), then the labelled templates
+    /// that are not commands, and why.
+    Commands,
     /// Start a run: `facteurctl run <command> key=value…`; or `facteurctl run get <id>`.
     #[command(args_conflicts_with_subcommands = true)]
     Run {
@@ -154,6 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = Client::connect(cfg).await?;
     match cli.command {
         Command::Status => status(&client, &cli.url).await,
+        Command::Commands => commands(&client).await,
         Command::Run {
             sub: Some(RunSub::Get { run_id }),
             ..
@@ -645,6 +650,54 @@ async fn dead_letters(client: &Client, limit: u32) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn commands(client: &Client) -> anyhow::Result<ExitCode> {
+    let c = client
+        .admin()
+        .list_catalog(pb::ListCatalogRequest {})
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let rows: Vec<Vec<String>> = c
+        .commands
+        .iter()
+        .map(|d| {
+            let options: Vec<String> = d
+                .options
+                .iter()
+                .map(|o| {
+                    let mut s = o.name.clone();
+                    if !o.choices.is_empty() {
+                        let values: Vec<&str> =
+                            o.choices.iter().map(|c| c.value.as_str()).collect();
+                        s.push_str(&format!("={}", values.join("|")));
+                    }
+                    if !o.required {
+                        s = format!("[{s}]");
+                    }
+                    s
+                })
+                .collect();
+            vec![
+                format!("/{}", d.name),
+                d.source.clone(),
+                options.join(" "),
+                d.description.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["COMMAND", "SOURCE", "OPTIONS", "DESCRIPTION"], &rows)
+    );
+    if !c.problems.is_empty() {
+        println!();
+        for p in &c.problems {
+            println!("not a command: {p}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn status(client: &Client, url: &str) -> anyhow::Result<ExitCode> {
     let s = client
         .admin()
@@ -703,6 +756,9 @@ async fn status(client: &Client, url: &str) -> anyhow::Result<ExitCode> {
             "{}",
             table(&["ADAPTER", "NAMESPACES", "IN-FLIGHT", "SINCE"], &rows)
         );
+    }
+    for p in &s.catalog_problems {
+        println!("catalog: not a command: {p}");
     }
     if !s.unserved_namespaces.is_empty() {
         println!();

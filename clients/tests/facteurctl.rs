@@ -136,7 +136,7 @@ async fn adapter_reporting(url: String, commands: u32) {
     .expect("adapter client");
     let mut guilds = c
         .command()
-        .watch_guilds(facteur_client::pb::WatchGuildsRequest {})
+        .watch_guilds(facteur_client::pb::WatchGuildsRequest::default())
         .await
         .expect("watch guilds")
         .into_inner();

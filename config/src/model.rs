@@ -196,7 +196,8 @@ impl Config {
     }
 }
 
-fn validate_commands(commands: &[CommandConfig], err: &mut impl FnMut(&str, String)) {
+/// Checks a catalog's commands as Discord and the server need them; `err(key, problem)` for each.
+pub fn validate_commands(commands: &[CommandConfig], err: &mut impl FnMut(&str, String)) {
     let mut names = std::collections::BTreeSet::new();
     for (i, c) in commands.iter().enumerate() {
         let key = format!("commands[{i}]");

@@ -533,17 +533,44 @@ pub async fn register(
 /// Registers the catalog in every guild set up with `AdminService.SetupGuild` (`facteurctl
 /// guild setup`), as the server announces them, and reports each outcome, until `shutdown`.
 /// A failure is reported (the operator sees it in `facteurctl guild list`) and the server
-/// announces the guild again later. Reconnects with capped backoff.
-pub async fn follow_guilds(control: Client, http: Arc<Http>, shutdown: CancellationToken) {
+/// announces the guild again later. When the catalog changes (WorkflowTemplate commands), the
+/// server says so and announces every guild again; the adapter's own scope (`home`: the
+/// configured guild, or global commands) is registered again too. Each registration writes only
+/// when Discord's commands differ. Reconnects with capped backoff.
+pub async fn follow_guilds(
+    control: Client,
+    http: Arc<Http>,
+    home: Option<u64>,
+    shutdown: CancellationToken,
+) {
     let open = || {
         let mut command = control.command();
-        async move { command.watch_guilds(pb::WatchGuildsRequest {}).await }
-    };
-    let each = |u: pb::WatchGuildsResponse| {
-        let (control, http) = (&control, &http);
         async move {
-            if let Some(g) = u.guild {
-                register_guild(control, http, &g).await;
+            command
+                .watch_guilds(pb::WatchGuildsRequest {
+                    catalog_notices: true,
+                })
+                .await
+        }
+    };
+    // The catalog version the home scope was last registered for.
+    let registered = std::sync::Mutex::new(None::<u64>);
+    let each = |u: pb::WatchGuildsResponse| {
+        let (control, http, registered) = (&control, &http, &registered);
+        async move {
+            match u.guild {
+                Some(g) => register_guild(control, http, &g).await,
+                None => {
+                    let previous = registered
+                        .lock()
+                        .map(|mut r| r.replace(u.catalog_version))
+                        .unwrap_or(None);
+                    if previous != Some(u.catalog_version)
+                        && let Err(e) = register(control, http, home).await
+                    {
+                        tracing::warn!(guild_id = ?home, error = %e, "command registration after a catalog change failed");
+                    }
+                }
             }
         }
     };

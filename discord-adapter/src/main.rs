@@ -45,6 +45,7 @@ async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
     tokio::spawn(facteur_discord::follow_guilds(
         control.clone(),
         http.clone(),
+        guild,
         shutdown.clone(),
     ));
     let run_cards = tokio::spawn(facteur_discord::follow_runs(

@@ -15,6 +15,7 @@ mod m20261123_000004_guilds;
 mod m20261203_000005_widen_columns;
 mod m20261204_000006_adapters;
 mod m20261205_000007_run_steps;
+mod m20261205_000008_template_commands;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000005_widen_columns::Migration),
             Box::new(m20261204_000006_adapters::Migration),
             Box::new(m20261205_000007_run_steps::Migration),
+            Box::new(m20261205_000008_template_commands::Migration),
         ]
     }
 }

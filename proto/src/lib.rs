@@ -57,6 +57,8 @@ pub mod workflow {
     pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=facteur";
     /// The run id.
     pub const RUN_ID_LABEL: &str = "facteur.proompteng.ai/run-id";
+    /// On a Workflow, the command it runs; on a WorkflowTemplate, the command it becomes.
+    pub const COMMAND_LABEL: &str = "facteur.proompteng.ai/command";
     /// The W3C `traceparent` of the request that started the run.
     pub const TRACEPARENT_ANNOTATION: &str = "facteur.proompteng.ai/traceparent";
     /// `"true"`: a failed run's card shows the failing step's log tail (the argo-adapter reads

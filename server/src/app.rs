@@ -163,6 +163,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         shutdown: shutdown.clone(),
     });
 
+    // The commands of labelled WorkflowTemplates, as last reported, before anything is served.
+    crate::service::templates::reload(&state)
+        .await
+        .context("cannot read the WorkflowTemplate commands")?;
+    tokio::spawn(crate::service::templates::follow(state.clone()));
+
     let (reporter, health_service) = tonic_health::server::health_reporter();
     health.publish(&reporter).await;
     tokio::spawn(health.watch(reporter, interval, shutdown.clone()));

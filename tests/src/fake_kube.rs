@@ -1,7 +1,7 @@
 //! A fake Kubernetes API server for `argoproj.io/v1alpha1` `workflows`: a real HTTP server that
 //! the unmodified kube-rs client talks to. It serves create (409 on a taken name), get, list
 //! with `labelSelector`, watch (newline-delimited JSON events with resourceVersion, resumable
-//! from a version) and JSON merge patch, and plays the Argo controller on demand
+//! from a version; `workflowtemplates` too, set with [`FakeKube::apply_template`]) and JSON merge patch, and plays the Argo controller on demand
 //! ([`FakeKube::set_phase`]). Pods exist only as logs (`pods/{name}/log` with `container` and
 //! `tailLines`), set with [`FakeKube::set_pod_log`].
 
@@ -38,6 +38,7 @@ struct Inner {
     create_delay: Option<std::time::Duration>,
     create_seen: HashMap<String, std::time::Instant>,
     pod_logs: BTreeMap<(String, String), String>,
+    templates: BTreeMap<(String, String), Value>,
     log_requests: Vec<(String, String, HashMap<String, String>)>,
 }
 
@@ -107,7 +108,11 @@ impl FakeKube {
             cut_watches,
         };
         let app = Router::new()
-            .route(BASE, get(list_or_watch).post(create))
+            .route(BASE, get(list_or_watch_workflows).post(create))
+            .route(
+                "/apis/argoproj.io/v1alpha1/namespaces/{ns}/workflowtemplates",
+                get(list_or_watch_templates),
+            )
             .route(&format!("{BASE}/{{name}}"), get(get_one).patch(patch))
             .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(pod_log))
             .with_state(Ctx(fake.clone()));
@@ -198,6 +203,47 @@ impl FakeKube {
     pub fn hang_creates(&self, n: usize) {
         if let Ok(mut i) = self.inner.lock() {
             i.hang_creates += n;
+        }
+    }
+
+    /// Creates or replaces a WorkflowTemplate (`metadata.namespace` and `.name` from `obj`), as
+    /// `kubectl apply` would.
+    pub fn apply_template(&self, mut obj: Value) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        inner.rv += 1;
+        let rv = inner.rv;
+        obj["apiVersion"] = json!("argoproj.io/v1alpha1");
+        obj["kind"] = json!("WorkflowTemplate");
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let key = (
+            obj["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            obj["metadata"]["name"].as_str().unwrap_or("").to_string(),
+        );
+        let kind = if inner.templates.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            obj["metadata"]["uid"] = json!(format!("uid-tpl-{rv}"));
+            "ADDED"
+        };
+        inner.templates.insert(key, obj.clone());
+        self.record(&mut inner, kind, obj);
+    }
+
+    /// Deletes a WorkflowTemplate.
+    pub fn delete_template(&self, ns: &str, name: &str) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        inner.rv += 1;
+        let rv = inner.rv;
+        if let Some(mut obj) = inner.templates.remove(&(ns.to_string(), name.to_string())) {
+            obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+            self.record(&mut inner, "DELETED", obj);
         }
     }
 
@@ -380,10 +426,28 @@ async fn patch(
     axum::Json(obj).into_response()
 }
 
-async fn list_or_watch(
+async fn list_or_watch_workflows(
     State(Ctx(fake)): State<Ctx>,
     Path(ns): Path<String>,
     Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    list_or_watch(fake, ns, q, "Workflow")
+}
+
+async fn list_or_watch_templates(
+    State(Ctx(fake)): State<Ctx>,
+    Path(ns): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    list_or_watch(fake, ns, q, "WorkflowTemplate")
+}
+
+/// List or watch objects of `kind` in `ns` (the event log holds both kinds).
+fn list_or_watch(
+    fake: FakeKube,
+    ns: String,
+    q: HashMap<String, String>,
+    kind: &'static str,
 ) -> Response {
     let selector = q.get("labelSelector").cloned();
     if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
@@ -400,7 +464,8 @@ async fn list_or_watch(
             .unwrap_or_default();
         let ns2 = ns.clone();
         let wanted = move |e: &WatchEvent| {
-            e.object["metadata"]["namespace"].as_str() == Some(ns2.as_str())
+            e.object["kind"].as_str().unwrap_or("Workflow") == kind
+                && e.object["metadata"]["namespace"].as_str() == Some(ns2.as_str())
                 && matches_selector(&e.object, selector.as_ref())
         };
         let line = |e: &WatchEvent| {
@@ -429,14 +494,18 @@ async fn list_or_watch(
     let Ok(inner) = fake.inner.lock() else {
         return status(500, "InternalError", "lock".into());
     };
-    let items: Vec<Value> = inner
-        .objects
+    let objects = if kind == "Workflow" {
+        &inner.objects
+    } else {
+        &inner.templates
+    };
+    let items: Vec<Value> = objects
         .iter()
         .filter(|((n, _), o)| *n == ns && matches_selector(o, selector.as_ref()))
         .map(|(_, o)| o.clone())
         .collect();
     axum::Json(
-        json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowList",
+        json!({"apiVersion": "argoproj.io/v1alpha1", "kind": format!("{kind}List"),
         "metadata": {"resourceVersion": inner.rv.to_string()}, "items": items}),
     )
     .into_response()

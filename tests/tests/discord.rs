@@ -422,6 +422,7 @@ async fn guild_setup_registers_the_catalog_and_seeds_an_isolated_policy_live() {
     tokio::spawn(facteur_discord::follow_guilds(
         s.control.clone(),
         s.http.clone(),
+        None,
         stop.clone(),
     ));
     let admin = s.srv.client(ADMIN_TOKEN).await;

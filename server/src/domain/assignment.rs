@@ -15,7 +15,7 @@ pub fn dispatch_namespaces(config: &Config, catalog: &Catalog) -> Vec<String> {
     let mut ns: BTreeSet<String> = BTreeSet::new();
     ns.insert(config.argo.namespace.clone());
     for cmd in catalog.commands() {
-        ns.insert(catalog.namespace_of(cmd));
+        ns.insert(catalog.namespace_of(&cmd));
     }
     if config.codex_implementation_orchestrator.enabled {
         ns.insert(codex::namespace(config, true));

@@ -3,9 +3,11 @@
 //! Argo, on top of the configured base parameters (`argo.parameters`).
 
 use crate::domain::input::storable;
+use crate::domain::templates::{Merged, Template, merge};
 use crate::domain::{Error, Result};
 use facteur_config::{CommandConfig, Config, OptionConfig, is_snowflake};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
 
 /// Discord's integer range (±2^53).
 const MAX_SAFE_INTEGER: i64 = 9_007_199_254_740_991;
@@ -52,21 +54,37 @@ impl Resolved {
     }
 }
 
-/// The catalog in effect.
+/// The catalog in effect: the configured commands, then those of labelled WorkflowTemplates
+/// (replaced as the argo-adapters report them; clones share them).
 #[derive(Clone, Debug)]
 pub struct Catalog {
-    commands: Vec<CommandConfig>,
+    configured: Vec<CommandConfig>,
+    templates: Arc<RwLock<FromTemplates>>,
     base: BTreeMap<String, String>,
     namespace: String,
     template: String,
     service_account: String,
 }
 
+/// The part of the catalog that comes from WorkflowTemplates.
+#[derive(Clone, Debug, Default)]
+struct FromTemplates {
+    /// What was reported, sorted (to tell a change).
+    reported: Vec<Template>,
+    merged: Merged,
+    /// Bumped by every change.
+    version: u64,
+}
+
+/// Names no template can take besides the configured commands.
+const BUILTINS: [&str; 3] = ["status", "runs", "cancel"];
+
 impl Catalog {
     /// From the configuration.
     pub fn from_config(c: &Config) -> Catalog {
         Catalog {
-            commands: c.catalog(),
+            configured: c.catalog(),
+            templates: Arc::default(),
             base: c.argo.parameters.clone(),
             namespace: c.argo.namespace.clone(),
             template: c.argo.workflow_template.clone(),
@@ -74,14 +92,68 @@ impl Catalog {
         }
     }
 
-    /// The commands.
-    pub fn commands(&self) -> &[CommandConfig] {
-        &self.commands
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, FromTemplates> {
+        self.templates.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The commands: configured ones first, then those of templates.
+    pub fn commands(&self) -> Vec<CommandConfig> {
+        let t = self.read();
+        self.configured
+            .iter()
+            .cloned()
+            .chain(t.merged.commands.iter().map(|(c, _)| c.clone()))
+            .collect()
+    }
+
+    /// Where `command` comes from: `configuration`, or the `namespace/template` that defines it.
+    pub fn source_of(&self, command: &str) -> String {
+        self.read()
+            .merged
+            .commands
+            .iter()
+            .find(|(c, _)| c.name == command)
+            .map_or_else(|| "configuration".to_string(), |(_, s)| s.clone())
+    }
+
+    /// How many commands come from templates.
+    pub fn template_commands(&self) -> usize {
+        self.read().merged.commands.len()
+    }
+
+    /// Labelled templates that are not commands, and why.
+    pub fn problems(&self) -> Vec<String> {
+        self.read().merged.problems.clone()
+    }
+
+    /// Bumped whenever the commands from templates change.
+    pub fn version(&self) -> u64 {
+        self.read().version
+    }
+
+    /// Replaces the templates' commands with those of `reported`; whether anything changed.
+    pub fn set_templates(&self, mut reported: Vec<Template>) -> bool {
+        reported.sort_by_key(|t| (t.namespace.clone(), t.name.clone()));
+        if self.read().reported == reported {
+            return false;
+        }
+        let taken: BTreeSet<String> = self
+            .configured
+            .iter()
+            .map(|c| c.name.clone())
+            .chain(BUILTINS.iter().map(|b| b.to_string()))
+            .collect();
+        let merged = merge(&taken, &reported);
+        let mut t = self.templates.write().unwrap_or_else(|e| e.into_inner());
+        t.merged = merged;
+        t.reported = reported;
+        t.version += 1;
+        true
     }
 
     /// Whether a failed run of `command` shows its failing step's log tail.
     pub fn shows_logs(&self, command: &str) -> bool {
-        self.commands
+        self.configured
             .iter()
             .any(|c| c.name == command && c.show_logs)
     }
@@ -102,8 +174,9 @@ impl Catalog {
             storable("option name", name, MAX_OPTION_NAME)?;
             storable(&format!("option `{name}`"), value, MAX_OPTION_VALUE)?;
         }
-        let Some(cmd) = self.commands.iter().find(|c| c.name == command) else {
-            let known: Vec<&str> = self.commands.iter().map(|c| c.name.as_str()).collect();
+        let commands = self.commands();
+        let Some(cmd) = commands.iter().find(|c| c.name == command) else {
+            let known: Vec<&str> = commands.iter().map(|c| c.name.as_str()).collect();
             return Err(Error::InvalidArgument(format!(
                 "unknown command `{command}`; known: {}",
                 known.join(", ")

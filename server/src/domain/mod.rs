@@ -9,6 +9,7 @@ pub mod error;
 pub mod input;
 pub mod policy;
 pub mod run;
+pub mod templates;
 
 pub use error::{Error, Result};
 pub use run::{NewRun, Run, RunEvent, RunSource, RunStatus};

@@ -116,6 +116,7 @@ impl AdminService for AdminApi {
                 })
                 .collect(),
             started_at: Some(convert::ts(self.0.started_at)),
+            catalog_problems: self.0.catalog.problems(),
         }))
     }
 
@@ -282,6 +283,16 @@ impl AdminService for AdminApi {
             guild: Some(convert::guild(&setup.guild)),
             policy: Some(convert::policy(&setup.policy)),
             policy_seeded: setup.policy_seeded,
+        }))
+    }
+
+    async fn list_catalog(
+        &self,
+        _req: Request<pb::ListCatalogRequest>,
+    ) -> Result<Response<pb::ListCatalogResponse>, Status> {
+        Ok(Response::new(pb::ListCatalogResponse {
+            commands: super::command::definitions(&self.0),
+            problems: self.0.catalog.problems(),
         }))
     }
 

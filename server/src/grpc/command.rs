@@ -92,6 +92,7 @@ pub fn definitions(state: &AppState) -> Vec<pb::CommandDefinition> {
                 })
                 .collect(),
             ephemeral: c.ephemeral,
+            source: state.catalog.source_of(&c.name),
             modal: c.modal.as_ref().map(|m| pb::Modal {
                 custom_id: format!("modal:{}", c.name),
                 title: m.title.clone(),
@@ -130,6 +131,7 @@ pub fn definitions(state: &AppState) -> Vec<pb::CommandDefinition> {
             options,
             ephemeral: true,
             builtin: true,
+            source: "built-in".into(),
             ..Default::default()
         });
     }
@@ -338,10 +340,11 @@ impl CommandService for CommandApi {
     type WatchGuildsStream = BoxStream<pb::WatchGuildsResponse>;
     async fn watch_guilds(
         &self,
-        _req: Request<pb::WatchGuildsRequest>,
+        req: Request<pb::WatchGuildsRequest>,
     ) -> Result<Response<Self::WatchGuildsStream>, Status> {
+        let notices = req.into_inner().catalog_notices;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(guild_loop(self.0.clone(), tx));
+        tokio::spawn(guild_loop(self.0.clone(), notices, tx));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -424,21 +427,37 @@ const GUILD_RESEND: Duration = Duration::from_secs(30);
 /// Longest wait between two looks at the guilds (set-ups on other replicas).
 const GUILD_RECHECK: Duration = Duration::from_secs(1);
 
-/// Feeds one `WatchGuilds` stream: every guild first, then pending set-ups as they appear.
+/// Feeds one `WatchGuilds` stream: every guild first (after a catalog notice, when asked for),
+/// then pending set-ups as they appear; when the catalog changes, every guild again.
 async fn guild_loop(
     state: Arc<AppState>,
+    notices: bool,
     tx: tokio::sync::mpsc::Sender<Result<pb::WatchGuildsResponse, Status>>,
 ) {
     let mut sent: BTreeMap<String, (i64, std::time::Instant)> = BTreeMap::new();
     let mut first = true;
+    let mut catalog = None;
     loop {
         let notified = state.guilds_wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        let version = state.catalog.version();
+        let changed = catalog != Some(version);
+        if changed && notices {
+            let notice = pb::WatchGuildsResponse {
+                guild: None,
+                catalog_version: version,
+            };
+            if tx.send(Ok(notice)).await.is_err() {
+                return;
+            }
+        }
+        catalog = Some(version);
         match state.store.guilds(None).await {
             Ok(guilds) => {
                 for g in guilds {
                     let due = match sent.get(&g.guild_id) {
+                        _ if changed => true,
                         None => first || g.pending(),
                         Some((generation, at)) => {
                             g.pending()
@@ -454,6 +473,7 @@ async fn guild_loop(
                     );
                     let update = pb::WatchGuildsResponse {
                         guild: Some(convert::guild(&g)),
+                        catalog_version: version,
                     };
                     if tx.send(Ok(update)).await.is_err() {
                         return;

@@ -3,7 +3,8 @@
 use super::{BoxStream, convert};
 use crate::auth::Principal;
 use crate::domain::dispatch::{DispatchKind, Leased, Outcome, StatusReport};
-use crate::service::dispatch;
+use crate::domain::templates::{Template, TemplateParameter};
+use crate::service::{dispatch, templates};
 use crate::state::AppState;
 use facteur_proto::v1 as pb;
 use pb::dispatch_service_server::DispatchService;
@@ -35,6 +36,7 @@ pub fn label_value(s: &str) -> String {
         .to_string()
 }
 
+use facteur_proto::workflow::COMMAND_LABEL;
 pub use facteur_proto::workflow::{
     MANAGED_BY_LABEL, RUN_ID_LABEL, SHOW_LOGS_ANNOTATION, TRACEPARENT_ANNOTATION,
 };
@@ -69,10 +71,7 @@ fn job(l: &Leased, show_logs: bool) -> pb::LeaseResponse {
     let labels = [
         (MANAGED_BY_LABEL.to_string(), "facteur".to_string()),
         (RUN_ID_LABEL.to_string(), run.id.clone()),
-        (
-            "facteur.proompteng.ai/command".to_string(),
-            label_value(&run.command),
-        ),
+        (COMMAND_LABEL.to_string(), label_value(&run.command)),
     ]
     .into_iter()
     .collect();
@@ -172,6 +171,41 @@ impl DispatchService for DispatchApi {
             namespaces: a.namespaces,
             dispatch_namespaces: a.dispatch,
             refresh_seconds: dispatch::ASSIGNMENT_REFRESH.as_secs() as u32,
+        }))
+    }
+
+    async fn report_workflow_templates(
+        &self,
+        req: Request<pb::ReportWorkflowTemplatesRequest>,
+    ) -> Result<Response<pb::ReportWorkflowTemplatesResponse>, Status> {
+        let principal = Principal::of(&req);
+        let r = req.into_inner();
+        let id = adapter_id(&r.adapter_id)?;
+        let templates = r
+            .templates
+            .into_iter()
+            .map(|t| Template {
+                namespace: t.namespace,
+                name: t.name,
+                command: t.command,
+                annotations: t.annotations.into_iter().collect(),
+                parameters: t
+                    .parameters
+                    .into_iter()
+                    .map(|p| TemplateParameter {
+                        name: p.name,
+                        description: p.description,
+                        choices: p.choices,
+                        has_default: p.has_default,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let by = format!("{}/{id}", principal.name);
+        let done = templates::report(&self.0, &by, r.namespaces, templates).await?;
+        Ok(Response::new(pb::ReportWorkflowTemplatesResponse {
+            commands: done.commands as u32,
+            problems: done.problems,
         }))
     }
 

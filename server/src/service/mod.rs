@@ -8,3 +8,4 @@ pub mod discord;
 pub mod dispatch;
 pub mod runs;
 pub mod sessions;
+pub mod templates;

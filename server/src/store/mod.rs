@@ -13,6 +13,7 @@ pub mod errors;
 pub mod guilds;
 mod nodelay;
 pub mod policy;
+pub mod templates;
 
 use crate::domain::run::{NewRun, Requester, Run, RunEvent, RunSource, RunStatus, workflow_name};
 use crate::domain::{Error, Result};

@@ -1,0 +1,378 @@
+//! Commands that come from WorkflowTemplates: a template labelled
+//! `facteur.proompteng.ai/command: <name>` in a namespace the argo-adapters serve becomes a slash
+//! command with no configuration. Pure rules: how a template reads as a command, and how such
+//! commands merge with the configured catalog (the configuration wins a clash).
+
+use facteur_config::{ChoiceConfig, CommandConfig, OptionConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use facteur_proto::workflow::COMMAND_LABEL;
+/// Argo's own description annotation.
+pub const DESCRIPTION_ANNOTATION: &str = "workflows.argoproj.io/description";
+/// Argo's title annotation.
+pub const TITLE_ANNOTATION: &str = "workflows.argoproj.io/title";
+/// `facteur.proompteng.ai/type.<parameter>: integer|number|boolean`.
+pub const TYPE_ANNOTATION_PREFIX: &str = "facteur.proompteng.ai/type.";
+/// Comma-separated parameters not exposed as options.
+pub const HIDDEN_ANNOTATION: &str = "facteur.proompteng.ai/hidden";
+/// Discord's limits.
+const MAX_DESCRIPTION: usize = 100;
+const MAX_OPTIONS: usize = 25;
+const MAX_CHOICES: usize = 25;
+
+/// One parameter a template declares.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateParameter {
+    /// Name.
+    pub name: String,
+    /// `description`.
+    pub description: String,
+    /// `enum`.
+    pub choices: Vec<String>,
+    /// Has a `value` or `default`.
+    pub has_default: bool,
+}
+
+/// A labelled WorkflowTemplate, as an argo-adapter reported it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The label's value.
+    pub command: String,
+    /// Annotations that matter (description, title, facteur's hints).
+    pub annotations: BTreeMap<String, String>,
+    /// `spec.arguments.parameters`, in order.
+    pub parameters: Vec<TemplateParameter>,
+}
+
+impl Template {
+    /// `namespace/name`: where the command comes from.
+    pub fn source(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut out: String = s.chars().take(max - 1).collect();
+        out.push('…');
+        out
+    }
+}
+
+/// An Argo parameter name as a Discord option name (lower case, `[a-z0-9_-]`, 1–32).
+fn option_name(parameter: &str) -> String {
+    let mut out: String = parameter
+        .chars()
+        .map(|c| match c {
+            'A'..='Z' => c.to_ascii_lowercase(),
+            'a'..='z' | '0'..='9' | '_' | '-' => c,
+            _ => '_',
+        })
+        .collect();
+    out.truncate(32);
+    out
+}
+
+/// How `t` reads as a command: its description from Argo's annotations, one option per
+/// parameter not hidden (its `enum` as choices, optional when it has a default, STRING unless a
+/// type annotation says otherwise), required options first as Discord wants them. An error
+/// says why it cannot be a command.
+pub fn command_of(t: &Template) -> Result<CommandConfig, String> {
+    let a = |k: &str| t.annotations.get(k).map(|v| v.trim()).unwrap_or("");
+    let description = [a(DESCRIPTION_ANNOTATION), a(TITLE_ANNOTATION), &t.name]
+        .into_iter()
+        .find(|d| !d.is_empty())
+        .unwrap_or(&t.name);
+    let hidden: BTreeSet<&str> = a(HIDDEN_ANNOTATION)
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut options: Vec<OptionConfig> = Vec::new();
+    for p in t
+        .parameters
+        .iter()
+        .filter(|p| !hidden.contains(p.name.as_str()))
+    {
+        let kind = match a(&format!("{TYPE_ANNOTATION_PREFIX}{}", p.name)) {
+            "" | "string" => "string",
+            k @ ("integer" | "number" | "boolean") => k,
+            other => {
+                return Err(format!(
+                    "annotation `{TYPE_ANNOTATION_PREFIX}{}` is `{other}`; use integer, number or boolean",
+                    p.name
+                ));
+            }
+        };
+        if p.choices.len() > MAX_CHOICES {
+            return Err(format!(
+                "parameter `{}` has {} enum values; Discord shows at most {MAX_CHOICES}",
+                p.name,
+                p.choices.len()
+            ));
+        }
+        let name = option_name(&p.name);
+        let description = if p.description.trim().is_empty() {
+            p.name.clone()
+        } else {
+            p.description.trim().to_string()
+        };
+        options.push(OptionConfig {
+            parameter: if name == p.name {
+                String::new()
+            } else {
+                p.name.clone()
+            },
+            name,
+            description: clip(&description, MAX_DESCRIPTION),
+            kind: kind.to_string(),
+            required: !p.has_default,
+            choices: p
+                .choices
+                .iter()
+                .map(|v| ChoiceConfig {
+                    name: clip(v, MAX_DESCRIPTION),
+                    value: v.clone(),
+                })
+                .collect(),
+            ..Default::default()
+        });
+    }
+    if options.len() > MAX_OPTIONS {
+        return Err(format!(
+            "{} parameters are exposed; Discord allows {MAX_OPTIONS} options (hide some with `{HIDDEN_ANNOTATION}`)",
+            options.len()
+        ));
+    }
+    // Discord lists required options first; the order within each group is the template's.
+    options.sort_by_key(|o| !o.required);
+    let command = CommandConfig {
+        name: t.command.clone(),
+        description: clip(description, MAX_DESCRIPTION),
+        workflow_template: t.name.clone(),
+        namespace: t.namespace.clone(),
+        options,
+        ..Default::default()
+    };
+    let mut problems = Vec::new();
+    facteur_config::validate_commands(std::slice::from_ref(&command), &mut |key, p| {
+        problems.push(format!(
+            "{}: {p}",
+            key.replacen("commands[0]", "command", 1)
+        ))
+    });
+    if problems.is_empty() {
+        Ok(command)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// The commands templates add to a catalog, with where each comes from, and the templates that
+/// add none, with why.
+#[derive(Clone, Debug, Default)]
+pub struct Merged {
+    /// Commands from templates: (command, `namespace/template`).
+    pub commands: Vec<(CommandConfig, String)>,
+    /// `namespace/template: why it is not a command`.
+    pub problems: Vec<String>,
+}
+
+/// Merges `templates` into a catalog that already has the commands `taken` (the configured ones
+/// and the built-ins): a name already taken keeps its command; of two templates naming the same
+/// command, the first by `namespace/name` wins.
+pub fn merge(taken: &BTreeSet<String>, templates: &[Template]) -> Merged {
+    let mut sorted: Vec<&Template> = templates.iter().collect();
+    sorted.sort_by_key(|t| (t.namespace.clone(), t.name.clone()));
+    let mut out = Merged::default();
+    let mut by: BTreeMap<String, String> = BTreeMap::new();
+    for t in sorted {
+        let source = t.source();
+        if taken.contains(&t.command) {
+            out.problems.push(format!(
+                "{source}: command `{}` is already defined by the configuration (or built in); the configured one is used",
+                t.command
+            ));
+            continue;
+        }
+        if let Some(first) = by.get(&t.command) {
+            out.problems.push(format!(
+                "{source}: command `{}` is already defined by the template {first}",
+                t.command
+            ));
+            continue;
+        }
+        match command_of(t) {
+            Ok(c) => {
+                by.insert(t.command.clone(), source.clone());
+                out.commands.push((c, source));
+            }
+            Err(why) => out.problems.push(format!("{source}: {why}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template() -> Template {
+        Template {
+            namespace: "argo-workflows".into(),
+            name: "hello".into(),
+            command: "hello".into(),
+            annotations: [
+                (DESCRIPTION_ANNOTATION.to_string(), "Say hello".to_string()),
+                (
+                    format!("{TYPE_ANNOTATION_PREFIX}count"),
+                    "integer".to_string(),
+                ),
+                (
+                    HIDDEN_ANNOTATION.to_string(),
+                    "secret, internal".to_string(),
+                ),
+            ]
+            .into(),
+            parameters: vec![
+                TemplateParameter {
+                    name: "greeting".into(),
+                    description: "How to greet".into(),
+                    choices: vec!["hi".into(), "hello".into()],
+                    has_default: true,
+                },
+                TemplateParameter {
+                    name: "Target.Name".into(),
+                    has_default: false,
+                    ..Default::default()
+                },
+                TemplateParameter {
+                    name: "count".into(),
+                    has_default: true,
+                    ..Default::default()
+                },
+                TemplateParameter {
+                    name: "secret".into(),
+                    ..Default::default()
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_template_reads_as_a_command() {
+        let c = command_of(&template()).expect("a command");
+        assert_eq!(
+            (
+                c.name.as_str(),
+                c.description.as_str(),
+                c.namespace.as_str(),
+                c.workflow_template.as_str()
+            ),
+            ("hello", "Say hello", "argo-workflows", "hello")
+        );
+        let o: Vec<(&str, &str, &str, bool, usize, &str)> = c
+            .options
+            .iter()
+            .map(|o| {
+                (
+                    o.name.as_str(),
+                    o.kind.as_str(),
+                    o.description.as_str(),
+                    o.required,
+                    o.choices.len(),
+                    o.parameter.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            o,
+            [
+                // Required first; a name Discord refuses is mapped, the parameter kept.
+                (
+                    "target_name",
+                    "string",
+                    "Target.Name",
+                    true,
+                    0,
+                    "Target.Name"
+                ),
+                ("greeting", "string", "How to greet", false, 2, ""),
+                ("count", "integer", "count", false, 0, ""),
+            ],
+            "`secret` is hidden"
+        );
+        assert_eq!(c.options[1].choices[1].value, "hello");
+    }
+
+    #[test]
+    fn the_description_falls_back_to_the_title_then_the_name() {
+        let mut t = template();
+        t.annotations.remove(DESCRIPTION_ANNOTATION);
+        t.annotations
+            .insert(TITLE_ANNOTATION.into(), "Hello world".into());
+        assert_eq!(command_of(&t).expect("ok").description, "Hello world");
+        t.annotations.remove(TITLE_ANNOTATION);
+        assert_eq!(command_of(&t).expect("ok").description, "hello");
+        t.annotations
+            .insert(DESCRIPTION_ANNOTATION.into(), "x".repeat(300));
+        assert_eq!(command_of(&t).expect("ok").description.chars().count(), 100);
+    }
+
+    #[test]
+    fn what_cannot_be_a_command_says_why() {
+        let mut t = template();
+        t.command = "Not A Name".into();
+        assert!(
+            command_of(&t)
+                .expect_err("not a command")
+                .contains("command.name")
+        );
+        let mut t = template();
+        t.annotations
+            .insert(format!("{TYPE_ANNOTATION_PREFIX}count"), "date".into());
+        assert!(
+            command_of(&t)
+                .expect_err("not a command")
+                .contains("use integer, number or boolean")
+        );
+        let mut t = template();
+        t.parameters[0].choices = (0..30).map(|i| i.to_string()).collect();
+        assert!(
+            command_of(&t)
+                .expect_err("not a command")
+                .contains("30 enum values")
+        );
+    }
+
+    #[test]
+    fn the_configuration_wins_and_the_first_template_wins() {
+        let mut other = template();
+        other.namespace = "zz".into();
+        let mut deploy = template();
+        deploy.name = "deploy-tpl".into();
+        deploy.command = "deploy".into();
+        let taken: BTreeSet<String> = ["deploy".to_string(), "status".to_string()].into();
+        let m = merge(&taken, &[other, deploy, template()]);
+        let names: Vec<(&str, &str)> = m
+            .commands
+            .iter()
+            .map(|(c, s)| (c.name.as_str(), s.as_str()))
+            .collect();
+        assert_eq!(names, [("hello", "argo-workflows/hello")]);
+        assert_eq!(
+            m.problems,
+            [
+                "argo-workflows/deploy-tpl: command `deploy` is already defined by the configuration (or built in); the configured one is used",
+                "zz/hello: command `hello` is already defined by the template argo-workflows/hello",
+            ]
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! The labelled WorkflowTemplates the argo-adapters reported: one row per template, replaced per
+//! namespace by each report, read by every replica to build the same catalog.
+
+use super::Store;
+use super::entities::template_commands;
+use super::errors;
+use crate::domain::templates::Template;
+use crate::domain::{Error, Result};
+use sea_orm::ActiveValue::Set;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
+
+impl Store {
+    /// Replaces the templates of `namespaces` with `templates` (all of which lie in them), in one
+    /// transaction.
+    pub async fn replace_templates(
+        &self,
+        namespaces: &[String],
+        templates: &[Template],
+        reported_by: &str,
+    ) -> Result<()> {
+        let now = chrono::Utc::now();
+        let rows = templates
+            .iter()
+            .map(|t| {
+                Ok(template_commands::ActiveModel {
+                    namespace: Set(t.namespace.clone()),
+                    name: Set(t.name.clone()),
+                    command: Set(t.command.clone()),
+                    definition: Set(
+                        serde_json::to_string(t).map_err(|e| Error::Internal(e.to_string()))?
+                    ),
+                    reported_by: Set(reported_by.to_string()),
+                    updated_at: Set(now),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let txn = self.db.begin().await.map_err(errors::db)?;
+        template_commands::Entity::delete_many()
+            .filter(template_commands::Column::Namespace.is_in(namespaces.iter().cloned()))
+            .exec(&txn)
+            .await
+            .map_err(errors::db)?;
+        if !rows.is_empty() {
+            template_commands::Entity::insert_many(rows)
+                .exec_without_returning(&txn)
+                .await
+                .map_err(errors::db)?;
+        }
+        txn.commit().await.map_err(errors::db)
+    }
+
+    /// Every reported template, by namespace and name.
+    pub async fn templates(&self) -> Result<Vec<Template>> {
+        template_commands::Entity::find()
+            .order_by_asc(template_commands::Column::Namespace)
+            .order_by_asc(template_commands::Column::Name)
+            .all(&self.db)
+            .await
+            .map_err(errors::db)?
+            .into_iter()
+            .map(|m| {
+                serde_json::from_str(&m.definition).map_err(|e| {
+                    Error::Internal(format!(
+                        "stored template {}/{} is invalid: {e}",
+                        m.namespace, m.name
+                    ))
+                })
+            })
+            .collect()
+    }
+}
