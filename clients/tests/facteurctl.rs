@@ -5,6 +5,7 @@ use std::process::Command;
 
 const TOKEN: &str = "ctl-test-admin-token-0123";
 const ADAPTER_TOKEN: &str = "ctl-test-discord-token-0123";
+const ARGO_TOKEN: &str = "ctl-test-argo-token-01234567";
 
 async fn server(dir: &std::path::Path) -> facteur_server::RunningServer {
     let mut c =
@@ -22,6 +23,11 @@ async fn server(dir: &std::path::Path) -> facteur_server::RunningServer {
             name: "discord".into(),
             role: "discord-adapter".into(),
             token: Secret(ADAPTER_TOKEN.into()),
+        },
+        TokenConfig {
+            name: "argo".into(),
+            role: "argo-adapter".into(),
+            token: Secret(ARGO_TOKEN.into()),
         },
     ];
     c.role_map = [(
@@ -193,6 +199,100 @@ async fn guild_setup_waits_for_the_adapter() {
     assert!(
         !ok && err.contains("INVALID_ARGUMENT") && err.contains("snowflake"),
         "{err}"
+    );
+    srv.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_lists_the_catalog_with_each_source() {
+    use facteur_client::pb;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = server(dir.path()).await;
+    let url = format!("http://{}", srv.grpc_addr);
+    // What an argo-adapter reports: one template command, one whose name the configuration has.
+    let argo = facteur_client::Client::connect(
+        facteur_client::ClientConfig::new(url.clone()).with_token(ARGO_TOKEN),
+    )
+    .await
+    .expect("argo client");
+    let template = |name: &str, command: &str| pb::WorkflowTemplateCommand {
+        namespace: "argo-workflows".into(),
+        name: name.into(),
+        command: command.into(),
+        annotations: [(
+            "workflows.argoproj.io/description".to_string(),
+            "Say hello".to_string(),
+        )]
+        .into(),
+        parameters: vec![pb::TemplateParameter {
+            name: "greeting".into(),
+            choices: vec!["hi".into(), "hello".into()],
+            has_default: true,
+            ..Default::default()
+        }],
+    };
+    let r = argo
+        .dispatch()
+        .report_workflow_templates(pb::ReportWorkflowTemplatesRequest {
+            adapter_id: "a1".into(),
+            namespaces: vec!["argo-workflows".into()],
+            templates: vec![
+                template("hello-world", "hello"),
+                template("dispatch-tpl", "dispatch"),
+            ],
+        })
+        .await
+        .expect("report")
+        .into_inner();
+    assert_eq!(r.commands, 1);
+    // A template outside the namespaces the report covers is refused, naming it; nothing changes.
+    let bad = argo
+        .dispatch()
+        .report_workflow_templates(pb::ReportWorkflowTemplatesRequest {
+            adapter_id: "a1".into(),
+            namespaces: vec!["other".into()],
+            templates: vec![template("x", "x")],
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(
+        bad.message().contains("templates[0].namespace"),
+        "{}",
+        bad.message()
+    );
+
+    let (ok, out, err) = tokio::task::block_in_place(|| ctl(&url, &["commands"]));
+    assert!(ok, "{err}");
+    let row = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        row("/hello "),
+        [
+            "/hello",
+            "argo-workflows/hello-world",
+            "[greeting=hi|hello]"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        row("/dispatch ")[..2],
+        ["/dispatch", "configuration"],
+        "{out}"
+    );
+    assert_eq!(row("/status ")[..2], ["/status", "built-in"], "{out}");
+    assert!(
+        out.contains("not a command: argo-workflows/dispatch-tpl: command `dispatch` is already defined by the configuration"),
+        "{out}"
+    );
+    let (_, status, _) = tokio::task::block_in_place(|| ctl(&url, &["status"]));
+    assert!(
+        status.contains("catalog: not a command: argo-workflows/dispatch-tpl"),
+        "{status}"
     );
     srv.stop().await.expect("stop");
 }
