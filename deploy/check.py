@@ -25,7 +25,7 @@ REPO = ROOT.parent
 K8S = "1.34.0"
 # What each Role may grant, by name: the argo-adapter's, and Argo's executor minimum.
 ROLES = {
-    "facteur-argo": {("argoproj.io", "workflows"): {"create", "get", "list", "watch", "patch"},
+    "facteur-argo": {("argoproj.io", "workflows"): {"create", "get", "list", "watch", "patch", "update"},
                      ("argoproj.io", "workflowtemplates"): {"get", "list", "watch"}},
     "facteur-workflow-executor": {("argoproj.io", "workflowtaskresults"): {"create", "patch"}},
     # components/pod-logs: only where a command has show_logs (checked per overlay).

@@ -154,6 +154,18 @@ pub async fn execute(control: &Client, workflows: &Workflows, job: pb::LeaseResp
                 .shutdown(&spec.namespace, &spec.name, "Terminate")
                 .await
         }
+        Ok(kind @ (pb::DispatchKind::Approve | pb::DispatchKind::Reject)) => match &job.approval {
+            Some(a) => {
+                let approved = kind == pb::DispatchKind::Approve;
+                workflows
+                    .decide(&spec.namespace, &spec.name, a, approved)
+                    .await
+            }
+            None => Applied::Failed {
+                message: "approval job without its decision".into(),
+                retryable: false,
+            },
+        },
         _ => Applied::Failed {
             message: format!("unknown dispatch kind {}", job.kind),
             retryable: false,

@@ -155,6 +155,91 @@ pub fn log_tail(log: &str, secrets: &[String]) -> String {
     masked.chars().skip(n.saturating_sub(1000)).collect()
 }
 
+/// A JSON array of strings (an `enum`), its strings.
+pub fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
+
+/// The template a node runs, from the Workflow's own templates or those Argo stored from its
+/// WorkflowTemplate (`status.storedWorkflowTemplateSpec`, `status.storedTemplates`).
+fn template_of<'a>(obj: &'a DynamicObject, node: &Value) -> Option<&'a Value> {
+    let name = match text(node, "templateName") {
+        "" => node
+            .get("templateRef")
+            .map(|r| text(r, "template"))
+            .unwrap_or(""),
+        t => t,
+    };
+    if name.is_empty() {
+        return None;
+    }
+    let in_list = |v: Option<&'a Value>| {
+        v.and_then(Value::as_array)?
+            .iter()
+            .find(|t| text(t, "name") == name)
+    };
+    in_list(obj.data.pointer("/spec/templates"))
+        .or_else(|| {
+            in_list(
+                obj.data
+                    .pointer("/status/storedWorkflowTemplateSpec/templates"),
+            )
+        })
+        .or_else(|| {
+            obj.data
+                .pointer("/status/storedTemplates")?
+                .as_object()?
+                .values()
+                .find(|t| text(t, "name") == name)
+        })
+}
+
+/// The step waiting for a decision: the running Suspend node started last (with the output
+/// parameters its template asks to be supplied), or the Workflow's own `spec.suspend`.
+pub fn waiting_approval(obj: &DynamicObject) -> Option<pb::Approval> {
+    let status = obj.data.get("status")?;
+    let suspended = obj.data.pointer("/spec/suspend").and_then(Value::as_bool) == Some(true);
+    let node = status
+        .get("nodes")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|n| n.values())
+        .filter(|n| text(n, "type") == "Suspend" && text(n, "phase") == "Running")
+        .max_by_key(|n| text(n, "startedAt"));
+    if node.is_none() && !suspended {
+        return None;
+    }
+    let parameters = node
+        .and_then(|n| template_of(obj, n))
+        .and_then(|t| t.pointer("/outputs/parameters"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|p| p.pointer("/valueFrom/supplied").is_some())
+        .map(|p| pb::ApprovalParameter {
+            name: text(p, "name").to_string(),
+            description: text(p, "description").to_string(),
+            choices: strings(p.get("enum")),
+            default: p
+                .pointer("/valueFrom/default")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        })
+        .collect();
+    Some(pb::Approval {
+        node_id: node.map(|n| text(n, "id").to_string()).unwrap_or_default(),
+        node_name: node.map(display_name).unwrap_or_default(),
+        parameters,
+        workflow_suspended: suspended,
+        ..Default::default()
+    })
+}
+
 /// The report for a Workflow object; `None` when it has no phase yet.
 pub fn report_of(obj: &DynamicObject, source: &str) -> Option<pb::ReportWorkflowStatusRequest> {
     let status = obj.data.get("status")?;
@@ -184,6 +269,7 @@ pub fn report_of(obj: &DynamicObject, source: &str) -> Option<pb::ReportWorkflow
         source: source.to_string(),
         current_step: current_step(status),
         log_tail: String::new(),
+        approval: waiting_approval(obj),
     })
 }
 
@@ -376,5 +462,42 @@ mod tests {
         );
         assert_eq!(tail.chars().count(), 1000);
         assert!(tail.ends_with("token ***"), "{tail}");
+    }
+
+    #[test]
+    fn the_waiting_step_and_what_it_asks_for() {
+        let wf = workflow(
+            json!({}),
+            json!({"phase": "Running",
+                "nodes": {"s": {"id": "wf-9", "name": "wf[1].gate", "displayName": "gate", "type": "Suspend",
+                                "phase": "Running", "templateName": "gate"}},
+                "storedWorkflowTemplateSpec": {"templates": [{"name": "gate", "suspend": {},
+                    "outputs": {"parameters": [
+                        {"name": "env", "description": "Where", "enum": ["a", "b"],
+                         "valueFrom": {"supplied": {}, "default": "a"}},
+                        {"name": "computed", "valueFrom": {"path": "/tmp/x"}}]}}]}}),
+        );
+        let a = waiting_approval(&wf).expect("waiting");
+        assert_eq!(
+            (
+                a.node_id.as_str(),
+                a.node_name.as_str(),
+                a.workflow_suspended
+            ),
+            ("wf-9", "gate", false)
+        );
+        assert_eq!(
+            a.parameters.len(),
+            1,
+            "only supplied parameters are asked for"
+        );
+        let p = &a.parameters[0];
+        assert_eq!(
+            (p.name.as_str(), p.description.as_str(), p.default.as_str()),
+            ("env", "Where", "a")
+        );
+        assert_eq!(p.choices, ["a", "b"]);
+        let done = workflow(json!({}), json!({"phase": "Running", "nodes": {}}));
+        assert!(waiting_approval(&done).is_none());
     }
 }

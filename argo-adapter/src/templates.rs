@@ -44,13 +44,7 @@ pub fn command_of(obj: &DynamicObject) -> Option<pb::WorkflowTemplateCommand> {
         .map(|p| pb::TemplateParameter {
             name: text(p, "name"),
             description: text(p, "description"),
-            choices: p
-                .get("enum")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect(),
+            choices: crate::status::strings(p.get("enum")),
             has_default: ["value", "default", "valueFrom"]
                 .iter()
                 .any(|k| p.get(*k).is_some_and(|v| !v.is_null())),

@@ -128,6 +128,61 @@ impl Workflows {
             .await
     }
 
+    /// Applies a decision on a suspend step as `argo resume` / `argo stop` do, without the Argo
+    /// server: the Workflow is read, its node updated (Succeeded with the supplied output
+    /// parameters and the approver named, or Failed naming who rejected it, the Workflow then
+    /// stopped), `spec.suspend` cleared, and the object replaced at the version read. A
+    /// conflict (the controller wrote in between) reads it again, up to 10 times. A step no
+    /// longer waiting is done: decided elsewhere (the Argo UI, a timeout).
+    pub async fn decide(
+        &self,
+        namespace: &str,
+        name: &str,
+        a: &pb::Approval,
+        approved: bool,
+    ) -> Applied {
+        use tracing::Instrument;
+        let api = self.api(namespace);
+        for _ in 0..10 {
+            let mut wf = match api
+                .get(name)
+                .instrument(kube_span("get", namespace, name))
+                .await
+            {
+                Ok(wf) => wf,
+                Err(e) => return failed("reading the workflow", e, true),
+            };
+            if !decision(&mut wf.data, a, approved) {
+                return Applied::Ok {
+                    name: name.to_string(),
+                    uid: wf.metadata.uid.unwrap_or_default(),
+                    already_existed: true,
+                };
+            }
+            match api
+                .replace(name, &PostParams::default(), &wf)
+                .instrument(kube_span("update", namespace, name))
+                .await
+            {
+                Ok(wf) => {
+                    return Applied::Ok {
+                        name: name.to_string(),
+                        uid: wf.metadata.uid.unwrap_or_default(),
+                        already_existed: false,
+                    };
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    tracing::debug!(workflow = %name, "conflict applying a decision; reading again");
+                }
+                Err(e) => return failed("updating the workflow", e, true),
+            }
+        }
+        Applied::Failed {
+            message: "the workflow kept changing under the decision (10 conflicts)".into(),
+            retryable: true,
+        }
+    }
+
     /// Merge-patches `spec.shutdown` to `Stop` or `Terminate` (what `argo stop|terminate` do).
     pub async fn shutdown(&self, namespace: &str, name: &str, mode: &str) -> Applied {
         use tracing::Instrument;
@@ -147,6 +202,55 @@ impl Workflows {
             Err(e) => failed("patching spec.shutdown", e, true),
         }
     }
+}
+
+/// Writes a decision into a Workflow object (`data`: its JSON); `false` when nothing waits any
+/// more (the node left `Running`, the Workflow is no longer suspended).
+pub fn decision(data: &mut serde_json::Value, a: &pb::Approval, approved: bool) -> bool {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let by = &a.decided_by;
+    let mut changed = false;
+    if !a.node_id.is_empty() {
+        let Some(node) = data.pointer_mut(&format!("/status/nodes/{}", a.node_id)) else {
+            return false;
+        };
+        if node["phase"] != "Running" {
+            return false;
+        }
+        if approved {
+            node["phase"] = json!("Succeeded");
+            node["message"] = json!(format!("Approved by {by} via facteur"));
+            if !a.values.is_empty() {
+                let mut values: Vec<(&String, &String)> = a.values.iter().collect();
+                values.sort();
+                node["outputs"]["parameters"] = values
+                    .into_iter()
+                    .map(|(k, v)| json!({"name": k, "value": v}))
+                    .collect();
+            }
+        } else {
+            node["phase"] = json!("Failed");
+            node["message"] = json!(if a.reason.is_empty() {
+                format!("Rejected by {by} via facteur")
+            } else {
+                format!("Rejected by {by} via facteur: {}", a.reason)
+            });
+        }
+        node["finishedAt"] = json!(now);
+        changed = true;
+    }
+    if let Some(spec) = data
+        .get_mut("spec")
+        .and_then(serde_json::Value::as_object_mut)
+        && spec.get("suspend").and_then(serde_json::Value::as_bool) == Some(true)
+    {
+        spec.remove("suspend");
+        changed = true;
+    }
+    if changed && !approved {
+        data["spec"]["shutdown"] = json!("Stop");
+    }
+    changed
 }
 
 /// The client span of one Kubernetes API call on a Workflow.
@@ -187,4 +291,57 @@ fn failed(what: &str, e: kube::Error, not_found_retryable: bool) -> Applied {
         other => format!("{what}: {other}"),
     };
     Applied::Failed { message, retryable }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting() -> serde_json::Value {
+        json!({"spec": {"suspend": true},
+               "status": {"nodes": {"n1": {"id": "n1", "phase": "Running", "type": "Suspend"}}}})
+    }
+
+    #[test]
+    fn a_decision_is_written_as_argo_resume_and_stop_write_it() {
+        let a = pb::Approval {
+            node_id: "n1".into(),
+            decided_by: "bob".into(),
+            values: [("env".to_string(), "prod".to_string())].into(),
+            ..Default::default()
+        };
+        let mut wf = waiting();
+        assert!(decision(&mut wf, &a, true));
+        let n = &wf["status"]["nodes"]["n1"];
+        assert_eq!(n["phase"], "Succeeded");
+        assert_eq!(n["message"], "Approved by bob via facteur");
+        assert_eq!(
+            n["outputs"]["parameters"],
+            json!([{"name": "env", "value": "prod"}])
+        );
+        assert!(wf["spec"].get("suspend").is_none() && wf["spec"].get("shutdown").is_none());
+        assert!(!decision(&mut wf, &a, true), "nothing waits any more");
+
+        let mut wf = waiting();
+        let reject = pb::Approval {
+            reason: "no".into(),
+            ..a.clone()
+        };
+        assert!(decision(&mut wf, &reject, false));
+        assert_eq!(
+            wf["status"]["nodes"]["n1"]["message"],
+            "Rejected by bob via facteur: no"
+        );
+        assert_eq!(wf["status"]["nodes"]["n1"]["phase"], "Failed");
+        assert_eq!(wf["spec"]["shutdown"], "Stop");
+
+        // Only the Workflow is suspended.
+        let mut wf = json!({"spec": {"suspend": true}, "status": {}});
+        let whole = pb::Approval {
+            node_id: String::new(),
+            ..a
+        };
+        assert!(decision(&mut wf, &whole, true));
+        assert!(wf["spec"].get("suspend").is_none());
+    }
 }

@@ -90,6 +90,28 @@ enum Command {
         /// Run id.
         run_id: String,
     },
+    /// Approve the suspend step a run waits at: `facteurctl approve <run> [--node N] key=value…`
+    /// (the values its output parameters ask for).
+    Approve {
+        /// Run id.
+        run_id: String,
+        /// The suspend node (id or display name); default: the one it waits at.
+        #[arg(long, default_value = "")]
+        node: String,
+        /// Values as key=value.
+        values: Vec<String>,
+    },
+    /// Reject the suspend step a run waits at: its Workflow stops and the run fails.
+    Reject {
+        /// Run id.
+        run_id: String,
+        /// The suspend node (id or display name); default: the one it waits at.
+        #[arg(long, default_value = "")]
+        node: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Dispatches that exhausted their attempts.
     DeadLetters {
         /// How many.
@@ -205,6 +227,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("run {}: {}", run.id, status_name(run.status));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Approve {
+            run_id,
+            node,
+            values,
+        } => {
+            let req = pb::ApproveRunRequest {
+                run_id,
+                node,
+                values: key_values(&values)?,
+            };
+            let r = client.admin().approve_run(req).await;
+            decided(
+                r.map(|r| r.into_inner().run),
+                "approved; the argo-adapter resumes it",
+            )
+        }
+        Command::Reject {
+            run_id,
+            node,
+            reason,
+        } => {
+            let req = pb::RejectRunRequest {
+                run_id,
+                node,
+                reason,
+            };
+            let r = client.admin().reject_run(req).await;
+            decided(
+                r.map(|r| r.into_inner().run),
+                "rejected; the argo-adapter stops its Workflow",
+            )
+        }
         Command::Retry { run_id } => {
             let req = pb::RetryRunRequest {
                 run_id,
@@ -279,6 +333,25 @@ fn ts(t: &Option<facteur_proto::Timestamp>) -> String {
     t.as_ref().map(|t| fmt_time(t.seconds)).unwrap_or_default()
 }
 
+/// Says what became of a decision on a waiting step.
+fn decided(answer: Result<Option<pb::Run>, tonic::Status>, what: &str) -> anyhow::Result<ExitCode> {
+    let run = answer.map_err(status_err)?.unwrap_or_default();
+    let node = run.approval.map(|a| a.node_name).unwrap_or_default();
+    println!("run {}: `{node}` {what}", run.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `key=value` arguments as a map.
+fn key_values(args: &[String]) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    args.iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("`{p}` is not key=value"))
+        })
+        .collect()
+}
+
 async fn start_run(
     client: &Client,
     command: String,
@@ -286,13 +359,7 @@ async fn start_run(
     key: Option<String>,
     wait: bool,
 ) -> anyhow::Result<ExitCode> {
-    let mut parameters = std::collections::HashMap::new();
-    for p in params {
-        let (k, v) = p
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("parameter `{p}` is not key=value"))?;
-        parameters.insert(k.to_string(), v.to_string());
-    }
+    let parameters = key_values(params)?;
     let req = pb::StartRunRequest {
         command,
         parameters,

@@ -40,6 +40,15 @@ async fn server(dir: &std::path::Path) -> facteur_server::RunningServer {
         .expect("server")
 }
 
+/// The run id in `facteurctl run`'s answer (`run <id>: queued`).
+fn started(out: &str) -> String {
+    out.split_whitespace()
+        .nth(1)
+        .expect("run id")
+        .trim_end_matches(':')
+        .to_string()
+}
+
 fn ctl(url: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_facteurctl"))
         .args(args)
@@ -90,12 +99,7 @@ async fn every_command_against_a_live_server() {
         unserved(&status, "1"),
         "the queued run is counted: {status}"
     );
-    let run_id = out
-        .split_whitespace()
-        .nth(1)
-        .expect("run id")
-        .trim_end_matches(':')
-        .to_string();
+    let run_id = started(&out);
     let (_, again, _) = tokio::task::block_in_place(|| {
         ctl(url, &["run", "dispatch", "payload=hello", "--key", "k1"])
     });
@@ -294,5 +298,89 @@ async fn commands_lists_the_catalog_with_each_source() {
         status.contains("catalog: not a command: argo-workflows/dispatch-tpl"),
         "{status}"
     );
+    srv.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approve_and_reject_a_waiting_step() {
+    use facteur_client::pb;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = server(dir.path()).await;
+    let url = format!("http://{}", srv.grpc_addr);
+    let (ok, out, err) =
+        tokio::task::block_in_place(|| ctl(&url, &["run", "dispatch", "payload=x"]));
+    assert!(ok, "{err}");
+    let run_id = started(&out);
+    let (ok, _, err) = tokio::task::block_in_place(|| ctl(&url, &["approve", &run_id]));
+    assert!(
+        !ok && err.contains("FAILED_PRECONDITION") && err.contains("waits for no approval"),
+        "{err}"
+    );
+    // What an argo-adapter reports of a Workflow waiting at a suspend step.
+    let argo = facteur_client::Client::connect(
+        facteur_client::ClientConfig::new(url.clone()).with_token(ARGO_TOKEN),
+    )
+    .await
+    .expect("argo client");
+    let admin = facteur_client::Client::connect(
+        facteur_client::ClientConfig::new(url.clone()).with_token(TOKEN),
+    )
+    .await
+    .expect("admin client");
+    let run = |id: String| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .admin()
+                .get_run(pb::GetRunRequest { run_id: id })
+                .await
+                .expect("run")
+                .into_inner()
+                .run
+                .expect("run")
+        }
+    };
+    let wf = run(run_id.clone())
+        .await
+        .target
+        .expect("target")
+        .workflow_name;
+    argo.dispatch()
+        .report_workflow_status(pb::ReportWorkflowStatusRequest {
+            run_id: run_id.clone(),
+            namespace: "argo-workflows".into(),
+            workflow_name: wf,
+            phase: "Running".into(),
+            source: "watch".into(),
+            approval: Some(pb::Approval {
+                node_id: "n1".into(),
+                node_name: "gate".into(),
+                parameters: vec![pb::ApprovalParameter {
+                    name: "ok".into(),
+                    default: "yes".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("report");
+    let (ok, _, err) =
+        tokio::task::block_in_place(|| ctl(&url, &["approve", &run_id, "--node", "other"]));
+    assert!(
+        !ok && err.contains("waits at `gate`, not at `other`"),
+        "{err}"
+    );
+    let (ok, out, err) =
+        tokio::task::block_in_place(|| ctl(&url, &["approve", &run_id, "ok=sure"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("`gate` approved"), "{out}");
+    let a = run(run_id.clone()).await.approval.expect("approval");
+    assert_eq!((a.decided_by.as_str(), a.approved), ("ops", true));
+    assert_eq!(a.values.get("ok").map(String::as_str), Some("sure"));
+    let (ok, _, err) =
+        tokio::task::block_in_place(|| ctl(&url, &["reject", &run_id, "--reason", "late"]));
+    assert!(!ok && err.contains("already approved by ops"), "{err}");
     srv.stop().await.expect("stop");
 }

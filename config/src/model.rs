@@ -105,6 +105,11 @@ pub struct CommandConfig {
     /// A failed run's card shows the last lines of the failing step's log (the argo-adapter
     /// reads them with `pods/log` get in the Workflow's namespace: grant it there).
     pub show_logs: bool,
+    /// Role ids that may approve or reject a suspend step of this command's runs; empty: the
+    /// roles that may run the command (the guild's policy).
+    pub approvers: Vec<String>,
+    /// The member who started a run may not approve its steps.
+    pub require_second_person: bool,
 }
 
 /// A command's modal (`commands[].modal`).
@@ -246,6 +251,14 @@ pub fn validate_commands(commands: &[CommandConfig], err: &mut impl FnMut(&str, 
                         format!("`{}` is not an option of the command", input.name),
                     );
                 }
+            }
+        }
+        for (j, role) in c.approvers.iter().enumerate() {
+            if !is_snowflake(role) {
+                err(
+                    &format!("{key}.approvers[{j}]"),
+                    format!("role id `{role}` is not a snowflake (^[0-9]{{17,20}}$)"),
+                );
             }
         }
         let mut opts = std::collections::BTreeSet::new();

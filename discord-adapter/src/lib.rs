@@ -346,18 +346,22 @@ async fn respond_in_span(a: &Adapter, i: &Value) -> Option<CreateInteractionResp
                 async move {
                     control.command().interact(req).await.map(|r| {
                         let r = r.into_inner();
+                        // Approve of a step that asks for values: its form.
+                        if let Some(m) = r.modal {
+                            return render::modal(&m);
+                        }
                         let mut reply = r.reply.unwrap_or_default();
                         if !r.update_message {
                             reply.ephemeral = true;
                         }
-                        (reply, r.update_message)
+                        render::response(r.update_message, &reply)
                     })
                 }
                 .instrument(tracing::Span::current()),
             );
             // Buttons update the message they sit on, or answer the clicker alone.
             match tokio::time::timeout(DEFER_AFTER, call).await {
-                Ok(Ok(Ok((reply, update)))) => render::response(update, &reply),
+                Ok(Ok(Ok(response))) => response,
                 Ok(Ok(Err(st))) => status_notice(&st),
                 _ => CreateInteractionResponse::Acknowledge,
             }

@@ -80,6 +80,10 @@ pub struct Options {
     pub argo_ui: &'static str,
     /// `/deploy` shows its failed step's log tail.
     pub show_logs: bool,
+    /// Roles that may approve `/deploy`'s suspend steps.
+    pub approvers: &'static [&'static str],
+    /// `/deploy`'s requester may not approve their own run.
+    pub second_person: bool,
 }
 
 impl Default for Options {
@@ -91,6 +95,8 @@ impl Default for Options {
             codex: false,
             argo_ui: "",
             show_logs: false,
+            approvers: &[],
+            second_person: false,
         }
     }
 }
@@ -149,6 +155,8 @@ impl Stack {
         cfg.argo.ui_base_url = o.argo_ui.into();
         for c in cfg.commands.iter_mut().filter(|c| c.name == "deploy") {
             c.show_logs = o.show_logs;
+            c.approvers = o.approvers.iter().map(|r| r.to_string()).collect();
+            c.require_second_person = o.second_person;
         }
         let redis = o.redis.then(RedisPrefix::new);
         if let Some(p) = &redis {
@@ -240,4 +248,43 @@ pub async fn post(
         .collect();
     let (code, out) = http(endpoint, "POST", "/interactions", &h, raw.as_bytes()).await;
     (code, serde_json::from_slice(&out).unwrap_or(Value::Null))
+}
+
+/// A [`Stack`] with the rest of a deployment around it: the fake Kubernetes API, an argo-adapter
+/// serving `argo-workflows`, and the discord-adapter's run-card follower.
+pub struct Followed {
+    /// Server, endpoint, fake Discord.
+    pub s: Stack,
+    /// The fake Kubernetes API.
+    pub kube: crate::fake_kube::FakeKube,
+    argo: crate::stack::Adapter,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Followed {
+    /// Starts everything.
+    pub async fn start(o: Options) -> Followed {
+        let s = Stack::start(o).await;
+        let kube = crate::fake_kube::FakeKube::start().await;
+        let argo = crate::stack::Adapter::start(&s.srv.grpc_url(), &kube, "argo-workflows");
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(facteur_discord::follow_runs(
+            s.control.clone(),
+            s.http.clone(),
+            stop.clone(),
+        ));
+        Followed {
+            s,
+            kube,
+            argo,
+            stop,
+        }
+    }
+
+    /// Stops everything.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.argo.stop().await;
+        self.s.srv.stop().await;
+    }
 }

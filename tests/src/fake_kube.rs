@@ -38,6 +38,8 @@ struct Inner {
     create_delay: Option<std::time::Duration>,
     create_seen: HashMap<String, std::time::Instant>,
     pod_logs: BTreeMap<(String, String), String>,
+    conflict_puts: usize,
+    replaces: Vec<Value>,
     templates: BTreeMap<(String, String), Value>,
     log_requests: Vec<(String, String, HashMap<String, String>)>,
 }
@@ -113,7 +115,10 @@ impl FakeKube {
                 "/apis/argoproj.io/v1alpha1/namespaces/{ns}/workflowtemplates",
                 get(list_or_watch_templates),
             )
-            .route(&format!("{BASE}/{{name}}"), get(get_one).patch(patch))
+            .route(
+                &format!("{BASE}/{{name}}"),
+                get(get_one).patch(patch).put(replace),
+            )
             .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(pod_log))
             .with_state(Ctx(fake.clone()));
         tokio::spawn(async move {
@@ -204,6 +209,22 @@ impl FakeKube {
         if let Ok(mut i) = self.inner.lock() {
             i.hang_creates += n;
         }
+    }
+
+    /// The next `n` replaces (PUT) of a Workflow find it changed by "the controller" just
+    /// before: its resourceVersion moves on and they get 409 Conflict.
+    pub fn conflict_puts(&self, n: usize) {
+        if let Ok(mut i) = self.inner.lock() {
+            i.conflict_puts += n;
+        }
+    }
+
+    /// Every replace (PUT) body received, conflicts included.
+    pub fn replaces(&self) -> Vec<Value> {
+        self.inner
+            .lock()
+            .map(|i| i.replaces.clone())
+            .unwrap_or_default()
     }
 
     /// Creates or replaces a WorkflowTemplate (`metadata.namespace` and `.name` from `obj`), as
@@ -343,6 +364,55 @@ async fn create(State(Ctx(fake)): State<Ctx>, Path(ns): Path<String>, body: Byte
         tokio::time::sleep(d).await;
     }
     (StatusCode::CREATED, axum::Json(obj)).into_response()
+}
+
+/// PUT: replaces a Workflow when the body's resourceVersion is the stored one (409 otherwise).
+async fn replace(
+    State(Ctx(fake)): State<Ctx>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let Ok(obj) = serde_json::from_slice::<Value>(&body) else {
+        return status(400, "BadRequest", "body is not JSON".into());
+    };
+    let Ok(mut inner) = fake.inner.lock() else {
+        return status(500, "InternalError", "lock".into());
+    };
+    inner.replaces.push(obj.clone());
+    let key = (ns, name.clone());
+    if inner.conflict_puts > 0 && inner.objects.contains_key(&key) {
+        inner.conflict_puts -= 1;
+        inner.rv += 1;
+        let rv = inner.rv;
+        if let Some(o) = inner.objects.get_mut(&key) {
+            o["metadata"]["resourceVersion"] = json!(rv.to_string());
+            let o = o.clone();
+            fake.record(&mut inner, "MODIFIED", o);
+        }
+    }
+    let Some(stored) = inner.objects.get(&key) else {
+        return status(
+            404,
+            "NotFound",
+            format!("workflows.argoproj.io \"{name}\" not found"),
+        );
+    };
+    if stored["metadata"]["resourceVersion"] != obj["metadata"]["resourceVersion"] {
+        return status(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on workflows.argoproj.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        );
+    }
+    inner.rv += 1;
+    let rv = inner.rv;
+    let mut obj = obj;
+    obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+    inner.objects.insert(key, obj.clone());
+    fake.record(&mut inner, "MODIFIED", obj.clone());
+    axum::Json(obj).into_response()
 }
 
 async fn pod_log(

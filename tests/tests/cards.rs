@@ -4,8 +4,6 @@
 //! state, progress, the step running or failed, its log, and where to click.
 
 use facteur_tests::discord::*;
-use facteur_tests::fake_kube::FakeKube;
-use facteur_tests::stack::Adapter as ArgoAdapter;
 use facteur_tests::*;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -13,37 +11,23 @@ use std::time::Duration;
 const NS: &str = "argo-workflows";
 const ARGO_UI: &str = "https://argo.example/";
 
-struct Cards {
-    s: Stack,
-    kube: FakeKube,
-    argo: ArgoAdapter,
-    stop: tokio_util::sync::CancellationToken,
-}
-
-async fn cards() -> Cards {
-    let s = Stack::start(Options {
+async fn cards() -> Followed {
+    Followed::start(Options {
         argo_ui: ARGO_UI,
         show_logs: true,
         ..Default::default()
     })
-    .await;
-    let kube = FakeKube::start().await;
-    let argo = ArgoAdapter::start(&s.srv.grpc_url(), &kube, NS);
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(facteur_discord::follow_runs(
-        s.control.clone(),
-        s.http.clone(),
-        stop.clone(),
-    ));
-    Cards {
-        s,
-        kube,
-        argo,
-        stop,
-    }
+    .await
 }
 
-impl Cards {
+/// What the card tests ask of a [`Followed`] stack.
+trait Cards {
+    async fn deploy(&self, id: &str) -> (Value, String);
+    fn edits(&self, id: &str) -> Vec<(std::time::Instant, Value)>;
+    async fn edit_reading(&self, id: &str, text: &str) -> Value;
+}
+
+impl Cards for Followed {
     /// Runs `/deploy` as interaction `id`; returns the first answer and the Workflow's name.
     async fn deploy(&self, id: &str) -> (Value, String) {
         let cmd = command(
@@ -91,12 +75,6 @@ impl Cards {
         )
         .await;
         found().expect("found")
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.argo.stop().await;
-        self.s.srv.stop().await;
     }
 }
 

@@ -106,6 +106,11 @@ impl Catalog {
             .collect()
     }
 
+    /// The command named so.
+    pub fn command(&self, name: &str) -> Option<CommandConfig> {
+        self.commands().into_iter().find(|c| c.name == name)
+    }
+
     /// Where `command` comes from: `configuration`, or the `namespace/template` that defines it.
     pub fn source_of(&self, command: &str) -> String {
         self.read()

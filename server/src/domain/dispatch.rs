@@ -7,7 +7,7 @@
 //! transaction that has locked the run row (then the dispatch row), with a compare-and-set on
 //! each, and writes the history entry only when both won.
 
-use crate::domain::run::{Run, RunStatus, Steps};
+use crate::domain::run::{Approval, Decision, Run, RunStatus, Steps};
 use crate::domain::{Error, Result};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -71,6 +71,10 @@ pub enum DispatchKind {
     Stop,
     /// `spec.shutdown: Terminate`.
     Terminate,
+    /// Resume the suspend step the run's approval names.
+    Approve,
+    /// Reject it (the node Failed, the Workflow stopped).
+    Reject,
 }
 
 impl DispatchKind {
@@ -80,6 +84,8 @@ impl DispatchKind {
             DispatchKind::Create => "create",
             DispatchKind::Stop => "stop",
             DispatchKind::Terminate => "terminate",
+            DispatchKind::Approve => "approve",
+            DispatchKind::Reject => "reject",
         }
     }
     /// From the stored name.
@@ -88,6 +94,8 @@ impl DispatchKind {
             DispatchKind::Create,
             DispatchKind::Stop,
             DispatchKind::Terminate,
+            DispatchKind::Approve,
+            DispatchKind::Reject,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -211,6 +219,8 @@ pub struct StatusReport {
     pub current_step: String,
     /// The last lines of the failing node's log.
     pub log_tail: String,
+    /// The suspend step waiting for a decision.
+    pub approval: Option<Approval>,
 }
 
 /// What a `Complete` did, for metrics and wake-ups.
@@ -438,6 +448,14 @@ pub fn on_outcome(
                 ));
                 let since = (now - run.created_at).to_std().unwrap_or_default();
                 (Some(t), CompleteEffect::Submitted(since))
+            } else if matches!(d.kind, DispatchKind::Approve | DispatchKind::Reject) {
+                let mut t = Transition::new(run.status);
+                t.dispatch = Some(DispatchChange::Done);
+                t.event = Some((
+                    "decision_applied",
+                    serde_json::json!({"decision": d.kind.as_str(), "workflow_name": workflow_name}),
+                ));
+                (Some(t), CompleteEffect::ShutdownSent)
             } else {
                 let mut t = Transition::new(run.status);
                 t.dispatch = Some(DispatchChange::Done);
@@ -532,7 +550,7 @@ pub fn on_report(run: &Run, r: &StatusReport, now: DateTime<Utc>) -> Result<Opti
         )
     };
     let steps = Steps {
-        // Nothing runs once the Workflow ended.
+        // Nothing runs, nothing waits, once the Workflow ended.
         current: if to.is_terminal() {
             String::new()
         } else {
@@ -540,7 +558,28 @@ pub fn on_report(run: &Run, r: &StatusReport, now: DateTime<Utc>) -> Result<Opti
         },
         failed: r.failed_node.clone(),
         log_tail: r.log_tail.clone(),
+        approval: if to.is_terminal() {
+            None
+        } else {
+            r.approval.clone().map(|mut a| {
+                // A decision taken on this same step is kept while the adapter applies it.
+                if let Some(prev) = &run.steps.approval
+                    && prev.node_id == a.node_id
+                    && prev.workflow_suspended == a.workflow_suspended
+                {
+                    a.decision = prev.decision.clone();
+                }
+                a
+            })
+        },
     };
+    let waiting = |s: &Steps| {
+        s.approval
+            .as_ref()
+            .map(|a| (a.node_id.clone(), a.workflow_suspended))
+    };
+    let approval_changed = waiting(&run.steps) != waiting(&steps);
+    let waiting_at = steps.approval.as_ref().map(|a| a.node.clone());
     let moves = run.status.can_move_to(to);
     let new_phase = to == run.status && !to.is_terminal() && run.workflow_phase != r.phase;
     let news = to == run.status
@@ -578,6 +617,12 @@ pub fn on_report(run: &Run, r: &StatusReport, now: DateTime<Utc>) -> Result<Opti
             "status",
             serde_json::json!({"phase": r.phase, "message": r.message, "progress": r.progress, "source": r.source}),
         ));
+    } else if approval_changed {
+        // A step starts or stops waiting for approval: the card shows (or drops) its buttons.
+        t.event = Some((
+            "approval",
+            serde_json::json!({"waiting_at": waiting_at, "progress": r.progress, "source": r.source}),
+        ));
     } else if run.progress != r.progress || run.steps.current != t_current(&t) {
         // A step started or ended: recorded, so the run's card (which follows the history)
         // moves with the Workflow. A new message alone is kept without an entry.
@@ -587,6 +632,104 @@ pub fn on_report(run: &Run, r: &StatusReport, now: DateTime<Utc>) -> Result<Opti
         ));
     }
     Ok(Some(t))
+}
+
+/// A decision on the suspend step `run` waits at (`node`: its id or display name, or empty for
+/// the one it waits at). Approving needs a value for every parameter the step asks for (its
+/// default counts), one of its choices when it has any; a decision already taken stands. The
+/// transition records the decision and asks an argo-adapter to apply it.
+pub fn on_decision(
+    run: &Run,
+    node: &str,
+    mut decision: Decision,
+    now: DateTime<Utc>,
+) -> Result<Transition> {
+    let _ = now;
+    let Some(waiting) = run
+        .steps
+        .approval
+        .as_ref()
+        .filter(|_| !run.status.is_terminal())
+    else {
+        return Err(Error::FailedPrecondition(format!(
+            "run `{}` is {} and waits for no approval",
+            run.id, run.status
+        )));
+    };
+    if !node.is_empty() && node != waiting.node_id && node != waiting.node {
+        return Err(Error::FailedPrecondition(format!(
+            "run `{}` waits at `{}`, not at `{node}`",
+            run.id, waiting.node
+        )));
+    }
+    if let Some(d) = &waiting.decision {
+        return Err(Error::FailedPrecondition(format!(
+            "`{}` was already {} by {}",
+            waiting.node,
+            if d.approved { "approved" } else { "rejected" },
+            d.by
+        )));
+    }
+    if decision.approved {
+        let mut problems = Vec::new();
+        for name in decision.values.keys() {
+            if !waiting.parameters.iter().any(|p| &p.name == name) {
+                let asked: Vec<&str> = waiting.parameters.iter().map(|p| p.name.as_str()).collect();
+                problems.push(format!(
+                    "`{}` asks for no value `{name}` (it asks for: {})",
+                    waiting.node,
+                    if asked.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        asked.join(", ")
+                    }
+                ));
+            }
+        }
+        for p in &waiting.parameters {
+            let value = decision
+                .values
+                .get(&p.name)
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .unwrap_or_else(|| p.default.clone());
+            if value.is_empty() {
+                problems.push(format!("`{}` is required", p.name));
+            } else if !p.choices.is_empty() && !p.choices.contains(&value) {
+                problems.push(format!(
+                    "`{}` must be one of {} (got `{value}`)",
+                    p.name,
+                    p.choices.join(", ")
+                ));
+            } else {
+                decision.values.insert(p.name.clone(), value);
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::InvalidArgument(problems.join("; ")));
+        }
+    } else {
+        decision.values.clear();
+    }
+    let mut t = Transition::new(run.status);
+    let (kind, event) = if decision.approved {
+        (DispatchKind::Approve, "approved")
+    } else {
+        (DispatchKind::Reject, "rejected")
+    };
+    t.event = Some((
+        event,
+        serde_json::json!({"node": waiting.node, "node_id": waiting.node_id, "by": decision.by,
+                           "values": decision.values, "reason": decision.reason}),
+    ));
+    let mut steps = run.steps.clone();
+    steps.approval = Some(Approval {
+        decision: Some(decision),
+        ..waiting.clone()
+    });
+    t.run.steps = Some(steps);
+    t.new_job = Some(kind);
+    Ok(t)
 }
 
 /// The running step a transition records.
@@ -1013,9 +1156,152 @@ mod tests {
                 current: String::new(),
                 failed: "build".into(),
                 log_tail: "boom".into(),
+                approval: None,
             }),
             "nothing runs once the Workflow ended"
         );
+    }
+
+    fn waiting(r: &mut Run) {
+        r.steps.approval = Some(Approval {
+            node_id: "wf-r1-123".into(),
+            node: "approve-deploy".into(),
+            parameters: vec![
+                crate::domain::run::ApprovalParameter {
+                    name: "environment".into(),
+                    choices: vec!["staging".into(), "prod".into()],
+                    ..Default::default()
+                },
+                crate::domain::run::ApprovalParameter {
+                    name: "note".into(),
+                    default: "none".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        });
+    }
+
+    fn approve(values: &[(&str, &str)]) -> Decision {
+        Decision {
+            by: "alice".into(),
+            approved: true,
+            values: values
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_decision_needs_a_waiting_step_and_its_values() {
+        let now = Utc::now();
+        let mut r = run(RunStatus::Running, false);
+        assert!(matches!(
+            on_decision(&r, "", approve(&[]), now),
+            Err(Error::FailedPrecondition(_))
+        ));
+        waiting(&mut r);
+        let Err(Error::InvalidArgument(m)) = on_decision(&r, "", approve(&[]), now) else {
+            panic!("values missing");
+        };
+        assert_eq!(m, "`environment` is required");
+        let Err(Error::InvalidArgument(m)) =
+            on_decision(&r, "", approve(&[("environment", "qa"), ("x", "1")]), now)
+        else {
+            panic!("bad values");
+        };
+        assert!(
+            m.contains("asks for no value `x`")
+                && m.contains("must be one of staging, prod (got `qa`)"),
+            "{m}"
+        );
+        assert!(matches!(
+            on_decision(&r, "other-step", approve(&[("environment", "prod")]), now),
+            Err(Error::FailedPrecondition(_))
+        ));
+        let t = on_decision(
+            &r,
+            "approve-deploy",
+            approve(&[("environment", "prod")]),
+            now,
+        )
+        .expect("approved");
+        assert_eq!(
+            (t.to, t.new_job),
+            (RunStatus::Running, Some(DispatchKind::Approve))
+        );
+        let decided = t
+            .run
+            .steps
+            .as_ref()
+            .and_then(|s| s.approval.clone())
+            .expect("approval");
+        let d = decided.decision.clone().expect("decision");
+        assert_eq!(
+            d.values.into_iter().collect::<Vec<_>>(),
+            [
+                ("environment".to_string(), "prod".to_string()),
+                ("note".to_string(), "none".to_string())
+            ],
+            "the default fills what was not given"
+        );
+        assert_eq!(t.event.as_ref().map(|e| e.0), Some("approved"));
+        // Taken once: a second decision is refused, and a report of the same step keeps it.
+        r.steps.approval = Some(decided.clone());
+        assert!(matches!(
+            on_decision(&r, "", Decision { approved: false, ..approve(&[]) }, now),
+            Err(Error::FailedPrecondition(m)) if m.contains("already approved by alice")
+        ));
+        let report = StatusReport {
+            workflow_name: "wf-r1".into(),
+            phase: "Running".into(),
+            approval: Some(Approval {
+                decision: None,
+                ..decided.clone()
+            }),
+            ..Default::default()
+        };
+        r.workflow_phase = "Running".into();
+        assert!(
+            on_report(&r, &report, now).expect("ok").is_none(),
+            "nothing new"
+        );
+        // The step resumed: it no longer waits, and that is news for the card.
+        let resumed = StatusReport {
+            approval: None,
+            ..report
+        };
+        let t = on_report(&r, &resumed, now).expect("ok").expect("news");
+        assert_eq!(t.event.as_ref().map(|e| e.0), Some("approval"));
+        assert_eq!(t.run.steps.and_then(|s| s.approval), None);
+        // Rejected: a Reject job, no values kept.
+        let mut r = run(RunStatus::Running, false);
+        waiting(&mut r);
+        let t = on_decision(
+            &r,
+            "",
+            Decision {
+                approved: false,
+                reason: "no".into(),
+                ..approve(&[("environment", "prod")])
+            },
+            now,
+        )
+        .expect("rejected");
+        assert_eq!(t.new_job, Some(DispatchKind::Reject));
+        assert!(
+            t.run
+                .steps
+                .and_then(|s| s.approval)
+                .and_then(|a| a.decision)
+                .is_some_and(|d| d.values.is_empty())
+        );
+        // Finished runs wait for nothing.
+        let mut done = run(RunStatus::Succeeded, false);
+        waiting(&mut done);
+        assert!(on_decision(&done, "", approve(&[("environment", "prod")]), now).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! repeated report that would move a run backwards is refused, and callers treat it as a no-op.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -357,6 +358,49 @@ pub struct Steps {
     pub failed: String,
     /// The last lines of the failed step's log (commands with `show_logs`).
     pub log_tail: String,
+    /// The suspend step waiting for a decision, and the decision once taken.
+    pub approval: Option<Approval>,
+}
+
+/// A suspend step waiting for someone to approve or reject it (stored as JSON).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// The Suspend node's id (empty when only the Workflow is suspended).
+    pub node_id: String,
+    /// Its display name.
+    pub node: String,
+    /// The output parameters it asks for (`valueFrom.supplied`).
+    pub parameters: Vec<ApprovalParameter>,
+    /// `spec.suspend: true`.
+    pub workflow_suspended: bool,
+    /// Taken, and being applied by an argo-adapter.
+    pub decision: Option<Decision>,
+}
+
+/// An output parameter a suspend step asks the approver for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalParameter {
+    /// Name.
+    pub name: String,
+    /// Description (the input's label).
+    pub description: String,
+    /// `enum`.
+    pub choices: Vec<String>,
+    /// `valueFrom.default`.
+    pub default: String,
+}
+
+/// Someone's decision on a suspend step.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Who (a Discord user's name, or a principal).
+    pub by: String,
+    /// Approved, or rejected.
+    pub approved: bool,
+    /// The values supplied (approved), every parameter given.
+    pub values: BTreeMap<String, String>,
+    /// Why (rejected).
+    pub reason: String,
 }
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunEvent {

@@ -6,7 +6,7 @@ use crate::auth::Principal;
 use crate::domain::dispatch::DispatchKind;
 use crate::domain::input::storable;
 use crate::domain::policy::{DefaultPolicy, GuildPolicy, commands_from};
-use crate::domain::run::{MAX_IDEMPOTENCY_KEY, Requester, RunSource};
+use crate::domain::run::{Decision as RunDecision, MAX_IDEMPOTENCY_KEY, Requester, RunSource};
 use crate::service::{runs, sessions};
 use crate::state::AppState;
 use crate::store::RunFilter;
@@ -248,6 +248,43 @@ impl AdminService for AdminApi {
         };
         let (run, _) = runs::retry(&self.0, &old, key, requester, &principal.name).await?;
         Ok(Response::new(pb::RetryRunResponse {
+            run: Some(convert::run(&run)),
+        }))
+    }
+
+    async fn approve_run(
+        &self,
+        req: Request<pb::ApproveRunRequest>,
+    ) -> Result<Response<pb::ApproveRunResponse>, Status> {
+        let principal = Principal::of(&req);
+        let r = req.into_inner();
+        let decision = RunDecision {
+            by: principal.name.clone(),
+            approved: true,
+            values: r.values.into_iter().collect(),
+            reason: String::new(),
+        };
+        let run = runs::decide(&self.0, &r.run_id, &r.node, decision, &principal.name).await?;
+        Ok(Response::new(pb::ApproveRunResponse {
+            run: Some(convert::run(&run)),
+        }))
+    }
+
+    async fn reject_run(
+        &self,
+        req: Request<pb::RejectRunRequest>,
+    ) -> Result<Response<pb::RejectRunResponse>, Status> {
+        let principal = Principal::of(&req);
+        let r = req.into_inner();
+        storable("reason", &r.reason, 500)?;
+        let decision = RunDecision {
+            by: principal.name.clone(),
+            approved: false,
+            values: Default::default(),
+            reason: r.reason,
+        };
+        let run = runs::decide(&self.0, &r.run_id, &r.node, decision, &principal.name).await?;
+        Ok(Response::new(pb::RejectRunResponse {
             run: Some(convert::run(&run)),
         }))
     }

@@ -136,6 +136,18 @@ fn summary(run: &Run) -> String {
 /// What went wrong or what Argo last said, and the failed step's log tail.
 fn details(run: &Run) -> String {
     let mut out = String::new();
+    if let Some(a) = &run.steps.approval {
+        let node = if a.node.is_empty() {
+            "the Workflow"
+        } else {
+            a.node.as_str()
+        };
+        match &a.decision {
+            None => out.push_str(&format!("\n⏸ waiting for approval: **{node}**")),
+            Some(d) if d.approved => out.push_str(&format!("\n✅ **{node}** approved by {}", d.by)),
+            Some(d) => out.push_str(&format!("\n⛔ **{node}** rejected by {}", d.by)),
+        }
+    }
     if !run.steps.failed.is_empty() {
         out.push_str(&format!("\nFailed step: `{}`", run.steps.failed));
     }
@@ -214,6 +226,8 @@ fn button(label: &str, action: pb::ComponentAction, run: &Run, danger: bool) -> 
     let verb = match action {
         pb::ComponentAction::Cancel => "cancel",
         pb::ComponentAction::Retry => "retry",
+        pb::ComponentAction::Approve => "approve",
+        pb::ComponentAction::Reject => "reject",
         _ => "refresh",
     };
     pb::Button {
@@ -229,11 +243,21 @@ fn button(label: &str, action: pb::ComponentAction, run: &Run, danger: bool) -> 
 /// The buttons under a run's card: Cancel while it may still run, Retry once it ended,
 /// Refresh, and a link to Argo when its UI is configured.
 pub fn buttons(run: &Run, ui_base_url: &str) -> Vec<pb::Button> {
-    let mut out = vec![if run.status.is_terminal() {
+    let mut out = Vec::new();
+    if run
+        .steps
+        .approval
+        .as_ref()
+        .is_some_and(|a| a.decision.is_none())
+    {
+        out.push(button("Approve", pb::ComponentAction::Approve, run, false));
+        out.push(button("Reject", pb::ComponentAction::Reject, run, true));
+    }
+    out.push(if run.status.is_terminal() {
         button("Retry", pb::ComponentAction::Retry, run, false)
     } else {
         button("Cancel", pb::ComponentAction::Cancel, run, true)
-    }];
+    });
     out.push(button("Refresh", pb::ComponentAction::Refresh, run, false));
     if let Some(url) = argo_link(run, ui_base_url) {
         out.push(pb::Button {
@@ -243,6 +267,45 @@ pub fn buttons(run: &Run, ui_base_url: &str) -> Vec<pb::Button> {
         });
     }
     out
+}
+
+/// The modal asking for the values a waiting step wants before it is approved: one text input
+/// per parameter (Discord allows five), its description as label, its default prefilled as the
+/// placeholder, its choices named. The server checks the values on submit.
+pub fn approval_modal(run: &Run) -> Option<pb::Modal> {
+    let a = run.steps.approval.as_ref()?;
+    let node = if a.node.is_empty() { "run" } else { &a.node };
+    Some(pb::Modal {
+        custom_id: format!("approve:{}", run.id),
+        title: clip(&format!("Approve {node}"), 45),
+        inputs: a
+            .parameters
+            .iter()
+            .take(5)
+            .map(|p| {
+                let label = if p.description.is_empty() {
+                    &p.name
+                } else {
+                    &p.description
+                };
+                let mut hint = p.default.clone();
+                if !p.choices.is_empty() {
+                    hint = format!("one of: {}", p.choices.join(", "));
+                    if !p.default.is_empty() {
+                        hint.push_str(&format!(" (default {})", p.default));
+                    }
+                }
+                pb::ModalInput {
+                    custom_id: p.name.clone(),
+                    label: clip(label, 45),
+                    paragraph: false,
+                    required: p.default.is_empty(),
+                    placeholder: clip(&hint, 100),
+                    ..Default::default()
+                }
+            })
+            .collect(),
+    })
 }
 
 /// A run's message: its card and the buttons that act on it.

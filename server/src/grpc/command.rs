@@ -4,7 +4,7 @@
 use super::{BoxStream, card, convert};
 use crate::domain::run::{Run, RunSource};
 use crate::domain::{Error, Result};
-use crate::service::discord::{self, Builtin, Button, Interaction};
+use crate::service::discord::{self, Builtin, Button, Clicked, Interaction};
 use crate::service::{runs, sessions};
 use crate::state::AppState;
 use facteur_config::is_snowflake;
@@ -184,6 +184,17 @@ impl CommandService for CommandApi {
                 ));
             }
         };
+        if modal_submit && let Some(run_id) = r.modal_custom_id.strip_prefix("approve:") {
+            // The values a suspend step asked for: approve with them.
+            let values: BTreeMap<String, String> = r.modal_values.into_iter().collect();
+            let run = discord::approve_with_values(&self.0, &c, run_id, values).await?;
+            // The approver sees it at once; the run's own card follows in the channel.
+            return Ok(Response::new(pb::InvokeResponse {
+                reply: Some(self.card(&run, true)),
+                run: Some(convert::run(&run)),
+                ..Default::default()
+            }));
+        }
         let command = if modal_submit {
             r.modal_custom_id
                 .strip_prefix("modal:")
@@ -304,12 +315,21 @@ impl CommandService for CommandApi {
         let r = req.into_inner();
         let c = ctx(r.context)?;
         let (button, run_id) = Button::parse(&r.custom_id)?;
-        let (run, update) = discord::click(&self.0, &c, button, run_id).await?;
-        Ok(Response::new(pb::InteractResponse {
-            reply: Some(self.card(&run, false)),
-            run: Some(convert::run(&run)),
-            update_message: update,
-        }))
+        Ok(Response::new(
+            match discord::click(&self.0, &c, button, run_id).await? {
+                Clicked::Run(run, update) => pb::InteractResponse {
+                    reply: Some(self.card(&run, false)),
+                    run: Some(convert::run(&run)),
+                    update_message: update,
+                    modal: None,
+                },
+                Clicked::AskValues(run) => pb::InteractResponse {
+                    modal: card::approval_modal(&run),
+                    run: Some(convert::run(&run)),
+                    ..Default::default()
+                },
+            },
+        ))
     }
 
     async fn record_run_message(

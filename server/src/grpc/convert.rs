@@ -88,6 +88,51 @@ pub fn run(r: &Run) -> pb::Run {
         current_step: r.steps.current.clone(),
         failed_step: r.steps.failed.clone(),
         log_tail: r.steps.log_tail.clone(),
+        approval: r.steps.approval.as_ref().map(approval),
+    }
+}
+
+/// Domain approval → proto approval.
+pub fn approval(a: &crate::domain::run::Approval) -> pb::Approval {
+    let d = a.decision.clone().unwrap_or_default();
+    pb::Approval {
+        node_id: a.node_id.clone(),
+        node_name: a.node.clone(),
+        parameters: a
+            .parameters
+            .iter()
+            .map(|p| pb::ApprovalParameter {
+                name: p.name.clone(),
+                description: p.description.clone(),
+                choices: p.choices.clone(),
+                default: p.default.clone(),
+            })
+            .collect(),
+        workflow_suspended: a.workflow_suspended,
+        decided_by: d.by,
+        approved: d.approved,
+        values: d.values.into_iter().collect(),
+        reason: d.reason,
+    }
+}
+
+/// A reported waiting step (what an adapter says; a decision is never taken from a report).
+pub fn waiting_step(a: pb::Approval) -> crate::domain::run::Approval {
+    crate::domain::run::Approval {
+        node_id: a.node_id,
+        node: a.node_name,
+        parameters: a
+            .parameters
+            .into_iter()
+            .map(|p| crate::domain::run::ApprovalParameter {
+                name: p.name,
+                description: p.description,
+                choices: p.choices,
+                default: p.default,
+            })
+            .collect(),
+        workflow_suspended: a.workflow_suspended,
+        decision: None,
     }
 }
 

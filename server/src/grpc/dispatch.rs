@@ -67,6 +67,8 @@ fn job(l: &Leased, show_logs: bool) -> pb::LeaseResponse {
         DispatchKind::Create => pb::DispatchKind::Create,
         DispatchKind::Stop => pb::DispatchKind::Stop,
         DispatchKind::Terminate => pb::DispatchKind::Terminate,
+        DispatchKind::Approve => pb::DispatchKind::Approve,
+        DispatchKind::Reject => pb::DispatchKind::Reject,
     };
     let labels = [
         (MANAGED_BY_LABEL.to_string(), "facteur".to_string()),
@@ -121,6 +123,12 @@ fn job(l: &Leased, show_logs: bool) -> pb::LeaseResponse {
             labels,
             annotations,
         }),
+        approval: matches!(
+            l.dispatch.kind,
+            DispatchKind::Approve | DispatchKind::Reject
+        )
+        .then(|| run.steps.approval.as_ref().map(convert::approval))
+        .flatten(),
     }
 }
 
@@ -290,6 +298,7 @@ impl DispatchService for DispatchApi {
             source: r.source,
             current_step: r.current_step,
             log_tail: r.log_tail,
+            approval: r.approval.map(convert::waiting_step),
         };
         let (run, changed) = dispatch::report(&self.0, report, &principal.name).await?;
         Ok(Response::new(pb::ReportWorkflowStatusResponse {

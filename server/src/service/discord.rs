@@ -5,7 +5,7 @@
 use crate::domain::dispatch::DispatchKind;
 use crate::domain::input::storable;
 use crate::domain::policy::Decision;
-use crate::domain::run::{Requester, Run, RunSource};
+use crate::domain::run::{Decision as RunDecision, Requester, Run, RunSource};
 use crate::domain::{Error, Result};
 use crate::service::{runs, sessions};
 use crate::state::AppState;
@@ -270,6 +270,19 @@ pub enum Button {
     Retry,
     /// Show it as it is now.
     Refresh,
+    /// Approve the suspend step it waits at.
+    Approve,
+    /// Reject the suspend step it waits at.
+    Reject,
+}
+
+/// What a click asks the edge to show.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Clicked {
+    /// The run; `true`: as an update of the clicked message.
+    Run(Box<Run>, bool),
+    /// The values the waiting step asks for, before approving (a modal).
+    AskValues(Box<Run>),
 }
 
 impl Button {
@@ -282,6 +295,8 @@ impl Button {
             "cancel" => Button::Cancel,
             "retry" => Button::Retry,
             "refresh" => Button::Refresh,
+            "approve" => Button::Approve,
+            "reject" => Button::Reject,
             other => {
                 return Err(Error::InvalidArgument(format!("unknown action `{other}`")));
             }
@@ -298,10 +313,24 @@ pub async fn click(
     i: &Interaction,
     button: Button,
     run_id: &str,
-) -> Result<(Run, bool)> {
+) -> Result<Clicked> {
     let run = guild_run(state, i, run_id).await?;
+    if let Button::Approve | Button::Reject = button {
+        may_decide(state, i, &run).await?;
+        let asks = run
+            .steps
+            .approval
+            .as_ref()
+            .is_some_and(|a| !a.parameters.is_empty() && a.decision.is_none());
+        if button == Button::Approve && asks {
+            return Ok(Clicked::AskValues(Box::new(run)));
+        }
+        let approved = button == Button::Approve;
+        let run = decide(state, i, &run, approved, BTreeMap::new()).await?;
+        return Ok(Clicked::Run(Box::new(run), true));
+    }
     authorize(state, i, &run.command).await?;
-    match button {
+    let (run, update) = match button {
         Button::Cancel => {
             let run = runs::cancel(
                 state,
@@ -319,5 +348,104 @@ pub async fn click(
             Ok((new, false))
         }
         Button::Refresh => Ok((run, true)),
+        Button::Approve | Button::Reject => unreachable!("decided above"),
+    }?;
+    Ok(Clicked::Run(Box::new(run), update))
+}
+
+/// Whether the member may decide on `run`'s waiting step: one of the command's `approvers`
+/// roles (else a role that may run the command), and not the requester under
+/// `require_second_person`. A refusal is audited with the reason.
+pub async fn may_decide(state: &AppState, i: &Interaction, run: &Run) -> Result<()> {
+    let cmd = state.catalog.command(&run.command).unwrap_or_default();
+    let refused = if cmd.require_second_person && i.user_id == run.requester.user_id {
+        Some(format!(
+            "`/{}` needs a second person: the member who started a run may not approve it",
+            run.command
+        ))
+    } else if !cmd.approvers.is_empty() && !i.role_ids.iter().any(|r| cmd.approvers.contains(r)) {
+        Some(format!(
+            "approving `/{}` needs one of the roles {}",
+            run.command,
+            cmd.approvers
+                .iter()
+                .map(|r| format!("<@&{r}>"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    } else {
+        None
+    };
+    let node = run.steps.approval.as_ref().map(|a| a.node.clone());
+    if let Some(reason) = refused {
+        let payload = serde_json::json!({"run_id": run.id, "node": node, "user_id": i.user_id,
+            "member_roles": i.role_ids, "approvers": cmd.approvers, "reason": reason});
+        state
+            .store
+            .audit(
+                &i.guild_id,
+                &i.user_id,
+                "approval_refused",
+                &run.command,
+                payload,
+            )
+            .await?;
+        return Err(Error::PermissionDenied(reason));
     }
+    if cmd.approvers.is_empty() {
+        authorize(state, i, &run.command).await?;
+    }
+    Ok(())
+}
+
+/// Records the member's decision on `run`'s waiting step (audited) and wakes the adapters.
+pub async fn decide(
+    state: &AppState,
+    i: &Interaction,
+    run: &Run,
+    approved: bool,
+    values: BTreeMap<String, String>,
+) -> Result<Run> {
+    let by = if i.user_name.is_empty() {
+        i.user_id.clone()
+    } else {
+        i.user_name.clone()
+    };
+    let decision = RunDecision {
+        by,
+        approved,
+        values,
+        reason: if approved {
+            String::new()
+        } else {
+            "rejected in Discord".into()
+        },
+    };
+    let node = run.steps.approval.as_ref().map(|a| a.node.clone());
+    let decided = runs::decide(state, &run.id, "", decision.clone(), &i.user_id).await?;
+    let payload = serde_json::json!({"run_id": run.id, "node": node, "user_id": i.user_id,
+        "member_roles": i.role_ids, "values": decision.values});
+    state
+        .store
+        .audit(
+            &i.guild_id,
+            &i.user_id,
+            if approved { "approved" } else { "rejected" },
+            &run.command,
+            payload,
+        )
+        .await?;
+    Ok(decided)
+}
+
+/// A modal of approval values submitted (`approve:<run id>`): checked again, then approved.
+pub async fn approve_with_values(
+    state: &AppState,
+    i: &Interaction,
+    run_id: &str,
+    values: BTreeMap<String, String>,
+) -> Result<Run> {
+    let run = guild_run(state, i, run_id).await?;
+    may_decide(state, i, &run).await?;
+    decide(state, i, &run, true, values).await
 }

@@ -77,6 +77,21 @@ pub async fn cancel(
     Ok(run)
 }
 
+/// Records a decision on the suspend step the run waits at (`node`: its id or name, or empty),
+/// and wakes the adapters: one applies it to the Workflow.
+pub async fn decide(
+    state: &AppState,
+    run_id: &str,
+    node: &str,
+    decision: crate::domain::run::Decision,
+    actor: &str,
+) -> Result<Run> {
+    check_id(run_id)?;
+    let run = state.store.decide(run_id, node, decision, actor).await?;
+    state.wake_dispatchers();
+    Ok(run)
+}
+
 /// Puts a dead-lettered job back in the queue.
 pub async fn requeue(state: &AppState, dispatch_id: &str, actor: &str) -> Result<Run> {
     let run = state.store.requeue_dead_letter(dispatch_id, actor).await?;

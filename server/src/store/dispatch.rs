@@ -325,7 +325,15 @@ async fn apply(
         q = q
             .col_expr(runs::Column::CurrentStep, Expr::value(v.current.as_str()))
             .col_expr(runs::Column::FailedStep, Expr::value(v.failed.as_str()))
-            .col_expr(runs::Column::LogTail, Expr::value(v.log_tail.as_str()));
+            .col_expr(runs::Column::LogTail, Expr::value(v.log_tail.as_str()))
+            .col_expr(
+                runs::Column::Approval,
+                Expr::value(match &v.approval {
+                    Some(a) => serde_json::to_string(a)
+                        .map_err(|e| Error::Internal(format!("approval: {e}")))?,
+                    None => String::new(),
+                }),
+            );
     }
     let won = q
         .filter(runs::Column::Id.eq(run.id.as_str()))
@@ -703,6 +711,21 @@ impl Store {
     ) -> Result<Run> {
         self.change_run(run_id, actor, |run| {
             on_cancel(run, kind, reason, Utc::now())
+        })
+        .await
+        .map(|(run, _)| run)
+    }
+
+    /// Records a decision on the suspend step `run_id` waits at, and the job applying it.
+    pub async fn decide(
+        &self,
+        run_id: &str,
+        node: &str,
+        decision: crate::domain::run::Decision,
+        actor: &str,
+    ) -> Result<Run> {
+        self.change_run(run_id, actor, |run| {
+            crate::domain::dispatch::on_decision(run, node, decision.clone(), Utc::now()).map(Some)
         })
         .await
         .map(|(run, _)| run)

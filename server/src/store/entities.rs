@@ -39,6 +39,7 @@ pub mod runs {
         pub current_step: String,
         pub failed_step: String,
         pub log_tail: String,
+        pub approval: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -428,6 +428,7 @@ pub(crate) async fn insert_run<C: sea_orm::ConnectionTrait>(
         current_step: Set(String::new()),
         failed_step: Set(String::new()),
         log_tail: Set(String::new()),
+        approval: Set(String::new()),
     };
     let dispatch = pending_dispatch(
         &id.to_string(),
@@ -512,6 +513,11 @@ pub(crate) fn run_from_model(m: runs::Model) -> Result<Run> {
             current: m.current_step,
             failed: m.failed_step,
             log_tail: m.log_tail,
+            approval: if m.approval.is_empty() {
+                None
+            } else {
+                Some(serde_json::from_str(&m.approval).map_err(|e| corrupt("approval", e))?)
+            },
         },
     })
 }

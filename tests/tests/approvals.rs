@@ -1,0 +1,331 @@
+//! Approvals of Argo suspend steps from chat, end to end: a run's Workflow reaches a Suspend node
+//! (fake Kubernetes API), its card shows Approve and Reject (fake Discord), the clicks are checked
+//! against the policy (approver roles, a second person), the decision is audited, and the
+//! argo-adapter applies it to the Workflow as `argo resume` / `argo stop` would (replace at the
+//! version read, again after a conflict).
+
+use facteur_client::pb;
+use facteur_tests::discord::*;
+use facteur_tests::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const NS: &str = "argo-workflows";
+const WAIT: Duration = Duration::from_secs(20);
+/// The role that may approve `/deploy`.
+const APPROVER: &str = "200000000000000009";
+/// A second member (the requester is [`MEMBER`], `alice`).
+const BOB: &str = "300000000000000002";
+
+async fn approvals() -> Followed {
+    Followed::start(Options {
+        approvers: &[APPROVER],
+        second_person: true,
+        ..Default::default()
+    })
+    .await
+}
+
+/// An interaction of member `user` (named `name`) with `roles`.
+fn by(mut i: Value, user: &str, name: &str, roles: &[&str]) -> Value {
+    i["member"]["user"] = json!({"id": user, "username": name});
+    i["member"]["roles"] = json!(roles);
+    i
+}
+
+fn click(id: &str, custom_id: &str) -> Value {
+    let mut i = command(id, &[], "deploy", json!([]));
+    i["type"] = json!(3);
+    i["data"] = json!({"custom_id": custom_id, "component_type": 2});
+    i
+}
+
+/// What the approval tests ask of a [`Followed`] stack.
+trait Approvals {
+    async fn waiting_run(&self, id: &str) -> (facteur_server::domain::Run, String);
+    fn node(&self, wf: &str, node: &str) -> Value;
+    async fn audited(&self, kind: &str) -> Vec<Value>;
+}
+
+impl Approvals for Followed {
+    /// `/deploy` by alice, its Workflow created and waiting at the `approve` step.
+    async fn waiting_run(&self, id: &str) -> (facteur_server::domain::Run, String) {
+        let cmd = command(
+            id,
+            &[DEPLOYER, APPROVER],
+            "deploy",
+            json!([{"name": "service", "type": 3, "value": "api"}]),
+        );
+        let (code, resp) = self.s.post(&cmd).await;
+        assert_eq!(code, 200, "{resp}");
+        let run = self.s.run_of(id).await;
+        let wf = run.workflow_name.clone();
+        wait_until("the Workflow", WAIT, || async {
+            self.kube.workflow(NS, &wf).is_some()
+        })
+        .await;
+        let node = format!("{wf}-1");
+        self.kube.set_phase(
+            NS,
+            &wf,
+            "Running",
+            json!({
+                "nodes": {
+                    wf.clone(): {"id": wf, "name": wf, "displayName": wf, "type": "Steps", "phase": "Running"},
+                    node.clone(): {"id": node, "name": format!("{wf}[0].approve"), "displayName": "approve",
+                                   "type": "Suspend", "phase": "Running", "templateName": "approve",
+                                   "startedAt": "2026-12-05T12:00:00Z"},
+                },
+                "storedWorkflowTemplateSpec": {"templates": [
+                    {"name": "approve", "suspend": {}, "outputs": {"parameters": [
+                        {"name": "environment", "description": "Where to deploy",
+                         "enum": ["staging", "prod"], "valueFrom": {"supplied": {}}},
+                    ]}},
+                ]},
+            }),
+        );
+        let original = format!("/webhooks/{APP}/token-{id}/messages/@original");
+        wait_until("the card waiting for approval", WAIT, || async {
+            self.s.discord.calls().iter().any(|(m, p, b)| {
+                m == "PATCH"
+                    && *p == original
+                    && message_text(b).contains("waiting for approval: **approve**")
+                    && b["components"][0]["components"][0]["label"] == "Approve"
+                    && b["components"][0]["components"][1]["label"] == "Reject"
+            })
+        })
+        .await;
+        (self.s.run_of(id).await, node)
+    }
+
+    fn node(&self, wf: &str, node: &str) -> Value {
+        self.kube.workflow(NS, wf).expect("workflow")["status"]["nodes"][node].clone()
+    }
+
+    async fn audited(&self, kind: &str) -> Vec<Value> {
+        self.s
+            .srv
+            .server
+            .state
+            .store
+            .audit_events(GUILD, 50)
+            .await
+            .expect("audit")
+            .into_iter()
+            .filter(|e| e.1 == kind)
+            .map(|e| e.3)
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_in_discord_with_a_value_through_the_modal() {
+    let a = approvals().await;
+    let (run, node) = a.waiting_run("700000000000000301").await;
+    let wf = run.workflow_name.clone();
+    let approve = format!("approve:{}", run.id);
+
+    // The requester may not approve their own run (require_second_person), though an approver.
+    let (_, resp) =
+        a.s.post(&by(
+            click("700000000000000302", &approve),
+            MEMBER,
+            "alice",
+            &[APPROVER],
+        ))
+        .await;
+    assert_eq!(resp["data"]["flags"], 64, "{resp}");
+    assert!(
+        message_text(&resp["data"]).contains("second person"),
+        "{resp}"
+    );
+    // Another member without the approver role is refused, naming it.
+    let (_, resp) =
+        a.s.post(&by(
+            click("700000000000000303", &approve),
+            BOB,
+            "bob",
+            &[DEPLOYER],
+        ))
+        .await;
+    assert!(message_text(&resp["data"]).contains(APPROVER), "{resp}");
+    let refused = a.audited("approval_refused").await;
+    assert_eq!(refused.len(), 2, "both refusals audited: {refused:?}");
+    assert_eq!(refused[0]["node"], "approve");
+
+    // An approver: the step asks for a value, so a modal opens.
+    let (_, resp) =
+        a.s.post(&by(
+            click("700000000000000304", &approve),
+            BOB,
+            "bob",
+            &[APPROVER],
+        ))
+        .await;
+    assert_eq!(resp["type"], 9, "a modal: {resp}");
+    assert_eq!(resp["data"]["custom_id"], approve.as_str());
+    let input = &resp["data"]["components"][0]["components"][0];
+    assert_eq!(
+        (&input["custom_id"], &input["label"], &input["required"]),
+        (
+            &json!("environment"),
+            &json!("Where to deploy"),
+            &json!(true)
+        ),
+        "{resp}"
+    );
+    assert!(
+        input["placeholder"]
+            .as_str()
+            .unwrap_or("")
+            .contains("staging, prod")
+    );
+    // A value outside the enum is refused on the server; nothing is decided.
+    let mut submit = by(
+        click("700000000000000305", &approve),
+        BOB,
+        "bob",
+        &[APPROVER],
+    );
+    submit["type"] = json!(5);
+    submit["data"] = json!({"custom_id": approve, "components": [{"type": 1, "components": [
+        {"type": 4, "custom_id": "environment", "value": "moon"}]}]});
+    let (_, resp) = a.s.post(&submit).await;
+    assert!(
+        message_text(&resp["data"]).contains("must be one of staging, prod"),
+        "{resp}"
+    );
+    // The controller writes in between twice: the adapter reads again and replaces.
+    a.kube.conflict_puts(2);
+    submit["id"] = json!("700000000000000306");
+    submit["data"]["components"][0]["components"][0]["value"] = json!("prod");
+    let (code, resp) = a.s.post(&submit).await;
+    assert_eq!(code, 200, "{resp}");
+    assert!(
+        message_text(&resp["data"]).contains("approved by bob"),
+        "{resp}"
+    );
+    wait_until("the node approved in the Workflow", WAIT, || async {
+        a.node(&wf, &node)["phase"] == "Succeeded"
+    })
+    .await;
+    let n = a.node(&wf, &node);
+    assert_eq!(n["message"], "Approved by bob via facteur");
+    assert_eq!(
+        n["outputs"]["parameters"],
+        json!([{"name": "environment", "value": "prod"}])
+    );
+    assert_eq!(a.kube.replaces().len(), 3, "two conflicts, then the write");
+    let approved = a.audited("approved").await;
+    assert_eq!(approved.len(), 1);
+    assert_eq!(approved[0]["values"]["environment"], "prod");
+    // The Workflow goes on and succeeds.
+    a.kube.set_phase(NS, &wf, "Succeeded", json!({}));
+    let admin = facteur_tests::stack::admin(&a.s.srv).await;
+    wait_until("the run succeeded", WAIT, || async {
+        admin.status(&run.id).await == pb::RunStatus::Succeeded
+    })
+    .await;
+    let kinds: Vec<String> = admin
+        .get(&run.id)
+        .await
+        .events
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    for k in ["approved", "decision_applied"] {
+        assert!(
+            kinds.contains(&k.to_string()),
+            "{k} in the history: {kinds:?}"
+        );
+    }
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_through_the_admin_api_stops_the_workflow() {
+    let a = approvals().await;
+    let (run, node) = a.waiting_run("700000000000000311").await;
+    let wf = run.workflow_name.clone();
+    let admin = facteur_tests::stack::admin(&a.s.srv).await;
+    // Approve with nothing for a step that needs a value: refused, naming it.
+    let err = admin
+        .0
+        .admin()
+        .approve_run(pb::ApproveRunRequest {
+            run_id: run.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a value is needed");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("`environment` is required"),
+        "{}",
+        err.message()
+    );
+    let r = admin
+        .0
+        .admin()
+        .reject_run(pb::RejectRunRequest {
+            run_id: run.id.clone(),
+            node: "approve".into(),
+            reason: "not today".into(),
+        })
+        .await
+        .expect("rejected")
+        .into_inner()
+        .run
+        .expect("run");
+    assert_eq!(
+        r.approval.expect("approval").decided_by,
+        "ops",
+        "the admin principal"
+    );
+    wait_until("the Workflow stopped", WAIT, || async {
+        a.kube.workflow(NS, &wf).expect("wf")["spec"]["shutdown"] == "Stop"
+    })
+    .await;
+    let n = a.node(&wf, &node);
+    assert_eq!(
+        (n["phase"].clone(), n["message"].clone()),
+        (
+            json!("Failed"),
+            json!("Rejected by ops via facteur: not today")
+        )
+    );
+    // A second decision on the same step is refused.
+    let again = admin
+        .0
+        .admin()
+        .approve_run(pb::ApproveRunRequest {
+            run_id: run.id.clone(),
+            values: [("environment".to_string(), "prod".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("decided");
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+    // Argo ends the stopped Workflow: the run fails, the reason in its history.
+    a.kube.set_phase(
+        NS,
+        &wf,
+        "Failed",
+        json!({"message": "Stopped with strategy 'Stop'"}),
+    );
+    wait_until("the run failed", WAIT, || async {
+        admin.status(&run.id).await == pb::RunStatus::Failed
+    })
+    .await;
+    let events = admin.get(&run.id).await.events;
+    let rejected = events
+        .iter()
+        .find(|e| e.kind == "rejected")
+        .expect("rejected");
+    assert!(
+        rejected.payload_json.contains("not today"),
+        "{}",
+        rejected.payload_json
+    );
+    a.stop().await;
+}
