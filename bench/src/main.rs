@@ -158,7 +158,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         "interactions" => {
-            let summary = interactions::run(n("BENCH_SECONDS", 10) as u64, &[50, 500]).await?;
+            let summary =
+                Box::pin(interactions::run(n("BENCH_SECONDS", 10) as u64, &[50, 500])).await?;
             println!("{summary}");
             Ok(())
         }

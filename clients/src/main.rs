@@ -128,6 +128,30 @@ enum Command {
         #[command(subcommand)]
         sub: GuildSub,
     },
+    /// A guild's quota for a command, live: `facteurctl quota set <guild> <command>
+    /// [--max-concurrent N|none] [--max-per-hour N|none]` (no limit given: back to the
+    /// configuration's). Usage is in `facteurctl status`.
+    Quota {
+        #[command(subcommand)]
+        sub: QuotaSub,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuotaSub {
+    /// Set (or clear) one command's quota in one guild.
+    Set {
+        /// Guild id (snowflake).
+        guild_id: String,
+        /// Command name.
+        command: String,
+        /// Runs at once: a number, or `none` for no limit.
+        #[arg(long)]
+        max_concurrent: Option<String>,
+        /// Runs per rolling hour: a number, or `none` for no limit.
+        #[arg(long)]
+        max_per_hour: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -292,6 +316,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Guild {
             sub: GuildSub::List,
         } => list_guilds(&client).await,
+        Command::Quota {
+            sub:
+                QuotaSub::Set {
+                    guild_id,
+                    command,
+                    max_concurrent,
+                    max_per_hour,
+                },
+        } => set_quota(&client, guild_id, command, max_concurrent, max_per_hour).await,
         Command::Requeue { dispatch_id } => {
             let req = pb::RequeueDeadLetterRequest { dispatch_id };
             let run = client
@@ -331,6 +364,79 @@ fn parse_status(s: &str) -> anyhow::Result<pb::RunStatus> {
 
 fn ts(t: &Option<facteur_proto::Timestamp>) -> String {
     t.as_ref().map(|t| fmt_time(t.seconds)).unwrap_or_default()
+}
+
+/// `N` or `none`.
+fn limit(flag: &str, v: &str) -> anyhow::Result<Option<u32>> {
+    if v == "none" {
+        return Ok(None);
+    }
+    v.parse()
+        .map(Some)
+        .map_err(|_| anyhow::anyhow!("--{flag} must be a number or `none` (got `{v}`)"))
+}
+
+async fn set_quota(
+    client: &Client,
+    guild_id: String,
+    command: String,
+    max_concurrent: Option<String>,
+    max_per_hour: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let mut policy = client
+        .admin()
+        .get_policy(pb::GetPolicyRequest {
+            guild_id: guild_id.clone(),
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .policy
+        .unwrap_or_default();
+    policy.guild_id = guild_id.clone();
+    policy.quotas.retain(|q| q.command != command);
+    if max_concurrent.is_some() || max_per_hour.is_some() {
+        policy.quotas.push(pb::CommandQuota {
+            command: command.clone(),
+            max_concurrent: max_concurrent
+                .as_deref()
+                .map(|v| limit("max-concurrent", v))
+                .transpose()?
+                .flatten(),
+            max_per_hour: max_per_hour
+                .as_deref()
+                .map(|v| limit("max-per-hour", v))
+                .transpose()?
+                .flatten(),
+        });
+    }
+    let expected_version = policy.version;
+    let stored = client
+        .admin()
+        .set_policy(pb::SetPolicyRequest {
+            policy: Some(policy),
+            expected_version,
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .policy
+        .unwrap_or_default();
+    let q = stored.quotas.iter().find(|q| q.command == command);
+    let show = |v: Option<u32>| v.map_or_else(|| "no limit".to_string(), |n| n.to_string());
+    match q {
+        Some(q) => println!(
+            "guild {guild_id}: /{command} at most {} at once, {} per hour (policy version {})",
+            show(q.max_concurrent),
+            show(q.max_per_hour),
+            stored.version
+        ),
+        None => println!(
+            "guild {guild_id}: /{command} follows the configuration's quota (policy version {})",
+            stored.version
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Says what became of a decision on a waiting step.
@@ -826,6 +932,29 @@ async fn status(client: &Client, url: &str) -> anyhow::Result<ExitCode> {
     }
     for p in &s.catalog_problems {
         println!("catalog: not a command: {p}");
+    }
+    if !s.quota_usage.is_empty() {
+        println!();
+        let of = |n: u64, max: Option<u32>| match max {
+            Some(m) => format!("{n}/{m}"),
+            None => n.to_string(),
+        };
+        let rows: Vec<Vec<String>> = s
+            .quota_usage
+            .iter()
+            .map(|u| {
+                vec![
+                    u.guild_id.clone(),
+                    format!("/{}", u.command),
+                    of(u.active, u.max_concurrent),
+                    of(u.last_hour, u.max_per_hour),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(&["GUILD", "COMMAND", "RUNNING", "LAST HOUR"], &rows)
+        );
     }
     if !s.unserved_namespaces.is_empty() {
         println!();

@@ -384,3 +384,94 @@ async fn approve_and_reject_a_waiting_step() {
     assert!(!ok && err.contains("already approved by ops"), "{err}");
     srv.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quota_set_live_and_its_usage_in_status() {
+    use facteur_client::pb;
+    const GUILD: &str = "100000000000000009";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = server(dir.path()).await;
+    let url = format!("http://{}", srv.grpc_addr);
+    let (ok, _, err) = tokio::task::block_in_place(|| {
+        ctl(
+            &url,
+            &["quota", "set", GUILD, "dispatch", "--max-concurrent", "x"],
+        )
+    });
+    assert!(
+        !ok && err.contains("--max-concurrent must be a number or `none`"),
+        "{err}"
+    );
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        ctl(
+            &url,
+            &[
+                "quota",
+                "set",
+                GUILD,
+                "dispatch",
+                "--max-concurrent",
+                "1",
+                "--max-per-hour",
+                "none",
+            ],
+        )
+    });
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("/dispatch at most 1 at once, no limit per hour"),
+        "{out}"
+    );
+    // The discord-adapter starts /dispatch twice in that guild: the second is over the quota.
+    let adapter = facteur_client::Client::connect(
+        facteur_client::ClientConfig::new(url.clone()).with_token(ADAPTER_TOKEN),
+    )
+    .await
+    .expect("adapter client");
+    let invoke = |id: &str| pb::InvokeRequest {
+        context: Some(pb::InteractionContext {
+            interaction_id: id.into(),
+            application_id: "400000000000000001".into(),
+            guild_id: GUILD.into(),
+            channel_id: "500000000000000001".into(),
+            user_id: "300000000000000001".into(),
+            user_name: "alice".into(),
+            role_ids: vec!["200000000000000001".into()],
+            ..Default::default()
+        }),
+        kind: pb::InvocationKind::SlashCommand as i32,
+        command: "dispatch".into(),
+        ..Default::default()
+    };
+    adapter
+        .command()
+        .invoke(invoke("700000000000000501"))
+        .await
+        .expect("the first fits");
+    let over = adapter
+        .command()
+        .invoke(invoke("700000000000000502"))
+        .await
+        .expect_err("over the quota");
+    assert_eq!(over.code(), tonic::Code::ResourceExhausted);
+    let (_, status, _) = tokio::task::block_in_place(|| ctl(&url, &["status"]));
+    let row: Vec<&str> = status
+        .lines()
+        .find(|l| l.starts_with(GUILD))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    assert_eq!(row, [GUILD, "/dispatch", "1/1", "1"], "{status}");
+    // Cleared: back to the configuration's (none), so the second fits.
+    let (ok, out, _) =
+        tokio::task::block_in_place(|| ctl(&url, &["quota", "set", GUILD, "dispatch"]));
+    assert!(
+        ok && out.contains("follows the configuration's quota"),
+        "{out}"
+    );
+    adapter
+        .command()
+        .invoke(invoke("700000000000000503"))
+        .await
+        .expect("no quota any more");
+    srv.stop().await.expect("stop");
+}

@@ -110,6 +110,11 @@ pub struct CommandConfig {
     pub approvers: Vec<String>,
     /// The member who started a run may not approve its steps.
     pub require_second_person: bool,
+    /// Runs of this command one guild may have at once (not yet ended); unset: no limit.
+    /// A guild's policy may set its own (`SetPolicy`, `facteurctl quota set`).
+    pub max_concurrent: Option<u32>,
+    /// Runs of this command one guild may start per rolling hour; unset: no limit.
+    pub max_per_hour: Option<u32>,
 }
 
 /// A command's modal (`commands[].modal`).

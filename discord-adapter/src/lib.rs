@@ -182,9 +182,10 @@ fn context(i: &Value) -> pb::InteractionContext {
 fn status_notice(st: &tonic::Status) -> CreateInteractionResponse {
     use tonic::Code::*;
     match st.code() {
-        PermissionDenied | InvalidArgument | NotFound | FailedPrecondition => {
-            render::notice(st.message())
-        }
+        // The server's own words: a refusal, a bad value, a quota used up (saying when it
+        // frees), a reused key.
+        PermissionDenied | InvalidArgument | NotFound | FailedPrecondition | ResourceExhausted
+        | AlreadyExists => render::notice(st.message()),
         _ => {
             tracing::warn!(code = ?st.code(), error = %st.message(), "control plane call failed");
             render::notice("facteur cannot take this right now; try again in a moment.")

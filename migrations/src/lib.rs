@@ -16,6 +16,7 @@ mod m20261203_000005_widen_columns;
 mod m20261204_000006_adapters;
 mod m20261205_000007_run_steps;
 mod m20261205_000008_template_commands;
+mod m20261205_000009_command_quotas;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000006_adapters::Migration),
             Box::new(m20261205_000007_run_steps::Migration),
             Box::new(m20261205_000008_template_commands::Migration),
+            Box::new(m20261205_000009_command_quotas::Migration),
         ]
     }
 }

@@ -119,6 +119,7 @@ fn http_error(e: Error) -> Response {
         Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
+        Error::ResourceExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
         Error::AlreadyExists(_) | Error::Aborted(_) => StatusCode::CONFLICT,
         Error::FailedPrecondition(_) | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::Internal(m) => {

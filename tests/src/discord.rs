@@ -84,6 +84,8 @@ pub struct Options {
     pub approvers: &'static [&'static str],
     /// `/deploy`'s requester may not approve their own run.
     pub second_person: bool,
+    /// `/deploy`'s configured quota of runs at once per guild.
+    pub max_concurrent: Option<u32>,
 }
 
 impl Default for Options {
@@ -97,6 +99,7 @@ impl Default for Options {
             show_logs: false,
             approvers: &[],
             second_person: false,
+            max_concurrent: None,
         }
     }
 }
@@ -157,6 +160,7 @@ impl Stack {
             c.show_logs = o.show_logs;
             c.approvers = o.approvers.iter().map(|r| r.to_string()).collect();
             c.require_second_person = o.second_person;
+            c.max_concurrent = o.max_concurrent;
         }
         let redis = o.redis.then(RedisPrefix::new);
         if let Some(p) = &redis {

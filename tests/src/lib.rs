@@ -565,3 +565,16 @@ pub fn reply_text(r: &facteur_client::pb::Reply) -> String {
     }
     out.join("\n")
 }
+
+/// A guild's policy as `AdminService.GetPolicy` answers it.
+pub async fn policy_of(c: &facteur_client::Client, guild: &str) -> facteur_client::pb::GuildPolicy {
+    c.admin()
+        .get_policy(facteur_client::pb::GetPolicyRequest {
+            guild_id: guild.into(),
+        })
+        .await
+        .expect("policy")
+        .into_inner()
+        .policy
+        .expect("policy")
+}

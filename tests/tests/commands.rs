@@ -73,16 +73,7 @@ async fn policy_decides_is_audited_and_changes_live() {
     let store = &srv.server.state.store;
 
     // The configuration seeded the global policy, which guilds inherit.
-    let global = admin
-        .admin()
-        .get_policy(pb::GetPolicyRequest {
-            guild_id: String::new(),
-        })
-        .await
-        .expect("get")
-        .into_inner()
-        .policy
-        .expect("policy");
+    let global = policy_of(&admin, "").await;
     assert_eq!(global.commands.len(), 1);
     assert_eq!(global.version, 1);
 

@@ -515,16 +515,7 @@ async fn guild_setup_registers_the_catalog_and_seeds_an_isolated_policy_live() {
         })
         .await
         .expect("set policy");
-    let mine = admin
-        .admin()
-        .get_policy(pb::GetPolicyRequest {
-            guild_id: GUILD.into(),
-        })
-        .await
-        .expect("policy")
-        .into_inner()
-        .policy
-        .expect("policy");
+    let mine = policy_of(&admin, GUILD).await;
     assert!(
         mine.commands
             .iter()

@@ -252,3 +252,44 @@ async fn replicas_migrating_together_on_postgres_are_safe() {
         .await
         .expect("schema usable");
 }
+
+/// Starts racing for the last places of a quota: exactly the quota's worth start, on any
+/// backend (the decision and the insert share one transaction holding the quota's lock).
+async fn a_quota_holds_under_concurrent_starts(backend: Backend) {
+    use facteur_server::domain::policy::Quota;
+    use facteur_server::store::policy::Quoted;
+    let db = TestDb::new(backend).await;
+    let s = store(&db).await;
+    let quota = Quota {
+        max_concurrent: Some(3),
+        max_per_hour: None,
+    };
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut new = sample_run(&format!("quota-{i}"));
+            new.requester.guild_id = "100000000000000001".into();
+            s.create_run_within(new, "ops", &quota).await
+        }));
+    }
+    let (mut started, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.expect("task").expect("no error under contention") {
+            Quoted::Started(_, false) => started += 1,
+            Quoted::Started(_, true) => panic!("no replays here"),
+            Quoted::Refused(..) => refused += 1,
+        }
+    }
+    assert_eq!((started, refused), (3, 9));
+}
+
+#[tokio::test]
+async fn a_quota_holds_under_concurrent_starts_on_sqlite() {
+    a_quota_holds_under_concurrent_starts(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_quota_holds_under_concurrent_starts_on_postgres() {
+    a_quota_holds_under_concurrent_starts(Backend::Postgres).await;
+}

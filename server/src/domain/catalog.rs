@@ -106,6 +106,18 @@ impl Catalog {
             .collect()
     }
 
+    /// The quota the configuration gives `command` (a guild's policy may override it).
+    pub fn quota_of(&self, command: &str) -> crate::domain::policy::Quota {
+        self.configured
+            .iter()
+            .find(|c| c.name == command)
+            .map(|c| crate::domain::policy::Quota {
+                max_concurrent: c.max_concurrent,
+                max_per_hour: c.max_per_hour,
+            })
+            .unwrap_or_default()
+    }
+
     /// The command named so.
     pub fn command(&self, name: &str) -> Option<CommandConfig> {
         self.commands().into_iter().find(|c| c.name == name)

@@ -23,6 +23,9 @@ pub enum Error {
     /// The role policy refuses it (PERMISSION_DENIED / 403).
     #[error("{0}")]
     PermissionDenied(String),
+    /// A quota is used up for now (RESOURCE_EXHAUSTED / 429); the message says when it frees.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A dependency (database, session store) did not answer (UNAVAILABLE / 503).
     #[error("{dependency} unavailable: {message}")]
     Unavailable {

@@ -40,6 +40,8 @@ pub struct GuildPolicy {
     pub guild_id: String,
     /// Command → role ids, any of which allows it.
     pub commands: BTreeMap<String, Vec<String>>,
+    /// Command → its quota in this guild (over the configured one).
+    pub quotas: BTreeMap<String, Quota>,
     /// For commands without an entry.
     pub default: DefaultPolicy,
     /// Bumped by each change (0: never stored for this guild; inherited).
@@ -111,6 +113,87 @@ impl GuildPolicy {
     }
 }
 
+/// How many runs of one command a guild may have: at once, and per rolling hour.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Runs not yet ended (queued to running).
+    pub max_concurrent: Option<u32>,
+    /// Runs started in the last hour.
+    pub max_per_hour: Option<u32>,
+}
+
+impl Quota {
+    /// No limit at all.
+    pub fn is_unlimited(&self) -> bool {
+        self.max_concurrent.is_none() && self.max_per_hour.is_none()
+    }
+}
+
+/// A guild's runs of one command, as a quota counts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Not yet ended.
+    pub active: u64,
+    /// Started within the last hour.
+    pub last_hour: u64,
+    /// The oldest of those (the hour frees up an hour after it).
+    pub oldest_in_hour: Option<DateTime<Utc>>,
+}
+
+/// Which limit a refused run hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// `max_concurrent`.
+    Concurrent,
+    /// `max_per_hour`.
+    PerHour,
+}
+
+impl Limit {
+    /// Its name in metrics and the audit trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Concurrent => "max_concurrent",
+            Limit::PerHour => "max_per_hour",
+        }
+    }
+}
+
+/// Whether one more run of `command` fits `quota` given `usage`; a refusal names the limit and
+/// says when it frees up (a Discord timestamp, shown in the reader's time zone).
+pub fn check_quota(
+    command: &str,
+    quota: &Quota,
+    usage: &Usage,
+    now: DateTime<Utc>,
+) -> std::result::Result<(), (Limit, String)> {
+    if let Some(max) = quota.max_concurrent
+        && usage.active >= u64::from(max)
+    {
+        return Err((
+            Limit::Concurrent,
+            format!(
+                "/{command} is at its limit of {max} concurrent run{} in this server; it frees up when one of them ends",
+                if max == 1 { "" } else { "s" }
+            ),
+        ));
+    }
+    if let Some(max) = quota.max_per_hour
+        && usage.last_hour >= u64::from(max)
+    {
+        let frees = usage.oldest_in_hour.unwrap_or(now) + chrono::Duration::hours(1);
+        return Err((
+            Limit::PerHour,
+            format!(
+                "/{command} reached its limit of {max} run{} per hour in this server; the next one is possible <t:{}:R>",
+                if max == 1 { "" } else { "s" },
+                frees.timestamp()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Builds a map from (command, roles) pairs, rejecting a command listed twice.
 pub fn commands_from(pairs: Vec<(String, Vec<String>)>) -> Result<BTreeMap<String, Vec<String>>> {
     let mut map = BTreeMap::new();
@@ -148,7 +231,42 @@ mod tests {
             version: 1,
             updated_by: "test".into(),
             updated_at: None,
+            quotas: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn quotas_name_the_limit_and_when_it_frees_up() {
+        let now = Utc::now();
+        let q = Quota {
+            max_concurrent: Some(2),
+            max_per_hour: Some(3),
+        };
+        let fits = Usage {
+            active: 1,
+            last_hour: 2,
+            oldest_in_hour: Some(now),
+        };
+        assert_eq!(check_quota("deploy", &q, &fits, now), Ok(()));
+        let busy = Usage { active: 2, ..fits };
+        let (limit, m) = check_quota("deploy", &q, &busy, now).expect_err("at the limit");
+        assert_eq!(limit, Limit::Concurrent);
+        assert!(m.contains("limit of 2 concurrent runs"), "{m}");
+        let oldest = now - chrono::Duration::minutes(50);
+        let hour = Usage {
+            active: 0,
+            last_hour: 3,
+            oldest_in_hour: Some(oldest),
+        };
+        let (limit, m) = check_quota("deploy", &q, &hour, now).expect_err("hour used up");
+        assert_eq!(limit, Limit::PerHour);
+        let frees = (oldest + chrono::Duration::hours(1)).timestamp();
+        assert!(m.ends_with(&format!("<t:{frees}:R>")), "{m}");
+        assert_eq!(
+            check_quota("deploy", &Quota::default(), &hour, now),
+            Ok(()),
+            "no quota, no limit"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use super::convert;
 use crate::auth::Principal;
 use crate::domain::dispatch::DispatchKind;
 use crate::domain::input::storable;
-use crate::domain::policy::{DefaultPolicy, GuildPolicy, commands_from};
+use crate::domain::policy::{DefaultPolicy, GuildPolicy, Quota, commands_from};
 use crate::domain::run::{Decision as RunDecision, MAX_IDEMPOTENCY_KEY, Requester, RunSource};
 use crate::service::{runs, sessions};
 use crate::state::AppState;
@@ -117,6 +117,19 @@ impl AdminService for AdminApi {
                 .collect(),
             started_at: Some(convert::ts(self.0.started_at)),
             catalog_problems: self.0.catalog.problems(),
+            quota_usage: crate::service::discord::quota_usage(&self.0)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(guild_id, command, quota, u)| pb::QuotaUsage {
+                    guild_id,
+                    command,
+                    active: u.active,
+                    max_concurrent: quota.max_concurrent,
+                    last_hour: u.last_hour,
+                    max_per_hour: quota.max_per_hour,
+                })
+                .collect(),
         }))
     }
 
@@ -390,7 +403,27 @@ impl AdminService for AdminApi {
                 .map(|c| (c.command, c.role_ids))
                 .collect(),
         )?;
+        let mut quotas = std::collections::BTreeMap::new();
+        for q in p.quotas {
+            if !facteur_config::is_command_name(&q.command) {
+                return Err(Status::invalid_argument(format!(
+                    "quotas: command name `{}` must match ^[a-z0-9:_-]+$",
+                    q.command
+                )));
+            }
+            let quota = Quota {
+                max_concurrent: q.max_concurrent,
+                max_per_hour: q.max_per_hour,
+            };
+            if quotas.insert(q.command.clone(), quota).is_some() {
+                return Err(Status::invalid_argument(format!(
+                    "quotas: command `{}` is listed twice",
+                    q.command
+                )));
+            }
+        }
         let policy = GuildPolicy {
+            quotas,
             guild_id: p.guild_id,
             commands,
             default,

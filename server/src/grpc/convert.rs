@@ -178,6 +178,15 @@ pub fn policy(p: &crate::domain::policy::GuildPolicy) -> pb::GuildPolicy {
         version: p.version,
         updated_by: p.updated_by.clone(),
         updated_at: p.updated_at.map(ts),
+        quotas: p
+            .quotas
+            .iter()
+            .map(|(c, q)| pb::CommandQuota {
+                command: c.clone(),
+                max_concurrent: q.max_concurrent,
+                max_per_hour: q.max_per_hour,
+            })
+            .collect(),
     }
 }
 

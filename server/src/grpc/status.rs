@@ -12,6 +12,7 @@ impl From<Error> for Status {
             Error::AlreadyExists(m) => Status::already_exists(m),
             Error::Aborted(m) => Status::aborted(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),
+            Error::ResourceExhausted(m) => Status::resource_exhausted(m),
             e @ Error::Unavailable { .. } => {
                 tracing::warn!(error = %e, "dependency unavailable");
                 Status::unavailable(e.to_string())

@@ -5,11 +5,14 @@
 use crate::domain::dispatch::DispatchKind;
 use crate::domain::input::storable;
 use crate::domain::policy::Decision;
-use crate::domain::run::{Decision as RunDecision, Requester, Run, RunSource};
+use crate::domain::policy::{Quota, Usage};
+use crate::domain::run::{Decision as RunDecision, NewRun, Requester, Run, RunSource};
 use crate::domain::{Error, Result};
+use crate::metrics::Metric;
 use crate::service::{runs, sessions};
 use crate::state::AppState;
 use crate::store::RunFilter;
+use crate::store::policy::Quoted;
 use facteur_config::is_snowflake;
 use std::collections::BTreeMap;
 
@@ -177,7 +180,77 @@ pub async fn start(
 ) -> Result<(Run, bool)> {
     let resolved = state.catalog.resolve(command, options)?;
     let new = resolved.into_run(i.key(), source, i.requester(), runs::trace_parent());
-    with_session(state, i, new, runs::start).await
+    start_in_quota(state, i, new).await
+}
+
+/// The quota of `command` in `guild_id`: the guild's policy's, else the configuration's.
+pub async fn quota_for(state: &AppState, guild_id: &str, command: &str) -> Result<Quota> {
+    let policy = state.store.policy_for(guild_id).await?;
+    Ok(policy
+        .quotas
+        .get(command)
+        .copied()
+        .unwrap_or_else(|| state.catalog.quota_of(command)))
+}
+
+/// Starts `new` for `i` within its guild's quota for the command: over it, refused
+/// (RESOURCE_EXHAUSTED, saying which limit and when it frees up), counted and audited.
+async fn start_in_quota(state: &AppState, i: &Interaction, new: NewRun) -> Result<(Run, bool)> {
+    let quota = quota_for(state, &i.guild_id, &new.command).await?;
+    let command = new.command.clone();
+    let refused = std::sync::Mutex::new(None);
+    let started = with_session(state, i, new, |state, new, actor| {
+        let refused = &refused;
+        async move {
+            match state.store.create_run_within(new, actor, &quota).await? {
+                Quoted::Started(run, duplicate) => {
+                    if !duplicate {
+                        tracing::info!(run_id = %run.id, command = %run.command, actor, "run accepted");
+                        state.wake_dispatchers();
+                    }
+                    Ok((*run, duplicate))
+                }
+                Quoted::Refused(limit, message) => {
+                    if let Ok(mut r) = refused.lock() {
+                        *r = Some(limit);
+                    }
+                    Err(Error::ResourceExhausted(message))
+                }
+            }
+        }
+    })
+    .await;
+    let limit = refused.lock().ok().and_then(|mut r| r.take());
+    if let Some(limit) = limit {
+        state.metrics.add(
+            Metric::QuotaRefusals,
+            vec![
+                ("command", command.clone()),
+                ("limit", limit.as_str().to_string()),
+            ],
+            1,
+        );
+        let payload = serde_json::json!({"user_id": i.user_id, "limit": limit.as_str(),
+            "max_concurrent": quota.max_concurrent, "max_per_hour": quota.max_per_hour,
+            "interaction_id": i.interaction_id});
+        state
+            .store
+            .audit(&i.guild_id, &i.user_id, "quota_refused", &command, payload)
+            .await?;
+    }
+    started
+}
+
+/// Every guild's use of every command with a quota (that ran within the hour or runs now).
+pub async fn quota_usage(state: &AppState) -> Result<Vec<(String, String, Quota, Usage)>> {
+    let mut out = Vec::new();
+    for (guild, command, usage) in state.store.quota_usage().await? {
+        let quota = quota_for(state, &guild, &command).await?;
+        if !quota.is_unlimited() {
+            out.push((guild, command, quota, usage));
+        }
+    }
+    Ok(out)
 }
 
 /// Starts `new` for interaction `i` so that the run and the session that lets it report back
@@ -344,7 +417,7 @@ pub async fn click(
         }
         Button::Retry => {
             let new = runs::retry_of(&run, i.key(), i.requester())?;
-            let (new, _) = with_session(state, i, new, runs::start).await?;
+            let (new, _) = start_in_quota(state, i, new).await?;
             Ok((new, false))
         }
         Button::Refresh => Ok((run, true)),

@@ -225,3 +225,23 @@ pub mod template_commands {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod command_quotas {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "command_quotas")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub guild_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub command: String,
+        pub max_concurrent: Option<i32>,
+        pub max_per_hour: Option<i32>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

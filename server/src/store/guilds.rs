@@ -89,6 +89,7 @@ impl Store {
                     version: 0,
                     updated_by: String::new(),
                     updated_at: None,
+                    quotas: BTreeMap::new(),
                 };
                 let expected = stored.map_or(0, |p| p.version);
                 (self.set_policy(&wanted, Some(expected), actor).await?, true)

@@ -3,9 +3,9 @@
 //! version), and every change and every denial is written to `audit_events`.
 
 use super::Store;
-use super::entities::{audit_events, guild_policies, role_policies};
+use super::entities::{audit_events, command_quotas, guild_policies, role_policies};
 use super::errors;
-use crate::domain::policy::{DefaultPolicy, GuildPolicy};
+use crate::domain::policy::{DefaultPolicy, GuildPolicy, Quota, Usage};
 use crate::domain::{Error, Result};
 use chrono::Utc;
 use sea_orm::ActiveValue::Set;
@@ -92,6 +92,7 @@ impl Store {
             version: 0,
             updated_by: "configuration".into(),
             updated_at: None,
+            quotas: BTreeMap::new(),
         };
         match self.set_policy(&p, Some(0), "configuration").await {
             Ok(_) | Err(Error::FailedPrecondition(_)) => Ok(()), // another replica seeded it first
@@ -120,7 +121,25 @@ impl Store {
                     .map_err(|e| Error::Internal(format!("stored role ids: {e}")))?,
             );
         }
+        let quotas = command_quotas::Entity::find()
+            .filter(command_quotas::Column::GuildId.eq(guild_id))
+            .all(&self.db)
+            .await
+            .map_err(errors::db)?
+            .into_iter()
+            .map(|q| {
+                let limit = |v: Option<i32>| v.map(|n| u32::try_from(n).unwrap_or(0));
+                (
+                    q.command,
+                    Quota {
+                        max_concurrent: limit(q.max_concurrent),
+                        max_per_hour: limit(q.max_per_hour),
+                    },
+                )
+            })
+            .collect();
         Ok(Some(GuildPolicy {
+            quotas,
             guild_id: guild_id.to_string(),
             commands,
             default: DefaultPolicy::parse(&head.default_policy),
@@ -142,6 +161,7 @@ impl Store {
             version: 0,
             updated_by: String::new(),
             updated_at: None,
+            quotas: BTreeMap::new(),
         });
         Ok(GuildPolicy {
             guild_id: guild_id.to_string(),
@@ -219,6 +239,23 @@ impl Store {
             .exec(&txn)
             .await
             .map_err(errors::db)?;
+        command_quotas::Entity::delete_many()
+            .filter(command_quotas::Column::GuildId.eq(p.guild_id.as_str()))
+            .exec(&txn)
+            .await
+            .map_err(errors::db)?;
+        for (command, q) in &p.quotas {
+            let limit = |v: Option<u32>| v.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+            command_quotas::Entity::insert(command_quotas::ActiveModel {
+                guild_id: Set(p.guild_id.clone()),
+                command: Set(command.clone()),
+                max_concurrent: Set(limit(q.max_concurrent)),
+                max_per_hour: Set(limit(q.max_per_hour)),
+            })
+            .exec_without_returning(&txn)
+            .await
+            .map_err(errors::db)?;
+        }
         for (command, roles) in &p.commands {
             let roles = serde_json::to_string(roles).map_err(|e| Error::Internal(e.to_string()))?;
             role_policies::Entity::insert(role_policies::ActiveModel {
@@ -237,5 +274,156 @@ impl Store {
         Self::audit_on(&txn, &p.guild_id, actor, "policy_set", "", payload).await?;
         txn.commit().await.map_err(errors::db)?;
         self.policy_for(&p.guild_id).await
+    }
+}
+
+/// A run as a quota counts it: (status, created).
+type Counted = (String, chrono::DateTime<Utc>);
+
+/// Run states a quota counts as not yet ended.
+const ACTIVE: [&str; 4] = ["queued", "dispatching", "submitted", "running"];
+
+/// What starting a run within a quota came to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Quoted {
+    /// Started (or found, on a replay).
+    Started(Box<crate::domain::Run>, bool),
+    /// Refused: the limit hit, and the message for the member.
+    Refused(crate::domain::policy::Limit, String),
+}
+
+impl Store {
+    /// A guild's runs of `command`, as a quota counts them, on `c`.
+    async fn usage_on<C: ConnectionTrait>(
+        c: &C,
+        guild_id: &str,
+        command: &str,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Usage> {
+        use super::entities::runs;
+        let rows: Vec<Counted> = runs::Entity::find()
+            .select_only()
+            .column(runs::Column::Status)
+            .column(runs::Column::CreatedAt)
+            .filter(runs::Column::GuildId.eq(guild_id))
+            .filter(runs::Column::Command.eq(command))
+            .filter(
+                runs::Column::Status
+                    .is_in(ACTIVE)
+                    .or(runs::Column::CreatedAt.gt(now - chrono::Duration::hours(1))),
+            )
+            .into_tuple()
+            .all(c)
+            .await
+            .map_err(errors::db)?;
+        Ok(usage_of(&rows, now))
+    }
+
+    /// Starts `new` if the quota of its guild and command allows one more, deciding and
+    /// inserting in one transaction that holds the quota's lock (two starts cannot both take
+    /// the last place, on any replica). A replay of a started key is answered with its run.
+    pub async fn create_run_within(
+        &self,
+        new: crate::domain::NewRun,
+        actor: &str,
+        quota: &crate::domain::policy::Quota,
+    ) -> Result<Quoted> {
+        if quota.is_unlimited() {
+            let (run, duplicate) = self.create_run(new, actor).await?;
+            return Ok(Quoted::Started(Box::new(run), duplicate));
+        }
+        if let Some(existing) = self.run_by_key(&new.idempotency_key).await? {
+            return Ok(Quoted::Started(Box::new(existing), true));
+        }
+        let (guild, command) = (new.requester.guild_id.clone(), new.command.clone());
+        let txn = self.db.begin().await.map_err(errors::db)?;
+        let b = txn.get_database_backend();
+        let lock = if b == sea_orm::DatabaseBackend::Postgres {
+            sea_orm::Statement::from_sql_and_values(
+                b,
+                "SELECT pg_advisory_xact_lock(hashtext($1))",
+                [format!("facteur-quota:{guild}/{command}").into()],
+            )
+        } else {
+            // SQLite: take the write lock before reading, as run transactions do.
+            sea_orm::Statement::from_string(
+                b,
+                "UPDATE command_quotas SET guild_id = guild_id WHERE 1 = 0",
+            )
+        };
+        txn.execute_raw(lock).await.map_err(errors::db)?;
+        let now = Utc::now();
+        let usage = Self::usage_on(&txn, &guild, &command, now).await?;
+        if let Err((limit, message)) =
+            crate::domain::policy::check_quota(&command, quota, &usage, now)
+        {
+            let _ = txn.rollback().await;
+            return Ok(Quoted::Refused(limit, message));
+        }
+        let id = uuid::Uuid::now_v7();
+        match super::insert_run(&txn, id, &new, actor, now).await {
+            Ok(()) => {}
+            Err(super::Inserted::Duplicate(_)) => {
+                let _ = txn.rollback().await;
+                let (run, duplicate) = self.create_run(new, actor).await?;
+                return Ok(Quoted::Started(Box::new(run), duplicate));
+            }
+            Err(super::Inserted::Failed(e)) => return Err(e),
+        }
+        txn.commit().await.map_err(errors::db)?;
+        let run = self
+            .get_run(&id.to_string())
+            .await?
+            .ok_or_else(|| Error::Internal("run vanished after commit".into()))?;
+        Ok(Quoted::Started(Box::new(run), false))
+    }
+
+    /// Every guild's use of every command that ran in the last hour or runs now:
+    /// (guild, command, usage).
+    pub async fn quota_usage(&self) -> Result<Vec<(String, String, Usage)>> {
+        use super::entities::runs;
+        let now = Utc::now();
+        let rows: Vec<(String, String, String, chrono::DateTime<Utc>)> = runs::Entity::find()
+            .select_only()
+            .column(runs::Column::GuildId)
+            .column(runs::Column::Command)
+            .column(runs::Column::Status)
+            .column(runs::Column::CreatedAt)
+            .filter(runs::Column::GuildId.ne(""))
+            .filter(
+                runs::Column::Status
+                    .is_in(ACTIVE)
+                    .or(runs::Column::CreatedAt.gt(now - chrono::Duration::hours(1))),
+            )
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(errors::db)?;
+        let mut by: BTreeMap<(String, String), Vec<Counted>> = BTreeMap::new();
+        for (g, c, s, t) in rows {
+            by.entry((g, c)).or_default().push((s, t));
+        }
+        Ok(by
+            .into_iter()
+            .map(|((g, c), rows)| (g, c, usage_of(&rows, now)))
+            .collect())
+    }
+}
+
+/// Counts (status, created) rows as a quota does.
+fn usage_of(rows: &[Counted], now: chrono::DateTime<Utc>) -> Usage {
+    let hour_ago = now - chrono::Duration::hours(1);
+    let in_hour: Vec<chrono::DateTime<Utc>> = rows
+        .iter()
+        .filter(|(_, t)| *t > hour_ago)
+        .map(|(_, t)| *t)
+        .collect();
+    Usage {
+        active: rows
+            .iter()
+            .filter(|(s, _)| ACTIVE.contains(&s.as_str()))
+            .count() as u64,
+        last_hour: in_hour.len() as u64,
+        oldest_in_hour: in_hour.into_iter().min(),
     }
 }
