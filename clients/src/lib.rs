@@ -26,6 +26,9 @@ use pb::admin_service_client::AdminServiceClient;
 use pb::codex_service_client::CodexServiceClient;
 use pb::command_service_client::CommandServiceClient;
 use pb::dispatch_service_client::DispatchServiceClient;
+/// The `google.rpc.Status` details the server attaches to every error (`ErrorInfo` with a
+/// stable reason, `BadRequest` naming the field): `status.get_error_details()`.
+pub use tonic_types::{ErrorDetails, StatusExt};
 
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +253,21 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.current = self.initial;
     }
+}
+
+/// The stable reason the server gave an error (`INVALID_ARGUMENT`, `DEPENDENCY_UNAVAILABLE`,
+/// `RESOURCE_EXHAUSTED`, …), from its `ErrorInfo`; `None` for an error without details (from
+/// a proxy, say).
+pub fn error_reason(s: &Status) -> Option<String> {
+    s.get_error_details().error_info().map(|i| i.reason.clone())
+}
+
+/// The field an INVALID_ARGUMENT names (its `BadRequest` field violation), if any.
+pub fn bad_field(s: &Status) -> Option<String> {
+    s.get_error_details()
+        .bad_request()
+        .and_then(|b| b.field_violations.first())
+        .map(|v| v.field.clone())
 }
 
 /// Whether a status is worth retrying unchanged: the server or a dependency was unavailable

@@ -22,7 +22,20 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+/// A generated service that accepts gzip- and zstd-compressed requests and compresses its
+/// answers the same way when the caller accepts it (advertised in `grpc-accept-encoding`).
+macro_rules! compressed {
+    ($svc:expr) => {
+        $svc.accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd)
+            .send_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Zstd)
+    };
+}
 
 /// A started server.
 pub struct RunningServer {
@@ -197,23 +210,23 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     }
     let router = builder
         .layer(RpcObserverLayer(metrics))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(CommandServiceServer::with_interceptor(
-            CommandApi(state.clone()),
+        .add_service(compressed!(health_service))
+        .add_service(compressed!(reflection_v1))
+        .add_service(compressed!(reflection_v1alpha))
+        .add_service(InterceptedService::new(
+            compressed!(CommandServiceServer::new(CommandApi(state.clone()))),
             auth::interceptor(auth.clone(), auth::allowed::COMMAND),
         ))
-        .add_service(CodexServiceServer::with_interceptor(
-            CodexApi(state.clone()),
+        .add_service(InterceptedService::new(
+            compressed!(CodexServiceServer::new(CodexApi(state.clone()))),
             auth::interceptor(auth.clone(), auth::allowed::CODEX),
         ))
-        .add_service(DispatchServiceServer::with_interceptor(
-            DispatchApi(state.clone()),
+        .add_service(InterceptedService::new(
+            compressed!(DispatchServiceServer::new(DispatchApi(state.clone()))),
             auth::interceptor(auth.clone(), auth::allowed::DISPATCH),
         ))
-        .add_service(AdminServiceServer::with_interceptor(
-            AdminApi(state.clone()),
+        .add_service(InterceptedService::new(
+            compressed!(AdminServiceServer::new(AdminApi(state.clone()))),
             auth::interceptor(auth, auth::allowed::ADMIN),
         ));
 

@@ -1,6 +1,7 @@
 //! A tower layer around every gRPC call: one server span per RPC (OpenTelemetry's RPC
-//! conventions, a child of the caller's `traceparent`), and the request counter and latency
-//! histogram by method and status code.
+//! conventions, a child of the caller's `traceparent`), the request counter and latency
+//! histogram by method and status code, and the caller's deadline (`grpc-timeout`) answered
+//! with DEADLINE_EXCEEDED when it passes (tonic's own timeout would say CANCELLED).
 
 use crate::metrics::Metrics;
 use std::future::Future;
@@ -53,10 +54,30 @@ pub struct RpcObserver<S> {
     metrics: Arc<Metrics>,
 }
 
+/// A `grpc-timeout` header's duration (`<up to 8 digits><H|M|S|m|u|n>`).
+pub fn grpc_timeout(v: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 impl<S, B, RB> tower::Service<http::Request<B>> for RpcObserver<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send,
     S::Future: Send + 'static,
+    RB: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -77,6 +98,14 @@ where
                 .map(str::to_string)
         });
         let start = Instant::now();
+        // One millisecond inside the caller's deadline, so this answers before tonic's own
+        // timer (which would answer CANCELLED) fires on the same tick.
+        let deadline = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout)
+            .map(|d| d.saturating_sub(std::time::Duration::from_millis(1)));
         let fut = {
             let _enter = span.enter();
             self.inner.call(req)
@@ -84,7 +113,25 @@ where
         let metrics = self.metrics.clone();
         Box::pin(
             async move {
-                let res = fut.await;
+                let mut res = match deadline {
+                    None => fut.await,
+                    Some(d) => match tokio::time::timeout(d, fut).await {
+                        Ok(res) => res,
+                        Err(_) => Ok(tonic::Status::deadline_exceeded(
+                            "the caller's deadline passed before the server answered",
+                        )
+                        .into_http()),
+                    },
+                };
+                if let Ok(r) = &mut res {
+                    // Every error answer carries google.rpc.Status details (one mapping).
+                    super::status::add_details(r.headers_mut());
+                    // Every service takes compressed requests (tonic itself says so only when
+                    // refusing an encoding): a client may compress from its first call.
+                    r.headers_mut()
+                        .entry("grpc-accept-encoding")
+                        .or_insert(http::HeaderValue::from_static("gzip,zstd"));
+                }
                 // An error status travels in the headers of a trailers-only response; a success
                 // (or a stream's final status) travels in trailers, which we count as OK here.
                 let code = match &res {
@@ -119,5 +166,25 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grpc_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_protocol_writes_them() {
+        assert_eq!(grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "m", "123456789S", "10x", "-1S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad}");
+        }
     }
 }
