@@ -107,6 +107,7 @@ async fn dispatch(
     adapter.stop().await;
     srv.stop().await;
     let per_s = burst_runs as f64 / all_created.as_secs_f64();
+    let accept_per_s = burst_runs as f64 / accepted.as_secs_f64();
     let out = json!({
         "backend": format!("{backend:?}").to_lowercase(),
         "latency_runs": latency_runs,
@@ -115,8 +116,9 @@ async fn dispatch(
         "max_ms": round2(lat.last().copied().unwrap_or(0.0)),
         "burst_runs": burst_runs,
         "burst_concurrency": concurrency,
-        "accept_per_s": (burst_runs as f64 / accepted.as_secs_f64()).round(),
+        "accept_per_s": accept_per_s.round(),
         "per_s": per_s.round(),
+        "ratio_vs_accept": round2(per_s / accept_per_s),
     });
     println!("{out}");
     Ok(out)
@@ -147,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
             let summary = json!({
                 "bench": "dispatch",
                 "p50_ms": postgres["p50_ms"], "p99_ms": postgres["p99_ms"], "per_s": postgres["per_s"],
+                "ratio_vs_accept": postgres["ratio_vs_accept"],
                 "postgres": postgres, "sqlite": sqlite,
             });
             println!("{summary}");

@@ -174,6 +174,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         health: health.clone(),
         started_at: chrono::Utc::now(),
         shutdown: shutdown.clone(),
+        completions: Default::default(),
     });
 
     // The commands of labelled WorkflowTemplates, as last reported, before anything is served.

@@ -293,3 +293,122 @@ async fn a_quota_holds_under_concurrent_starts_on_sqlite() {
 async fn a_quota_holds_under_concurrent_starts_on_postgres() {
     a_quota_holds_under_concurrent_starts(Backend::Postgres).await;
 }
+
+/// Leases and completions in batches: concurrent adapters lease disjoint jobs, each batch at
+/// most what was asked, one job per run; a batch of completions answers each on its own (a
+/// stale token refused, the others recorded) and the history of every run reads in order.
+async fn leases_and_completions_go_in_batches(backend: Backend) {
+    use facteur_server::domain::dispatch::{DispatchPolicy, Outcome};
+    use facteur_server::store::dispatch::{CompleteEffect, Completion, LeaseOutcome};
+    let db = TestDb::new(backend).await;
+    let s = store(&db).await;
+    let policy = DispatchPolicy::from_config(&Default::default());
+    let ns = vec!["argo-workflows".to_string()];
+    for i in 0..10 {
+        s.create_run(sample_run(&format!("batch-{i}")), "ops")
+            .await
+            .expect("create");
+    }
+    // A run in a namespace nobody asks for is never handed out.
+    let mut other = sample_run("batch-other");
+    other.namespace = "elsewhere".into();
+    s.create_run(other, "ops").await.expect("create");
+
+    let lease = |owner: &'static str, max: usize| {
+        let (s, ns, policy) = (s.clone(), ns.clone(), policy.clone());
+        tokio::spawn(async move { s.lease_batch(owner, &ns, &policy, max).await })
+    };
+    let (a, b) = (lease("a", 4), lease("b", 4));
+    let mut leased = Vec::new();
+    for (batch, max) in [(a, 4), (b, 4)] {
+        match batch.await.expect("task").expect("lease") {
+            LeaseOutcome::Leased(l) => {
+                assert!(!l.is_empty() && l.len() <= max, "{} jobs", l.len());
+                leased.extend(l);
+            }
+            LeaseOutcome::Idle { .. } => panic!("jobs were due"),
+        }
+    }
+    while leased.len() < 10 {
+        match s.lease_batch("c", &ns, &policy, 10).await.expect("lease") {
+            LeaseOutcome::Leased(l) => leased.extend(l),
+            LeaseOutcome::Idle { .. } => break,
+        }
+    }
+    let mut runs: Vec<&str> = leased.iter().map(|l| l.run.id.as_str()).collect();
+    runs.sort_unstable();
+    runs.dedup();
+    assert_eq!((leased.len(), runs.len()), (10, 10), "each run's job leased once");
+    assert!(leased.iter().all(|l| l.run.namespace == "argo-workflows"));
+    assert!(matches!(
+        s.lease_batch("c", &ns, &policy, 10).await.expect("lease"),
+        LeaseOutcome::Idle { .. }
+    ));
+
+    let success = |name: &str| Outcome::Success {
+        workflow_name: name.into(),
+        workflow_uid: format!("uid-{name}"),
+        already_existed: false,
+    };
+    let mut items: Vec<Completion> = leased
+        .iter()
+        .map(|l| Completion {
+            dispatch_id: l.dispatch.id.clone(),
+            lease_token: l.dispatch.lease_token.clone(),
+            outcome: success(&l.run.workflow_name),
+            actor: "a".into(),
+        })
+        .collect();
+    items[3].lease_token = "not-the-token".into();
+    items.push(Completion {
+        dispatch_id: "no-such-dispatch".into(),
+        lease_token: "t".into(),
+        outcome: success("x"),
+        actor: "a".into(),
+    });
+    let out = s.complete_batch(&items, &policy).await.expect("batch");
+    assert_eq!(out.len(), 11);
+    for (i, r) in out.iter().enumerate() {
+        match (i, r) {
+            (3, Err(e)) => assert!(e.to_string().contains("no longer leased"), "{e}"),
+            (10, Err(e)) => assert!(e.to_string().contains("no dispatch"), "{e}"),
+            (_, Ok((run, CompleteEffect::Submitted(_)))) => {
+                assert_eq!(run.status, RunStatus::Submitted, "{i}");
+                assert_eq!(run.workflow_uid, format!("uid-{}", run.workflow_name));
+            }
+            (i, r) => panic!("completion {i}: {r:?}"),
+        }
+    }
+    // The refused one is untouched; the others are as the answers say.
+    let refused = s.get_run(&leased[3].run.id).await.expect("get").expect("run");
+    assert_eq!(refused.status, RunStatus::Dispatching);
+    for (i, l) in leased.iter().enumerate() {
+        let kinds: Vec<(i64, String)> = s
+            .run_events(&l.run.id)
+            .await
+            .expect("events")
+            .into_iter()
+            .map(|e| (e.sequence, e.kind))
+            .collect();
+        let want: Vec<(i64, &str)> = if i == 3 {
+            vec![(1, "created"), (2, "leased")]
+        } else {
+            vec![(1, "created"), (2, "leased"), (3, "submitted")]
+        };
+        let kinds: Vec<(i64, &str)> = kinds.iter().map(|(n, k)| (*n, k.as_str())).collect();
+        assert_eq!(kinds, want, "history of run {i}");
+    }
+    // A success sent again is answered as done, changing nothing.
+    let again = s.complete_batch(&items[..1], &policy).await.expect("batch");
+    assert!(matches!(again[0], Ok((_, CompleteEffect::AlreadyDone))));
+}
+
+#[tokio::test]
+async fn leases_and_completions_go_in_batches_on_sqlite() {
+    leases_and_completions_go_in_batches(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn leases_and_completions_go_in_batches_on_postgres() {
+    leases_and_completions_go_in_batches(Backend::Postgres).await;
+}

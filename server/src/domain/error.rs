@@ -2,7 +2,7 @@
 //! `http`. The variant carries the meaning; the message says what failed, in lower case.
 
 /// What can go wrong, by meaning.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     /// The caller sent something malformed (INVALID_ARGUMENT / 400).
     #[error("{0}")]

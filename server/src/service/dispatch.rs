@@ -8,10 +8,10 @@ use crate::domain::run::Run;
 use crate::metrics::Metric;
 use crate::state::AppState;
 use crate::store::adapters::AdapterSeen;
-use crate::store::dispatch::{CompleteEffect, LeaseOutcome};
+use crate::store::dispatch::{CompleteEffect, Completion, LeaseOutcome};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 /// How often an adapter calls `GetAssignment` (its heartbeat).
@@ -147,16 +147,29 @@ async fn lease_loop(
         match state.store.count_leased(&owner).await {
             Ok(held) if held < u64::from(max) => match state
                 .store
-                .lease_next(&owner, &namespaces, &state.dispatch_policy)
+                .lease_batch(
+                    &owner,
+                    &namespaces,
+                    &state.dispatch_policy,
+                    (u64::from(max) - held) as usize,
+                )
                 .await
             {
-                Ok(LeaseOutcome::Leased(l)) => {
-                    if l.redelivered {
-                        state.metrics.add(Metric::LeaseRedeliveries, vec![], 1);
+                Ok(LeaseOutcome::Leased(batch)) => {
+                    let redelivered = batch.iter().filter(|l| l.redelivered).count();
+                    if redelivered > 0 {
+                        state
+                            .metrics
+                            .add(Metric::LeaseRedeliveries, vec![], redelivered as u64);
                     }
-                    tracing::info!(run_id = %l.run.id, dispatch = l.dispatch.kind.as_str(), attempt = l.dispatch.attempts, owner = %owner, "dispatch leased");
-                    if tx.send(*l).await.is_err() {
-                        // The adapter is gone; the lease expires and the job goes to another one.
+                    for l in batch {
+                        tracing::info!(run_id = %l.run.id, dispatch = l.dispatch.kind.as_str(), attempt = l.dispatch.attempts, owner = %owner, "dispatch leased");
+                        if tx.send(l).await.is_err() {
+                            // The adapter is gone; the leases expire and the jobs go to another.
+                            break;
+                        }
+                    }
+                    if tx.is_closed() {
                         break;
                     }
                     continue;
@@ -186,24 +199,124 @@ async fn lease_loop(
     tracing::info!(owner = %owner, "adapter lease stream ended");
 }
 
-/// Records how a leased job ended; counts it.
+/// Completions waiting to be recorded: those that arrive while a batch is being written are
+/// written together by the next one ([`crate::store::Store::complete_batch`]), so an adapter
+/// completing many jobs at once costs one transaction per batch, not one per job.
+#[derive(Default)]
+pub struct Completions {
+    queue: std::sync::Mutex<CompletionQueue>,
+}
+
+type Completed = Result<(Run, CompleteEffect)>;
+
+#[derive(Default)]
+struct CompletionQueue {
+    waiting: Vec<(Completion, oneshot::Sender<Completed>)>,
+    /// A writer task is running; it takes what is waiting until nothing is.
+    writing: bool,
+}
+
+/// Most completions in one transaction.
+const COMPLETION_BATCH: usize = 64;
+
+impl CompletionQueue {
+    /// Up to [`COMPLETION_BATCH`] waiting completions, one per dispatch (a repeated one waits
+    /// for the next batch, where it sees what the first did).
+    fn take(&mut self) -> Vec<(Completion, oneshot::Sender<Completed>)> {
+        let mut batch = Vec::new();
+        let mut rest = Vec::new();
+        for w in self.waiting.drain(..) {
+            if batch.len() < COMPLETION_BATCH
+                && !batch
+                    .iter()
+                    .any(|(c, _): &(Completion, _)| c.dispatch_id == w.0.dispatch_id)
+            {
+                batch.push(w);
+            } else {
+                rest.push(w);
+            }
+        }
+        self.waiting = rest;
+        batch
+    }
+}
+
+/// Writes waiting completions, batch after batch, until none waits. A task of its own: a
+/// caller that goes away does not strand the others.
+async fn write_completions(state: Arc<AppState>) {
+    loop {
+        let batch = {
+            let mut q = state
+                .completions
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let batch = q.take();
+            if batch.is_empty() {
+                q.writing = false;
+                return;
+            }
+            batch
+        };
+        let (items, answers): (Vec<Completion>, Vec<_>) = batch.into_iter().unzip();
+        let policy = &state.dispatch_policy;
+        match state.store.complete_batch(&items, policy).await {
+            Ok(results) => {
+                for (tx, r) in answers.into_iter().zip(results) {
+                    let _ = tx.send(r);
+                }
+            }
+            // A concurrent change won somewhere in the batch: each on its own, each retried.
+            Err(crate::domain::Error::Aborted(_)) => {
+                for (c, tx) in items.iter().zip(answers) {
+                    let r = state
+                        .store
+                        .complete_dispatch(&c.dispatch_id, &c.lease_token, &c.outcome, policy, &c.actor)
+                        .await;
+                    let _ = tx.send(r);
+                }
+            }
+            Err(e) => {
+                for tx in answers {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Records how a leased job ended (with the completions that arrive meanwhile); counts it.
 pub async fn complete(
-    state: &AppState,
+    state: &Arc<AppState>,
     dispatch_id: &str,
     lease_token: &str,
     outcome: &Outcome,
     actor: &str,
 ) -> Result<Run> {
-    let (run, effect) = state
-        .store
-        .complete_dispatch(
-            dispatch_id,
-            lease_token,
-            outcome,
-            &state.dispatch_policy,
-            actor,
-        )
-        .await?;
+    let (tx, rx) = oneshot::channel();
+    let start = {
+        let mut q = state
+            .completions
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        q.waiting.push((
+            Completion {
+                dispatch_id: dispatch_id.to_string(),
+                lease_token: lease_token.to_string(),
+                outcome: outcome.clone(),
+                actor: actor.to_string(),
+            },
+            tx,
+        ));
+        !std::mem::replace(&mut q.writing, true)
+    };
+    if start {
+        tokio::spawn(write_completions(state.clone()).in_current_span());
+    }
+    let (run, effect) = rx
+        .await
+        .map_err(|_| crate::domain::Error::Internal("the completion writer stopped".into()))??;
     let m = &state.metrics;
     match effect {
         CompleteEffect::Submitted(latency) => {

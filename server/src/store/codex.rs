@@ -543,9 +543,22 @@ pub(crate) async fn sync_task_run<C: ConnectionTrait>(
     run: &Run,
     to: RunStatus,
 ) -> Result<()> {
-    let Some(delivery_id) = run.idempotency_key.strip_prefix("codex:") else {
+    sync_task_runs(c, &[run], to).await
+}
+
+/// [`sync_task_run`] for several runs moving to the same status, in one statement.
+pub(crate) async fn sync_task_runs<C: ConnectionTrait>(
+    c: &C,
+    runs: &[&Run],
+    to: RunStatus,
+) -> Result<()> {
+    let ids: Vec<&str> = runs
+        .iter()
+        .filter_map(|r| r.idempotency_key.strip_prefix("codex:"))
+        .collect();
+    if ids.is_empty() {
         return Ok(());
-    };
+    }
     let kb = Kb(c.get_database_backend());
     let now = Utc::now();
     let mut q = Query::update();
@@ -562,7 +575,7 @@ pub(crate) async fn sync_task_run<C: ConnectionTrait>(
     if to.is_terminal() {
         q.value(Alias::new("completed_at"), kb.time(now));
     }
-    q.and_where(Expr::col(Alias::new("delivery_id")).eq(delivery_id));
+    q.and_where(Expr::col(Alias::new("delivery_id")).is_in(ids));
     c.execute(&q).await.map_err(errors::db)?;
     Ok(())
 }

@@ -16,32 +16,30 @@ use super::{Store, run_from_model};
 pub use crate::domain::dispatch::CompleteEffect;
 use crate::domain::dispatch::{
     Dispatch, DispatchChange, DispatchKind, DispatchPolicy, DispatchState, Leased, Outcome,
-    StatusReport, Transition, on_cancel, on_lease, on_outcome, on_report, on_requeue,
+    RunChange, StatusReport, Transition, on_cancel, on_lease, on_outcome, on_report, on_requeue,
 };
 use crate::domain::run::{Run, RunSource, RunStatus};
 use crate::domain::{Error, Result};
 use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
-use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
+use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait, LockBehavior, LockType};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction, EntityTrait,
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 
-/// What `lease_next` found.
+/// What `lease_batch` found.
 #[derive(Debug)]
 pub enum LeaseOutcome {
-    /// A job for the caller.
-    Leased(Box<Leased>),
+    /// Jobs for the caller (none: candidates there were, but settled otherwise or taken
+    /// meanwhile; look again).
+    Leased(Vec<Leased>),
     /// Nothing due; the earliest time something becomes due, if known.
     Idle {
         /// Earliest `available_at` of a pending job or `lease_expires_at` of a leased one.
         next_due: Option<DateTime<Utc>>,
     },
 }
-
-/// Candidates examined per lease call; losing a race simply moves to the next one.
-const LEASE_CANDIDATES: u64 = 16;
 
 fn dispatch_from_model(m: dispatches::Model) -> Result<Dispatch> {
     Ok(Dispatch {
@@ -72,9 +70,8 @@ async fn load_run<C: ConnectionTrait>(c: &C, id: &str) -> Result<Run> {
 }
 
 /// Locks the run row for the rest of the transaction and reads it: the first statement of every
-/// transaction that changes a run or its dispatches. With `skip_locked`, a run another
-/// transaction holds gives `None` (Postgres; SQLite waits for the write lock).
-async fn lock_run(txn: &DatabaseTransaction, id: &str, skip_locked: bool) -> Result<Option<Run>> {
+/// transaction that changes one run or its dispatches.
+async fn lock_run(txn: &DatabaseTransaction, id: &str) -> Result<Option<Run>> {
     if txn.get_database_backend() == DatabaseBackend::Sqlite {
         // Deferred SQLite transactions take the write lock on their first write: take it now,
         // so that a read is never followed by a lock upgrade that another writer refuses.
@@ -85,13 +82,9 @@ async fn lock_run(txn: &DatabaseTransaction, id: &str, skip_locked: bool) -> Res
             .await
             .map_err(errors::db)?;
     }
-    let q = runs::Entity::find_by_id(id.to_string());
-    let q = if skip_locked {
-        q.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
-    } else {
-        q.lock_exclusive()
-    };
-    q.one(txn)
+    runs::Entity::find_by_id(id.to_string())
+        .lock_exclusive()
+        .one(txn)
         .await
         .map_err(errors::db)?
         .map(run_from_model)
@@ -108,39 +101,59 @@ async fn lock_dispatch(txn: &DatabaseTransaction, id: &str) -> Result<Option<Dis
         .transpose()
 }
 
-/// Appends one history entry (call after updating the run row in the same transaction).
-async fn append_event<C: ConnectionTrait>(
-    c: &C,
-    run_id: &str,
-    actor: &str,
-    kind: &str,
+/// A history entry to append.
+struct NewEvent<'a> {
+    run_id: &'a str,
+    actor: &'a str,
+    kind: &'a str,
     from: RunStatus,
     to: RunStatus,
-    payload: serde_json::Value,
-) -> Result<()> {
-    let max: Option<Option<i64>> = run_events::Entity::find()
-        .filter(run_events::Column::RunId.eq(run_id))
+    payload: &'a serde_json::Value,
+}
+
+/// Appends history entries (call after updating their runs in the same transaction, which
+/// holds their locks): one statement reads each run's last sequence number, one inserts them all.
+async fn append_events<C: ConnectionTrait>(c: &C, events: &[NewEvent<'_>]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut ids: Vec<&str> = events.iter().map(|e| e.run_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let last: Vec<(String, Option<i64>)> = run_events::Entity::find()
+        .filter(run_events::Column::RunId.is_in(ids))
         .select_only()
+        .column(run_events::Column::RunId)
         .column_as(run_events::Column::Sequence.max(), "m")
+        .group_by(run_events::Column::RunId)
         .into_tuple()
-        .one(c)
+        .all(c)
         .await
         .map_err(errors::db)?;
-    let seq = max.flatten().unwrap_or(0) + 1;
-    run_events::Entity::insert(run_events::ActiveModel {
-        run_id: Set(run_id.to_string()),
-        sequence: Set(seq),
-        actor: Set(actor.to_string()),
-        kind: Set(kind.to_string()),
-        from_status: Set(from.as_str().into()),
-        to_status: Set(to.as_str().into()),
-        payload: Set(payload.to_string()),
-        created_at: Set(Utc::now()),
-        ..Default::default()
-    })
-    .exec_without_returning(c)
-    .await
-    .map_err(errors::db)?;
+    let mut next: std::collections::HashMap<String, i64> = last
+        .into_iter()
+        .map(|(id, m)| (id, m.unwrap_or(0)))
+        .collect();
+    let created = Utc::now();
+    let rows = events.iter().map(|e| {
+        let seq = next.entry(e.run_id.to_string()).or_insert(0);
+        *seq += 1;
+        run_events::ActiveModel {
+            run_id: Set(e.run_id.to_string()),
+            sequence: Set(*seq),
+            actor: Set(e.actor.to_string()),
+            kind: Set(e.kind.to_string()),
+            from_status: Set(e.from.as_str().into()),
+            to_status: Set(e.to.as_str().into()),
+            payload: Set(e.payload.to_string()),
+            created_at: Set(created),
+            ..Default::default()
+        }
+    });
+    run_events::Entity::insert_many(rows)
+        .exec_without_returning(c)
+        .await
+        .map_err(errors::db)?;
     Ok(())
 }
 
@@ -180,13 +193,6 @@ fn after(run: &Run, t: &Transition, now: DateTime<Utc>) -> Run {
     r
 }
 
-/// The lease a [`DispatchChange::Lease`] hands out.
-struct NewLease<'a> {
-    owner: &'a str,
-    token: &'a str,
-    expires: DateTime<Utc>,
-}
-
 /// A lost compare-and-set: the rows changed under a transaction that had locked them (only
 /// possible without row locks) or the caller's view was stale.
 fn lost(what: &str) -> Error {
@@ -204,7 +210,30 @@ async fn apply(
     d: Option<&Dispatch>,
     t: &Transition,
     actor: &str,
-    lease: Option<NewLease<'_>>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    apply_rows(txn, run, d, t, now).await?;
+    append_events(txn, event_of(run, t, actor).as_slice()).await
+}
+
+/// The history entry `t` writes, if any.
+fn event_of<'a>(run: &'a Run, t: &'a Transition, actor: &'a str) -> Option<NewEvent<'a>> {
+    t.event.as_ref().map(|(kind, payload)| NewEvent {
+        run_id: &run.id,
+        actor,
+        kind,
+        from: run.status,
+        to: t.to,
+        payload,
+    })
+}
+
+/// [`apply`] without the history entry (the caller appends it, with others).
+async fn apply_rows(
+    txn: &DatabaseTransaction,
+    run: &Run,
+    d: Option<&Dispatch>,
+    t: &Transition,
     now: DateTime<Utc>,
 ) -> Result<()> {
     if let (Some(d), Some(change)) = (d, &t.dispatch) {
@@ -215,18 +244,11 @@ async fn apply(
             )
             .col_expr(dispatches::Column::UpdatedAt, Expr::value(now));
         q = match change {
+            // Many at once, with a token each: `record_leases`.
             DispatchChange::Lease => {
-                let l = lease.ok_or_else(|| Error::Internal("a lease without a token".into()))?;
-                q.col_expr(
-                    dispatches::Column::Attempts,
-                    Expr::col(dispatches::Column::Attempts).add(1),
-                )
-                .col_expr(dispatches::Column::LeaseOwner, Expr::value(l.owner))
-                .col_expr(dispatches::Column::LeaseToken, Expr::value(l.token))
-                .col_expr(
-                    dispatches::Column::LeaseExpiresAt,
-                    Expr::value(Some(l.expires)),
-                )
+                return Err(Error::Internal(
+                    "a lease is recorded by record_leases".into(),
+                ));
             }
             DispatchChange::Done => q.col_expr(
                 dispatches::Column::LeaseExpiresAt,
@@ -270,13 +292,6 @@ async fn apply(
                     Expr::value(Option::<DateTime<Utc>>::None),
                 ),
         };
-        if matches!(change, DispatchChange::Lease) {
-            // Still due: a retry's backoff or another adapter's live lease is not jumped over.
-            q = match d.state {
-                DispatchState::Pending => q.filter(dispatches::Column::AvailableAt.lte(now)),
-                _ => q.filter(dispatches::Column::LeaseExpiresAt.lte(now)),
-            };
-        }
         let won = q
             .filter(dispatches::Column::Id.eq(d.id.as_str()))
             .filter(dispatches::Column::State.eq(d.state.as_str()))
@@ -391,10 +406,410 @@ async fn apply(
             .await
             .map_err(errors::db)?;
     }
-    if let Some((kind, payload)) = &t.event {
-        append_event(txn, &run.id, actor, kind, run.status, t.to, payload.clone()).await?;
+    Ok(())
+}
+
+/// The work of [`Store::lease_batch`] inside `txn`. `None`: no candidate at all; otherwise the
+/// jobs leased (possibly none, when every candidate was settled otherwise or taken meanwhile).
+async fn lease_in(
+    txn: &DatabaseTransaction,
+    owner: &str,
+    namespaces: &[String],
+    policy: &DispatchPolicy,
+    max: usize,
+) -> Result<Option<Vec<Leased>>> {
+    let pg = txn.get_database_backend() == DatabaseBackend::Postgres;
+    if !pg {
+        // Deferred SQLite transactions take the write lock on their first write: take it now
+        // (an update of no row), so that no read here is followed by a refused lock upgrade.
+        runs::Entity::update_many()
+            .col_expr(runs::Column::Id, Expr::col(runs::Column::Id))
+            .filter(runs::Column::Id.eq(""))
+            .exec(txn)
+            .await
+            .map_err(errors::db)?;
+    }
+    let now = Utc::now();
+    let due = sea_orm::Condition::any()
+        .add(
+            sea_orm::Condition::all()
+                .add(dispatches::Column::State.eq(DispatchState::Pending.as_str()))
+                .add(dispatches::Column::AvailableAt.lte(now)),
+        )
+        .add(
+            sea_orm::Condition::all()
+                .add(dispatches::Column::State.eq(DispatchState::Leased.as_str()))
+                .add(dispatches::Column::LeaseExpiresAt.lte(now)),
+        );
+    let mut candidates = dispatches::Entity::find().filter(due);
+    if !namespaces.is_empty() {
+        // In the query, so jobs for namespaces this adapter does not serve never crowd out the
+        // ones it does.
+        candidates = candidates.filter(
+            dispatches::Column::RunId.in_subquery(
+                sea_orm::sea_query::Query::select()
+                    .column(runs::Column::Id)
+                    .from(runs::Entity)
+                    .and_where(runs::Column::Namespace.is_in(namespaces.iter().cloned()))
+                    .to_owned(),
+            ),
+        );
+    }
+    let mut candidates = candidates
+        .order_by_asc(dispatches::Column::AvailableAt)
+        .limit(max as u64);
+    if pg {
+        candidates = candidates.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+    }
+    let candidates = candidates.all(txn).await.map_err(errors::db)?;
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    let mut runs_q = runs::Entity::find()
+        .filter(runs::Column::Id.is_in(candidates.iter().map(|c| c.run_id.clone())));
+    if pg {
+        // A run another transaction holds (a cancel, a report, a completion) is skipped, not
+        // waited for; its job stays for a later pass.
+        runs_q = runs_q.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+    }
+    let mut locked: std::collections::HashMap<String, Run> = runs_q
+        .all(txn)
+        .await
+        .map_err(errors::db)?
+        .into_iter()
+        .map(|m| run_from_model(m).map(|r| (r.id.clone(), r)))
+        .collect::<Result<_>>()?;
+
+    let expires = now
+        + chrono::Duration::from_std(policy.lease).unwrap_or_else(|_| chrono::Duration::seconds(30));
+    // (run, dispatch, transition, token) of the jobs leased; the others are applied at once.
+    let mut leases: Vec<(Run, Dispatch, Transition, String)> = Vec::new();
+    let mut settled: Vec<(Run, Transition)> = Vec::new();
+    for c in candidates {
+        // `remove`: one job per run per pass (its run's state moves with the first).
+        let Some(run) = locked.remove(&c.run_id) else {
+            continue;
+        };
+        if !namespaces.is_empty() && !namespaces.contains(&run.namespace) {
+            continue;
+        }
+        let d = dispatch_from_model(c)?;
+        let t = on_lease(&d, &run, policy, owner, expires);
+        if in_bulk(&t, &DispatchChange::Lease) {
+            leases.push((run, d, t, uuid::Uuid::new_v4().simple().to_string()));
+        } else {
+            apply_rows(txn, &run, Some(&d), &t, now).await?;
+            settled.push((run, t));
+        }
+    }
+    if !leases.is_empty() {
+        record_leases(txn, owner, &leases, expires, now).await?;
+    }
+    let events: Vec<NewEvent<'_>> = leases
+        .iter()
+        .filter_map(|(run, _, t, _)| event_of(run, t, owner))
+        .chain(
+            settled
+                .iter()
+                .filter_map(|(run, t)| event_of(run, t, "dispatcher")),
+        )
+        .collect();
+    append_events(txn, &events).await?;
+    Ok(Some(
+        leases
+            .into_iter()
+            .map(|(run, d, t, token)| {
+                let run = after(&run, &t, now);
+                Leased {
+                    redelivered: d.state == DispatchState::Leased,
+                    dispatch: Dispatch {
+                        state: DispatchState::Leased,
+                        attempts: d.attempts + 1,
+                        lease_token: token,
+                        lease_expires_at: Some(expires),
+                        dead_lettered_at: None,
+                        ..d
+                    },
+                    run,
+                }
+            })
+            .collect(),
+    ))
+}
+
+/// A transition [`record_runs`] can write together with others: on its run, only the status,
+/// the attempt count and the Workflow UID; no other job opened or closed; the job itself
+/// leased (`change` [`DispatchChange::Lease`]) or done.
+fn in_bulk(t: &Transition, change: &DispatchChange) -> bool {
+    t.dispatch.as_ref() == Some(change)
+        && RunChange {
+            attempts: None,
+            workflow_uid: None,
+            ..t.run.clone()
+        } == RunChange::default()
+        && !t.close_create
+        && !t.close_open_jobs
+        && t.new_job.is_none()
+}
+
+/// Writes the leases `leases` in `txn`, which holds their rows: one statement for the jobs (a
+/// token each), then their runs ([`record_runs`]).
+async fn record_leases(
+    txn: &DatabaseTransaction,
+    owner: &str,
+    leases: &[(Run, Dispatch, Transition, String)],
+    expires: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let mut token = CaseStatement::new();
+    for (_, d, _, t) in leases {
+        token = token.case(dispatches::Column::Id.eq(d.id.as_str()), Expr::value(t.as_str()));
+    }
+    let won = dispatches::Entity::update_many()
+        .col_expr(
+            dispatches::Column::State,
+            Expr::value(DispatchState::Leased.as_str()),
+        )
+        .col_expr(
+            dispatches::Column::Attempts,
+            Expr::col(dispatches::Column::Attempts).add(1),
+        )
+        .col_expr(dispatches::Column::LeaseOwner, Expr::value(owner))
+        .col_expr(dispatches::Column::LeaseToken, token.into())
+        .col_expr(dispatches::Column::LeaseExpiresAt, Expr::value(Some(expires)))
+        .col_expr(dispatches::Column::UpdatedAt, Expr::value(now))
+        .filter(dispatches::Column::Id.is_in(leases.iter().map(|(_, d, _, _)| d.id.as_str())))
+        .exec(txn)
+        .await
+        .map_err(errors::db)?
+        .rows_affected;
+    if won != leases.len() as u64 {
+        return Err(lost("a leased dispatch"));
+    }
+    let runs: Vec<(&Run, &Transition)> = leases.iter().map(|(r, _, t, _)| (r, t)).collect();
+    record_runs(txn, &runs, now).await
+}
+
+/// Writes completed jobs `done` (each leased, with a [`DispatchChange::Done`] transition) in
+/// `txn`, which holds their rows: one statement for the jobs, then their runs.
+async fn record_done(
+    txn: &DatabaseTransaction,
+    done: &[(Run, Dispatch, Transition)],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let won = dispatches::Entity::update_many()
+        .col_expr(
+            dispatches::Column::State,
+            Expr::value(DispatchState::Done.as_str()),
+        )
+        .col_expr(
+            dispatches::Column::LeaseExpiresAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(dispatches::Column::UpdatedAt, Expr::value(now))
+        .filter(dispatches::Column::Id.is_in(done.iter().map(|(_, d, _)| d.id.as_str())))
+        .filter(dispatches::Column::State.eq(DispatchState::Leased.as_str()))
+        .exec(txn)
+        .await
+        .map_err(errors::db)?
+        .rows_affected;
+    if won != done.len() as u64 {
+        return Err(lost("a completed dispatch"));
+    }
+    let runs: Vec<(&Run, &Transition)> = done.iter().map(|(r, _, t)| (r, t)).collect();
+    record_runs(txn, &runs, now).await
+}
+
+/// Writes the runs of [`in_bulk`] transitions (one per run), in `txn`, which holds them: one
+/// statement for those whose status, attempt count or Workflow UID moves, and one per status
+/// for the Codex task runs that follow them.
+async fn record_runs(
+    txn: &DatabaseTransaction,
+    runs: &[(&Run, &Transition)],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let moved: Vec<&(&Run, &Transition)> = runs
+        .iter()
+        .filter(|(run, t)| {
+            t.to != run.status || t.run.attempts.is_some() || t.run.workflow_uid.is_some()
+        })
+        .collect();
+    if moved.is_empty() {
+        return Ok(());
+    }
+    let (mut status, mut attempts, mut uid) =
+        (CaseStatement::new(), CaseStatement::new(), CaseStatement::new());
+    for (run, t) in &moved {
+        let this = runs::Column::Id.eq(run.id.as_str());
+        status = status.case(this.clone(), Expr::value(t.to.as_str()));
+        if let Some(a) = t.run.attempts {
+            attempts = attempts.case(this.clone(), Expr::value(a as i32));
+        }
+        if let Some(u) = &t.run.workflow_uid {
+            uid = uid.case(this, Expr::value(u.as_str()));
+        }
+    }
+    let mut q = runs::Entity::update_many()
+        .col_expr(runs::Column::Status, status.finally(Expr::col(runs::Column::Status)).into())
+        .col_expr(runs::Column::UpdatedAt, Expr::value(now));
+    if moved.iter().any(|(_, t)| t.run.attempts.is_some()) {
+        q = q.col_expr(
+            runs::Column::Attempts,
+            attempts.finally(Expr::col(runs::Column::Attempts)).into(),
+        );
+    }
+    if moved.iter().any(|(_, t)| t.run.workflow_uid.is_some()) {
+        q = q.col_expr(
+            runs::Column::WorkflowUid,
+            uid.finally(Expr::col(runs::Column::WorkflowUid)).into(),
+        );
+    }
+    // Each a compare-and-set on the status read, as in `apply_rows`.
+    let mut cas = sea_orm::Condition::any();
+    for (run, _) in &moved {
+        cas = cas.add(
+            sea_orm::Condition::all()
+                .add(runs::Column::Id.eq(run.id.as_str()))
+                .add(runs::Column::Status.eq(run.status.as_str())),
+        );
+    }
+    let won = q
+        .filter(cas)
+        .exec(txn)
+        .await
+        .map_err(errors::db)?
+        .rows_affected;
+    if won != moved.len() as u64 {
+        return Err(lost("a run"));
+    }
+    let mut codex: Vec<(&Run, RunStatus)> = moved
+        .iter()
+        .filter(|(run, t)| t.to != run.status && run.source == RunSource::Codex)
+        .map(|(run, t)| (*run, t.to))
+        .collect();
+    codex.sort_by_key(|(_, to)| to.as_str());
+    for group in codex.chunk_by(|a, b| a.1 == b.1) {
+        let runs: Vec<&Run> = group.iter().map(|(r, _)| *r).collect();
+        super::codex::sync_task_runs(txn, &runs, group[0].1).await?;
     }
     Ok(())
+}
+
+/// One completion for [`Store::complete_batch`].
+#[derive(Clone, Debug)]
+pub struct Completion {
+    /// The job.
+    pub dispatch_id: String,
+    /// The lease it was handed out with.
+    pub lease_token: String,
+    /// How the attempt ended.
+    pub outcome: Outcome,
+    /// Who reports it.
+    pub actor: String,
+}
+
+/// The work of [`Store::complete_batch`] inside `txn`.
+async fn complete_in(
+    txn: &DatabaseTransaction,
+    items: &[Completion],
+    policy: &DispatchPolicy,
+) -> Result<Vec<Result<(Run, CompleteEffect)>>> {
+    let pg = txn.get_database_backend() == DatabaseBackend::Postgres;
+    if !pg {
+        // The SQLite write lock first (see `lease_in`).
+        runs::Entity::update_many()
+            .col_expr(runs::Column::Id, Expr::col(runs::Column::Id))
+            .filter(runs::Column::Id.eq(""))
+            .exec(txn)
+            .await
+            .map_err(errors::db)?;
+    }
+    let ids = || items.iter().map(|c| c.dispatch_id.as_str());
+    let run_ids: Vec<String> = dispatches::Entity::find()
+        .filter(dispatches::Column::Id.is_in(ids()))
+        .select_only()
+        .column(dispatches::Column::RunId)
+        .distinct()
+        .into_tuple()
+        .all(txn)
+        .await
+        .map_err(errors::db)?;
+    let mut q = runs::Entity::find()
+        .filter(runs::Column::Id.is_in(run_ids))
+        .order_by_asc(runs::Column::Id);
+    if pg {
+        q = q.lock_exclusive();
+    }
+    let mut locked: std::collections::HashMap<String, Run> = q
+        .all(txn)
+        .await
+        .map_err(errors::db)?
+        .into_iter()
+        .map(|m| run_from_model(m).map(|r| (r.id.clone(), r)))
+        .collect::<Result<_>>()?;
+    let mut q = dispatches::Entity::find().filter(dispatches::Column::Id.is_in(ids()));
+    if pg {
+        q = q.lock_exclusive();
+    }
+    let mut jobs: std::collections::HashMap<String, Dispatch> = q
+        .all(txn)
+        .await
+        .map_err(errors::db)?
+        .into_iter()
+        .map(|m| dispatch_from_model(m).map(|d| (d.id.clone(), d)))
+        .collect::<Result<_>>()?;
+    let now = Utc::now();
+    // A run with one job in the batch may be written with the others; one with several is
+    // written job by job, each seeing what the one before did.
+    let mut jobs_of_run: std::collections::HashMap<&str, usize> = Default::default();
+    for d in jobs.values() {
+        *jobs_of_run.entry(d.run_id.as_str()).or_default() += 1;
+    }
+    let alone: std::collections::HashSet<String> = jobs_of_run
+        .into_iter()
+        .filter(|(_, n)| *n == 1)
+        .map(|(id, _)| id.to_string())
+        .collect();
+    let mut out = Vec::with_capacity(items.len());
+    let mut applied: Vec<(Run, Transition, &str)> = Vec::new();
+    let mut done: Vec<(Run, Dispatch, Transition)> = Vec::new();
+    for c in items {
+        let Some(d) = jobs.remove(&c.dispatch_id) else {
+            out.push(Err(Error::NotFound(format!(
+                "no dispatch `{}`",
+                c.dispatch_id
+            ))));
+            continue;
+        };
+        let Some(run) = locked.get_mut(&d.run_id) else {
+            out.push(Err(Error::NotFound(format!("no run `{}`", d.run_id))));
+            continue;
+        };
+        match on_outcome(&d, &c.lease_token, run, &c.outcome, policy, now) {
+            Ok((Some(t), effect)) => {
+                let before = run.clone();
+                *run = after(run, &t, now);
+                out.push(Ok((run.clone(), effect)));
+                if alone.contains(&d.run_id) && in_bulk(&t, &DispatchChange::Done) {
+                    done.push((before.clone(), d, t.clone()));
+                } else {
+                    apply_rows(txn, &before, Some(&d), &t, now).await?;
+                }
+                applied.push((before, t, c.actor.as_str()));
+            }
+            Ok((None, effect)) => out.push(Ok((run.clone(), effect))),
+            Err(e) => out.push(Err(e)),
+        }
+    }
+    if !done.is_empty() {
+        record_done(txn, &done, now).await?;
+    }
+    let events: Vec<NewEvent<'_>> = applied
+        .iter()
+        .filter_map(|(run, t, actor)| event_of(run, t, actor))
+        .collect();
+    append_events(txn, &events).await?;
+    Ok(out)
 }
 
 impl Store {
@@ -437,58 +852,42 @@ impl Store {
             .map_err(errors::db)
     }
 
-    /// Leases the next due job to `owner` (a pending one whose time has come, or a leased one
-    /// whose lease expired), for runs in `namespaces` (empty: any).
-    pub async fn lease_next(
+    /// Leases up to `max` due jobs to `owner` (pending ones whose time has come, leased ones
+    /// whose lease expired), for runs in `namespaces` (empty: any), oldest first, in one
+    /// transaction: one statement claims the candidates and one their runs, both `FOR UPDATE
+    /// SKIP LOCKED` on Postgres (jobs and runs another transaction holds are left to it, and
+    /// concurrent adapters take disjoint jobs), one statement records the leases, one the runs
+    /// they move, two the history entries. What [`on_lease`] decides otherwise for a candidate (a
+    /// dead letter after its last attempt, a create for a finished run) is applied on its own in
+    /// the same transaction. At most one job per run is leased per call.
+    ///
+    /// Lock order: this transaction takes dispatches before runs, against the run-first order
+    /// of every other one, but it never waits for a lock (`SKIP LOCKED`; on SQLite it takes
+    /// the database write lock first), so it cannot be part of a deadlock.
+    pub async fn lease_batch(
         &self,
         owner: &str,
         namespaces: &[String],
         policy: &DispatchPolicy,
+        max: usize,
     ) -> Result<LeaseOutcome> {
-        let now = Utc::now();
-        let due = sea_orm::Condition::any()
-            .add(
-                sea_orm::Condition::all()
-                    .add(dispatches::Column::State.eq(DispatchState::Pending.as_str()))
-                    .add(dispatches::Column::AvailableAt.lte(now)),
-            )
-            .add(
-                sea_orm::Condition::all()
-                    .add(dispatches::Column::State.eq(DispatchState::Leased.as_str()))
-                    .add(dispatches::Column::LeaseExpiresAt.lte(now)),
-            );
-        let mut candidates = dispatches::Entity::find().filter(due);
-        if !namespaces.is_empty() {
-            // In the query, so jobs for namespaces this adapter does not serve never crowd out
-            // the ones it does.
-            candidates = candidates.filter(
-                dispatches::Column::RunId.in_subquery(
-                    sea_orm::sea_query::Query::select()
-                        .column(runs::Column::Id)
-                        .from(runs::Entity)
-                        .and_where(runs::Column::Namespace.is_in(namespaces.iter().cloned()))
-                        .to_owned(),
-                ),
-            );
-        }
-        let candidates = candidates
-            .order_by_asc(dispatches::Column::AvailableAt)
-            .limit(LEASE_CANDIDATES)
-            .all(&self.db)
-            .await
-            .map_err(errors::db)?;
-        for c in candidates {
-            match self.try_lease(&c, owner, namespaces, policy).await {
-                Ok(Some(leased)) => return Ok(LeaseOutcome::Leased(Box::new(leased))),
-                Ok(None) => {}
-                // Another transaction kept changing this one: the next candidate will do.
-                Err(Error::Aborted(m)) => tracing::debug!(error = %m, "lease candidate skipped"),
-                Err(e) => return Err(e),
+        let txn = self.begin().await?;
+        match lease_in(&txn, owner, namespaces, policy, max.max(1)).await {
+            Ok(None) => {
+                let _ = txn.rollback().await;
+                Ok(LeaseOutcome::Idle {
+                    next_due: self.next_due().await?,
+                })
+            }
+            Ok(Some(leased)) => {
+                txn.commit().await.map_err(errors::db)?;
+                Ok(LeaseOutcome::Leased(leased))
+            }
+            Err(e) => {
+                let _ = txn.rollback().await;
+                Err(e)
             }
         }
-        Ok(LeaseOutcome::Idle {
-            next_due: self.next_due().await?,
-        })
     }
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
@@ -514,68 +913,6 @@ impl Store {
             .min())
     }
 
-    async fn try_lease(
-        &self,
-        c: &dispatches::Model,
-        owner: &str,
-        namespaces: &[String],
-        policy: &DispatchPolicy,
-    ) -> Result<Option<Leased>> {
-        let txn = self.begin().await?;
-        // Run first, then the dispatch: the lock order of every transaction here. A run that
-        // another transaction holds (a cancel, a report) is skipped, not waited for. The
-        // dispatch is taken by a compare-and-set on the state and token the candidate was read
-        // with: if another adapter, a completion or a cancel changed it since, it is skipped.
-        let Some(run) = lock_run(&txn, &c.run_id, true).await? else {
-            let _ = txn.rollback().await;
-            return Ok(None);
-        };
-        if !namespaces.is_empty() && !namespaces.contains(&run.namespace) {
-            let _ = txn.rollback().await;
-            return Ok(None);
-        }
-        let d = dispatch_from_model(c.clone())?;
-        let now = Utc::now();
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        let expires = now
-            + chrono::Duration::from_std(policy.lease)
-                .unwrap_or_else(|_| chrono::Duration::seconds(30));
-        let t = on_lease(&d, &run, policy, owner, expires);
-        let lease = NewLease {
-            owner,
-            token: &token,
-            expires,
-        };
-        let actor = if t.dispatch == Some(DispatchChange::Lease) {
-            owner
-        } else {
-            "dispatcher"
-        };
-        if let Err(e) = apply(&txn, &run, Some(&d), &t, actor, Some(lease), now).await {
-            let _ = txn.rollback().await;
-            return Err(e);
-        }
-        txn.commit().await.map_err(errors::db)?;
-        if t.dispatch != Some(DispatchChange::Lease) {
-            return Ok(None);
-        }
-        let run = after(&run, &t, now);
-        let redelivered = d.state == DispatchState::Leased;
-        let dispatch = Dispatch {
-            state: DispatchState::Leased,
-            attempts: d.attempts + 1,
-            lease_token: token,
-            lease_expires_at: Some(expires),
-            dead_lettered_at: None,
-            ..d
-        };
-        Ok(Some(Leased {
-            dispatch,
-            run,
-            redelivered,
-        }))
-    }
-
     /// Records the outcome of a leased job.
     pub async fn complete_dispatch(
         &self,
@@ -589,6 +926,31 @@ impl Store {
             on_outcome(d, lease_token, run, outcome, policy, now)
         })
         .await
+    }
+
+    /// Records the outcomes of several leased jobs in one transaction: one statement finds
+    /// their runs, one locks the runs (in id order, as every batch does, so two batches never
+    /// wait on each other in a cycle), one locks the jobs, then each outcome is decided by
+    /// [`on_outcome`] on the locked rows and applied, and the history entries are written
+    /// together. Each completion gets its own answer (a lease no longer held is refused without
+    /// touching the others); an error of the database fails the whole batch, and ABORTED says
+    /// to record them again one by one. A dispatch id appears at most once in `items`.
+    pub async fn complete_batch(
+        &self,
+        items: &[Completion],
+        policy: &DispatchPolicy,
+    ) -> Result<Vec<Result<(Run, CompleteEffect)>>> {
+        let txn = self.begin().await?;
+        match complete_in(&txn, items, policy).await {
+            Ok(out) => {
+                txn.commit().await.map_err(errors::db)?;
+                Ok(out)
+            }
+            Err(e) => {
+                let _ = txn.rollback().await;
+                Err(e)
+            }
+        }
     }
 
     /// Runs `decide` on a dispatch and its run, both locked (run first), and applies the
@@ -611,7 +973,7 @@ impl Store {
                 .run_id;
             let txn = self.begin().await?;
             let result = async {
-                let run = lock_run(&txn, &run_id, false)
+                let run = lock_run(&txn, &run_id)
                     .await?
                     .ok_or_else(|| Error::NotFound(format!("no run `{run_id}`")))?;
                 let d = lock_dispatch(&txn, dispatch_id)
@@ -621,7 +983,7 @@ impl Store {
                 let (t, said) = decide(&d, &run, now)?;
                 let run = match &t {
                     Some(t) => {
-                        apply(&txn, &run, Some(&d), t, actor, None, now).await?;
+                        apply(&txn, &run, Some(&d), t, actor, now).await?;
                         after(&run, t, now)
                     }
                     None => run,
@@ -652,14 +1014,14 @@ impl Store {
         errors::retry_aborted(|| async {
             let txn = self.begin().await?;
             let result = async {
-                let run = lock_run(&txn, run_id, false)
+                let run = lock_run(&txn, run_id)
                     .await?
                     .ok_or_else(|| Error::NotFound(format!("no run `{run_id}`")))?;
                 let Some(t) = decide(&run)? else {
                     return Ok::<_, Error>((run, false));
                 };
                 let now = Utc::now();
-                apply(&txn, &run, None, &t, actor, None, now).await?;
+                apply(&txn, &run, None, &t, actor, now).await?;
                 Ok((after(&run, &t, now), true))
             }
             .await;
