@@ -12,6 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod ingest;
 mod interactions;
+mod process;
 mod unary;
 
 use facteur_client::pb;
@@ -42,13 +43,14 @@ async fn dispatch(
     latency_runs: usize,
     burst_runs: usize,
     concurrency: usize,
+    in_flight: u32,
 ) -> anyhow::Result<serde_json::Value> {
     let db = TestDb::new(backend).await;
     let mut cfg = with_tokens(config(&db));
     cfg.database.max_connections = 16;
     let srv = TestServer::start(cfg).await;
     let kube = FakeKube::start().await;
-    let adapter = Adapter::start(&srv.grpc_url(), &kube, NS);
+    let adapter = Adapter::start_in_flight(&srv.grpc_url(), &kube, NS, in_flight);
     let a = admin(&srv).await;
 
     // Warm-up: connections, prepared statements, the adapter's watch.
@@ -116,6 +118,7 @@ async fn dispatch(
         "max_ms": round2(lat.last().copied().unwrap_or(0.0)),
         "burst_runs": burst_runs,
         "burst_concurrency": concurrency,
+        "adapter_max_in_flight": in_flight,
         "accept_per_s": accept_per_s.round(),
         "per_s": per_s.round(),
         "ratio_vs_accept": round2(per_s / accept_per_s),
@@ -144,8 +147,9 @@ async fn main() -> anyhow::Result<()> {
                 n("BENCH_BURST_RUNS", 2000),
                 n("BENCH_CONCURRENCY", 32),
             );
-            let sqlite = dispatch(Backend::Sqlite, lat, burst, conc).await?;
-            let postgres = dispatch(Backend::Postgres, lat, burst, conc).await?;
+            let in_flight = n("BENCH_MAX_IN_FLIGHT", 128) as u32;
+            let sqlite = dispatch(Backend::Sqlite, lat, burst, conc, in_flight).await?;
+            let postgres = dispatch(Backend::Postgres, lat, burst, conc, in_flight).await?;
             let summary = json!({
                 "bench": "dispatch",
                 "p50_ms": postgres["p50_ms"], "p99_ms": postgres["p99_ms"], "per_s": postgres["per_s"],
@@ -166,8 +170,19 @@ async fn main() -> anyhow::Result<()> {
             println!("{summary}");
             Ok(())
         }
+        "memory" => {
+            let summary = process::memory(n("BENCH_CONCURRENT", 4), n("BENCH_ROUNDS", 3)).await?;
+            println!("{summary}");
+            Ok(())
+        }
+        "startup" => {
+            println!("{}", process::startup(n("BENCH_RUNS", 10)).await?);
+            Ok(())
+        }
         other => {
-            anyhow::bail!("unknown benchmark `{other}`; available: dispatch, ingest, interactions")
+            anyhow::bail!(
+                "unknown benchmark `{other}`; available: dispatch, ingest, interactions, memory, startup"
+            )
         }
     }
 }

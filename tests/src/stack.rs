@@ -15,8 +15,18 @@ pub struct Adapter {
 }
 
 impl Adapter {
-    /// Starts an adapter against `grpc_url` and `kube`.
+    /// Starts an adapter against `grpc_url` and `kube` (64 jobs in flight).
     pub fn start(grpc_url: &str, kube: &FakeKube, namespace: &str) -> Adapter {
+        Self::start_in_flight(grpc_url, kube, namespace, 64)
+    }
+
+    /// [`Adapter::start`] with `max_in_flight` jobs at once.
+    pub fn start_in_flight(
+        grpc_url: &str,
+        kube: &FakeKube,
+        namespace: &str,
+        max_in_flight: u32,
+    ) -> Adapter {
         let env = [(
             "FACTEUR_CONTROL_PLANE_URL".to_string(),
             grpc_url.to_string(),
@@ -25,7 +35,7 @@ impl Adapter {
         let mut cfg =
             facteur_config::load_from(None, &env, Process::ArgoAdapter).expect("adapter config");
         cfg.argo.namespace = namespace.to_string();
-        cfg.argo.max_in_flight = 64;
+        cfg.argo.max_in_flight = max_in_flight;
         let errs = cfg.validate(Process::ArgoAdapter);
         assert!(errs.is_empty(), "adapter config invalid: {errs:?}");
         Self::start_with(cfg, kube)

@@ -315,7 +315,7 @@ async fn leases_and_completions_go_in_batches(backend: Backend) {
     s.create_run(other, "ops").await.expect("create");
 
     let lease = |owner: &'static str, max: usize| {
-        let (s, ns, policy) = (s.clone(), ns.clone(), policy.clone());
+        let (s, ns) = (s.clone(), ns.clone());
         tokio::spawn(async move { s.lease_batch(owner, &ns, &policy, max).await })
     };
     let (a, b) = (lease("a", 4), lease("b", 4));
@@ -338,7 +338,11 @@ async fn leases_and_completions_go_in_batches(backend: Backend) {
     let mut runs: Vec<&str> = leased.iter().map(|l| l.run.id.as_str()).collect();
     runs.sort_unstable();
     runs.dedup();
-    assert_eq!((leased.len(), runs.len()), (10, 10), "each run's job leased once");
+    assert_eq!(
+        (leased.len(), runs.len()),
+        (10, 10),
+        "each run's job leased once"
+    );
     assert!(leased.iter().all(|l| l.run.namespace == "argo-workflows"));
     assert!(matches!(
         s.lease_batch("c", &ns, &policy, 10).await.expect("lease"),
@@ -380,7 +384,11 @@ async fn leases_and_completions_go_in_batches(backend: Backend) {
         }
     }
     // The refused one is untouched; the others are as the answers say.
-    let refused = s.get_run(&leased[3].run.id).await.expect("get").expect("run");
+    let refused = s
+        .get_run(&leased[3].run.id)
+        .await
+        .expect("get")
+        .expect("run");
     assert_eq!(refused.status, RunStatus::Dispatching);
     for (i, l) in leased.iter().enumerate() {
         let kinds: Vec<(i64, String)> = s

@@ -271,7 +271,13 @@ async fn write_completions(state: Arc<AppState>) {
                 for (c, tx) in items.iter().zip(answers) {
                     let r = state
                         .store
-                        .complete_dispatch(&c.dispatch_id, &c.lease_token, &c.outcome, policy, &c.actor)
+                        .complete_dispatch(
+                            &c.dispatch_id,
+                            &c.lease_token,
+                            &c.outcome,
+                            policy,
+                            &c.actor,
+                        )
                         .await;
                     let _ = tx.send(r);
                 }

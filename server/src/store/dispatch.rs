@@ -481,7 +481,8 @@ async fn lease_in(
         .collect::<Result<_>>()?;
 
     let expires = now
-        + chrono::Duration::from_std(policy.lease).unwrap_or_else(|_| chrono::Duration::seconds(30));
+        + chrono::Duration::from_std(policy.lease)
+            .unwrap_or_else(|_| chrono::Duration::seconds(30));
     // (run, dispatch, transition, token) of the jobs leased; the others are applied at once.
     let mut leases: Vec<(Run, Dispatch, Transition, String)> = Vec::new();
     let mut settled: Vec<(Run, Transition)> = Vec::new();
@@ -563,7 +564,10 @@ async fn record_leases(
 ) -> Result<()> {
     let mut token = CaseStatement::new();
     for (_, d, _, t) in leases {
-        token = token.case(dispatches::Column::Id.eq(d.id.as_str()), Expr::value(t.as_str()));
+        token = token.case(
+            dispatches::Column::Id.eq(d.id.as_str()),
+            Expr::value(t.as_str()),
+        );
     }
     let won = dispatches::Entity::update_many()
         .col_expr(
@@ -576,7 +580,10 @@ async fn record_leases(
         )
         .col_expr(dispatches::Column::LeaseOwner, Expr::value(owner))
         .col_expr(dispatches::Column::LeaseToken, token.into())
-        .col_expr(dispatches::Column::LeaseExpiresAt, Expr::value(Some(expires)))
+        .col_expr(
+            dispatches::Column::LeaseExpiresAt,
+            Expr::value(Some(expires)),
+        )
         .col_expr(dispatches::Column::UpdatedAt, Expr::value(now))
         .filter(dispatches::Column::Id.is_in(leases.iter().map(|(_, d, _, _)| d.id.as_str())))
         .exec(txn)
@@ -637,8 +644,11 @@ async fn record_runs(
     if moved.is_empty() {
         return Ok(());
     }
-    let (mut status, mut attempts, mut uid) =
-        (CaseStatement::new(), CaseStatement::new(), CaseStatement::new());
+    let (mut status, mut attempts, mut uid) = (
+        CaseStatement::new(),
+        CaseStatement::new(),
+        CaseStatement::new(),
+    );
     for (run, t) in &moved {
         let this = runs::Column::Id.eq(run.id.as_str());
         status = status.case(this.clone(), Expr::value(t.to.as_str()));
@@ -650,7 +660,10 @@ async fn record_runs(
         }
     }
     let mut q = runs::Entity::update_many()
-        .col_expr(runs::Column::Status, status.finally(Expr::col(runs::Column::Status)).into())
+        .col_expr(
+            runs::Column::Status,
+            status.finally(Expr::col(runs::Column::Status)).into(),
+        )
         .col_expr(runs::Column::UpdatedAt, Expr::value(now));
     if moved.iter().any(|(_, t)| t.run.attempts.is_some()) {
         q = q.col_expr(

@@ -65,6 +65,25 @@ pub struct BatchStats {
     pub deliveries: u64,
 }
 
+/// Connections opened together at start-up (Postgres).
+const WARM_CONNECTIONS: u32 = 4;
+
+/// Opens the first connections of a Postgres pool made without any, all at the same time, in
+/// the background. Each new connection costs ~90 ms here, most of it Nagle's algorithm holding
+/// the second writes of the TLS handshake (sqlx gives its socket `TCP_NODELAY` only afterwards,
+/// see `nodelay`), and start-up work meeting a busy pool would open them one after another.
+/// Each acquire gives its connection back as soon as it is open.
+fn warm_up(db: &DatabaseConnection) {
+    let pool = db.get_postgres_connection_pool().clone();
+    let warm = pool.options().get_max_connections().min(WARM_CONNECTIONS) as usize;
+    tokio::spawn(async move {
+        futures::future::join_all((0..warm).map(|_| async {
+            let _ = pool.acquire().await;
+        }))
+        .await;
+    });
+}
+
 impl Store {
     /// Connects (creating the SQLite file if needed). Does not migrate.
     pub async fn connect(
@@ -107,7 +126,16 @@ impl Store {
                 })
             });
         }
+        if backend == DatabaseBackend::Postgres {
+            // The pool is made without a connection; `warm_up` opens the first ones together.
+            opts.connect_lazy(true);
+        }
         let db = Database::connect(opts).await.map_err(errors::db)?;
+        if backend == DatabaseBackend::Postgres {
+            warm_up(&db);
+            // As a connecting pool would: the database answers, or this fails now.
+            db.ping().await.map_err(errors::db)?;
+        }
         let codex_batch = (backend == DatabaseBackend::Postgres)
             .then(|| codex_batch::Batcher::new(&db, DEFAULT_CODEX_BATCH_SLOTS));
         Ok(Store {
