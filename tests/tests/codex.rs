@@ -728,6 +728,41 @@ async fn followed_to_the_end(backend: Backend) {
     ] {
         assert!(names.contains(&p), "parameter {p} missing: {names:?}");
     }
+    // The prompt and eventBody are not stored twice over (made again from rawEvent when the
+    // run is read), and the Workflow gets them as planned.
+    let value = |name: &str| {
+        wf["spec"]["arguments"]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .and_then(|p| p["value"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(value("prompt"), sample().prompt);
+    assert!(!value("eventBody").is_empty() && value("eventBody") != value("rawEvent"));
+    let stored = facteur_server::store::Store::connect(&db.url, 2, Duration::from_secs(5))
+        .await
+        .expect("store");
+    let runs = facteur_tests::count_rows(&stored, "runs").await;
+    assert_eq!(runs, 1);
+    let raw: String = {
+        use sea_orm::Statement;
+        let c = stored.connection();
+        let row = c
+            .query_one_raw(Statement::from_string(
+                c.get_database_backend(),
+                "SELECT parameters FROM runs",
+            ))
+            .await
+            .expect("select")
+            .expect("row");
+        row.try_get("", "parameters").expect("parameters")
+    };
+    assert!(
+        !raw.contains("\"eventBody\"") && !raw.contains("\"prompt\""),
+        "stored: {raw}"
+    );
+    assert!(raw.contains("facteur:derived"), "stored: {raw}");
     let task = |c: facteur_client::Client, id: String| async move {
         c.codex()
             .get_task(pb::GetTaskRequest {

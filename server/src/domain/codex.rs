@@ -316,6 +316,56 @@ pub fn event_body(task_json: &str) -> String {
 }
 
 /// Standard base64 with padding (what Go's `base64.StdEncoding` produced for these parameters).
+/// The key that lists, in stored parameters, those left out because `rawEvent` gives them.
+pub const DERIVED_PARAMETERS: &str = "facteur:derived";
+
+/// Parameters of a Codex run that are the task again: `eventBody` (the task's proto-JSON with
+/// its stage set, base64) and `prompt` (its prompt). Stored, a 4 MiB task would be kept four
+/// times over with `rawEvent` (base64 of the proto-JSON) and `codex_kb.ideas.payload`.
+const DERIVED: [&str; 2] = ["eventBody", "prompt"];
+
+/// Which of `p`'s parameters storage may leave out, to be made again from `rawEvent` by
+/// [`expand_parameters`]: those of [`DERIVED`] present in a Codex run's parameters (the plan made
+/// them from the task, so they are what `rawEvent` gives). Nothing for other runs.
+pub fn derived_parameters(
+    source: crate::domain::RunSource,
+    p: &BTreeMap<String, String>,
+) -> Vec<&'static str> {
+    if source != crate::domain::RunSource::Codex || !p.contains_key("rawEvent") {
+        return Vec::new();
+    }
+    DERIVED.into_iter().filter(|k| p.contains_key(*k)).collect()
+}
+
+/// Puts back the parameters listed under [`DERIVED_PARAMETERS`] (stored parameters, as read).
+pub fn expand_parameters(p: &mut BTreeMap<String, String>) -> Result<(), String> {
+    let Some(listed) = p.remove(DERIVED_PARAMETERS) else {
+        return Ok(());
+    };
+    let raw = p.get("rawEvent").ok_or("rawEvent is missing")?;
+    let task_json = {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(raw)
+            .map_err(|e| format!("rawEvent is not base64: {e}"))?;
+        String::from_utf8(bytes).map_err(|e| format!("rawEvent is not UTF-8: {e}"))?
+    };
+    for key in listed.split(',') {
+        let value = match key {
+            "eventBody" => base64(event_body(&task_json).as_bytes()),
+            "prompt" => serde_json::from_str::<serde_json::Value>(&task_json)
+                .map_err(|e| format!("rawEvent is not JSON: {e}"))?
+                .get("prompt")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            other => return Err(format!("`{other}` cannot be derived")),
+        };
+        p.insert(key.to_string(), value);
+    }
+    Ok(())
+}
+
 pub fn base64(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -494,5 +544,43 @@ mod tests {
             plan(&task(), "", &c, json),
             Err((Rejection::Disabled, Error::FailedPrecondition(_)))
         ));
+    }
+
+    #[test]
+    fn derived_parameters_are_made_again_from_raw_event() {
+        let mut c = config();
+        c.codex_implementation_orchestrator.enabled = true;
+        let mut t = task();
+        t.stage = CodexTaskStage::Implementation as i32;
+        t.prompt = "line one\nline \"two\" ✓".into();
+        let p = plan(&t, "", &c, facteur_proto::codex_task_json)
+            .expect("plan")
+            .parameters;
+        let left_out = derived_parameters(crate::domain::RunSource::Codex, &p);
+        assert_eq!(left_out, ["eventBody", "prompt"]);
+        let mut stored: BTreeMap<String, String> = p
+            .iter()
+            .filter(|(k, _)| !left_out.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        stored.insert(DERIVED_PARAMETERS.into(), left_out.join(","));
+        expand_parameters(&mut stored).expect("expand");
+        assert_eq!(stored, p, "read back as planned");
+        // An empty prompt is left out of the proto-JSON, and made again empty.
+        t.prompt = String::new();
+        let p = plan(&t, "", &c, facteur_proto::codex_task_json)
+            .expect("plan")
+            .parameters;
+        let mut stored = p.clone();
+        stored.remove("prompt");
+        stored.remove("eventBody");
+        stored.insert(DERIVED_PARAMETERS.into(), "eventBody,prompt".into());
+        expand_parameters(&mut stored).expect("expand");
+        assert_eq!(stored, p);
+        // Other runs keep every parameter; an unknown name is refused, not guessed.
+        assert!(derived_parameters(crate::domain::RunSource::Admin, &p).is_empty());
+        let mut bad = p.clone();
+        bad.insert(DERIVED_PARAMETERS.into(), "payload".into());
+        assert!(expand_parameters(&mut bad).is_err());
     }
 }

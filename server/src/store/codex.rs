@@ -248,8 +248,7 @@ impl Store {
             trace_parent,
         };
         if let Some(batcher) = &self.codex_batch {
-            let params = serde_json::to_string(&new.parameters)
-                .map_err(|e| Error::Internal(e.to_string()))?;
+            let params = super::stored_parameters(&new)?;
             let row = Row {
                 ord: 0,
                 idea_id: uuid::Uuid::new_v4().to_string(),

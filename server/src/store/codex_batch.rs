@@ -473,7 +473,13 @@ impl Batcher {
             .fetch_all(&mut *held.conn)
             .await
             .map_err(errors::sqlx)?;
-        if held.since.elapsed() < HOLD_AT_MOST {
+        let size: usize = batch.iter().map(|r| approx_size(r)).sum();
+        if size > KEEP_AFTER_AT_MOST {
+            // sqlx keeps a connection's buffers as large as the largest message it carried:
+            // after a statement this large the connection is closed rather than kept, so the
+            // memory a large delivery took is given back with it.
+            tokio::spawn(held.conn.close());
+        } else if held.since.elapsed() < HOLD_AT_MOST {
             self.held_push(held);
         }
         self.statements.fetch_add(1, Ordering::Relaxed);
@@ -509,6 +515,9 @@ impl Batcher {
 /// lifetime and idle rules to it).
 const HOLD_AT_MOST: Duration = Duration::from_secs(300);
 
+/// The largest statement (bytes, near enough) after which a connection is kept.
+const KEEP_AFTER_AT_MOST: usize = 1024 * 1024;
+
 /// A pool connection kept by the batcher between statements.
 struct Held {
     conn: PoolConnection<Postgres>,
@@ -529,7 +538,7 @@ impl Drop for Slot<'_> {
 }
 
 /// Bytes a row adds to the statement, near enough: the parameters carry the task (as
-/// `rawEvent` and `eventBody`), the payload is the task once more.
+/// `rawEvent`), the payload is the task once more.
 fn approx_size(row: &Row) -> usize {
-    1024 + 2 * row.params.len() + row.event.len()
+    1024 + row.params.len() + row.payload.len() + row.event.len()
 }

@@ -377,6 +377,22 @@ pub(crate) fn created_payload(new: &NewRun) -> serde_json::Value {
     })
 }
 
+/// A run's parameters as stored (JSON): those [`codex::derived_parameters`] names are left out,
+/// listed under [`codex::DERIVED_PARAMETERS`], and made again when the run is read.
+pub(crate) fn stored_parameters(new: &NewRun) -> Result<String> {
+    use crate::domain::codex;
+    let left_out = codex::derived_parameters(new.source, &new.parameters);
+    let listed = left_out.join(",");
+    let kept = new
+        .parameters
+        .iter()
+        .filter(|(k, _)| !left_out.contains(&k.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain((!listed.is_empty()).then_some((codex::DERIVED_PARAMETERS, listed.as_str())));
+    let kept: BTreeMap<&str, &str> = kept.collect();
+    serde_json::to_string(&kept).map_err(|e| Error::Internal(format!("parameters: {e}")))
+}
+
 /// A new job for a run, due now.
 pub(crate) fn pending_dispatch(
     run_id: &str,
@@ -439,8 +455,7 @@ pub(crate) async fn insert_run<C: sea_orm::ConnectionTrait>(
         service_account: Set(new.service_account.clone()),
         workflow_name: Set(workflow_name(&new.workflow_name_prefix, &id)),
         workflow_uid: Set(String::new()),
-        parameters: Set(serde_json::to_string(&new.parameters)
-            .map_err(|e| Inserted::Failed(Error::Internal(e.to_string())))?),
+        parameters: Set(stored_parameters(new).map_err(Inserted::Failed)?),
         message: Set(String::new()),
         progress: Set(String::new()),
         workflow_phase: Set(String::new()),
@@ -502,8 +517,10 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 pub(crate) fn run_from_model(m: runs::Model) -> Result<Run> {
-    let parameters: BTreeMap<String, String> =
+    let mut parameters: BTreeMap<String, String> =
         serde_json::from_str(&m.parameters).map_err(|e| corrupt("parameters", e))?;
+    crate::domain::codex::expand_parameters(&mut parameters)
+        .map_err(|e| corrupt("parameters", e))?;
     Ok(Run {
         status: m.status.parse().map_err(|e| corrupt("status", e))?,
         source: m
