@@ -166,7 +166,7 @@ async fn main() -> anyhow::Result<()> {
         }
         "interactions" => {
             let summary =
-                Box::pin(interactions::run(n("BENCH_SECONDS", 10) as u64, &[50, 500])).await?;
+                Box::pin(interactions::run(n("BENCH_SECONDS", 30) as u64, &[50, 500])).await?;
             println!("{summary}");
             Ok(())
         }

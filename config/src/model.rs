@@ -380,7 +380,8 @@ pub struct DatabaseConfig {
     /// `sqlite://…` or `postgres://…`. Empty: `postgres.dsn` if set, else the SQLite file
     /// `./facteur.db`.
     pub url: Secret,
-    /// Connection pool size. Default 10.
+    /// Connection pool size. Default 10. On Postgres every connection is opened at start and
+    /// kept open.
     pub max_connections: u32,
     /// Seconds to wait for a connection. Default 5.
     pub connect_timeout_seconds: u64,

@@ -65,17 +65,14 @@ pub struct BatchStats {
     pub deliveries: u64,
 }
 
-/// Connections opened together at start-up (Postgres).
-const WARM_CONNECTIONS: u32 = 4;
-
-/// Opens the first connections of a Postgres pool made without any, all at the same time, in
-/// the background. Each new connection costs ~90 ms here, most of it Nagle's algorithm holding
+/// Opens every connection of a Postgres pool made without any, all at the same time, in the
+/// background. Each new connection costs ~90 ms here, most of it Nagle's algorithm holding
 /// the second writes of the TLS handshake (sqlx gives its socket `TCP_NODELAY` only afterwards,
 /// see `nodelay`), and start-up work meeting a busy pool would open them one after another.
 /// Each acquire gives its connection back as soon as it is open.
 fn warm_up(db: &DatabaseConnection) {
     let pool = db.get_postgres_connection_pool().clone();
-    let warm = pool.options().get_max_connections().min(WARM_CONNECTIONS) as usize;
+    let warm = pool.options().get_max_connections() as usize;
     tokio::spawn(async move {
         futures::future::join_all((0..warm).map(|_| async {
             let _ = pool.acquire().await;
@@ -98,7 +95,14 @@ impl Store {
         };
         let mut opts = ConnectOptions::new(url.to_string());
         opts.max_connections(max_connections)
-            .min_connections(1)
+            // Postgres: the whole pool stays open (opened together at start, see `warm_up`;
+            // reopened by the pool's own maintenance task when one is closed), so no request
+            // waits for a new connection's ~90 ms handshake under load.
+            .min_connections(if backend == DatabaseBackend::Postgres {
+                max_connections
+            } else {
+                1
+            })
             .connect_timeout(connect_timeout)
             .acquire_timeout(connect_timeout)
             // Statements are not logged: parameters could carry user data.
