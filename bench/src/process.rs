@@ -61,9 +61,10 @@ impl Server {
             .env("FACTEUR_SERVER_LISTEN_ADDRESS", http.to_string())
             .env("RUST_LOG", "warn")
             // As the container image sets them (deploy/docker/Dockerfile), unless asked otherwise.
-            .envs(["MIMALLOC_PURGE_DELAY", "MIMALLOC_ARENA_EAGER_COMMIT"].map(|k| {
-                (k, std::env::var(k).unwrap_or_else(|_| "0".into()))
-            }))
+            .envs(
+                ["MIMALLOC_PURGE_DELAY", "MIMALLOC_ARENA_EAGER_COMMIT"]
+                    .map(|k| (k, std::env::var(k).unwrap_or_else(|_| "0".into()))),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
