@@ -175,13 +175,17 @@ async fn main() -> anyhow::Result<()> {
             println!("{summary}");
             Ok(())
         }
+        "idle" => {
+            println!("{}", process::idle().await?);
+            Ok(())
+        }
         "startup" => {
             println!("{}", process::startup(n("BENCH_RUNS", 10)).await?);
             Ok(())
         }
         other => {
             anyhow::bail!(
-                "unknown benchmark `{other}`; available: dispatch, ingest, interactions, memory, startup"
+                "unknown benchmark `{other}`; available: dispatch, ingest, interactions, memory, startup, idle"
             )
         }
     }

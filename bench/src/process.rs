@@ -9,6 +9,10 @@
 //!
 //! `startup`: exec to the first `200` from `/readyz`, on Postgres with the migrations current
 //! (the database migrated by an earlier start) and on a fresh SQLite file.
+//!
+//! `idle`: resident memory of each binary idle, 5 s after start: the server (Postgres), the
+//! argo-adapter (leasing from it, watching a fake Kubernetes API) and the discord-adapter
+//! (connected to it, its Discord REST API pointed at a closed port).
 
 use crate::{percentile, round2};
 use facteur_proto::froussard::CodexTask;
@@ -24,9 +28,18 @@ fn binary() -> anyhow::Result<PathBuf> {
         Some(p) => PathBuf::from(p),
         None => std::env::current_exe()?.with_file_name("facteur"),
     };
+    ensure_built(path)
+}
+
+/// `name` next to this binary (`cargo build --release --bins`).
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    ensure_built(std::env::current_exe()?.with_file_name(name))
+}
+
+fn ensure_built(path: PathBuf) -> anyhow::Result<PathBuf> {
     anyhow::ensure!(
         path.exists(),
-        "{} not found: `cargo build --release -p facteur-server --bin facteur` first, or set FACTEUR_BIN",
+        "{} not found: `cargo build --release --bins` first (or set FACTEUR_BIN for the server)",
         path.display()
     );
     Ok(path)
@@ -133,6 +146,16 @@ impl Server {
     }
 }
 
+/// Resident set size of process `pid`, KiB.
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn mib(kib: u64) -> f64 {
     round2(kib as f64 / 1024.0)
 }
@@ -198,15 +221,7 @@ pub async fn memory(concurrent: usize, rounds: usize) -> anyhow::Result<Value> {
         std::thread::spawn(move || {
             let mut peak = 0u64;
             while on.load(std::sync::atomic::Ordering::Relaxed) {
-                let status =
-                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                if let Some(kib) = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                {
-                    peak = peak.max(kib);
-                }
+                peak = peak.max(rss_of(pid));
                 std::thread::sleep(Duration::from_millis(2));
             }
             peak
@@ -312,5 +327,107 @@ pub async fn startup(runs: usize) -> anyhow::Result<Value> {
         "p50_ms": round2(percentile(&postgres, 50.0)),
         "postgres_migrated": summary(&postgres),
         "sqlite_fresh": summary(&sqlite),
+    }))
+}
+
+/// A child process killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub async fn idle() -> anyhow::Result<Value> {
+    let db = TestDb::new(Backend::Postgres).await;
+    let grpc = free_port()?;
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let mut c = Command::new(binary()?);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("FACTEUR_")) {
+        c.env_remove(k);
+    }
+    let srv = c
+        .env("FACTEUR_DATABASE_URL", &db.url)
+        .env(
+            "FACTEUR_SERVER_GRPC_LISTEN_ADDRESS",
+            format!("127.0.0.1:{grpc}"),
+        )
+        .env("FACTEUR_SERVER_LISTEN_ADDRESS", http.to_string())
+        .env("RUST_LOG", "warn")
+        .envs(
+            ["MIMALLOC_PURGE_DELAY", "MIMALLOC_ARENA_EAGER_COMMIT"]
+                .map(|k| (k, std::env::var(k).unwrap_or_else(|_| "0".into()))),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut srv = Server { child: srv, http };
+    srv.ready().await?;
+    let control = format!("http://127.0.0.1:{grpc}");
+
+    let kube = facteur_tests::fake_kube::FakeKube::start().await;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: argo-workflows\ncurrent-context: fake\n",
+            kube.addr
+        ),
+    )?;
+    let quiet = |c: &mut Command| {
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .env("FACTEUR_CONTROL_PLANE_URL", &control)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+    };
+    let mut argo = Command::new(sibling("facteur-argo")?);
+    quiet(&mut argo);
+    let argo = Running(
+        argo.env("FACTEUR_KUBECONFIG", &kubeconfig)
+            .env("FACTEUR_ARGO_NAMESPACE", "argo-workflows")
+            .env(
+                "FACTEUR_ARGO_CALLBACK_LISTEN_ADDRESS",
+                format!("127.0.0.1:{}", free_port()?),
+            )
+            .spawn()?,
+    );
+    let mut discord = Command::new(sibling("facteur-discord")?);
+    quiet(&mut discord);
+    let discord = Running(
+        discord
+            .env("FACTEUR_DISCORD_BOT_TOKEN", "bench-bot-token")
+            .env("FACTEUR_DISCORD_APPLICATION_ID", "400000000000000001")
+            .env(
+                "FACTEUR_DISCORD_PUBLIC_KEY",
+                facteur_tests::discord::public_hex(),
+            )
+            .env("FACTEUR_DISCORD_API_BASE_URL", "http://127.0.0.1:9")
+            .env(
+                "FACTEUR_DISCORD_INTERACTIONS_LISTEN_ADDRESS",
+                format!("127.0.0.1:{}", free_port()?),
+            )
+            .spawn()?,
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss = [
+        ("server", srv.rss_kib()),
+        ("argo_adapter", rss_of(argo.0.id())),
+        ("discord_adapter", rss_of(discord.0.id())),
+    ];
+    for (name, kib) in rss {
+        anyhow::ensure!(kib > 0, "{name} is not running");
+    }
+    drop((argo, discord));
+    srv.stop()?;
+    Ok(json!({
+        "bench": "idle",
+        "server_rss_mib": mib(rss[0].1),
+        "argo_adapter_rss_mib": mib(rss[1].1),
+        "discord_adapter_rss_mib": mib(rss[2].1),
     }))
 }
