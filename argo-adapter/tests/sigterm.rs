@@ -19,15 +19,8 @@ use std::time::{Duration, Instant};
 
 const NS: &str = "argo-workflows";
 
-/// A kubeconfig naming the fake API server (plain HTTP, no credentials).
 fn kubeconfig(dir: &Path, kube: &FakeKube) -> PathBuf {
-    let path = dir.join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {NS}\ncurrent-context: fake\n",
-        kube.addr
-    );
-    std::fs::write(&path, text).expect("kubeconfig");
-    path
+    kube.write_kubeconfig(dir, NS).expect("kubeconfig")
 }
 
 /// A running `facteur-argo`, killed when dropped (a failing test leaves none behind).

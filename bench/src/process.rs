@@ -55,11 +55,14 @@ fn free_port() -> anyhow::Result<u16> {
 struct Server {
     child: Child,
     http: SocketAddr,
+    /// `http://…` of its gRPC listener.
+    grpc_url: String,
 }
 
 impl Server {
     fn spawn(database_url: &str) -> anyhow::Result<Server> {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let grpc = format!("127.0.0.1:{}", free_port()?);
         let mut c = Command::new(binary()?);
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("FACTEUR_")) {
             c.env_remove(k);
@@ -67,10 +70,7 @@ impl Server {
         let child = c
             .env("FACTEUR_DATABASE_URL", database_url)
             .env("FACTEUR_CODEX_IMPLEMENTATION_ORCHESTRATOR_ENABLED", "true")
-            .env(
-                "FACTEUR_SERVER_GRPC_LISTEN_ADDRESS",
-                format!("127.0.0.1:{}", free_port()?),
-            )
+            .env("FACTEUR_SERVER_GRPC_LISTEN_ADDRESS", &grpc)
             .env("FACTEUR_SERVER_LISTEN_ADDRESS", http.to_string())
             .env("RUST_LOG", "warn")
             // As the container image sets them (deploy/docker/Dockerfile), unless asked otherwise.
@@ -81,7 +81,11 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        Ok(Server { child, http })
+        Ok(Server {
+            child,
+            http,
+            grpc_url: format!("http://{grpc}"),
+        })
     }
 
     /// Waits for the first `200` from `/readyz`, asking every millisecond.
@@ -342,41 +346,13 @@ impl Drop for Running {
 
 pub async fn idle() -> anyhow::Result<Value> {
     let db = TestDb::new(Backend::Postgres).await;
-    let grpc = free_port()?;
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let mut c = Command::new(binary()?);
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("FACTEUR_")) {
-        c.env_remove(k);
-    }
-    let srv = c
-        .env("FACTEUR_DATABASE_URL", &db.url)
-        .env(
-            "FACTEUR_SERVER_GRPC_LISTEN_ADDRESS",
-            format!("127.0.0.1:{grpc}"),
-        )
-        .env("FACTEUR_SERVER_LISTEN_ADDRESS", http.to_string())
-        .env("RUST_LOG", "warn")
-        .envs(
-            ["MIMALLOC_PURGE_DELAY", "MIMALLOC_ARENA_EAGER_COMMIT"]
-                .map(|k| (k, std::env::var(k).unwrap_or_else(|_| "0".into()))),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut srv = Server { child: srv, http };
+    let mut srv = Server::spawn(&db.url)?;
     srv.ready().await?;
-    let control = format!("http://127.0.0.1:{grpc}");
+    let control = srv.grpc_url.clone();
 
     let kube = facteur_tests::fake_kube::FakeKube::start().await;
     let dir = tempfile::tempdir()?;
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: argo-workflows\ncurrent-context: fake\n",
-            kube.addr
-        ),
-    )?;
+    let kubeconfig = kube.write_kubeconfig(dir.path(), "argo-workflows")?;
     let quiet = |c: &mut Command| {
         c.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -95,6 +95,22 @@ fn merge(target: &mut Value, patch: &Value) {
 }
 
 impl FakeKube {
+    /// Writes a kubeconfig naming this server (plain HTTP, no credentials) with `namespace` as
+    /// its context's, for a real binary to read; returns its path (`dir/kubeconfig`).
+    pub fn write_kubeconfig(
+        &self,
+        dir: &std::path::Path,
+        namespace: &str,
+    ) -> std::io::Result<std::path::PathBuf> {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {namespace}\ncurrent-context: fake\n",
+            self.addr
+        );
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
     /// Starts on a free loopback port.
     pub async fn start() -> FakeKube {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

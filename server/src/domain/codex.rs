@@ -304,15 +304,18 @@ pub fn plan(
 /// the old service wrote it. WorkflowTemplates read that string.
 pub fn event_body(task_json: &str) -> String {
     match serde_json::from_str::<serde_json::Value>(task_json) {
-        Ok(mut v) => {
-            if let Some(o) = v.as_object_mut() {
-                o.insert("stage".into(), "implementation".into());
-            }
-            // serde_json's map is ordered by key: the output has sorted keys at every depth.
-            v.to_string()
-        }
+        Ok(v) => event_body_of(v),
         Err(_) => task_json.to_string(),
     }
+}
+
+/// [`event_body`] of the parsed task.
+fn event_body_of(mut v: serde_json::Value) -> String {
+    if let Some(o) = v.as_object_mut() {
+        o.insert("stage".into(), "implementation".into());
+    }
+    // serde_json's map is ordered by key: the output has sorted keys at every depth.
+    v.to_string()
 }
 
 /// Standard base64 with padding (what Go's `base64.StdEncoding` produced for these parameters).
@@ -350,18 +353,22 @@ pub fn expand_parameters(p: &mut BTreeMap<String, String>) -> Result<(), String>
             .map_err(|e| format!("rawEvent is not base64: {e}"))?;
         String::from_utf8(bytes).map_err(|e| format!("rawEvent is not UTF-8: {e}"))?
     };
-    for key in listed.split(',') {
-        let value = match key {
-            "eventBody" => base64(event_body(&task_json).as_bytes()),
-            "prompt" => serde_json::from_str::<serde_json::Value>(&task_json)
-                .map_err(|e| format!("rawEvent is not JSON: {e}"))?
-                .get("prompt")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_string(),
-            other => return Err(format!("`{other}` cannot be derived")),
-        };
-        p.insert(key.to_string(), value);
+    // Parsed once for both: the task can be megabytes.
+    let task: serde_json::Value =
+        serde_json::from_str(&task_json).map_err(|e| format!("rawEvent is not JSON: {e}"))?;
+    let keys: Vec<&str> = listed.split(',').collect();
+    if let Some(k) = keys.iter().find(|k| !DERIVED.contains(k)) {
+        return Err(format!("`{k}` cannot be derived"));
+    }
+    if keys.contains(&"prompt") {
+        let prompt = task
+            .get("prompt")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        p.insert("prompt".into(), prompt.to_string());
+    }
+    if keys.contains(&"eventBody") {
+        p.insert("eventBody".into(), base64(event_body_of(task).as_bytes()));
     }
     Ok(())
 }

@@ -216,6 +216,12 @@ struct CompletionQueue {
     writing: bool,
 }
 
+impl Completions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CompletionQueue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Most completions in one transaction.
 const COMPLETION_BATCH: usize = 64;
 
@@ -246,11 +252,7 @@ impl CompletionQueue {
 async fn write_completions(state: Arc<AppState>) {
     loop {
         let batch = {
-            let mut q = state
-                .completions
-                .queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut q = state.completions.lock();
             let batch = q.take();
             if batch.is_empty() {
                 q.writing = false;
@@ -301,11 +303,7 @@ pub async fn complete(
 ) -> Result<Run> {
     let (tx, rx) = oneshot::channel();
     let start = {
-        let mut q = state
-            .completions
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut q = state.completions.lock();
         q.waiting.push((
             Completion {
                 dispatch_id: dispatch_id.to_string(),

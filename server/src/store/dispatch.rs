@@ -69,12 +69,11 @@ async fn load_run<C: ConnectionTrait>(c: &C, id: &str) -> Result<Run> {
         .ok_or_else(|| Error::NotFound(format!("no run `{id}`")))
 }
 
-/// Locks the run row for the rest of the transaction and reads it: the first statement of every
-/// transaction that changes one run or its dispatches.
-async fn lock_run(txn: &DatabaseTransaction, id: &str) -> Result<Option<Run>> {
+/// On SQLite, takes the database write lock now (a write of run `id`, or of no row): deferred
+/// SQLite transactions take it on their first write, and a read followed by a lock upgrade that
+/// another writer refuses would fail. Nothing on Postgres, whose transactions lock rows.
+async fn sqlite_write_lock(txn: &DatabaseTransaction, id: &str) -> Result<()> {
     if txn.get_database_backend() == DatabaseBackend::Sqlite {
-        // Deferred SQLite transactions take the write lock on their first write: take it now,
-        // so that a read is never followed by a lock upgrade that another writer refuses.
         runs::Entity::update_many()
             .col_expr(runs::Column::Id, Expr::col(runs::Column::Id))
             .filter(runs::Column::Id.eq(id))
@@ -82,6 +81,13 @@ async fn lock_run(txn: &DatabaseTransaction, id: &str) -> Result<Option<Run>> {
             .await
             .map_err(errors::db)?;
     }
+    Ok(())
+}
+
+/// Locks the run row for the rest of the transaction and reads it: the first statement of every
+/// transaction that changes one run or its dispatches.
+async fn lock_run(txn: &DatabaseTransaction, id: &str) -> Result<Option<Run>> {
+    sqlite_write_lock(txn, id).await?;
     runs::Entity::find_by_id(id.to_string())
         .lock_exclusive()
         .one(txn)
@@ -419,16 +425,7 @@ async fn lease_in(
     max: usize,
 ) -> Result<Option<Vec<Leased>>> {
     let pg = txn.get_database_backend() == DatabaseBackend::Postgres;
-    if !pg {
-        // Deferred SQLite transactions take the write lock on their first write: take it now
-        // (an update of no row), so that no read here is followed by a refused lock upgrade.
-        runs::Entity::update_many()
-            .col_expr(runs::Column::Id, Expr::col(runs::Column::Id))
-            .filter(runs::Column::Id.eq(""))
-            .exec(txn)
-            .await
-            .map_err(errors::db)?;
-    }
+    sqlite_write_lock(txn, "").await?;
     let now = Utc::now();
     let due = sea_orm::Condition::any()
         .add(
@@ -728,15 +725,7 @@ async fn complete_in(
     policy: &DispatchPolicy,
 ) -> Result<Vec<Result<(Run, CompleteEffect)>>> {
     let pg = txn.get_database_backend() == DatabaseBackend::Postgres;
-    if !pg {
-        // The SQLite write lock first (see `lease_in`).
-        runs::Entity::update_many()
-            .col_expr(runs::Column::Id, Expr::col(runs::Column::Id))
-            .filter(runs::Column::Id.eq(""))
-            .exec(txn)
-            .await
-            .map_err(errors::db)?;
-    }
+    sqlite_write_lock(txn, "").await?;
     let ids = || items.iter().map(|c| c.dispatch_id.as_str());
     let run_ids: Vec<String> = dispatches::Entity::find()
         .filter(dispatches::Column::Id.is_in(ids()))
