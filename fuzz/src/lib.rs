@@ -47,8 +47,12 @@ pub fn codex_task(task: &CodexTask, config: &Config) {
     );
 
     if let Ok(plan) = codex::plan(task, "", config, facteur_proto::codex_task_json) {
-        assert_eq!(plan.parameters["rawEvent"], codex::base64(raw.as_bytes()));
-        assert_eq!(plan.parameters["eventBody"], codex::base64(body.as_bytes()));
+        let p = plan
+            .workflow_parameters()
+            .unwrap_or_else(|e| panic!("parameters not made from the task ({e}): {raw}"));
+        assert_eq!(p["rawEvent"], codex::base64(raw.as_bytes()));
+        assert_eq!(p["eventBody"], codex::base64(body.as_bytes()));
+        assert_eq!(p["prompt"], task.prompt);
         assert!(!plan.delivery_id.is_empty());
     }
 }

@@ -70,8 +70,12 @@ pub mod workflow {
 /// names, 64-bit integers as strings, unset fields omitted). A stage number that names no
 /// enum value is written as that number, as protojson does (pbjson would refuse the whole task).
 pub fn codex_task_json(task: &froussard::CodexTask) -> String {
-    let json = if froussard::CodexTaskStage::try_from(task.stage).is_ok() {
-        serde_json::to_string(task)
+    let mut json = if froussard::CodexTaskStage::try_from(task.stage).is_ok() {
+        // Sized for the task (its text, quoted, a little longer) so that rendering a
+        // megabytes-long prompt does not grow, copy and double the buffer as it goes.
+        let mut out = Vec::with_capacity(prost::Message::encoded_len(task) / 16 * 17 + 512);
+        serde_json::to_writer(&mut out, task)
+            .map(|()| String::from_utf8(out).unwrap_or_else(|_| "{}".into()))
     } else {
         // `stage` is field 1, so protojson writes it first.
         let known = froussard::CodexTask {
@@ -85,13 +89,17 @@ pub fn codex_task_json(task: &froussard::CodexTask) -> String {
     }
     .unwrap_or_else(|_| "{}".into());
     // pbjson writes `+00:00`; protojson writes `Z` with 0, 3, 6 or 9 fractional digits.
-    match &task.issued_at {
-        Some(ts) => match serde_json::to_string(ts) {
-            Ok(theirs) => json.replacen(&theirs, &format!("\"{}\"", protojson_timestamp(ts)), 1),
-            Err(_) => json,
-        },
-        None => json,
+    // Replaced where it stands (the rest of the text is not copied).
+    if let Some(ts) = &task.issued_at
+        && let Ok(theirs) = serde_json::to_string(ts)
+        && let Some(at) = json.find(&theirs)
+    {
+        json.replace_range(
+            at..at + theirs.len(),
+            &format!("\"{}\"", protojson_timestamp(ts)),
+        );
     }
+    json
 }
 
 /// A Timestamp as protojson renders it: `2025-10-30T20:55:00Z`, `…:00.120Z`, `…:00.000001Z`

@@ -82,6 +82,42 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 /// Largest accepted CodexTask body.
 const MAX_TASK_BODY: usize = 4 * 1024 * 1024;
 
+/// Why a request body was not read.
+enum BodyError {
+    /// Longer than allowed (declared or sent).
+    TooLarge,
+    /// The connection failed while it was read.
+    Unreadable(axum::Error),
+}
+
+/// Reads a body of at most `limit` bytes into one buffer sized from its `content-length`: each
+/// chunk is copied in as it arrives and dropped, so the body is held once, and a body declared
+/// too large is refused before it is read.
+async fn read_body(
+    body: axum::body::Body,
+    headers: &axum::http::HeaderMap,
+    limit: usize,
+) -> Result<Vec<u8>, BodyError> {
+    use futures::StreamExt as _;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut out = Vec::with_capacity(declared.unwrap_or(0));
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(BodyError::Unreadable)?;
+        if out.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 fn json_error(code: StatusCode, message: impl Into<String>) -> Response {
     (code, Json(json!({"error": message.into()}))).into_response()
 }
@@ -148,13 +184,20 @@ async fn codex_tasks(
         Ok(p) => p,
         Err(r) => return *r,
     };
-    let bytes = match axum::body::to_bytes(body, MAX_TASK_BODY).await {
+    let bytes = match read_body(body, &headers, MAX_TASK_BODY).await {
         Ok(b) => b,
-        Err(_) => {
+        Err(BodyError::TooLarge) => {
             reject(&state, "too_large");
             return json_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("body is larger than {MAX_TASK_BODY} bytes"),
+            );
+        }
+        Err(BodyError::Unreadable(e)) => {
+            reject(&state, "undecodable");
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("body could not be read: {e}"),
             );
         }
     };
@@ -174,6 +217,8 @@ async fn codex_tasks(
     } else {
         <CodexTask as prost::Message>::decode(bytes.as_ref()).map_err(|e| e.to_string())
     };
+    // Decoded, the body is not needed: a 4 MiB task is not held twice from here on.
+    drop(bytes);
     let task = match decoded {
         Ok(t) => t,
         Err(e) => {
@@ -189,16 +234,11 @@ async fn codex_tasks(
             );
         }
     };
-    match ingest(&state, &task, "", &principal).await {
+    match ingest(&state, task, "", &principal).await {
         Ok(a) => {
-            let namespace = a
-                .run
-                .as_ref()
-                .map(|r| r.namespace.clone())
-                .unwrap_or_default();
             let body = json!({
                 "stage": "implementation",
-                "namespace": namespace,
+                "namespace": a.namespace,
                 "workflowName": a.workflow_name,
                 "submittedAt": a.submitted_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 "duplicate": a.duplicate,

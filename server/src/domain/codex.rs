@@ -26,7 +26,9 @@ pub struct CodexPlan {
     pub service_account: String,
     /// Prefix of the Workflow name (the run id completes it).
     pub workflow_name_prefix: String,
-    /// Workflow parameters (names keep their case).
+    /// Workflow parameters (names keep their case), but for the three that are the task again
+    /// (`prompt`, `eventBody`, `rawEvent`): those are made from `task_json`
+    /// ([`CodexPlan::workflow_parameters`]).
     pub parameters: BTreeMap<String, String>,
     /// `owner/name`.
     pub repository: String,
@@ -36,6 +38,25 @@ pub struct CodexPlan {
     pub stage: &'static str,
     /// The task as proto-JSON (the `ideas.payload` and the source of `rawEvent`).
     pub task_json: String,
+}
+
+impl CodexPlan {
+    /// The run's parameters as stored, but for the task itself: the plan's own and, under
+    /// [`DERIVED_PARAMETERS`], the three made from the task, which the store keeps under
+    /// [`TASK_PARAMETER`].
+    pub fn stored_parameters(&self) -> BTreeMap<String, String> {
+        let mut p = self.parameters.clone();
+        p.insert(DERIVED_PARAMETERS.into(), FROM_TASK.join(","));
+        p
+    }
+
+    /// Every Workflow parameter of the run, as a read of the stored run gives them.
+    pub fn workflow_parameters(&self) -> Result<BTreeMap<String, String>, String> {
+        let mut p = self.stored_parameters();
+        p.insert(TASK_PARAMETER.into(), self.task_json.clone());
+        expand_parameters(&mut p)?;
+        Ok(p)
+    }
 }
 
 /// Why a task was refused (also the metric label).
@@ -263,7 +284,6 @@ pub fn plan(
             task.base.clone()
         },
     );
-    p.insert("prompt".into(), task.prompt.clone());
     p.insert(
         "implementation_iterations".into(),
         iterations(task).to_string(),
@@ -278,12 +298,9 @@ pub fn plan(
     if !c.judge_prompt.is_empty() {
         p.insert("judge_prompt".into(), c.judge_prompt.clone());
     }
+    // `prompt`, `eventBody` and `rawEvent` are the task again: made from `task_json` when the
+    // run is read (`CodexPlan::stored_parameters`, `expand_parameters`), never held twice.
     let task_json = proto_json(task);
-    p.insert(
-        "eventBody".into(),
-        base64(event_body(&task_json).as_bytes()),
-    );
-    p.insert("rawEvent".into(), base64(task_json.as_bytes()));
 
     Ok(CodexPlan {
         delivery_id,
@@ -318,18 +335,26 @@ fn event_body_of(mut v: serde_json::Value) -> String {
     v.to_string()
 }
 
-/// Standard base64 with padding (what Go's `base64.StdEncoding` produced for these parameters).
-/// The key that lists, in stored parameters, those left out because `rawEvent` gives them.
+/// The key that lists, in stored parameters, those left out because the task gives them.
 pub const DERIVED_PARAMETERS: &str = "facteur:derived";
 
-/// Parameters of a Codex run that are the task again: `eventBody` (the task's proto-JSON with
-/// its stage set, base64) and `prompt` (its prompt). Stored, a 4 MiB task would be kept four
-/// times over with `rawEvent` (base64 of the proto-JSON) and `codex_kb.ideas.payload`.
-const DERIVED: [&str; 2] = ["eventBody", "prompt"];
+/// The key under which a Codex run's stored parameters keep the task's proto-JSON, from which
+/// `rawEvent`, `eventBody` and `prompt` are made when the run is read.
+pub const TASK_PARAMETER: &str = "facteur:task";
+
+/// Parameters of a Codex run that are the task again: `rawEvent` (base64 of its proto-JSON),
+/// `eventBody` (the same with its stage set, base64) and `prompt`. Stored, a 4 MiB task would be
+/// kept four times over with `codex_kb.ideas.payload`; the run keeps the proto-JSON once.
+const FROM_TASK: [&str; 3] = ["eventBody", "prompt", "rawEvent"];
+
+/// Of those, the ones runs stored before [`TASK_PARAMETER`] (and retries of Codex runs) leave
+/// out, `rawEvent` being kept.
+const FROM_RAW_EVENT: [&str; 2] = ["eventBody", "prompt"];
 
 /// Which of `p`'s parameters storage may leave out, to be made again from `rawEvent` by
-/// [`expand_parameters`]: those of [`DERIVED`] present in a Codex run's parameters (the plan made
-/// them from the task, so they are what `rawEvent` gives). Nothing for other runs.
+/// [`expand_parameters`]: those of [`FROM_RAW_EVENT`] present in a Codex run's parameters that
+/// carry `rawEvent` (a retry copies them from the run it retries, which made them from the
+/// task). Nothing for other runs.
 pub fn derived_parameters(
     source: crate::domain::RunSource,
     p: &BTreeMap<String, String>,
@@ -337,29 +362,42 @@ pub fn derived_parameters(
     if source != crate::domain::RunSource::Codex || !p.contains_key("rawEvent") {
         return Vec::new();
     }
-    DERIVED.into_iter().filter(|k| p.contains_key(*k)).collect()
+    FROM_RAW_EVENT
+        .into_iter()
+        .filter(|k| p.contains_key(*k))
+        .collect()
 }
 
-/// Puts back the parameters listed under [`DERIVED_PARAMETERS`] (stored parameters, as read).
+/// Puts back the parameters listed under [`DERIVED_PARAMETERS`] (stored parameters, as read),
+/// from the task kept under [`TASK_PARAMETER`] or, for runs stored without it, from `rawEvent`.
 pub fn expand_parameters(p: &mut BTreeMap<String, String>) -> Result<(), String> {
     let Some(listed) = p.remove(DERIVED_PARAMETERS) else {
         return Ok(());
     };
-    let raw = p.get("rawEvent").ok_or("rawEvent is missing")?;
-    let task_json = {
-        use base64::Engine as _;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(raw)
-            .map_err(|e| format!("rawEvent is not base64: {e}"))?;
-        String::from_utf8(bytes).map_err(|e| format!("rawEvent is not UTF-8: {e}"))?
+    let keys: Vec<&str> = listed.split(',').collect();
+    if let Some(k) = keys.iter().find(|k| !FROM_TASK.contains(k)) {
+        return Err(format!("`{k}` cannot be derived"));
+    }
+    let task_json = match p.remove(TASK_PARAMETER) {
+        Some(t) => t,
+        None if keys.contains(&"rawEvent") => {
+            return Err(format!(
+                "rawEvent is derived but {TASK_PARAMETER} is missing"
+            ));
+        }
+        None => {
+            let raw = p.get("rawEvent").ok_or("rawEvent is missing")?;
+            let bytes = decode_base64(raw).map_err(|e| format!("rawEvent is not base64: {e}"))?;
+            String::from_utf8(bytes).map_err(|e| format!("rawEvent is not UTF-8: {e}"))?
+        }
     };
     // Parsed once for both: the task can be megabytes.
     let task: serde_json::Value =
-        serde_json::from_str(&task_json).map_err(|e| format!("rawEvent is not JSON: {e}"))?;
-    let keys: Vec<&str> = listed.split(',').collect();
-    if let Some(k) = keys.iter().find(|k| !DERIVED.contains(k)) {
-        return Err(format!("`{k}` cannot be derived"));
+        serde_json::from_str(&task_json).map_err(|e| format!("the task is not JSON: {e}"))?;
+    if keys.contains(&"rawEvent") {
+        p.insert("rawEvent".into(), base64(task_json.as_bytes()));
     }
+    drop(task_json);
     if keys.contains(&"prompt") {
         let prompt = task
             .get("prompt")
@@ -373,6 +411,28 @@ pub fn expand_parameters(p: &mut BTreeMap<String, String>) -> Result<(), String>
     Ok(())
 }
 
+/// A digest of a task's proto-JSON: tells a replayed delivery that carries other content from
+/// one that carries the same, without keeping the first one's task in memory.
+pub fn task_digest(task_json: &[u8]) -> u64 {
+    use std::hash::Hasher as _;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write(task_json);
+    h.finish()
+}
+
+/// Whether a Codex run's parameters (as read) carry the task whose digest is `digest`.
+pub fn carries_task(p: &BTreeMap<String, String>, digest: u64) -> bool {
+    p.get("rawEvent")
+        .and_then(|raw| decode_base64(raw).ok())
+        .is_some_and(|task| task_digest(&task) == digest)
+}
+
+fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(text)
+}
+
+/// Standard base64 with padding (what Go's `base64.StdEncoding` produced for these parameters).
 pub fn base64(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -501,12 +561,21 @@ mod tests {
         let mut t = task();
         t.iteration_cycle = Some(2);
         t.stage = CodexTaskStage::Implementation as i32;
-        let p = plan(&t, "", &c, json).expect("plan").parameters;
+        let planned = plan(&t, "", &c, json).expect("plan");
+        for k in FROM_TASK {
+            assert!(
+                !planned.parameters.contains_key(k),
+                "{k} is made from the task"
+            );
+        }
+        let p = planned.workflow_parameters().expect("parameters");
+        assert_eq!(p.len(), planned.parameters.len() + 3);
         assert_eq!(p["repository"], "proompteng/lab");
         assert_eq!(p["issue_number"], "1635");
         assert_eq!(p["base"], "main");
         assert_eq!(p["head"], "codex/x");
-        assert_eq!(p["prompt"], "do it");
+        // Made from the rendered task, which this renderer leaves without one.
+        assert_eq!(p["prompt"], "");
         assert_eq!(p["implementation_iterations"], "1");
         assert_eq!(p["iteration_cycle"], "2");
         assert_eq!(p["judge_prompt"], "judge");
@@ -554,40 +623,65 @@ mod tests {
     }
 
     #[test]
-    fn derived_parameters_are_made_again_from_raw_event() {
-        let mut c = config();
-        c.codex_implementation_orchestrator.enabled = true;
+    fn parameters_made_from_the_task_are_made_again_from_it() {
+        let c = config();
         let mut t = task();
-        t.stage = CodexTaskStage::Implementation as i32;
         t.prompt = "line one\nline \"two\" ✓".into();
-        let p = plan(&t, "", &c, facteur_proto::codex_task_json)
-            .expect("plan")
-            .parameters;
+        let planned = plan(&t, "", &c, facteur_proto::codex_task_json).expect("plan");
+        let p = planned.workflow_parameters().expect("parameters");
+        assert_eq!(p["prompt"], t.prompt);
+        assert_eq!(p["rawEvent"], base64(planned.task_json.as_bytes()));
+        let body: serde_json::Value =
+            serde_json::from_slice(&decode_base64(&p["eventBody"]).expect("base64")).expect("json");
+        assert_eq!(body["stage"], "implementation");
+        assert_eq!(body["prompt"], t.prompt.as_str());
+        // Stored: the plan's own, the task once, the list of what it gives.
+        let mut stored = planned.stored_parameters();
+        assert_eq!(stored[DERIVED_PARAMETERS], "eventBody,prompt,rawEvent");
+        stored.insert(TASK_PARAMETER.into(), planned.task_json.clone());
+        expand_parameters(&mut stored).expect("expand");
+        assert_eq!(stored, p, "read back as planned");
+
+        // Runs stored before the task was kept (and retries) kept `rawEvent`.
         let left_out = derived_parameters(crate::domain::RunSource::Codex, &p);
         assert_eq!(left_out, ["eventBody", "prompt"]);
-        let mut stored: BTreeMap<String, String> = p
+        let mut old: BTreeMap<String, String> = p
             .iter()
             .filter(|(k, _)| !left_out.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        stored.insert(DERIVED_PARAMETERS.into(), left_out.join(","));
-        expand_parameters(&mut stored).expect("expand");
-        assert_eq!(stored, p, "read back as planned");
+        old.insert(DERIVED_PARAMETERS.into(), left_out.join(","));
+        expand_parameters(&mut old).expect("expand");
+        assert_eq!(old, p, "read back as planned");
+
         // An empty prompt is left out of the proto-JSON, and made again empty.
         t.prompt = String::new();
         let p = plan(&t, "", &c, facteur_proto::codex_task_json)
             .expect("plan")
-            .parameters;
-        let mut stored = p.clone();
-        stored.remove("prompt");
-        stored.remove("eventBody");
-        stored.insert(DERIVED_PARAMETERS.into(), "eventBody,prompt".into());
-        expand_parameters(&mut stored).expect("expand");
-        assert_eq!(stored, p);
-        // Other runs keep every parameter; an unknown name is refused, not guessed.
+            .workflow_parameters()
+            .expect("parameters");
+        assert_eq!(p["prompt"], "");
+
+        // Other runs keep every parameter; an unknown name is refused, not guessed; `rawEvent`
+        // is made only from a stored task.
         assert!(derived_parameters(crate::domain::RunSource::Admin, &p).is_empty());
         let mut bad = p.clone();
         bad.insert(DERIVED_PARAMETERS.into(), "payload".into());
         assert!(expand_parameters(&mut bad).is_err());
+        let mut bad = p.clone();
+        bad.insert(DERIVED_PARAMETERS.into(), "rawEvent".into());
+        assert!(expand_parameters(&mut bad).is_err());
+    }
+
+    #[test]
+    fn a_replay_is_told_by_its_task() {
+        let planned = plan(&task(), "", &config(), facteur_proto::codex_task_json).expect("plan");
+        let p = planned.workflow_parameters().expect("parameters");
+        assert!(carries_task(&p, task_digest(planned.task_json.as_bytes())));
+        let mut other = task();
+        other.prompt = "do something else".into();
+        let other = plan(&other, "", &config(), facteur_proto::codex_task_json).expect("plan");
+        assert!(!carries_task(&p, task_digest(other.task_json.as_bytes())));
+        assert!(!carries_task(&BTreeMap::new(), task_digest(b"{}")));
     }
 }

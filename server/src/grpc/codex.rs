@@ -43,15 +43,14 @@ impl CodexService for CodexApi {
             reject(&self.0, Rejection::MissingDeliveryId.as_str());
             return Err(Status::invalid_argument("task is required"));
         };
-        let a = ingest(&self.0, &task, &r.delivery_id, &principal.name).await?;
-        let run = a.run.as_ref();
+        let a = ingest(&self.0, task, &r.delivery_id, &principal.name).await?;
         Ok(Response::new(pb::SubmitTaskResponse {
             idea_id: a.idea_id,
             task_id: a.task_id,
             task_run_id: a.task_run_id,
-            run_id: run.map(|r| r.id.clone()).unwrap_or_default(),
+            run_id: a.run_id.unwrap_or_default(),
             stage: "implementation".into(),
-            namespace: run.map(|r| r.namespace.clone()).unwrap_or_default(),
+            namespace: a.namespace,
             workflow_name: a.workflow_name,
             submitted_at: Some(convert::ts(a.submitted_at)),
             duplicate: a.duplicate,

@@ -2,16 +2,17 @@
 //! `POST /codex/tasks`: validate, plan, record and start, count.
 
 use crate::domain::Result;
-use crate::domain::codex::plan;
+use crate::domain::codex::{carries_task, plan, task_digest};
 use crate::state::AppState;
 use crate::store::codex::CodexAccepted;
 use facteur_proto::froussard::CodexTask;
 use std::time::Instant;
 
-/// Validates, records and starts one task; counts it. Shared by gRPC and HTTP.
+/// Validates, records and starts one task; counts it. Shared by gRPC and HTTP. Takes the task:
+/// once planned, it is dropped, and its proto-JSON is all that is kept (and stored).
 pub async fn ingest(
     state: &AppState,
-    task: &CodexTask,
+    task: CodexTask,
     delivery_override: &str,
     principal: &str,
 ) -> Result<CodexAccepted> {
@@ -25,7 +26,7 @@ pub async fn ingest(
     let _guard = span.enter();
     let m = &state.metrics;
     let planned = plan(
-        task,
+        &task,
         delivery_override,
         &state.config,
         facteur_proto::codex_task_json,
@@ -38,29 +39,32 @@ pub async fn ingest(
             return Err(e);
         }
     };
+    drop(task);
     let trace_parent = facteur_config::telemetry::current_traceparent().unwrap_or_default();
     drop(_guard);
+    let delivery_id = plan.delivery_id.clone();
+    let digest = task_digest(plan.task_json.as_bytes());
     let accepted = state
         .store
-        .submit_codex(&plan, principal, trace_parent)
+        .submit_codex(plan, principal, trace_parent)
         .await?;
     if accepted.duplicate {
         m.add(crate::metrics::Metric::CodexTasksDuplicate, vec![], 1);
         // A redelivery answers with the original whatever it carries (the old service's
         // behaviour); one whose task differs from what was first recorded is counted and said.
-        let first = accepted
-            .run
+        let differs = accepted
+            .original
             .as_ref()
-            .and_then(|r| r.parameters.get("rawEvent"));
-        if first.is_some() && first != plan.parameters.get("rawEvent") {
+            .is_some_and(|r| !carries_task(&r.parameters, digest));
+        if differs {
             m.add(crate::metrics::Metric::CodexTasksReplayDiffers, vec![], 1);
-            tracing::warn!(delivery_id = %plan.delivery_id, "codex task replayed with other content; answering with the original, the new content is not used");
+            tracing::warn!(delivery_id = %delivery_id, "codex task replayed with other content; answering with the original, the new content is not used");
         } else {
-            tracing::info!(delivery_id = %plan.delivery_id, "codex task replayed; answering with the original");
+            tracing::info!(delivery_id = %delivery_id, "codex task replayed; answering with the original");
         }
     } else {
         m.add(crate::metrics::Metric::CodexTasksAccepted, vec![], 1);
-        tracing::info!(delivery_id = %plan.delivery_id, workflow = %accepted.workflow_name, "codex task accepted");
+        tracing::info!(delivery_id = %delivery_id, workflow = %accepted.workflow_name, "codex task accepted");
         state.wake_dispatchers();
     }
     m.observe(

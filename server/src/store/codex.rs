@@ -12,7 +12,7 @@
 use super::codex_batch::Row;
 use super::errors;
 use super::{Inserted, Store, insert_run};
-use crate::domain::codex::CodexPlan;
+use crate::domain::codex::{CodexPlan, TASK_PARAMETER};
 use crate::domain::run::{NewRun, Requester, Run, RunSource, RunStatus};
 use crate::domain::{Error, Result};
 use chrono::{DateTime, SubsecRound, Utc};
@@ -31,8 +31,12 @@ pub struct CodexAccepted {
     pub task_id: String,
     /// `task_runs.id`.
     pub task_run_id: String,
-    /// The run (absent for a delivery the old service recorded without one).
-    pub run: Option<Run>,
+    /// The run's id (absent for a delivery the old service recorded without a run).
+    pub run_id: Option<String>,
+    /// The run's namespace (empty without a run).
+    pub namespace: String,
+    /// A replayed delivery's run as first recorded (its parameters carry the first task).
+    pub original: Option<Run>,
     /// When the delivery was first accepted.
     pub submitted_at: DateTime<Utc>,
     /// The delivery id had been accepted before.
@@ -207,9 +211,10 @@ fn text(row: &QueryResult, column: &str) -> Result<String> {
 
 impl Store {
     /// Records a task and starts its run, or finds the original for a replayed delivery id.
+    /// Takes the plan: its task (megabytes, maybe) goes into the statement, not copied.
     pub async fn submit_codex(
         &self,
-        plan: &CodexPlan,
+        plan: CodexPlan,
         principal: &str,
         trace_parent: String,
     ) -> Result<CodexAccepted> {
@@ -229,7 +234,22 @@ impl Store {
         let source_ref = format!("{}#{}", plan.repository, plan.issue_number);
         let task_meta = serde_json::json!({"repository": plan.repository, "issue_number": plan.issue_number, "delivery_id": plan.delivery_id});
         let run_meta = serde_json::json!({"facteur_run_id": run_id.to_string(), "workflow_name": workflow_name, "namespace": plan.namespace, "workflow_template": plan.workflow_template});
+        let accepted = |ids: (String, String, String)| CodexAccepted {
+            idea_id: ids.0,
+            task_id: ids.1,
+            task_run_id: ids.2,
+            run_id: Some(run_id.to_string()),
+            namespace: plan.namespace.clone(),
+            original: None,
+            submitted_at: at,
+            duplicate: false,
+            workflow_name: workflow_name.clone(),
+        };
 
+        // The run's parameters as stored: the plan's own, the list of those the task gives, and
+        // the task itself (`TASK_PARAMETER`) — added by the Postgres statement from the
+        // payload it binds once, here for SQLite.
+        let mut parameters = plan.stored_parameters();
         let new = NewRun {
             idempotency_key: run_key(&plan.delivery_id),
             command: format!("codex:{}", plan.stage),
@@ -243,17 +263,19 @@ impl Store {
             workflow_template: plan.workflow_template.clone(),
             service_account: plan.service_account.clone(),
             workflow_name_prefix: plan.workflow_name_prefix.clone(),
-            parameters: plan.parameters.clone(),
+            parameters: Default::default(),
             parent_run_id: None,
             trace_parent,
         };
         if let Some(batcher) = &self.codex_batch {
-            let params = super::stored_parameters(&new)?;
+            let params = serde_json::to_string(&parameters)
+                .map_err(|e| Error::Internal(format!("parameters: {e}")))?;
+            let event = super::created_payload(&new).to_string();
             let row = Row {
                 ord: 0,
                 idea_id: uuid::Uuid::new_v4().to_string(),
                 source_ref,
-                payload: plan.task_json.clone(),
+                payload: plan.task_json,
                 task_id: uuid::Uuid::new_v4().to_string(),
                 stage: plan.stage.to_string(),
                 task_meta: task_meta.to_string(),
@@ -262,17 +284,17 @@ impl Store {
                 run_meta: run_meta.to_string(),
                 delivery_id: plan.delivery_id.clone(),
                 run_id: run_id.to_string(),
-                idem: new.idempotency_key.clone(),
-                command: new.command.clone(),
+                idem: new.idempotency_key,
+                command: new.command,
                 principal: principal.to_string(),
-                display_name: new.requester.display_name.clone(),
-                namespace: new.namespace.clone(),
-                template: new.workflow_template.clone(),
-                service_account: new.service_account.clone(),
+                display_name: new.requester.display_name,
+                namespace: new.namespace,
+                template: new.workflow_template,
+                service_account: new.service_account,
                 params,
-                traceparent: new.trace_parent.clone(),
+                traceparent: new.trace_parent,
                 dispatch_id: uuid::Uuid::now_v7().to_string(),
-                event: super::created_payload(&new).to_string(),
+                event,
                 now: now.clone(),
             };
             let Some(w) = batcher.submit(row).await? else {
@@ -284,42 +306,7 @@ impl Store {
                         Error::Internal("delivery conflicted but is not recorded".into())
                     });
             };
-            // The run as the statement wrote it.
-            let run = Run {
-                id: run_id.to_string(),
-                idempotency_key: new.idempotency_key,
-                command: new.command,
-                source: RunSource::Codex,
-                status: RunStatus::Queued,
-                requester: new.requester,
-                namespace: new.namespace,
-                workflow_template: new.workflow_template,
-                service_account: new.service_account,
-                workflow_name: workflow_name.clone(),
-                workflow_uid: String::new(),
-                parameters: new.parameters,
-                message: String::new(),
-                progress: String::new(),
-                workflow_phase: String::new(),
-                parent_run_id: None,
-                attempts: 0,
-                created_at: at,
-                updated_at: at,
-                started_at: None,
-                finished_at: None,
-                cancel_requested_at: None,
-                steps: Default::default(),
-                trace_parent: new.trace_parent,
-            };
-            return Ok(CodexAccepted {
-                idea_id: w.idea_id,
-                task_id: w.task_id,
-                task_run_id: w.task_run_id,
-                submitted_at: at,
-                duplicate: false,
-                workflow_name,
-                run: Some(run),
-            });
+            return Ok(accepted((w.idea_id, w.task_id, w.task_run_id)));
         }
         let kb = Kb(b);
         let txn = self.db.begin().await.map_err(errors::db)?;
@@ -347,6 +334,7 @@ impl Store {
         let idea_id = kb
             .returned_id(txn.query_one(&idea).await.map_err(errors::db)?)?
             .ok_or_else(|| Error::Internal("idea upsert returned nothing".into()))?;
+        drop(idea);
         let task = kb
             .insert(
                 "tasks",
@@ -401,6 +389,8 @@ impl Store {
                 .await?
                 .ok_or_else(|| Error::Internal("delivery conflicted but is not recorded".into()));
         };
+        parameters.insert(TASK_PARAMETER.into(), plan.task_json);
+        let new = NewRun { parameters, ..new };
         match insert_run(&txn, run_id, &new, principal, at).await {
             Ok(()) => {}
             Err(Inserted::Duplicate(e)) => {
@@ -413,16 +403,7 @@ impl Store {
             Err(Inserted::Failed(e)) => return Err(e),
         }
         txn.commit().await.map_err(errors::db)?;
-        let run = self.get_run(&run_id.to_string()).await?;
-        Ok(CodexAccepted {
-            idea_id,
-            task_id,
-            task_run_id,
-            submitted_at: at,
-            duplicate: false,
-            workflow_name,
-            run,
-        })
+        Ok(accepted((idea_id, task_id, task_run_id)))
     }
 
     /// The recorded submission of a delivery id (`duplicate: true`), if any.
@@ -439,7 +420,13 @@ impl Store {
             idea_id: r.idea_id,
             task_id: r.task_id,
             task_run_id: r.task_run_id,
-            run: r.run,
+            run_id: r.run.as_ref().map(|run| run.id.clone()),
+            namespace: r
+                .run
+                .as_ref()
+                .map(|run| run.namespace.clone())
+                .unwrap_or_default(),
+            original: r.run,
             submitted_at: r.created_at,
             duplicate: true,
             workflow_name,

@@ -20,7 +20,7 @@ use super::errors;
 use crate::domain::{Error, Result};
 use sea_orm::DatabaseConnection;
 use sea_orm::sqlx::pool::PoolConnection;
-use sea_orm::sqlx::postgres::{PgPool, PgRow, Postgres};
+use sea_orm::sqlx::postgres::{PgArguments, PgPool, PgRow, Postgres};
 use sea_orm::sqlx::{self, Row as _};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -45,8 +45,8 @@ pub struct Row {
     pub idea_id: String,
     /// `<repo>#<issue>`.
     pub source_ref: String,
-    /// The task as proto-JSON (`ideas.payload`), as rendered once for the parameters.
-    #[serde(serialize_with = "raw_json")]
+    /// The task as proto-JSON, as rendered once: `ideas.payload`, and the run's parameters'
+    /// `facteur:task` (the statement puts it there; bound once, not twice).
     pub payload: String,
     /// New `tasks.id`.
     pub task_id: String,
@@ -80,7 +80,7 @@ pub struct Row {
     pub template: String,
     /// Service account.
     pub service_account: String,
-    /// Parameters as stored (JSON text).
+    /// Parameters as stored but for the task (JSON text), which the statement adds.
     pub params: String,
     /// W3C traceparent.
     pub traceparent: String,
@@ -124,7 +124,7 @@ pub const SUBMIT_ONE: &str = "WITH seen AS (
     SELECT 1 FROM codex_kb.task_runs WHERE delivery_id = $11 LIMIT 1),
 idea AS (
     INSERT INTO codex_kb.ideas (id, source_type, source_ref, priority, status, risk_flags, payload, created_at, updated_at)
-    SELECT $1::uuid, 'github_issue', $2, 0, 'received', '{}', $3::jsonb, $4::timestamptz, $4::timestamptz
+    SELECT $1::uuid, 'github_issue', $2, 0, 'received', '{}', $3::text::jsonb, $4::timestamptz, $4::timestamptz
     WHERE NOT EXISTS (SELECT 1 FROM seen)
     ON CONFLICT (source_type, source_ref) DO UPDATE SET payload = excluded.payload, updated_at = excluded.updated_at
     RETURNING id),
@@ -143,7 +143,8 @@ run AS (
         channel_id, requester_name, namespace, workflow_template, service_account, workflow_name, workflow_uid, parameters,
         message, progress, workflow_phase, parent_run_id, attempts, created_at, updated_at, started_at, finished_at,
         cancel_requested_at, cancel_mode, trace_parent)
-    SELECT $12, $13, $14, 'codex', 'queued', $15, '', '', '', $16, $17, $18, $19, $9, '', $20, '', '', '', NULL, 0,
+    SELECT $12, $13, $14, 'codex', 'queued', $15, '', '', '', $16, $17, $18, $19, $9, '', 
+        jsonb_set($20::jsonb, '{facteur:task}', to_jsonb($3::text))::text, '', '', '', NULL, 0,
         $4::timestamptz, $4::timestamptz, NULL, NULL, NULL, '', $21 FROM tr
     RETURNING id),
 disp AS (
@@ -156,40 +157,49 @@ ev AS (
 SELECT 0 AS ord, (SELECT id::text FROM idea) AS idea_id, (SELECT id::text FROM task) AS task_id,
     (SELECT id::text FROM tr) AS task_run_id";
 
-/// [`SUBMIT_ONE`] with its values bound, in order.
-fn submit_one(r: &Row) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
-    [
-        &r.idea_id,
-        &r.source_ref,
-        &r.payload,
-        &r.now,
-        &r.task_id,
-        &r.stage,
-        &r.task_meta,
-        &r.task_run_id,
-        &r.workflow_name,
-        &r.run_meta,
-        &r.delivery_id,
-        &r.run_id,
-        &r.idem,
-        &r.command,
-        &r.principal,
-        &r.display_name,
-        &r.namespace,
-        &r.template,
-        &r.service_account,
-        &r.params,
-        &r.traceparent,
-        &r.dispatch_id,
-        &r.event,
-    ]
-    .into_iter()
-    .fold(sqlx::query(SUBMIT_ONE), |q, v| q.bind(v.clone()))
+/// [`SUBMIT_ONE`] with the row's values bound, in order. Each value is moved into the
+/// statement's buffer (sized beforehand, so it never grows and copies itself) and dropped there:
+/// a task of megabytes is not held twice while it is bound.
+fn submit_one(r: Row) -> Result<sqlx::query::Query<'static, Postgres, PgArguments>> {
+    use sqlx::Arguments as _;
+    let values = [
+        r.idea_id,
+        r.source_ref,
+        r.payload,
+        r.now,
+        r.task_id,
+        r.stage,
+        r.task_meta,
+        r.task_run_id,
+        r.workflow_name,
+        r.run_meta,
+        r.delivery_id,
+        r.run_id,
+        r.idem,
+        r.command,
+        r.principal,
+        r.display_name,
+        r.namespace,
+        r.template,
+        r.service_account,
+        r.params,
+        r.traceparent,
+        r.dispatch_id,
+        r.event,
+    ];
+    let mut args = PgArguments::default();
+    // Each text is bound as its length (4 bytes) and its bytes.
+    args.reserve(values.len(), values.iter().map(|v| v.len() + 4).sum());
+    for v in values {
+        args.add(v)
+            .map_err(|e| Error::Internal(format!("binding a codex delivery: {e}")))?;
+    }
+    Ok(sqlx::query_with(SUBMIT_ONE, args))
 }
 
 /// The batch statement. `$1`: a JSON array of [`Row`]s.
 pub const SUBMIT_BATCH: &str = "WITH input AS (
-    SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(ord int, idea_id uuid, source_ref text, payload jsonb,
+    SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(ord int, idea_id uuid, source_ref text, payload text,
         task_id uuid, stage text, task_meta jsonb, task_run_id uuid, workflow_name text, run_meta jsonb,
         delivery_id text, run_id text, idem text, command text, principal text, display_name text,
         namespace text, template text, service_account text, params text, traceparent text,
@@ -201,7 +211,7 @@ fresh AS (
     WHERE recorded.found IS NULL),
 idea AS (
     INSERT INTO codex_kb.ideas (id, source_type, source_ref, priority, status, risk_flags, payload, created_at, updated_at)
-    SELECT idea_id, 'github_issue', source_ref, 0, 'received', '{}', payload, now, now FROM fresh ORDER BY source_ref
+    SELECT idea_id, 'github_issue', source_ref, 0, 'received', '{}', payload::jsonb, now, now FROM fresh ORDER BY source_ref
     ON CONFLICT (source_type, source_ref) DO UPDATE SET payload = excluded.payload, updated_at = excluded.updated_at
     RETURNING id, source_ref),
 task AS (
@@ -223,7 +233,8 @@ run AS (
         message, progress, workflow_phase, parent_run_id, attempts, created_at, updated_at, started_at, finished_at,
         cancel_requested_at, cancel_mode, trace_parent)
     SELECT f.run_id, f.idem, f.command, 'codex', 'queued', f.principal, '', '', '', f.display_name, f.namespace,
-        f.template, f.service_account, f.workflow_name, '', f.params, '', '', '', NULL, 0, f.now, f.now, NULL, NULL,
+        f.template, f.service_account, f.workflow_name, '',
+        jsonb_set(f.params::jsonb, '{facteur:task}', to_jsonb(f.payload))::text, '', '', '', NULL, 0, f.now, f.now, NULL, NULL,
         NULL, '', f.traceparent
     FROM fresh f JOIN tr USING (delivery_id)
     RETURNING id),
@@ -297,8 +308,7 @@ impl Batcher {
         // is started when the slot is given back.)
         if self.lock().is_empty() && self.acquire() {
             let _slot = Slot(self);
-            let mut written = self.write(&[&row]).await.inspect_err(|e| self.outage(e))?;
-            return Ok(written.remove(&0));
+            return self.write_one(row).await.inspect_err(|e| self.outage(e));
         }
         let (done, wait) = oneshot::channel();
         let size = approx_size(&row);
@@ -406,17 +416,28 @@ impl Batcher {
     }
 
     async fn run(&self, mut batch: Vec<Pending>) {
+        if batch.len() == 1 {
+            let p = batch.remove(0);
+            let result = self.write_one(p.row).await;
+            if let Err(e) = &result {
+                self.outage(e);
+            }
+            let _ = p.done.send(result);
+            return;
+        }
         for (i, p) in batch.iter_mut().enumerate() {
             p.row.ord = i;
         }
         let rows: Vec<&Row> = batch.iter().map(|p| &p.row).collect();
-        match self.write(&rows).await {
+        let result = self.write_many(&rows).await;
+        drop(rows);
+        match result {
             Ok(mut written) => {
                 for (i, p) in batch.into_iter().enumerate() {
                     let _ = p.done.send(Ok(written.remove(&i)));
                 }
             }
-            Err(e) if batch.len() == 1 || matches!(e, Error::Unavailable { .. }) => {
+            Err(e) if matches!(e, Error::Unavailable { .. }) => {
                 // The database is not there: every delivery of the batch, and every one queued
                 // behind it, is answered now rather than after a connection wait of its own.
                 self.outage(&e);
@@ -426,9 +447,8 @@ impl Batcher {
             }
             Err(e) => {
                 tracing::warn!(error = %e, deliveries = batch.len(), "codex batch failed; writing its deliveries one by one");
-                // Alone, a delivery is written by SUBMIT_ONE, which answers at position 0.
                 for p in batch {
-                    let result = self.write(&[&p.row]).await.map(|mut w| w.remove(&0));
+                    let result = self.write_one(p.row).await;
                     let _ = p.done.send(result);
                 }
             }
@@ -449,16 +469,30 @@ impl Batcher {
         }
     }
 
-    /// One statement for `batch`; what it wrote, by position.
-    async fn write(&self, batch: &[&Row]) -> Result<HashMap<usize, Written>> {
-        let query = match batch {
-            [one] => submit_one(one),
-            _ => {
-                let json =
-                    serde_json::to_string(batch).map_err(|e| Error::Internal(e.to_string()))?;
-                sqlx::query(SUBMIT_BATCH).bind(json)
-            }
-        };
+    /// One delivery, alone ([`SUBMIT_ONE`], which answers at position 0); `None` if it was
+    /// recorded before.
+    async fn write_one(&self, row: Row) -> Result<Option<Written>> {
+        let size = approx_size(&row);
+        let mut written = self.execute(submit_one(row)?, size, 1).await?;
+        Ok(written.remove(&0))
+    }
+
+    /// Several deliveries in one [`SUBMIT_BATCH`] statement; what it wrote, by position.
+    async fn write_many(&self, batch: &[&Row]) -> Result<HashMap<usize, Written>> {
+        let json = serde_json::to_string(batch).map_err(|e| Error::Internal(e.to_string()))?;
+        let size = batch.iter().map(|r| approx_size(r)).sum();
+        self.execute(sqlx::query(SUBMIT_BATCH).bind(json), size, batch.len())
+            .await
+    }
+
+    /// Runs one submission statement of about `size` bytes for `deliveries` deliveries; what it
+    /// wrote, by position.
+    async fn execute(
+        &self,
+        query: sqlx::query::Query<'_, Postgres, PgArguments>,
+        size: usize,
+        deliveries: usize,
+    ) -> Result<HashMap<usize, Written>> {
         let held = self.held_pop();
         let mut held = match held {
             Some(h) => h,
@@ -473,7 +507,6 @@ impl Batcher {
             .fetch_all(&mut *held.conn)
             .await
             .map_err(errors::sqlx)?;
-        let size: usize = batch.iter().map(|r| approx_size(r)).sum();
         if size > KEEP_AFTER_AT_MOST {
             // sqlx keeps a connection's buffers as large as the largest message it carried:
             // after a statement this large the connection is closed rather than kept, so the
@@ -484,7 +517,7 @@ impl Batcher {
         }
         self.statements.fetch_add(1, Ordering::Relaxed);
         self.deliveries
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            .fetch_add(deliveries as u64, Ordering::Relaxed);
         let mut written = HashMap::with_capacity(result.len());
         for r in result {
             let ord: i32 = r.try_get("ord").map_err(errors::sqlx)?;
