@@ -256,7 +256,7 @@ fn pgbench_scripts() -> anyhow::Result<Scripts> {
     .collect();
     // The server's own statement, its parameters replaced by pgbench expressions.
     let delivery = "('pgb-' || :client_id::text || '-' || :d::text)";
-    let subs: [(usize, String); 23] = [
+    let subs: [(usize, String); 24] = [
         (1, "gen_random_uuid()::text".into()),
         (2, "('proompteng/lab#' || :issue::text)".into()),
         (3, ":payload".into()),
@@ -283,6 +283,7 @@ fn pgbench_scripts() -> anyhow::Result<Scripts> {
         (21, "''".into()),
         (22, "gen_random_uuid()::text".into()),
         (23, ":event".into()),
+        (24, sql_str(facteur_server::domain::codex::TASK_PARAMETER)),
     ];
     let mut submit = SUBMIT_ONE.replace('\n', " ");
     for (n, expr) in subs.iter().rev() {

@@ -34,8 +34,8 @@ pub fn codex_task(task: &CodexTask, config: &Config) {
         assert!(raw.starts_with(&head), "unknown stage lost: {raw}");
     }
 
-    let body = codex::event_body(&raw);
     let mut raw_v: serde_json::Value = serde_json::from_str(&raw).expect("rawEvent is JSON");
+    let body = codex::event_body(raw_v.clone());
     let body_v: serde_json::Value = serde_json::from_str(&body).expect("eventBody is JSON");
     assert_eq!(body_v["stage"], "implementation", "eventBody: {body}");
     if let Some(o) = raw_v.as_object_mut() {

@@ -194,7 +194,7 @@ async fn codex_tasks(
             );
         }
         Err(BodyError::Unreadable(e)) => {
-            reject(&state, "undecodable");
+            reject(&state, "unreadable");
             return json_error(
                 StatusCode::BAD_REQUEST,
                 format!("body could not be read: {e}"),

@@ -328,6 +328,41 @@ async fn rejections_write_nothing(backend: Backend) {
         );
         assert_eq!(rows(&srv).await, [0, 0, 0, 0, 0], "{what} wrote something");
     }
+    // A body cut short (the client stops 990 bytes before its content-length): counted as
+    // unreadable, not as undecodable, and nothing written.
+    {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(srv.server.http_addr)
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST /codex/tasks HTTP/1.1\r\nhost: facteur\r\nauthorization: Bearer {CODEX_TOKEN}\r\n\
+             content-type: {pbuf}\r\ncontent-length: 1000\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.expect("head");
+        s.write_all(&[0u8; 10]).await.expect("part of the body");
+        s.shutdown().await.expect("shutdown");
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer).await;
+    }
+    let counted = "facteur_codex_tasks_rejected_total{reason=\"unreadable\"} 1";
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, metrics) = http(srv.server.http_addr, "GET", "/metrics", &[], b"").await;
+        if String::from_utf8_lossy(&metrics).contains(counted) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never counted: {counted}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        rows(&srv).await,
+        [0, 0, 0, 0, 0],
+        "a cut body wrote something"
+    );
     let c = srv.client(CODEX_TOKEN).await;
     let err = c
         .codex()

@@ -318,16 +318,8 @@ pub fn plan(
 
 /// `eventBody` (wire-compat.md §5): the task's proto-JSON with `stage` set to the plain string
 /// `"implementation"` (not the enum name `rawEvent` carries), re-serialised with sorted keys, as
-/// the old service wrote it. WorkflowTemplates read that string.
-pub fn event_body(task_json: &str) -> String {
-    match serde_json::from_str::<serde_json::Value>(task_json) {
-        Ok(v) => event_body_of(v),
-        Err(_) => task_json.to_string(),
-    }
-}
-
-/// [`event_body`] of the parsed task.
-fn event_body_of(mut v: serde_json::Value) -> String {
+/// the old service wrote it, from the parsed proto-JSON. WorkflowTemplates read that string.
+pub fn event_body(mut v: serde_json::Value) -> String {
     if let Some(o) = v.as_object_mut() {
         o.insert("stage".into(), "implementation".into());
     }
@@ -406,7 +398,7 @@ pub fn expand_parameters(p: &mut BTreeMap<String, String>) -> Result<(), String>
         p.insert("prompt".into(), prompt.to_string());
     }
     if keys.contains(&"eventBody") {
-        p.insert("eventBody".into(), base64(event_body_of(task).as_bytes()));
+        p.insert("eventBody".into(), base64(event_body(task).as_bytes()));
     }
     Ok(())
 }

@@ -17,7 +17,7 @@
 
 use super::BatchStats;
 use super::errors;
-use crate::domain::{Error, Result};
+use crate::domain::{Error, Result, codex};
 use sea_orm::DatabaseConnection;
 use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::postgres::{PgArguments, PgPool, PgRow, Postgres};
@@ -119,7 +119,8 @@ pub struct Written {
 /// metadata, `$8` task run id, `$9` workflow name, `$10` task run metadata, `$11` delivery id,
 /// `$12` run id, `$13` idempotency key, `$14` command, `$15` principal, `$16` display name,
 /// `$17` namespace, `$18` template, `$19` service account, `$20` parameters, `$21` traceparent,
-/// `$22` dispatch id, `$23` event payload.
+/// `$22` dispatch id, `$23` event payload, `$24` the parameter key that keeps the task
+/// ([`codex::TASK_PARAMETER`]).
 pub const SUBMIT_ONE: &str = "WITH seen AS (
     SELECT 1 FROM codex_kb.task_runs WHERE delivery_id = $11 LIMIT 1),
 idea AS (
@@ -144,7 +145,7 @@ run AS (
         message, progress, workflow_phase, parent_run_id, attempts, created_at, updated_at, started_at, finished_at,
         cancel_requested_at, cancel_mode, trace_parent)
     SELECT $12, $13, $14, 'codex', 'queued', $15, '', '', '', $16, $17, $18, $19, $9, '', 
-        jsonb_set($20::jsonb, '{facteur:task}', to_jsonb($3::text))::text, '', '', '', NULL, 0,
+        jsonb_set($20::jsonb, ARRAY[$24::text], to_jsonb($3::text))::text, '', '', '', NULL, 0,
         $4::timestamptz, $4::timestamptz, NULL, NULL, NULL, '', $21 FROM tr
     RETURNING id),
 disp AS (
@@ -189,15 +190,18 @@ fn submit_one(r: Row) -> Result<sqlx::query::Query<'static, Postgres, PgArgument
     ];
     let mut args = PgArguments::default();
     // Each text is bound as its length (4 bytes) and its bytes.
-    args.reserve(values.len(), values.iter().map(|v| v.len() + 4).sum());
+    let size = values.iter().map(|v| v.len() + 4).sum::<usize>() + codex::TASK_PARAMETER.len() + 4;
+    args.reserve(values.len() + 1, size);
+    let bind_error = |e| Error::Internal(format!("binding a codex delivery: {e}"));
     for v in values {
-        args.add(v)
-            .map_err(|e| Error::Internal(format!("binding a codex delivery: {e}")))?;
+        args.add(v).map_err(bind_error)?;
     }
+    args.add(codex::TASK_PARAMETER).map_err(bind_error)?;
     Ok(sqlx::query_with(SUBMIT_ONE, args))
 }
 
-/// The batch statement. `$1`: a JSON array of [`Row`]s.
+/// The batch statement. `$1`: a JSON array of [`Row`]s; `$2`: the parameter key that keeps the
+/// task ([`codex::TASK_PARAMETER`]).
 pub const SUBMIT_BATCH: &str = "WITH input AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(ord int, idea_id uuid, source_ref text, payload text,
         task_id uuid, stage text, task_meta jsonb, task_run_id uuid, workflow_name text, run_meta jsonb,
@@ -234,7 +238,7 @@ run AS (
         cancel_requested_at, cancel_mode, trace_parent)
     SELECT f.run_id, f.idem, f.command, 'codex', 'queued', f.principal, '', '', '', f.display_name, f.namespace,
         f.template, f.service_account, f.workflow_name, '',
-        jsonb_set(f.params::jsonb, '{facteur:task}', to_jsonb(f.payload))::text, '', '', '', NULL, 0, f.now, f.now, NULL, NULL,
+        jsonb_set(f.params::jsonb, ARRAY[$2::text], to_jsonb(f.payload))::text, '', '', '', NULL, 0, f.now, f.now, NULL, NULL,
         NULL, '', f.traceparent
     FROM fresh f JOIN tr USING (delivery_id)
     RETURNING id),
@@ -481,8 +485,10 @@ impl Batcher {
     async fn write_many(&self, batch: &[&Row]) -> Result<HashMap<usize, Written>> {
         let json = serde_json::to_string(batch).map_err(|e| Error::Internal(e.to_string()))?;
         let size = batch.iter().map(|r| approx_size(r)).sum();
-        self.execute(sqlx::query(SUBMIT_BATCH).bind(json), size, batch.len())
-            .await
+        let query = sqlx::query(SUBMIT_BATCH)
+            .bind(json)
+            .bind(codex::TASK_PARAMETER);
+        self.execute(query, size, batch.len()).await
     }
 
     /// Runs one submission statement of about `size` bytes for `deliveries` deliveries; what it
