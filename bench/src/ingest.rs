@@ -76,7 +76,9 @@ impl Caller {
 /// (all workers on one HTTP/2 connection would measure that connection instead).
 struct App {
     srv: TestServer,
-    load: tokio::runtime::Runtime,
+    /// Always `Some` until dropped (a runtime cannot be dropped inside another one: see
+    /// [`Load`]).
+    load: Load,
     /// Per worker: the figure's generator.
     unary: Vec<Caller>,
     /// Per worker: facteur's own client.
@@ -121,7 +123,7 @@ impl App {
         }
         Ok(App {
             srv,
-            load,
+            load: Load(Some(load)),
             unary,
             tonic,
             task: sample()?,
@@ -137,7 +139,7 @@ impl App {
         for caller in callers {
             let caller = caller.clone();
             let task = self.task.clone();
-            handles.push(self.load.spawn(async move {
+            handles.push(self.load.runtime().spawn(async move {
                 let mut lat = Vec::new();
                 while Instant::now() < stop {
                     let mut t = task.clone();
@@ -182,8 +184,28 @@ impl App {
     }
 
     async fn stop(self) {
-        self.load.shutdown_background();
+        drop(self.load);
         self.srv.stop().await;
+    }
+}
+
+/// The load generators' runtime, shut down in the background when dropped: an [`App`] dropped
+/// on an error (inside the bench's runtime) then lets the error be reported instead of a panic.
+struct Load(Option<tokio::runtime::Runtime>);
+
+impl Load {
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.0
+            .as_ref()
+            .expect("the load runtime lives until dropped")
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
     }
 }
 

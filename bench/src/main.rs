@@ -127,8 +127,13 @@ async fn dispatch(
     Ok(out)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// On the processes' own runtime (`facteur_config::runtime`): what the benches measure in
+/// process is what the binaries run.
+fn main() -> anyhow::Result<()> {
+    facteur_config::runtime::build()?.block_on(bench())
+}
+
+async fn bench() -> anyhow::Result<()> {
     // Logs only when asked (RUST_LOG), so they do not disturb the figures.
     let _telemetry = std::env::var("RUST_LOG")
         .is_ok()

@@ -73,10 +73,10 @@ impl Server {
             .env("FACTEUR_SERVER_GRPC_LISTEN_ADDRESS", &grpc)
             .env("FACTEUR_SERVER_LISTEN_ADDRESS", http.to_string())
             .env("RUST_LOG", "warn")
-            // As the container image sets them (deploy/docker/Dockerfile), unless asked otherwise.
-            .envs(
-                ["MIMALLOC_PURGE_DELAY", "MIMALLOC_ARENA_EAGER_COMMIT"]
-                    .map(|k| (k, std::env::var(k).unwrap_or_else(|_| "0".into()))),
+            // As the container image sets it (deploy/docker/Dockerfile), unless asked otherwise.
+            .env(
+                "MIMALLOC_ARENA_EAGER_COMMIT",
+                std::env::var("MIMALLOC_ARENA_EAGER_COMMIT").unwrap_or_else(|_| "0".into()),
             )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -160,6 +160,50 @@ fn rss_of(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Where process `pid`'s resident memory is (`/proc/<pid>/smaps`), MiB: anonymous (heap, stacks)
+/// and file-backed (the binary's own pages, shared libraries), the largest mappings by name
+/// (anonymous ones as `[anon]`), and the thread count.
+fn resident_breakdown(pid: u32) -> Value {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut by_name: std::collections::BTreeMap<String, u64> = Default::default();
+    let (mut anon, mut rss, mut name) = (0u64, 0u64, String::new());
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: range, perms, offset, dev, inode, [path].
+            name = words
+                .nth(4)
+                .map_or("[anon]", |p| p.rsplit('/').next().unwrap_or(p))
+                .to_string();
+            continue;
+        }
+        let kib: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        match first {
+            "Rss:" => {
+                rss += kib;
+                *by_name.entry(name.clone()).or_default() += kib;
+            }
+            "Anonymous:" => anon += kib,
+            _ => {}
+        }
+    }
+    let mut largest: Vec<(String, u64)> = by_name.into_iter().collect();
+    largest.sort_by_key(|(_, kib)| std::cmp::Reverse(*kib));
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    json!({
+        "rss_mib": mib(rss),
+        "anonymous_mib": mib(anon),
+        "file_mib": mib(rss.saturating_sub(anon)),
+        "threads": threads,
+        "largest_mib": largest
+            .into_iter()
+            .take(4)
+            .map(|(n, k)| json!([n, mib(k)]))
+            .collect::<Vec<_>>(),
+    })
+}
+
 fn mib(kib: u64) -> f64 {
     round2(kib as f64 / 1024.0)
 }
@@ -213,6 +257,7 @@ pub async fn memory(concurrent: usize, rounds: usize) -> anyhow::Result<Value> {
     srv.ready().await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle = srv.rss_kib();
+    let idle_breakdown = resident_breakdown(srv.child.id());
     let before = database_bytes(&db.url)?;
 
     let bodies: Vec<Vec<u8>> = (0..concurrent * rounds)
@@ -267,6 +312,7 @@ pub async fn memory(concurrent: usize, rounds: usize) -> anyhow::Result<Value> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         settled.push(srv.rss_kib());
     }
+    let settled_breakdown = resident_breakdown(srv.child.id());
     let after = database_bytes(&db.url)?;
     srv.stop()?;
     let deliveries = concurrent * rounds;
@@ -285,6 +331,8 @@ pub async fn memory(concurrent: usize, rounds: usize) -> anyhow::Result<Value> {
         "in_flight_per_body": round2(in_flight / body_len as f64),
         "settled_rss_mib": settled.iter().map(|k| mib(*k)).collect::<Vec<_>>(),
         "settled_10s_vs_idle": round2(settled_10s as f64 / idle as f64),
+        "idle_resident": idle_breakdown,
+        "settled_resident": settled_breakdown,
         "stored_bytes_per_delivery": stored.round(),
         "stored_per_body": round2(stored / body_len as f64),
     }))

@@ -55,7 +55,7 @@ where
         print!("{}", config.redacted_yaml());
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match facteur_config::runtime::build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -11,6 +11,7 @@
 
 mod load;
 pub mod model;
+pub mod runtime;
 pub mod signals;
 pub mod telemetry;
 
