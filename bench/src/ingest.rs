@@ -97,9 +97,11 @@ impl App {
         {
             cfg.database.codex_batch_slots = n;
         }
-        // As many connections as pgbench has (one per client), and room for the batch slots.
+        // As many connections as pgbench has (one per client), and room for the batch slots, up
+        // to 32: the pool keeps every connection open, and Postgres's default 100 must also
+        // hold pgbench's 64 clients at the top level.
         let slots = cfg.database.codex_batch_slots;
-        cfg.database.max_connections = (concurrency as u32).clamp(slots + 1, 64);
+        cfg.database.max_connections = (concurrency as u32).clamp(slots + 1, 32);
         cfg.database.url = facteur_config::Secret(format!("{}?sslmode={}", db.url, sslmode()));
         cfg.codex_implementation_orchestrator.enabled = true;
         let srv = TestServer::start(cfg).await;
