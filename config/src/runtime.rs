@@ -1,11 +1,13 @@
 //! The tokio runtime every facteur process runs on, and what it asks of the allocator.
 //!
-//! Every binary allocates with mimalloc. mimalloc keeps the pages a thread freed in that thread's
-//! own queues, and gives them back to the system only when that thread next calls into it: a
-//! worker that goes idle after a burst (a few 4 MiB CodexTasks, say) would hold its share until
-//! the next request — 5–6 MiB above idle for good (BENCHMARKS.md, issue #19). So each worker,
-//! when it parks (it has nothing left to run), collects its free pages and lets mimalloc purge
-//! them at once.
+//! The server (and the benches) allocate with mimalloc. mimalloc keeps the pages a thread freed
+//! — and the blocks other threads freed into that thread's pages — in that thread's own queues,
+//! and gives them back to the system only when that thread next calls into it: a worker that
+//! goes idle after a burst (a few 4 MiB CodexTasks, say) would hold its share until the next
+//! request — 5–6 MiB above idle for good (BENCHMARKS.md, issue #19). So each worker, when it
+//! parks (it has nothing left to run), collects its free pages and lets mimalloc purge them at
+//! once. The adapters allocate with glibc's malloc: there a worker's mimalloc heap was never
+//! used and the collection returns at once.
 
 use std::io;
 
