@@ -76,8 +76,7 @@ impl Caller {
 /// (all workers on one HTTP/2 connection would measure that connection instead).
 struct App {
     srv: TestServer,
-    /// Always `Some` until dropped (a runtime cannot be dropped inside another one: see
-    /// [`Load`]).
+    /// The load generators' runtime (see [`Load`]).
     load: Load,
     /// Per worker: the figure's generator.
     unary: Vec<Caller>,
