@@ -106,6 +106,14 @@ pub async fn run(
     let mut result = Ok(());
     while let Some(done) = tasks.join_next().await {
         match done {
+            // Every task runs until shutdown: one that returns before it is a task that died
+            // quietly, and the adapter must not go on without it (Kubernetes restarts it).
+            Ok(Ok(())) if !shutdown.is_cancelled() => {
+                if result.is_ok() {
+                    result = Err(anyhow::anyhow!("an adapter task ended before shutdown"));
+                }
+                shutdown.cancel();
+            }
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 if result.is_ok() {

@@ -10,6 +10,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod history;
 mod ingest;
 mod interactions;
 mod process;
@@ -175,6 +176,15 @@ async fn bench() -> anyhow::Result<()> {
             println!("{summary}");
             Ok(())
         }
+        "history" => {
+            let summary = Box::pin(history::run(
+                n("BENCH_HISTORY_RUNS", 1_000_000) as u64,
+                n("BENCH_SAMPLES", 200),
+            ))
+            .await?;
+            println!("{summary}");
+            Ok(())
+        }
         "memory" => {
             let summary = process::memory(n("BENCH_CONCURRENT", 4), n("BENCH_ROUNDS", 3)).await?;
             println!("{summary}");
@@ -190,7 +200,7 @@ async fn bench() -> anyhow::Result<()> {
         }
         other => {
             anyhow::bail!(
-                "unknown benchmark `{other}`; available: dispatch, ingest, interactions, memory, startup, idle"
+                "unknown benchmark `{other}`; available: dispatch, history, ingest, interactions, memory, startup, idle"
             )
         }
     }

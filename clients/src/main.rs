@@ -123,6 +123,14 @@ enum Command {
         /// Dispatch id (from `dead-letters`).
         dispatch_id: String,
     },
+    /// One retention pass now (`retention.*` of the server): deletes finished runs with their
+    /// history and dispatches, old audit entries and (when configured) Codex task runs, and
+    /// prints the counts per kind. Runs that are not final are never deleted.
+    Prune {
+        /// Only count what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Discord guilds: set one up for facteur's commands, or list them.
     Guild {
         #[command(subcommand)]
@@ -225,6 +233,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             requester,
             limit,
         } => list_runs(&client, status, command, requester, limit).await,
+        Command::Prune { dry_run } => {
+            let r = client
+                .admin()
+                .prune(pb::PruneRequest { dry_run })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            println!(
+                "{} ({})",
+                if r.dry_run { "would delete" } else { "deleted" },
+                r.windows
+            );
+            for c in &r.counts {
+                println!("{:<16} {}", c.kind, c.count);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Cancel {
             run_id,
             terminate,

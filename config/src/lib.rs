@@ -13,6 +13,7 @@ mod load;
 pub mod model;
 pub mod runtime;
 pub mod signals;
+pub mod supervise;
 pub mod telemetry;
 
 pub use load::{ConfigError, ConfigErrors, ENV_ALIASES, all_keys, env_name, load, load_from};

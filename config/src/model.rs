@@ -74,6 +74,8 @@ pub struct Config {
     pub codex_implementation_orchestrator: CodexOrchestratorConfig,
     /// Run dispatching.
     pub dispatcher: DispatcherConfig,
+    /// How long finished history is kept.
+    pub retention: RetentionConfig,
     /// The command catalog. Empty: one command, `dispatch`, running `argo.workflow_template`
     /// with a `payload` option (the deployed `facteur-dispatch` template's one parameter).
     pub commands: Vec<CommandConfig>,
@@ -659,6 +661,67 @@ impl Default for DispatcherConfig {
     }
 }
 
+/// `retention.*`: how long history is kept, as durations (`90d`, `12h`, `2w`; `0` or empty
+/// keeps everything). A background task deletes what is older in small batches.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Finished runs with their history and dispatches, by when they finished. Default `90d`.
+    /// Runs that are not final are never deleted, however old.
+    pub runs: String,
+    /// Audit entries. Default `365d`.
+    pub audit: String,
+    /// Codex task runs (`codex_kb.task_runs`), by when they were last updated. Default empty:
+    /// kept, since other tools read `codex_kb`.
+    pub codex_task_runs: String,
+    /// Seconds between two passes. Default 300.
+    pub interval_seconds: u64,
+    /// Rows deleted per statement (short transactions, no long locks). Default 500.
+    pub batch_size: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            runs: "90d".into(),
+            audit: "365d".into(),
+            codex_task_runs: String::new(),
+            interval_seconds: 300,
+            batch_size: 500,
+        }
+    }
+}
+
+/// A retention window: `<n><unit>` with unit `s`, `m`, `h`, `d` or `w`; `0` or empty is `None`
+/// (keep everything).
+pub fn parse_retention(s: &str) -> Result<Option<std::time::Duration>, String> {
+    let t = s.trim();
+    if t.is_empty() || t == "0" {
+        return Ok(None);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration such as 90d, 12h or 2w"))?;
+    let per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        "" => return Err(format!("`{s}` needs a unit: s, m, h, d or w (90d, say)")),
+        _ => return Err(format!("`{s}`: unit must be s, m, h, d or w")),
+    };
+    if n == 0 {
+        return Ok(None);
+    }
+    n.checked_mul(per)
+        .filter(|secs| *secs <= 100 * 365 * 86_400)
+        .map(|secs| Some(std::time::Duration::from_secs(secs)))
+        .ok_or_else(|| format!("`{s}` is longer than 100 years"))
+}
+
 /// Which database backend a URL selects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DatabaseBackend {
@@ -833,6 +896,21 @@ impl Config {
             }
             if self.dispatcher.lease_seconds == 0 {
                 err("dispatcher.lease_seconds", "must be at least 1".into());
+            }
+            for (key, value) in [
+                ("retention.runs", &self.retention.runs),
+                ("retention.audit", &self.retention.audit),
+                ("retention.codex_task_runs", &self.retention.codex_task_runs),
+            ] {
+                if let Err(e) = parse_retention(value) {
+                    err(key, e);
+                }
+            }
+            if self.retention.interval_seconds == 0 {
+                err("retention.interval_seconds", "must be at least 1".into());
+            }
+            if self.retention.batch_size == 0 {
+                err("retention.batch_size", "must be at least 1".into());
             }
             if self.dispatcher.max_attempts == 0 {
                 err("dispatcher.max_attempts", "must be at least 1".into());

@@ -634,7 +634,19 @@ pub const EDIT_INTERVAL: Duration = Duration::from_secs(1);
 /// coalesced per run ([`Coalescer`]). Resumes from the last cursor after a reconnect, with
 /// capped backoff. On `shutdown`, the edits still pending are sent before it returns.
 pub async fn follow_runs(control: Client, http: Arc<Http>, shutdown: CancellationToken) {
-    let cursor = std::sync::Mutex::new(String::new());
+    follow_runs_from(control, http, Arc::default(), shutdown).await
+}
+
+/// [`follow_runs`] from the cursor in `cursor`, kept there as updates arrive: a follower started
+/// again after a failure (see `facteur_config::supervise`) resumes where the last one stopped
+/// rather than from now, so no update is skipped.
+pub async fn follow_runs_from(
+    control: Client,
+    http: Arc<Http>,
+    cursor: Arc<std::sync::Mutex<String>>,
+    shutdown: CancellationToken,
+) {
+    let cursor = &*cursor;
     let edits = Coalescer::new(control.clone(), http, EDIT_INTERVAL);
     let open = || {
         let mut command = control.command();

@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use facteur_config::Process;
+use facteur_config::supervise::{Lifetime, Supervisor};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,23 +37,41 @@ async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
         .transpose()
         .context("discord.guild_id")?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(facteur_discord::register_until_done(
-        control.clone(),
-        http.clone(),
-        guild,
-        shutdown.clone(),
-    ));
-    tokio::spawn(facteur_discord::follow_guilds(
-        control.clone(),
-        http.clone(),
-        guild,
-        shutdown.clone(),
-    ));
-    let run_cards = tokio::spawn(facteur_discord::follow_runs(
-        control.clone(),
-        http.clone(),
-        shutdown.clone(),
-    ));
+    // The background tasks are supervised: one that dies is started again with backoff; one
+    // that keeps dying stops the adapter with an error (a non-zero exit: Kubernetes restarts it).
+    let supervisor = Supervisor::new(shutdown.clone());
+    {
+        let (control, http, shutdown) = (control.clone(), http.clone(), shutdown.clone());
+        supervisor.spawn("register", Lifetime::UntilDone, move || {
+            let (control, http, shutdown) = (control.clone(), http.clone(), shutdown.clone());
+            async move {
+                facteur_discord::register_until_done(control, http, guild, shutdown).await;
+                Ok(())
+            }
+        });
+    }
+    {
+        let (control, http, shutdown) = (control.clone(), http.clone(), shutdown.clone());
+        supervisor.spawn("guilds", Lifetime::UntilShutdown, move || {
+            let (control, http, shutdown) = (control.clone(), http.clone(), shutdown.clone());
+            async move {
+                facteur_discord::follow_guilds(control, http, guild, shutdown).await;
+                Ok(())
+            }
+        });
+    }
+    {
+        let (control, http, shutdown) = (control.clone(), http.clone(), shutdown.clone());
+        let cursor = Arc::new(std::sync::Mutex::new(String::new()));
+        supervisor.spawn("run-cards", Lifetime::UntilShutdown, move || {
+            let (control, http, shutdown) = (control.clone(), http.clone(), shutdown.clone());
+            let cursor = cursor.clone();
+            async move {
+                facteur_discord::follow_runs_from(control, http, cursor, shutdown).await;
+                Ok(())
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(&config.discord.interactions_listen_address)
         .await
         .with_context(|| {
@@ -111,8 +130,9 @@ async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
     let grace = Duration::from_secs(config.discord.shutdown_grace_seconds);
     let drained = adapter.drain(grace).await;
     // The run cards' edits still pending (at most one per run, within a second).
-    if tokio::time::timeout(grace, run_cards).await.is_err() {
-        tracing::warn!("shutdown grace ran out with run card edits unsent");
+    supervisor.join(grace).await;
+    if let Some(why) = supervisor.failed() {
+        anyhow::bail!("{why}");
     }
     drained
 }

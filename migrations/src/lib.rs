@@ -17,6 +17,7 @@ mod m20261204_000006_adapters;
 mod m20261205_000007_run_steps;
 mod m20261205_000008_template_commands;
 mod m20261205_000009_command_quotas;
+mod m20261207_000010_feed_and_retention;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000007_run_steps::Migration),
             Box::new(m20261205_000008_template_commands::Migration),
             Box::new(m20261205_000009_command_quotas::Migration),
+            Box::new(m20261207_000010_feed_and_retention::Migration),
         ]
     }
 }

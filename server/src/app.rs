@@ -11,6 +11,7 @@ use crate::session::{MemorySessionStore, RedisSessionStore, SessionStore};
 use crate::state::AppState;
 use crate::store::Store;
 use anyhow::{Context, bail};
+use facteur_config::supervise::{Lifetime, Supervisor};
 use facteur_config::{Config, redact_url};
 use facteur_proto::v1::{
     admin_service_server::AdminServiceServer, codex_service_server::CodexServiceServer,
@@ -151,11 +152,23 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let sessions = open_sessions(&config)?;
     let metrics = Arc::new(Metrics::new());
     let check_timeout = Duration::from_millis(config.redis.timeout_ms.clamp(100, 5000));
+    let supervisor = Supervisor::new(shutdown.clone());
+    {
+        let metrics = metrics.clone();
+        supervisor.on_restart(move |task| {
+            metrics.add(
+                crate::metrics::Metric::BackgroundTaskRestarts,
+                vec![("task", task.into())],
+                1,
+            )
+        });
+    }
     let health = Health::new(
         store.clone(),
         sessions.clone(),
         metrics.clone(),
         check_timeout,
+        supervisor.clone(),
     );
     let auth = Arc::new(Authenticator::from_config(&config.auth));
     let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
@@ -174,6 +187,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         health: health.clone(),
         started_at: chrono::Utc::now(),
         shutdown: shutdown.clone(),
+        supervisor: supervisor.clone(),
         completions: Default::default(),
     });
 
@@ -181,17 +195,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     crate::service::templates::reload(&state)
         .await
         .context("cannot read the WorkflowTemplate commands")?;
-    tokio::spawn(crate::service::templates::follow(state.clone()));
-
     let (reporter, health_service) = tonic_health::server::health_reporter();
     health.publish(&reporter).await;
-    tokio::spawn(health.watch(reporter, interval, shutdown.clone()));
-    if !state.config.dispatcher.disabled {
-        tokio::spawn(crate::service::dispatch::watch_served(
-            state.clone(),
-            crate::service::dispatch::ASSIGNMENT_REFRESH,
-        ));
-    }
+    spawn_background(&supervisor, &state, &health, reporter, interval);
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(facteur_proto::FILE_DESCRIPTOR_SET)
@@ -254,6 +260,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             let (g, h) = tokio::join!(grpc, http.into_future());
             g.context("gRPC server failed")?;
             h.context("HTTP server failed")?;
+            supervisor.join(grace).await;
+            // A background task that could not be kept alive is why the server stopped.
+            if let Some(why) = supervisor.failed() {
+                anyhow::bail!("{why}");
+            }
             anyhow::Ok(())
         };
         let deadline = async {
@@ -278,6 +289,67 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         shutdown,
         handle,
     })
+}
+
+/// The server's long-lived background tasks, each owned by `supervisor` (restarted when it
+/// dies; the process stops when one cannot be kept alive).
+fn spawn_background(
+    supervisor: &Supervisor,
+    state: &Arc<AppState>,
+    health: &Health,
+    reporter: tonic_health::server::HealthReporter,
+    interval: Duration,
+) {
+    let shutdown = &state.shutdown;
+    {
+        let state = state.clone();
+        supervisor.spawn("templates", Lifetime::UntilShutdown, move || {
+            let state = state.clone();
+            async move {
+                crate::service::templates::follow(state).await;
+                Ok(())
+            }
+        });
+    }
+
+    {
+        let (health, shutdown) = (health.clone(), shutdown.clone());
+        supervisor.spawn("health", Lifetime::UntilShutdown, move || {
+            let (health, reporter, shutdown) = (health.clone(), reporter.clone(), shutdown.clone());
+            async move {
+                health.watch(reporter, interval, shutdown).await;
+                Ok(())
+            }
+        });
+    }
+    if !state.config.dispatcher.disabled {
+        let state = state.clone();
+        supervisor.spawn("assignment", Lifetime::UntilShutdown, move || {
+            let state = state.clone();
+            async move {
+                crate::service::dispatch::watch_served(
+                    state,
+                    crate::service::dispatch::ASSIGNMENT_REFRESH,
+                )
+                .await;
+                Ok(())
+            }
+        });
+    }
+    {
+        let state = state.clone();
+        supervisor.spawn("retention", Lifetime::UntilShutdown, move || {
+            let state = state.clone();
+            async move { crate::service::history::follow(state).await }
+        });
+    }
+    {
+        let state = state.clone();
+        supervisor.spawn("feed-lag", Lifetime::UntilShutdown, move || {
+            let state = state.clone();
+            async move { crate::service::history::watch_feed_lag(state).await }
+        });
+    }
 }
 
 fn tls_config(config: &Config) -> anyhow::Result<Option<ServerTlsConfig>> {

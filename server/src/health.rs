@@ -7,6 +7,7 @@
 use crate::metrics::Metrics;
 use crate::session::SessionStore;
 use crate::store::Store;
+use facteur_config::supervise::Supervisor;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -16,9 +17,9 @@ use tonic_health::server::HealthReporter;
 /// Result of one dependency check.
 #[derive(Clone, Debug)]
 pub struct DependencyReport {
-    /// `database` or `session_store`.
+    /// `database`, `session_store` or `background_tasks`.
     pub name: &'static str,
-    /// `postgres`, `sqlite`, `redis`, `memory`.
+    /// `postgres`, `sqlite`, `redis`, `memory`, `supervisor`.
     pub backend: &'static str,
     /// Whether it answered in time.
     pub healthy: bool,
@@ -40,6 +41,8 @@ pub struct Health {
     reporter: Arc<std::sync::OnceLock<HealthReporter>>,
     /// What the gRPC health service says now.
     serving: Arc<std::sync::atomic::AtomicBool>,
+    /// The background tasks: one that cannot be kept alive takes readiness down.
+    supervisor: Arc<Supervisor>,
 }
 
 impl Health {
@@ -49,12 +52,14 @@ impl Health {
         sessions: Arc<dyn SessionStore>,
         metrics: Arc<Metrics>,
         timeout: Duration,
+        supervisor: Arc<Supervisor>,
     ) -> Self {
         Self {
             store,
             sessions,
             metrics,
             timeout,
+            supervisor,
             reporter: Arc::default(),
             serving: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
@@ -75,21 +80,28 @@ impl Health {
             self.sessions.ping(),
         );
         let (db, ss) = tokio::join!(db, ss);
-        for r in [&db, &ss] {
+        let tasks = DependencyReport {
+            name: "background_tasks",
+            backend: "supervisor",
+            healthy: self.supervisor.failed().is_none(),
+            message: self.supervisor.failed().unwrap_or_default().to_string(),
+            latency: Duration::ZERO,
+        };
+        for r in [&db, &ss, &tasks] {
             self.metrics.set_gauge(
                 crate::metrics::Metric::DependencyUp,
                 vec![("dependency", r.name.into()), ("backend", r.backend.into())],
                 if r.healthy { 1.0 } else { 0.0 },
             );
         }
-        let ok = db.healthy && ss.healthy;
+        let ok = db.healthy && ss.healthy && tasks.healthy;
         let was = self.serving.swap(ok, std::sync::atomic::Ordering::AcqRel);
         if was != ok
             && let Some(reporter) = self.reporter.get()
         {
             set_status(reporter, ok).await;
         }
-        vec![db, ss]
+        vec![db, ss, tasks]
     }
 
     /// Checks now and publishes the result to the gRPC health service; true when all healthy.

@@ -65,6 +65,9 @@ metrics! {
     AdaptersConnected => "facteur_adapters_connected", "gauge", "argo-adapters heard from within the last 15 s (any replica).";
     UnservedNamespaces => "facteur_unserved_namespaces", "gauge", "Namespaces runs are dispatched to or wait in that no connected argo-adapter serves.";
     StrandedRuns => "facteur_stranded_runs", "gauge", "Runs waiting longer than dispatcher.strand_after_seconds in a namespace no argo-adapter serves.";
+    BackgroundTaskRestarts => "facteur_background_task_restarts_total", "counter", "Background tasks started again after they ended or panicked, by task.";
+    RetentionDeleted => "facteur_retention_deleted_total", "counter", "Rows deleted by retention, by kind (runs, audit, codex_task_runs).";
+    FeedHeldBackSeconds => "facteur_feed_held_back_seconds", "gauge", "How long the oldest writing transaction has been open: the run change feed waits for it (Postgres).";
 }
 
 type Labels = Vec<(&'static str, String)>;

@@ -38,6 +38,8 @@ pub struct AppState {
     pub guilds_wake: Notify,
     /// Bearer tokens (the HTTP compatibility endpoints check them too).
     pub auth: Arc<crate::auth::Authenticator>,
+    /// Owner of the background tasks (restarts them; stops the process when it cannot).
+    pub supervisor: Arc<facteur_config::supervise::Supervisor>,
     /// Completions of leased jobs waiting to be written together.
     pub completions: crate::service::dispatch::Completions,
 }

@@ -170,7 +170,7 @@ impl Stack {
         if o.backend == Backend::Postgres {
             cfg.database.max_connections = 16;
         }
-        let srv = TestServer::start(cfg).await;
+        let srv = Box::pin(TestServer::start(cfg)).await;
         let discord = FakeDiscord::start().await;
         let proxy = match o.proxy {
             true => Some(CuttableProxy::start(&srv.server.grpc_addr.to_string()).await),

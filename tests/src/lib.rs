@@ -217,7 +217,7 @@ impl TestServer {
     pub async fn start(config: Config) -> TestServer {
         let errs = config.validate(Process::Server);
         assert!(errs.is_empty(), "test config invalid: {errs:?}");
-        let server = facteur_server::start(config, CancellationToken::new())
+        let server = Box::pin(facteur_server::start(config, CancellationToken::new()))
             .await
             .expect("server starts");
         TestServer { server }

@@ -140,7 +140,7 @@ async fn serving_and_reflection(backend: Backend) {
     } else {
         "postgres"
     };
-    assert_eq!(backends, vec![expected_db, "memory"]);
+    assert_eq!(backends, vec![expected_db, "memory", "supervisor"]);
 
     let (code, body) = http_get(&srv.http_url("/readyz")).await;
     assert_eq!(code, 200, "{body}");

@@ -8,6 +8,7 @@ pub mod dispatch;
 pub mod error;
 pub mod input;
 pub mod policy;
+pub mod retention;
 pub mod run;
 pub mod templates;
 

@@ -346,6 +346,41 @@ impl AdminService for AdminApi {
         }))
     }
 
+    async fn prune(
+        &self,
+        req: Request<pb::PruneRequest>,
+    ) -> Result<Response<pb::PruneResponse>, Status> {
+        let principal = Principal::of(&req);
+        let dry_run = req.into_inner().dry_run;
+        let pruned = crate::service::history::prune(&self.0, dry_run).await?;
+        tracing::info!(principal = %principal.name, dry_run, "retention pass asked for");
+        let r = &self.0.config.retention;
+        let window = |s: &str| {
+            if s.trim().is_empty() || s.trim() == "0" {
+                "keep".to_string()
+            } else {
+                s.trim().to_string()
+            }
+        };
+        Ok(Response::new(pb::PruneResponse {
+            counts: pruned
+                .by_kind()
+                .into_iter()
+                .map(|(kind, count)| pb::PrunedCount {
+                    kind: kind.into(),
+                    count,
+                })
+                .collect(),
+            dry_run,
+            windows: format!(
+                "runs={} audit={} codex_task_runs={}",
+                window(&r.runs),
+                window(&r.audit),
+                window(&r.codex_task_runs)
+            ),
+        }))
+    }
+
     async fn list_guilds(
         &self,
         req: Request<pb::ListGuildsRequest>,

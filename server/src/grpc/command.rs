@@ -7,6 +7,7 @@ use crate::domain::{Error, Result};
 use crate::service::discord::{self, Builtin, Button, Clicked, Interaction};
 use crate::service::{runs, sessions};
 use crate::state::AppState;
+use crate::store::feed::FeedCursor;
 use facteur_config::is_snowflake;
 use facteur_proto::v1 as pb;
 use pb::command_service_server::CommandService;
@@ -404,13 +405,9 @@ impl CommandService for CommandApi {
     ) -> Result<Response<Self::WatchRunsStream>, Status> {
         let cursor = req.into_inner().cursor;
         let start = if cursor.is_empty() {
-            self.0.store.latest_event_id().await?
+            self.0.store.feed_now().await?
         } else {
-            cursor.parse::<i64>().map_err(|_| {
-                Status::invalid_argument(format!(
-                    "cursor `{cursor}` is not a cursor from an update"
-                ))
-            })?
+            cursor.parse::<FeedCursor>()?
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(watch_loop(self.0.clone(), start, tx));
@@ -514,7 +511,7 @@ async fn guild_loop(
 
 async fn watch_loop(
     state: Arc<AppState>,
-    mut cursor: i64,
+    mut cursor: FeedCursor,
     tx: tokio::sync::mpsc::Sender<Result<pb::WatchRunsResponse, Status>>,
 ) {
     loop {
@@ -523,13 +520,14 @@ async fn watch_loop(
         notified.as_mut().enable();
         match state.store.discord_changes_after(cursor, 200).await {
             Ok(changes) if !changes.is_empty() => {
-                // One update per run, at its newest entry, in entry order (cursors only grow).
-                let mut newest: BTreeMap<String, i64> = BTreeMap::new();
-                for (id, run) in changes {
-                    newest.insert(run, id);
+                // One update per run, at its newest entry, in feed order (cursors only grow):
+                // resuming after one of them skips only entries of runs sent after it.
+                let mut newest: BTreeMap<String, FeedCursor> = BTreeMap::new();
+                for e in changes {
+                    newest.insert(e.run_id, e.cursor);
                 }
-                let mut order: Vec<(i64, String)> =
-                    newest.into_iter().map(|(r, i)| (i, r)).collect();
+                let mut order: Vec<(FeedCursor, String)> =
+                    newest.into_iter().map(|(r, c)| (c, r)).collect();
                 order.sort();
                 for (id, run_id) in order {
                     cursor = id;

@@ -250,6 +250,26 @@ impl CompletionQueue {
 /// Writes waiting completions, batch after batch, until none waits. A task of its own: a
 /// caller that goes away does not strand the others.
 async fn write_completions(state: Arc<AppState>) {
+    /// A writer that panics hands over to a new one, so completions queued behind it (and all
+    /// later ones, which find `writing` set) are not stranded.
+    struct HandOver(Arc<AppState>);
+    impl Drop for HandOver {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                return;
+            }
+            tracing::error!("the completion writer panicked; starting another");
+            let again = {
+                let mut q = self.0.completions.lock();
+                q.writing = !q.waiting.is_empty();
+                q.writing
+            };
+            if again {
+                tokio::spawn(write_completions(self.0.clone()));
+            }
+        }
+    }
+    let _hand_over = HandOver(state.clone());
     loop {
         let batch = {
             let mut q = state.completions.lock();

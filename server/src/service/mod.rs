@@ -6,6 +6,7 @@
 pub mod codex;
 pub mod discord;
 pub mod dispatch;
+pub mod history;
 pub mod runs;
 pub mod sessions;
 pub mod templates;

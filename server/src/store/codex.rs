@@ -565,3 +565,58 @@ pub(crate) async fn sync_task_runs<C: ConnectionTrait>(
     c.execute(&q).await.map_err(errors::db)?;
     Ok(())
 }
+
+/// Retention of `task_runs` (only when `retention.codex_task_runs` is set): task runs whose run
+/// ended before the cutoff, by `updated_at` (the time of that last move).
+impl Store {
+    fn task_runs_past(kb: Kb, cutoff: DateTime<Utc>) -> sea_orm::sea_query::SelectStatement {
+        let ended: Vec<&str> = crate::domain::retention::prunable_statuses()
+            .into_iter()
+            .map(|s| s.as_str())
+            .collect();
+        Query::select()
+            .from(kb.table("task_runs"))
+            .and_where(Expr::col(Alias::new("updated_at")).lt(kb.time(cutoff)))
+            .and_where(Expr::col(Alias::new("status")).is_in(ended))
+            .to_owned()
+    }
+
+    /// How many task runs a pass at `cutoff` would delete.
+    pub(crate) async fn prunable_task_runs(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        let kb = Kb(self.db.get_database_backend());
+        let q = Self::task_runs_past(kb, cutoff)
+            .expr_as(Expr::cust("COUNT(*)"), Alias::new("n"))
+            .to_owned();
+        let row = self
+            .db
+            .query_one(&q)
+            .await
+            .map_err(errors::db)?
+            .ok_or_else(|| Error::Internal("count of task runs: no row".into()))?;
+        let n: i64 = row.try_get("", "n").map_err(errors::db)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// One batch of task runs past `cutoff`; how many went.
+    pub(crate) async fn prune_task_runs_batch(
+        &self,
+        cutoff: DateTime<Utc>,
+        batch: u32,
+    ) -> Result<u64> {
+        let kb = Kb(self.db.get_database_backend());
+        let ids = Self::task_runs_past(kb, cutoff)
+            .column(Alias::new("id"))
+            .limit(batch as u64)
+            .to_owned();
+        let q = Query::delete()
+            .from_table(kb.table("task_runs"))
+            .and_where(Expr::col(Alias::new("id")).in_subquery(ids))
+            .to_owned();
+        Ok(self
+            .db
+            .execute(&q)
+            .await
+            .map_err(errors::db)?
+            .rows_affected())
+    }
+}

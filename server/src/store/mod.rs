@@ -10,9 +10,11 @@ pub mod codex_batch;
 pub mod dispatch;
 pub mod entities;
 pub mod errors;
+pub mod feed;
 pub mod guilds;
 mod nodelay;
 pub mod policy;
+pub mod retention;
 pub mod templates;
 
 use crate::domain::run::{NewRun, Requester, Run, RunEvent, RunSource, RunStatus, workflow_name};
@@ -313,43 +315,25 @@ impl Store {
             .collect()
     }
 
-    /// History entries after `cursor` (an entry id) of runs started from Discord, oldest first:
-    /// (entry id, run id). The change feed behind `CommandService.WatchRuns`.
+    /// History entries of runs started from Discord after `cursor`, in feed order: the change
+    /// feed behind `CommandService.WatchRuns`. It cannot skip an entry whatever order the
+    /// transactions commit in (see [`feed`]).
     pub async fn discord_changes_after(
         &self,
-        cursor: i64,
+        cursor: feed::FeedCursor,
         limit: u64,
-    ) -> Result<Vec<(i64, String)>> {
-        use sea_orm::sea_query::Query;
-        let from_discord = Query::select()
-            .column(runs::Column::Id)
-            .from(runs::Entity)
-            .and_where(runs::Column::GuildId.ne(""))
-            .to_owned();
-        run_events::Entity::find()
-            .select_only()
-            .column(run_events::Column::Id)
-            .column(run_events::Column::RunId)
-            .filter(run_events::Column::Id.gt(cursor))
-            .filter(run_events::Column::RunId.in_subquery(from_discord))
-            .order_by_asc(run_events::Column::Id)
-            .limit(limit)
-            .into_tuple()
-            .all(&self.db)
-            .await
-            .map_err(errors::db)
+    ) -> Result<Vec<feed::FeedEntry>> {
+        feed::discord_after(&self.db, cursor, limit).await
     }
 
-    /// The newest history entry id (where a watcher without a cursor starts).
-    pub async fn latest_event_id(&self) -> Result<i64> {
-        let max: Option<Option<i64>> = run_events::Entity::find()
-            .select_only()
-            .column_as(run_events::Column::Id.max(), "m")
-            .into_tuple()
-            .one(&self.db)
-            .await
-            .map_err(errors::db)?;
-        Ok(max.flatten().unwrap_or(0))
+    /// Where a watcher without a cursor starts: after everything final now.
+    pub async fn feed_now(&self) -> Result<feed::FeedCursor> {
+        feed::now(&self.db).await
+    }
+
+    /// Seconds the oldest writing transaction has been open (how long it holds the feed back).
+    pub async fn feed_held_back_seconds(&self) -> Result<f64> {
+        feed::held_back_seconds(&self.db).await
     }
 
     /// Number of dispatches of a run (the outbox invariant: every run has at least one).

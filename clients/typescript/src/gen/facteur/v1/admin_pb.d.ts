@@ -16,6 +16,87 @@ import type { Run, RunEvent, RunStatus } from "./run_pb.js";
 export declare const file_facteur_v1_admin: GenFile;
 
 /**
+ * Request for `Prune`.
+ *
+ * @generated from message facteur.v1.PruneRequest
+ */
+export declare type PruneRequest = Message<"facteur.v1.PruneRequest"> & {
+  /**
+   * Count what would be deleted; delete nothing.
+   *
+   * @generated from field: bool dry_run = 1;
+   */
+  dryRun: boolean;
+};
+
+/**
+ * Describes the message facteur.v1.PruneRequest.
+ * Use `create(PruneRequestSchema)` to create a new message.
+ */
+export declare const PruneRequestSchema: GenMessage<PruneRequest>;
+
+/**
+ * Rows of one kind deleted (or, dry, that would be).
+ *
+ * @generated from message facteur.v1.PrunedCount
+ */
+export declare type PrunedCount = Message<"facteur.v1.PrunedCount"> & {
+  /**
+   * `runs`, `run_events`, `dispatches`, `audit_events` or `codex_task_runs`.
+   *
+   * @generated from field: string kind = 1;
+   */
+  kind: string;
+
+  /**
+   * How many.
+   *
+   * @generated from field: uint64 count = 2;
+   */
+  count: bigint;
+};
+
+/**
+ * Describes the message facteur.v1.PrunedCount.
+ * Use `create(PrunedCountSchema)` to create a new message.
+ */
+export declare const PrunedCountSchema: GenMessage<PrunedCount>;
+
+/**
+ * Response of `Prune`.
+ *
+ * @generated from message facteur.v1.PruneResponse
+ */
+export declare type PruneResponse = Message<"facteur.v1.PruneResponse"> & {
+  /**
+   * Per kind, every kind listed (0 included), in a fixed order.
+   *
+   * @generated from field: repeated facteur.v1.PrunedCount counts = 1;
+   */
+  counts: PrunedCount[];
+
+  /**
+   * Whether this was a dry run.
+   *
+   * @generated from field: bool dry_run = 2;
+   */
+  dryRun: boolean;
+
+  /**
+   * The retention windows applied (`runs=90d audit=365d codex_task_runs=keep`).
+   *
+   * @generated from field: string windows = 3;
+   */
+  windows: string;
+};
+
+/**
+ * Describes the message facteur.v1.PruneResponse.
+ * Use `create(PruneResponseSchema)` to create a new message.
+ */
+export declare const PruneResponseSchema: GenMessage<PruneResponse>;
+
+/**
  * Request for `ListCatalog`.
  *
  * @generated from message facteur.v1.ListCatalogRequest
@@ -1534,6 +1615,18 @@ export declare const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ListCatalogRequestSchema;
     output: typeof ListCatalogResponseSchema;
+  },
+  /**
+   * One retention pass now (`retention.*`): deletes finished runs with their history and
+   * dispatches, audit entries and Codex task runs older than their windows, in small batches;
+   * with `dry_run`, only counts what it would delete.
+   *
+   * @generated from rpc facteur.v1.AdminService.Prune
+   */
+  prune: {
+    methodKind: "unary";
+    input: typeof PruneRequestSchema;
+    output: typeof PruneResponseSchema;
   },
 }>;
 
