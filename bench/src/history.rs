@@ -1,7 +1,9 @@
-//! `history`: the hot paths on an empty Postgres database and on one holding months of history
+//! `history`: the hot paths on a young Postgres database and on one holding months of history
 //! (`BENCH_HISTORY_RUNS`, default 10^6 finished runs spread over 90 days in 50 guilds and 20
 //! commands, four history entries and one dispatch each, an audit entry per ten runs), side by
-//! side: p50/p99 of each path (sequential calls, after a warm-up), and the ratio seeded/empty.
+//! side with a young database (`BENCH_BASELINE_RUNS`, default 10^3 runs of the same shape, so
+//! every filtered page is as full as on the seeded one): p50/p99 of each path (sequential calls,
+//! after a warm-up), and the ratio seeded/young.
 //! The goal is every ratio within 1.5.
 //!
 //! Paths: an interaction that starts a run (`Invoke` of a command with a quota: policy, quota
@@ -95,7 +97,7 @@ async fn measure(srv: &TestServer, n: usize, round: &str) -> anyhow::Result<Vec<
     out.push(("start_run".into(), figures(&lat)));
 
     // One lease round after each new run (it takes that run's job); only the round is timed.
-    let policy = state.dispatch_policy.clone();
+    let policy = state.dispatch_policy;
     let namespaces = vec![NS.to_string()];
     let mut leased_names = Vec::new();
     let mut lat = Vec::with_capacity(n);
@@ -213,15 +215,15 @@ async fn measure(srv: &TestServer, n: usize, round: &str) -> anyhow::Result<Vec<
     Ok(out)
 }
 
-/// Seeds `runs` finished runs of other guilds and commands, with their history.
-async fn seed(db: &impl ConnectionTrait, runs: u64) -> anyhow::Result<()> {
+/// Seeds finished runs `start..runs` of other guilds and commands, with their history.
+async fn seed(db: &impl ConnectionTrait, start: u64, runs: u64) -> anyhow::Result<()> {
     let b = db.get_database_backend();
     let exec = |sql: String| async move {
         db.execute_raw(Statement::from_string(b, sql)).await?;
         anyhow::Ok(())
     };
     let chunk = 100_000u64;
-    let mut from = 0u64;
+    let mut from = start;
     while from < runs {
         let to = (from + chunk).min(runs);
         exec(format!(
@@ -261,6 +263,31 @@ async fn seed(db: &impl ConnectionTrait, runs: u64) -> anyhow::Result<()> {
     }
     exec("ANALYZE".into()).await?;
     Ok(())
+}
+
+/// On-disk size of each history table with its indexes and TOAST, and per 1,000 runs.
+async fn storage(db: &impl ConnectionTrait) -> anyhow::Result<Value> {
+    let b = db.get_database_backend();
+    let row = db
+        .query_one_raw(Statement::from_string(
+            b,
+            "SELECT (SELECT COUNT(*) FROM runs) AS runs,                pg_total_relation_size('runs') AS runs_b,                pg_total_relation_size('run_events') AS events_b,                pg_total_relation_size('dispatches') AS dispatches_b,                pg_total_relation_size('audit_events') AS audit_b",
+        ))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no sizes"))?;
+    let get = |k: &str| row.try_get::<i64>("", k).unwrap_or(0) as f64;
+    let runs = get("runs").max(1.0);
+    let per_k = |k: &str| round2(get(k) / runs * 1000.0 / 1024.0);
+    let total = get("runs_b") + get("events_b") + get("dispatches_b") + get("audit_b");
+    Ok(json!({
+        "runs": runs as u64,
+        "total_mib": round2(total / 1048576.0),
+        "per_1000_runs_kib": {
+            "runs": per_k("runs_b"), "run_events": per_k("events_b"),
+            "dispatches": per_k("dispatches_b"), "audit_events": per_k("audit_b"),
+            "all": round2(total / runs * 1000.0 / 1024.0),
+        },
+    }))
 }
 
 /// Plans of the hot statements on the seeded database (`EXPLAIN (ANALYZE, BUFFERS)`).
@@ -340,7 +367,7 @@ async fn plans(db: &impl ConnectionTrait) -> anyhow::Result<Vec<(String, String)
 }
 
 /// Runs the benchmark.
-pub async fn run(seeded_runs: u64, samples: usize) -> anyhow::Result<Value> {
+pub async fn run(seeded_runs: u64, baseline_runs: u64, samples: usize) -> anyhow::Result<Value> {
     let db = TestDb::new(Backend::Postgres).await;
     let mut cfg = with_deploy_command(with_tokens(config(&db)), DEPLOYER);
     cfg.database.max_connections = 8;
@@ -362,11 +389,21 @@ pub async fn run(seeded_runs: u64, samples: usize) -> anyhow::Result<Value> {
     cfg.dispatcher.disabled = true;
     cfg.retention.interval_seconds = 86_400;
     let srv = TestServer::start(cfg).await;
+    // The baseline is a young database: `BENCH_BASELINE_RUNS` (default 1,000) runs of the same
+    // shape, so every filtered page is as full as on the seeded one (an empty table answers
+    // `ListRuns` by status with nothing to render, which is not the same work).
+    seed(srv.server.state.store.connection(), 0, baseline_runs).await?;
     let empty = measure(&srv, samples, "empty").await?;
     let t = Instant::now();
-    seed(srv.server.state.store.connection(), seeded_runs).await?;
+    seed(
+        srv.server.state.store.connection(),
+        baseline_runs,
+        seeded_runs,
+    )
+    .await?;
     let seeded_in = t.elapsed();
     let seeded = measure(&srv, samples, "seeded").await?;
+    let storage = storage(srv.server.state.store.connection()).await?;
     let plans = plans(srv.server.state.store.connection()).await?;
     let mut rows = Vec::new();
     let mut worst: f64 = 0.0;
@@ -391,10 +428,12 @@ pub async fn run(seeded_runs: u64, samples: usize) -> anyhow::Result<Value> {
     Ok(json!({
         "bench": "history",
         "seeded_runs": seeded_runs,
+        "baseline_runs": baseline_runs,
         "seeded_in_s": seeded_in.as_secs(),
         "samples": samples,
         "worst_ratio_p50": worst,
         "paths": rows,
+        "storage": storage,
         "plans": plans.into_iter().map(|(n, p)| json!({"statement": n, "plan": p})).collect::<Vec<_>>(),
     }))
 }

@@ -179,6 +179,7 @@ async fn bench() -> anyhow::Result<()> {
         "history" => {
             let summary = Box::pin(history::run(
                 n("BENCH_HISTORY_RUNS", 1_000_000) as u64,
+                n("BENCH_BASELINE_RUNS", 1_000) as u64,
                 n("BENCH_SAMPLES", 200),
             ))
             .await?;

@@ -7,7 +7,9 @@
 //! default. SQLite commits ids in their own order and needs no such column.
 //!
 //! Retention deletes finished runs by `finished_at` and audit entries by `created_at`; both get
-//! an index so a pass reads only what it deletes.
+//! an index so a pass reads only what it deletes. `ListRuns` by requester matches the principal
+//! or the Discord user id: the principal gets the index the user id already had, so the two
+//! are read by index rather than by walking every run newest first.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DatabaseBackend};
@@ -26,11 +28,13 @@ const POSTGRES: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS run_events_tx_id_idx ON run_events (tx, id)",
     "CREATE INDEX IF NOT EXISTS runs_finished_idx ON runs (finished_at) WHERE finished_at IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS audit_events_created_idx ON audit_events (created_at)",
+    "CREATE INDEX IF NOT EXISTS runs_principal_created_idx ON runs (requester_principal, created_at)",
 ];
 
 const SQLITE: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS runs_finished_idx ON runs (finished_at) WHERE finished_at IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS audit_events_created_idx ON audit_events (created_at)",
+    "CREATE INDEX IF NOT EXISTS runs_principal_created_idx ON runs (requester_principal, created_at)",
 ];
 
 #[async_trait::async_trait]
@@ -52,6 +56,8 @@ impl MigrationTrait for Migration {
         db.execute_unprepared("DROP INDEX IF EXISTS runs_finished_idx")
             .await?;
         db.execute_unprepared("DROP INDEX IF EXISTS audit_events_created_idx")
+            .await?;
+        db.execute_unprepared("DROP INDEX IF EXISTS runs_principal_created_idx")
             .await?;
         if m.get_database_backend() == DatabaseBackend::Postgres {
             db.execute_unprepared("DROP INDEX IF EXISTS run_events_tx_id_idx")

@@ -244,17 +244,20 @@ async fn start_in_quota(state: &AppState, i: &Interaction, new: NewRun) -> Resul
 /// Every guild's use of every command with a quota (that ran within the hour or runs now).
 pub async fn quota_usage(state: &AppState) -> Result<Vec<(String, String, Quota, Usage)>> {
     let mut out = Vec::new();
-    // One policy read per guild (not per guild and command): a month of history has a row
-    // for every pair that ran in the last hour.
-    let mut policies = std::collections::BTreeMap::new();
-    for (guild, command, usage) in state.store.quota_usage().await? {
-        if !policies.contains_key(&guild) {
-            let policy = state.store.policy_for(&guild).await?;
-            policies.insert(guild.clone(), policy);
-        }
-        let quota = policies
+    // The quotas of every guild in two statements (not a policy read per guild and command:
+    // a month of history has a row for every pair that ran in the last hour).
+    let usage = state.store.quota_usage().await?;
+    let guilds: Vec<String> = usage
+        .iter()
+        .map(|(g, _, _)| g.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let in_force = state.store.quotas_in_force(&guilds).await?;
+    for (guild, command, usage) in usage {
+        let quota = in_force
             .get(&guild)
-            .and_then(|p| p.quotas.get(&command).copied())
+            .and_then(|q| q.get(&command).copied())
             .unwrap_or_else(|| state.catalog.quota_of(&command));
         if !quota.is_unlimited() {
             out.push((guild, command, quota, usage));

@@ -149,6 +149,53 @@ impl Store {
         }))
     }
 
+    /// The quotas in force for each of `guilds` (its own policy's if it has one, else the global
+    /// policy's), in two statements whatever the number of guilds: what `GetStatus` reads for
+    /// every guild that ran something in the last hour.
+    pub async fn quotas_in_force(
+        &self,
+        guilds: &[String],
+    ) -> Result<BTreeMap<String, BTreeMap<String, Quota>>> {
+        let mut wanted: Vec<String> = guilds.to_vec();
+        wanted.push(String::new());
+        let stored: std::collections::BTreeSet<String> = guild_policies::Entity::find()
+            .filter(guild_policies::Column::GuildId.is_in(wanted.clone()))
+            .all(&self.db)
+            .await
+            .map_err(errors::db)?
+            .into_iter()
+            .map(|h| h.guild_id)
+            .collect();
+        let mut quotas: BTreeMap<String, BTreeMap<String, Quota>> = BTreeMap::new();
+        for q in command_quotas::Entity::find()
+            .filter(command_quotas::Column::GuildId.is_in(wanted))
+            .all(&self.db)
+            .await
+            .map_err(errors::db)?
+        {
+            let limit = |v: Option<i32>| v.map(|n| u32::try_from(n).unwrap_or(0));
+            quotas.entry(q.guild_id).or_default().insert(
+                q.command,
+                Quota {
+                    max_concurrent: limit(q.max_concurrent),
+                    max_per_hour: limit(q.max_per_hour),
+                },
+            );
+        }
+        let global = quotas.get("").cloned().unwrap_or_default();
+        Ok(guilds
+            .iter()
+            .map(|g| {
+                let own = if stored.contains(g) {
+                    quotas.get(g).cloned().unwrap_or_default()
+                } else {
+                    global.clone()
+                };
+                (g.clone(), own)
+            })
+            .collect())
+    }
+
     /// The policy in force for a guild: its own if set, else the global one (version 0).
     pub async fn policy_for(&self, guild_id: &str) -> Result<GuildPolicy> {
         if let Some(p) = self.stored_policy(guild_id).await? {
