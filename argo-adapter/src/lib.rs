@@ -17,6 +17,7 @@ pub mod assignment;
 pub mod callback;
 pub mod kubeconfig;
 pub mod leaser;
+pub mod lint;
 pub mod status;
 pub mod templates;
 pub mod watch;

@@ -35,6 +35,13 @@ fn wanted_annotation(k: &str) -> bool {
 pub fn command_of(obj: &DynamicObject) -> Option<pb::WorkflowTemplateCommand> {
     let command = obj.metadata.labels.as_ref()?.get(COMMAND_LABEL)?.clone();
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    // templateRefs to other templates are not followed here (this watch sees labelled ones
+    // only): a value handed to one counts as interpolated.
+    let mut interpolated = obj
+        .data
+        .get("spec")
+        .map(|spec| crate::lint::interpolations(spec, &|_| None))
+        .unwrap_or_default();
     let parameters = obj
         .data
         .pointer("/spec/arguments/parameters")
@@ -48,6 +55,7 @@ pub fn command_of(obj: &DynamicObject) -> Option<pb::WorkflowTemplateCommand> {
             has_default: ["value", "default", "valueFrom"]
                 .iter()
                 .any(|k| p.get(*k).is_some_and(|v| !v.is_null())),
+            interpolated_in: interpolated.remove(&text(p, "name")).unwrap_or_default(),
         })
         .collect();
     Some(pb::WorkflowTemplateCommand {

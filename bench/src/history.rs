@@ -15,11 +15,9 @@
 
 use crate::{percentile, round2};
 use facteur_client::pb;
-use facteur_config::{CommandConfig, OptionConfig};
 use facteur_server::domain::dispatch::StatusReport;
 use facteur_tests::{
-    ADMIN_TOKEN, Backend, DISCORD_TOKEN, TestDb, TestServer, config, deploy_invoke, interaction,
-    with_deploy_command, with_tokens,
+    ADMIN_TOKEN, Backend, DISCORD_TOKEN, TestDb, TestServer, deploy_invoke, interaction,
 };
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::{Value, json};
@@ -369,22 +367,8 @@ async fn plans(db: &impl ConnectionTrait) -> anyhow::Result<Vec<(String, String)
 /// Runs the benchmark.
 pub async fn run(seeded_runs: u64, baseline_runs: u64, samples: usize) -> anyhow::Result<Value> {
     let db = TestDb::new(Backend::Postgres).await;
-    let mut cfg = with_deploy_command(with_tokens(config(&db)), DEPLOYER);
+    let mut cfg = crate::bench_config(&db, DEPLOYER);
     cfg.database.max_connections = 8;
-    // The interaction goes through the quota check.
-    cfg.commands[0].max_concurrent = Some(1_000_000);
-    cfg.commands[0].max_per_hour = Some(1_000_000);
-    cfg.commands.push(CommandConfig {
-        name: "dispatch".into(),
-        description: "Dispatch".into(),
-        options: vec![OptionConfig {
-            name: "payload".into(),
-            description: "Payload".into(),
-            kind: "string".into(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
     // The bench's own lease rounds stand in for an adapter.
     cfg.dispatcher.disabled = true;
     cfg.retention.interval_seconds = 86_400;

@@ -14,6 +14,7 @@ mod history;
 mod ingest;
 mod interactions;
 mod process;
+mod soak;
 mod unary;
 
 use facteur_client::pb;
@@ -32,6 +33,27 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
+}
+
+/// The benches' server configuration: tokens, `deploy` (with a quota, so every interaction
+/// goes through the quota check) allowed to `deployer`, and `dispatch`.
+pub(crate) fn bench_config(db: &TestDb, deployer: &str) -> facteur_config::Config {
+    use facteur_config::{CommandConfig, OptionConfig};
+    let mut cfg = facteur_tests::with_deploy_command(with_tokens(config(db)), deployer);
+    cfg.commands[0].max_concurrent = Some(1_000_000);
+    cfg.commands[0].max_per_hour = Some(1_000_000);
+    cfg.commands.push(CommandConfig {
+        name: "dispatch".into(),
+        description: "Dispatch".into(),
+        options: vec![OptionConfig {
+            name: "payload".into(),
+            description: "Payload".into(),
+            kind: "string".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    cfg
 }
 
 /// Two decimals.
@@ -186,6 +208,20 @@ async fn bench() -> anyhow::Result<()> {
             println!("{summary}");
             Ok(())
         }
+        "soak" => {
+            let rate = std::env::var("BENCH_SOAK_RATE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(10.0);
+            let summary = Box::pin(soak::run(
+                n("BENCH_SOAK_MINUTES", 30) as u64,
+                n("BENCH_SOAK_INTERVAL_SECONDS", 60) as u64,
+                rate,
+            ))
+            .await?;
+            println!("{summary}");
+            Ok(())
+        }
         "memory" => {
             let summary = process::memory(n("BENCH_CONCURRENT", 4), n("BENCH_ROUNDS", 3)).await?;
             println!("{summary}");
@@ -201,7 +237,7 @@ async fn bench() -> anyhow::Result<()> {
         }
         other => {
             anyhow::bail!(
-                "unknown benchmark `{other}`; available: dispatch, history, ingest, interactions, memory, startup, idle"
+                "unknown benchmark `{other}`; available: dispatch, history, ingest, interactions, memory, startup, idle, soak"
             )
         }
     }

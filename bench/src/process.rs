@@ -52,20 +52,32 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// A running `facteur`.
-struct Server {
-    child: Child,
+pub(crate) struct Server {
+    pub(crate) child: Child,
     http: SocketAddr,
     /// `http://…` of its gRPC listener.
-    grpc_url: String,
+    pub(crate) grpc_url: String,
 }
 
 impl Server {
     fn spawn(database_url: &str) -> anyhow::Result<Server> {
+        Self::spawn_with(database_url, None)
+    }
+
+    /// [`Server::spawn`] with a configuration file (`FACTEUR_CONFIG_FILE`); the database and the
+    /// listen addresses given here win over the file's.
+    pub(crate) fn spawn_with(
+        database_url: &str,
+        config_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<Server> {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let grpc = format!("127.0.0.1:{}", free_port()?);
         let mut c = Command::new(binary()?);
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("FACTEUR_")) {
             c.env_remove(k);
+        }
+        if let Some(f) = config_file {
+            c.env("FACTEUR_CONFIG_FILE", f);
         }
         let child = c
             .env("FACTEUR_DATABASE_URL", database_url)
@@ -89,7 +101,7 @@ impl Server {
     }
 
     /// Waits for the first `200` from `/readyz`, asking every millisecond.
-    async fn ready(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn ready(&mut self) -> anyhow::Result<()> {
         let start = Instant::now();
         loop {
             if let Ok(Ok(mut s)) = tokio::time::timeout(
@@ -128,7 +140,7 @@ impl Server {
     }
 
     /// SIGTERM, then waits for the exit.
-    fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) fn stop(mut self) -> anyhow::Result<()> {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()?;
@@ -145,7 +157,7 @@ impl Server {
 }
 
 /// Resident set size of process `pid`, KiB.
-fn rss_of(pid: u32) -> u64 {
+pub(crate) fn rss_of(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
@@ -198,12 +210,12 @@ fn resident_breakdown(pid: u32) -> Value {
     })
 }
 
-fn mib(kib: u64) -> f64 {
+pub(crate) fn mib(kib: u64) -> f64 {
     round2(kib as f64 / 1024.0)
 }
 
 /// Every table and index of the database, in bytes (`psql`, as pgbench comes with it).
-fn database_bytes(url: &str) -> anyhow::Result<u64> {
+pub(crate) fn database_bytes(url: &str) -> anyhow::Result<u64> {
     let out = Command::new("psql")
         .args([
             url,

@@ -848,6 +848,40 @@ async fn dead_letters(client: &Client, limit: u32) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The rule a free-text option's values follow, as `facteurctl commands` shows it: its choices,
+/// its pattern (with the hint), or where the template interpolates it into a shell (then no
+/// shell metacharacters); `None` for other types.
+fn option_rule(o: &pb::CommandOption) -> Option<String> {
+    if o.r#type != pb::OptionType::String as i32 {
+        return None;
+    }
+    let length = o
+        .max_length
+        .map_or(String::new(), |m| format!(", at most {m} characters"));
+    Some(if !o.choices.is_empty() {
+        "one of its choices".to_string()
+    } else if !o.pattern.is_empty() {
+        let hint = if o.pattern_hint.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", o.pattern_hint)
+        };
+        let used = if o.interpolated_in.is_empty() {
+            String::new()
+        } else {
+            format!("; used in {}", o.interpolated_in.join(", "))
+        };
+        format!("pattern `{}`{hint}{used}{length}", o.pattern)
+    } else if !o.interpolated_in.is_empty() {
+        format!(
+            "shell-restricted (no quotes ; | & $ ` < > ( ) \\ or line breaks): used in {}{length}",
+            o.interpolated_in.join(", ")
+        )
+    } else {
+        format!("free text (no `{{{{`, no control characters){length}")
+    })
+}
+
 async fn commands(client: &Client) -> anyhow::Result<ExitCode> {
     let c = client
         .admin()
@@ -887,6 +921,21 @@ async fn commands(client: &Client) -> anyhow::Result<ExitCode> {
         "{}",
         table(&["COMMAND", "SOURCE", "OPTIONS", "DESCRIPTION"], &rows)
     );
+    // What each free-text option accepts beyond its type: where a refused value's reason is.
+    let rules: Vec<Vec<String>> = c
+        .commands
+        .iter()
+        .flat_map(|d| {
+            d.options.iter().filter_map(move |o| {
+                let rule = option_rule(o)?;
+                Some(vec![format!("/{}", d.name), o.name.clone(), rule])
+            })
+        })
+        .collect();
+    if !rules.is_empty() {
+        println!();
+        print!("{}", table(&["COMMAND", "OPTION", "RULE"], &rules));
+    }
     if !c.problems.is_empty() {
         println!();
         for p in &c.problems {

@@ -76,6 +76,8 @@ pub struct Config {
     pub dispatcher: DispatcherConfig,
     /// How long finished history is kept.
     pub retention: RetentionConfig,
+    /// What any typed value must respect.
+    pub input: InputConfig,
     /// The command catalog. Empty: one command, `dispatch`, running `argo.workflow_template`
     /// with a `payload` option (the deployed `facteur-dispatch` template's one parameter).
     pub commands: Vec<CommandConfig>,
@@ -170,6 +172,30 @@ pub struct OptionConfig {
     pub autocomplete: bool,
     /// Argo parameter that receives the value; empty uses the option name (case kept).
     pub parameter: String,
+    /// The values accepted (strings): a regular expression the whole value must match. With a
+    /// pattern, the template's author vouches for what passes (no shell restriction applies).
+    pub pattern: String,
+    /// What `pattern` allows, in the words a member reads when a value is refused
+    /// (`a service name: lower case letters and dashes`). At most 100 characters.
+    pub pattern_hint: String,
+    /// Where the WorkflowTemplate puts the value into a shell or an expression
+    /// (`templates[1].script.source`), as the argo-adapter's lint found it: the value then
+    /// takes no shell metacharacters unless `pattern` is set. Set from the template; may be
+    /// set by hand for a template the adapter cannot see.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub interpolated_in: Vec<String>,
+}
+
+/// Longest `pattern_hint`.
+pub const MAX_PATTERN_HINT: usize = 100;
+
+/// `pattern` as it is matched: against the whole value.
+pub fn whole_value_pattern(pattern: &str) -> Result<regex_lite::Regex, String> {
+    regex_lite::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+        let e = e.to_string();
+        let first = e.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(&e);
+        format!("`{pattern}` is not a regular expression: {}", first.trim())
+    })
 }
 
 /// A fixed choice.
@@ -319,6 +345,28 @@ pub fn validate_commands(commands: &[CommandConfig], err: &mut impl FnMut(&str, 
                 err(
                     &format!("{okey}.min_value"),
                     "must not exceed max_value".into(),
+                );
+            }
+            if !o.pattern.is_empty() {
+                if kind != "string" {
+                    err(
+                        &format!("{okey}.pattern"),
+                        format!("only string options take a pattern (this one is {kind})"),
+                    );
+                } else if let Err(e) = whole_value_pattern(&o.pattern) {
+                    err(&format!("{okey}.pattern"), e);
+                }
+            }
+            if o.pattern_hint.chars().count() > MAX_PATTERN_HINT {
+                err(
+                    &format!("{okey}.pattern_hint"),
+                    format!("at most {MAX_PATTERN_HINT} characters"),
+                );
+            }
+            if !o.pattern_hint.is_empty() && o.pattern.is_empty() {
+                err(
+                    &format!("{okey}.pattern_hint"),
+                    "says what `pattern` allows; set `pattern` too".into(),
                 );
             }
             if let (Some(a), Some(b)) = (o.min_length, o.max_length)
@@ -688,6 +736,23 @@ impl Default for RetentionConfig {
             codex_task_runs: String::new(),
             interval_seconds: 300,
             batch_size: 500,
+        }
+    }
+}
+
+/// `input.*`: bounds every typed value respects, whatever its command.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputConfig {
+    /// Longest free-text value of an option without its own `max_length`, in characters.
+    /// Default 1000.
+    pub max_value_length: u32,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        Self {
+            max_value_length: 1000,
         }
     }
 }

@@ -152,7 +152,7 @@ fn compat_principal(
 /// orchestration is off). An internal error's text is logged, never shown.
 fn http_error(e: Error) -> Response {
     let code = match &e {
-        Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+        Error::InvalidArgument(_) | Error::Refused(_) => StatusCode::BAD_REQUEST,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
         Error::ResourceExhausted(_) => StatusCode::TOO_MANY_REQUESTS,

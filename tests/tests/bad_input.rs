@@ -319,7 +319,11 @@ async fn bad_interactions_and_parameters_are_invalid_argument_and_write_nothing(
     // An admin run's parameter and idempotency key.
     let a = srv.client(ADMIN_TOKEN).await;
     for (field, params, key) in [
-        ("option `service`", vec![("service", NUL)], ""),
+        (
+            "`service` must not contain control characters",
+            vec![("service", NUL)],
+            "",
+        ),
         ("idempotency_key", vec![("service", "api")], NUL),
     ] {
         let err = a

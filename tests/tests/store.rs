@@ -420,3 +420,82 @@ async fn leases_and_completions_go_in_batches_on_sqlite() {
 async fn leases_and_completions_go_in_batches_on_postgres() {
     leases_and_completions_go_in_batches(Backend::Postgres).await;
 }
+
+/// A quota's usage as the database aggregates it: the active runs, those started within the
+/// hour (active or ended), the oldest of those; ended runs older than the hour not counted.
+async fn quota_usage_counts_the_hour(backend: Backend) {
+    use facteur_server::domain::policy::Quota;
+    use facteur_server::store::entities::runs;
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let db = TestDb::new(backend).await;
+    let s = store(&db).await;
+    let guild = "100000000000000001";
+    let quota = Quota {
+        max_concurrent: Some(100),
+        max_per_hour: Some(100),
+    };
+    let now = chrono::Utc::now();
+    // (key, status, started how long ago)
+    let shape = [
+        ("active-new", "running", 1),
+        ("active-old", "queued", 7_200),
+        ("ended-new", "succeeded", 600),
+        ("ended-newest", "failed", 60),
+        ("ended-old", "succeeded", 4_000),
+    ];
+    for (key, status, ago) in shape {
+        let mut new = sample_run(key);
+        new.requester.guild_id = guild.into();
+        s.create_run_within(new, "ops", &quota)
+            .await
+            .expect("start");
+        runs::Entity::update_many()
+            .col_expr(runs::Column::Status, Expr::value(status))
+            .col_expr(
+                runs::Column::CreatedAt,
+                Expr::value(now - chrono::Duration::seconds(ago)),
+            )
+            .filter(runs::Column::IdempotencyKey.eq(key))
+            .exec(s.connection())
+            .await
+            .expect("shape");
+    }
+    let usage = s.quota_usage().await.expect("usage");
+    let (_, _, u) = usage
+        .iter()
+        .find(|(g, _, _)| g == guild)
+        .expect("the guild's usage");
+    assert_eq!((u.active, u.last_hour), (2, 3), "{u:?}");
+    let oldest = u.oldest_in_hour.expect("oldest in the hour");
+    let want = now - chrono::Duration::seconds(600);
+    assert!(
+        (oldest - want).num_milliseconds().abs() < 5,
+        "oldest {oldest} is the ended run of 10 minutes ago ({want})"
+    );
+    // The same through the start path: one more place in the hour is refused at 3.
+    let tight = Quota {
+        max_concurrent: None,
+        max_per_hour: Some(3),
+    };
+    let mut new = sample_run("one-more");
+    new.requester.guild_id = guild.into();
+    match s
+        .create_run_within(new, "ops", &tight)
+        .await
+        .expect("decide")
+    {
+        facteur_server::store::policy::Quoted::Refused(..) => {}
+        other => panic!("the hour holds 3 already: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn quota_usage_counts_the_hour_on_sqlite() {
+    quota_usage_counts_the_hour(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn quota_usage_counts_the_hour_on_postgres() {
+    quota_usage_counts_the_hour(Backend::Postgres).await;
+}

@@ -2,7 +2,7 @@
 //! their options. Discord's client-side checks are never trusted; only declared options reach
 //! Argo, on top of the configured base parameters (`argo.parameters`).
 
-use crate::domain::input::storable;
+use crate::domain::input::{Refusal, Refusals, Rule, safe_text, shell_safe, storable};
 use crate::domain::templates::{Merged, Template, merge};
 use crate::domain::{Error, Result};
 use facteur_config::{CommandConfig, Config, OptionConfig, is_snowflake};
@@ -64,6 +64,8 @@ pub struct Catalog {
     namespace: String,
     template: String,
     service_account: String,
+    /// `input.max_value_length`.
+    max_value_length: u32,
 }
 
 /// The part of the catalog that comes from WorkflowTemplates.
@@ -89,6 +91,7 @@ impl Catalog {
             namespace: c.argo.namespace.clone(),
             template: c.argo.workflow_template.clone(),
             service_account: c.argo.service_account.clone(),
+            max_value_length: c.input.max_value_length,
         }
     }
 
@@ -184,12 +187,11 @@ impl Catalog {
         }
     }
 
-    /// Validates `values` against `command` and resolves what it runs.
+    /// Validates `values` against `command` and resolves what it runs: every value refused
+    /// is named with its rule ([`Error::Refused`]), an unknown command is INVALID_ARGUMENT.
     pub fn resolve(&self, command: &str, values: &BTreeMap<String, String>) -> Result<Resolved> {
-        // What no store can hold is refused first, whoever asks (StartRun, Invoke, /events).
-        for (name, value) in values {
+        for name in values.keys() {
             storable("option name", name, MAX_OPTION_NAME)?;
-            storable(&format!("option `{name}`"), value, MAX_OPTION_VALUE)?;
         }
         let commands = self.commands();
         let Some(cmd) = commands.iter().find(|c| c.name == command) else {
@@ -199,22 +201,33 @@ impl Catalog {
                 known.join(", ")
             )));
         };
-        let mut problems = Vec::new();
+        let mut refused = Vec::new();
+        let mut refuse = |option: &str, rule: Rule, m: String| {
+            refused.push(Refusal {
+                option: option.to_string(),
+                rule,
+                message: format!("`{option}` {m}"),
+            })
+        };
         for name in values.keys() {
             if !cmd.options.iter().any(|o| &o.name == name) {
                 let declared: Vec<&str> = cmd.options.iter().map(|o| o.name.as_str()).collect();
-                problems.push(format!(
-                    "command `{command}` has no option `{name}` (declared: {})",
-                    declared.join(", ")
-                ));
+                refuse(
+                    name,
+                    Rule::Unknown,
+                    format!(
+                        "is not an option of command `{command}` (declared: {})",
+                        declared.join(", ")
+                    ),
+                );
             }
         }
         let mut parameters = self.base.clone();
         for o in &cmd.options {
             match values.get(&o.name) {
-                None if o.required => problems.push(format!("`{}` is required", o.name)),
+                None if o.required => refuse(&o.name, Rule::Required, "is required".into()),
                 None => {}
-                Some(v) => match check_value(o, v) {
+                Some(v) => match check_value(o, v, self.max_value_length) {
                     Ok(v) => {
                         let param = if o.parameter.is_empty() {
                             o.name.clone()
@@ -223,12 +236,12 @@ impl Catalog {
                         };
                         parameters.insert(param, v);
                     }
-                    Err(m) => problems.push(format!("`{}` {m}", o.name)),
+                    Err((rule, m)) => refuse(&o.name, rule, m),
                 },
             }
         }
-        if !problems.is_empty() {
-            return Err(Error::InvalidArgument(problems.join("; ")));
+        if !refused.is_empty() {
+            return Err(Error::Refused(Refusals(refused)));
         }
         let or = |v: &str, d: &str| {
             if v.is_empty() {
@@ -251,13 +264,21 @@ impl Catalog {
     }
 }
 
-/// Checks one value by the option's type and bounds; returns it normalised.
 /// Discord's longest string option.
 pub const MAX_OPTION_VALUE: usize = 6000;
 /// Longest option name (Discord allows 32).
 const MAX_OPTION_NAME: usize = 100;
 
-fn check_value(o: &OptionConfig, v: &str) -> std::result::Result<String, String> {
+/// Checks one value by the option's type, bounds and rules; returns it normalised, or the rule
+/// it breaks and what is wrong. Every value first follows [`safe_text`]; a string then has a
+/// length (its own bounds, else `max_value_length`), its `pattern` when it declares one, and
+/// otherwise, where the template puts it into a shell, no shell metacharacter.
+fn check_value(
+    o: &OptionConfig,
+    v: &str,
+    max_value_length: u32,
+) -> std::result::Result<String, (Rule, String)> {
+    safe_text(v)?;
     let kind = if o.kind.is_empty() {
         "string"
     } else {
@@ -268,55 +289,75 @@ fn check_value(o: &OptionConfig, v: &str) -> std::result::Result<String, String>
             let n: i64 = v
                 .trim()
                 .parse()
-                .map_err(|_| format!("must be a whole number (got `{v}`)"))?;
+                .map_err(|_| (Rule::Type, format!("must be a whole number (got `{v}`)")))?;
             if n.abs() > MAX_SAFE_INTEGER {
-                return Err(format!(
-                    "must be between -{MAX_SAFE_INTEGER} and {MAX_SAFE_INTEGER} (got {n})"
+                return Err((
+                    Rule::Range,
+                    format!("must be between -{MAX_SAFE_INTEGER} and {MAX_SAFE_INTEGER} (got {n})"),
                 ));
             }
-            check_range(o, n as f64)?;
+            check_range(o, n as f64).map_err(|m| (Rule::Range, m))?;
             n.to_string()
         }
         "number" => {
             let n: f64 = v
                 .trim()
                 .parse()
-                .map_err(|_| format!("must be a number (got `{v}`)"))?;
+                .map_err(|_| (Rule::Type, format!("must be a number (got `{v}`)")))?;
             if !n.is_finite() {
-                return Err(format!("must be a finite number (got `{v}`)"));
+                return Err((Rule::Type, format!("must be a finite number (got `{v}`)")));
             }
-            check_range(o, n)?;
+            check_range(o, n).map_err(|m| (Rule::Range, m))?;
             v.trim().to_string()
         }
         "boolean" => match v.trim() {
             "true" | "false" => v.trim().to_string(),
-            _ => return Err(format!("must be true or false (got `{v}`)")),
+            _ => return Err((Rule::Type, format!("must be true or false (got `{v}`)"))),
         },
         "user" | "channel" | "role" => {
             if !is_snowflake(v.trim()) {
-                return Err(format!("must be a {kind} id (got `{v}`)"));
+                return Err((Rule::Type, format!("must be a {kind} id (got `{v}`)")));
             }
             v.trim().to_string()
         }
         _ => {
-            let len = v.chars().count() as u32;
-            if o.min_length.is_some_and(|m| len < m) || o.max_length.is_some_and(|m| len > m) {
-                let bounds = match (o.min_length, o.max_length) {
-                    (Some(a), Some(b)) => format!("between {a} and {b} characters long"),
-                    (Some(a), None) => format!("at least {a} characters long"),
-                    (_, Some(b)) => format!("at most {b} characters long"),
-                    (None, None) => "of any length".into(),
+            let len = v.chars().count();
+            let max = o
+                .max_length
+                .unwrap_or(max_value_length)
+                .min(MAX_OPTION_VALUE as u32) as usize;
+            let min = o.min_length.unwrap_or(0) as usize;
+            if len < min || len > max {
+                let bounds = if min > 0 {
+                    format!("between {min} and {max} characters long")
+                } else {
+                    format!("at most {max} characters long")
                 };
-                return Err(format!("must be {bounds} (got {len})"));
+                return Err((Rule::Length, format!("must be {bounds} (got {len})")));
+            }
+            if !o.pattern.is_empty() {
+                // Validated when the catalog took the command: an invalid one is not here.
+                let matches =
+                    facteur_config::whole_value_pattern(&o.pattern).is_ok_and(|re| re.is_match(v));
+                if !matches {
+                    let what = if o.pattern_hint.is_empty() {
+                        format!("must match `{}`", o.pattern)
+                    } else {
+                        format!("must be {}", o.pattern_hint)
+                    };
+                    return Err((Rule::Pattern, what));
+                }
+            } else if !o.interpolated_in.is_empty() && o.choices.is_empty() {
+                shell_safe(v)?;
             }
             v.to_string()
         }
     };
     if !o.choices.is_empty() && !o.choices.iter().any(|c| c.value == value) {
         let allowed: Vec<&str> = o.choices.iter().map(|c| c.value.as_str()).collect();
-        return Err(format!(
-            "must be one of {} (got `{value}`)",
-            allowed.join(", ")
+        return Err((
+            Rule::Choice,
+            format!("must be one of {}", allowed.join(", ")),
         ));
     }
     Ok(value)
@@ -413,14 +454,11 @@ mod tests {
     fn rejects_what_discord_would_have_checked_client_side() {
         let c = catalog();
         let err = |v: &[(&str, &str)]| match c.resolve("deploy", &vals(v)) {
-            Err(Error::InvalidArgument(m)) => m,
-            other => panic!("expected invalid argument, got {other:?}"),
+            Err(e @ Error::Refused(_)) => e.to_string(),
+            other => panic!("expected a refusal, got {other:?}"),
         };
         assert!(err(&[]).contains("`service` is required"));
-        assert_eq!(
-            err(&[("service", "web")]),
-            "`service` must be one of api (got `web`)"
-        );
+        assert_eq!(err(&[("service", "web")]), "`service` must be one of api");
         let replicas = err(&[("service", "api"), ("replicas", "11")]);
         assert!(
             replicas.starts_with("`replicas` must be between 1 and ")
@@ -436,9 +474,120 @@ mod tests {
             err(&[("service", "api"), ("owner", "bob")]),
             "`owner` must be a user id (got `bob`)"
         );
-        assert!(err(&[("service", "api"), ("extra", "x")]).contains("no option `extra`"));
+        assert!(
+            err(&[("service", "api"), ("extra", "x")])
+                .contains("`extra` is not an option of command `deploy`")
+        );
         assert!(
             matches!(c.resolve("nope", &BTreeMap::new()), Err(Error::InvalidArgument(m)) if m.contains("unknown command"))
+        );
+    }
+
+    /// Injection payloads against a value the template runs in a shell, one it passes through
+    /// `env`, and one with a declared pattern: (payload, shell rule, env rule, pattern rule).
+    #[test]
+    fn typed_values_cannot_break_out_of_the_template() {
+        let mut c =
+            facteur_config::load_from(None, &Default::default(), Process::Server).expect("config");
+        let text = |name: &str| OptionConfig {
+            name: name.into(),
+            description: "d".into(),
+            ..Default::default()
+        };
+        c.commands = vec![CommandConfig {
+            name: "say".into(),
+            description: "d".into(),
+            options: vec![
+                OptionConfig {
+                    interpolated_in: vec!["templates[0].script.source".into()],
+                    ..text("shell")
+                },
+                text("env"),
+                OptionConfig {
+                    interpolated_in: vec!["templates[0].container.args[1]".into()],
+                    pattern: "[a-z0-9 ;'/-]+".into(),
+                    pattern_hint: "lower case words".into(),
+                    ..text("patterned")
+                },
+            ],
+            ..Default::default()
+        }];
+        let cat = Catalog::from_config(&c);
+        let long = "a".repeat(1001);
+        type Expected<'a> = (&'a str, Option<Rule>, Option<Rule>, Option<Rule>);
+        let table: [Expected; 13] = [
+            ("hello world", None, None, None),
+            ("hello'; ls -la /; echo '", Some(Rule::Shell), None, None),
+            (
+                "$(cat /etc/passwd)",
+                Some(Rule::Shell),
+                None,
+                Some(Rule::Pattern),
+            ),
+            ("`id`", Some(Rule::Shell), None, Some(Rule::Pattern)),
+            // The pattern wins: its author let `;` and `/` through.
+            ("a; rm -rf /", Some(Rule::Shell), None, None),
+            ("a && b", Some(Rule::Shell), None, Some(Rule::Pattern)),
+            ("a\nb", Some(Rule::Shell), None, Some(Rule::Pattern)),
+            ("a | b", Some(Rule::Shell), None, Some(Rule::Pattern)),
+            (
+                "{{workflow.name}}",
+                Some(Rule::TemplateSyntax),
+                Some(Rule::TemplateSyntax),
+                Some(Rule::TemplateSyntax),
+            ),
+            (
+                "{{=sprig.trim('x')}}",
+                Some(Rule::TemplateSyntax),
+                Some(Rule::TemplateSyntax),
+                Some(Rule::TemplateSyntax),
+            ),
+            (
+                "bell\u{7}",
+                Some(Rule::ControlCharacter),
+                Some(Rule::ControlCharacter),
+                Some(Rule::ControlCharacter),
+            ),
+            (
+                &long,
+                Some(Rule::Length),
+                Some(Rule::Length),
+                Some(Rule::Length),
+            ),
+            ("UPPER", None, None, Some(Rule::Pattern)),
+        ];
+        for (payload, shell, env, patterned) in table {
+            for (option, want) in [("shell", shell), ("env", env), ("patterned", patterned)] {
+                let got = match cat.resolve("say", &vals(&[(option, payload)])) {
+                    Ok(r) => {
+                        assert_eq!(r.parameters.get(option).map(String::as_str), Some(payload));
+                        None
+                    }
+                    Err(Error::Refused(r)) => {
+                        assert_eq!(r.0.len(), 1, "{r:?}");
+                        assert_eq!(r.0[0].option, option);
+                        assert!(r.0[0].message.starts_with(&format!("`{option}` ")), "{r:?}");
+                        assert!(
+                            !r.0[0].message.contains(payload),
+                            "the refusal does not echo the value: {r:?}"
+                        );
+                        Some(r.0[0].rule)
+                    }
+                    Err(other) => panic!("{other:?}"),
+                };
+                assert_eq!(got, want, "{payload:?} in `{option}`");
+            }
+        }
+        let Err(e) = cat.resolve("say", &vals(&[("patterned", "UPPER")])) else {
+            panic!("refused");
+        };
+        assert_eq!(e.to_string(), "`patterned` must be lower case words");
+        let Err(e) = cat.resolve("say", &vals(&[("shell", "a;b")])) else {
+            panic!("refused");
+        };
+        assert!(
+            e.to_string().contains("the template passes it to a shell"),
+            "{e}"
         );
     }
 

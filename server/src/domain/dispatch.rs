@@ -695,6 +695,9 @@ pub fn on_decision(
                 .unwrap_or_else(|| p.default.clone());
             if value.is_empty() {
                 problems.push(format!("`{}` is required", p.name));
+            } else if let Err((_, m)) = crate::domain::input::safe_text(&value) {
+                // Supplied values reach the Workflow as parameters do.
+                problems.push(format!("`{}` {m}", p.name));
             } else if !p.choices.is_empty() && !p.choices.contains(&value) {
                 problems.push(format!(
                     "`{}` must be one of {} (got `{value}`)",
@@ -1216,6 +1219,18 @@ mod tests {
             m.contains("asks for no value `x`")
                 && m.contains("must be one of staging, prod (got `qa`)"),
             "{m}"
+        );
+        let Err(Error::InvalidArgument(m)) = on_decision(
+            &r,
+            "",
+            approve(&[("environment", "{{workflow.name}}")]),
+            now,
+        ) else {
+            panic!("Argo syntax in an approval value");
+        };
+        assert_eq!(
+            m,
+            "`environment` must not contain `{{` (Argo's template syntax)"
         );
         assert!(matches!(
             on_decision(&r, "other-step", approve(&[("environment", "prod")]), now),

@@ -7,6 +7,10 @@ pub enum Error {
     /// The caller sent something malformed (INVALID_ARGUMENT / 400).
     #[error("{0}")]
     InvalidArgument(String),
+    /// Typed values a command refuses, each with its option and rule (INVALID_ARGUMENT /
+    /// 400): the edges audit the option and the rule, never the value.
+    #[error("{0}")]
+    Refused(crate::domain::input::Refusals),
     /// No such thing (NOT_FOUND / 404).
     #[error("{0}")]
     NotFound(String),

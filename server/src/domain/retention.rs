@@ -37,6 +37,28 @@ impl Retention {
         }
     }
 
+    /// The windows as an operator reads them: `runs=90d audit=365d codex_task_runs=keep` (each
+    /// in the largest unit that divides it).
+    pub fn describe(&self) -> String {
+        let window = |w: Option<Duration>| match w {
+            None => "keep".to_string(),
+            Some(w) => {
+                let secs = w.as_secs();
+                let (n, unit) = [(7 * 86_400, "w"), (86_400, "d"), (3600, "h"), (60, "m")]
+                    .into_iter()
+                    .find(|(per, _)| secs % per == 0)
+                    .map_or((secs, "s"), |(per, unit)| (secs / per, unit));
+                format!("{n}{unit}")
+            }
+        };
+        format!(
+            "runs={} audit={} codex_task_runs={}",
+            window(self.runs),
+            window(self.audit),
+            window(self.codex_task_runs)
+        )
+    }
+
     /// The cutoffs of a pass at `now`.
     pub fn cutoffs(&self, now: DateTime<Utc>) -> Cutoffs {
         let before = |w: Option<Duration>| {
@@ -105,6 +127,30 @@ impl Pruned {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn windows_read_back_in_their_largest_unit() {
+        let c = facteur_config::RetentionConfig {
+            runs: "90d".into(),
+            audit: "2w".into(),
+            codex_task_runs: String::new(),
+            ..Default::default()
+        };
+        assert_eq!(
+            super::Retention::from_config(&c).describe(),
+            "runs=90d audit=2w codex_task_runs=keep"
+        );
+        let c = facteur_config::RetentionConfig {
+            runs: "36h".into(),
+            audit: "0".into(),
+            codex_task_runs: "90s".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            super::Retention::from_config(&c).describe(),
+            "runs=36h audit=keep codex_task_runs=90s"
+        );
+    }
+
     use super::*;
 
     #[test]

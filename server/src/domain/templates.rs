@@ -16,6 +16,11 @@ pub const TITLE_ANNOTATION: &str = "workflows.argoproj.io/title";
 pub const TYPE_ANNOTATION_PREFIX: &str = "facteur.proompteng.ai/type.";
 /// Comma-separated parameters not exposed as options.
 pub const HIDDEN_ANNOTATION: &str = "facteur.proompteng.ai/hidden";
+/// `facteur.proompteng.ai/pattern.<parameter>`: the values it accepts, a regular expression
+/// matched against the whole value.
+pub const PATTERN_ANNOTATION_PREFIX: &str = "facteur.proompteng.ai/pattern.";
+/// `facteur.proompteng.ai/pattern-hint.<parameter>`: what the pattern allows, in words.
+pub const PATTERN_HINT_ANNOTATION_PREFIX: &str = "facteur.proompteng.ai/pattern-hint.";
 /// Discord's limits.
 const MAX_DESCRIPTION: usize = 100;
 const MAX_OPTIONS: usize = 25;
@@ -32,6 +37,9 @@ pub struct TemplateParameter {
     pub choices: Vec<String>,
     /// Has a `value` or `default`.
     pub has_default: bool,
+    /// Where the template puts it into a shell or an expression (the adapter's lint).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interpolated_in: Vec<String>,
 }
 
 /// A labelled WorkflowTemplate, as an argo-adapter reported it.
@@ -118,6 +126,15 @@ pub fn command_of(t: &Template) -> Result<CommandConfig, String> {
                 p.choices.len()
             ));
         }
+        let pattern = a(&format!("{PATTERN_ANNOTATION_PREFIX}{}", p.name));
+        if !pattern.is_empty()
+            && let Err(e) = facteur_config::whole_value_pattern(pattern)
+        {
+            return Err(format!(
+                "annotation `{PATTERN_ANNOTATION_PREFIX}{}`: {e}",
+                p.name
+            ));
+        }
         let name = option_name(&p.name);
         let description = if p.description.trim().is_empty() {
             p.name.clone()
@@ -134,6 +151,9 @@ pub fn command_of(t: &Template) -> Result<CommandConfig, String> {
             description: clip(&description, MAX_DESCRIPTION),
             kind: kind.to_string(),
             required: !p.has_default,
+            pattern: pattern.to_string(),
+            pattern_hint: a(&format!("{PATTERN_HINT_ANNOTATION_PREFIX}{}", p.name)).to_string(),
+            interpolated_in: p.interpolated_in.clone(),
             choices: p
                 .choices
                 .iter()
@@ -247,6 +267,7 @@ mod tests {
                     description: "How to greet".into(),
                     choices: vec!["hi".into(), "hello".into()],
                     has_default: true,
+                    ..Default::default()
                 },
                 TemplateParameter {
                     name: "Target.Name".into(),
@@ -264,6 +285,50 @@ mod tests {
                 },
             ],
         }
+    }
+
+    #[test]
+    fn patterns_and_the_lint_reach_the_options() {
+        let mut t = template();
+        t.parameters[1].interpolated_in = vec!["templates[0].script.source".into()];
+        t.annotations.insert(
+            format!("{PATTERN_ANNOTATION_PREFIX}Target.Name"),
+            "[a-z-]+".into(),
+        );
+        t.annotations.insert(
+            format!("{PATTERN_HINT_ANNOTATION_PREFIX}Target.Name"),
+            "a name in lower case".into(),
+        );
+        let c = command_of(&t).expect("a command");
+        let o = &c.options[0];
+        assert_eq!(
+            (
+                o.pattern.as_str(),
+                o.pattern_hint.as_str(),
+                o.interpolated_in.as_slice()
+            ),
+            (
+                "[a-z-]+",
+                "a name in lower case",
+                &["templates[0].script.source".to_string()][..]
+            )
+        );
+        // A pattern that is not one leaves the command out, saying which annotation.
+        t.annotations.insert(
+            format!("{PATTERN_ANNOTATION_PREFIX}Target.Name"),
+            "[a-z".into(),
+        );
+        let why = command_of(&t).expect_err("invalid pattern");
+        assert!(
+            why.starts_with("annotation `facteur.proompteng.ai/pattern.Target.Name`: `[a-z` is not a regular expression"),
+            "{why}"
+        );
+        // On a parameter typed integer, a pattern is refused too.
+        let mut t = template();
+        t.annotations
+            .insert(format!("{PATTERN_ANNOTATION_PREFIX}count"), "[0-9]".into());
+        let why = command_of(&t).expect_err("pattern on an integer");
+        assert!(why.contains("only string options take a pattern"), "{why}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::auth::Principal;
 use crate::domain::dispatch::DispatchKind;
 use crate::domain::input::storable;
 use crate::domain::policy::{DefaultPolicy, GuildPolicy, Quota, commands_from};
+use crate::domain::retention::Retention;
 use crate::domain::run::{Decision as RunDecision, MAX_IDEMPOTENCY_KEY, Requester, RunSource};
 use crate::service::{runs, sessions};
 use crate::state::AppState;
@@ -141,7 +142,9 @@ impl AdminService for AdminApi {
         let trace_parent = facteur_config::telemetry::current_traceparent().unwrap_or_default();
         let r = req.into_inner();
         let params: std::collections::BTreeMap<String, String> = r.parameters.into_iter().collect();
-        let resolved = self.0.catalog.resolve(&r.command, &params)?;
+        let context = serde_json::json!({"principal": principal.name, "source": "admin"});
+        let resolved =
+            runs::resolve(&self.0, &r.command, &params, "", &principal.name, context).await?;
         let key = idempotency_key(&r.idempotency_key, || {
             format!("admin:{}", uuid::Uuid::new_v4())
         })?;
@@ -354,14 +357,6 @@ impl AdminService for AdminApi {
         let dry_run = req.into_inner().dry_run;
         let pruned = crate::service::history::prune(&self.0, dry_run).await?;
         tracing::info!(principal = %principal.name, dry_run, "retention pass asked for");
-        let r = &self.0.config.retention;
-        let window = |s: &str| {
-            if s.trim().is_empty() || s.trim() == "0" {
-                "keep".to_string()
-            } else {
-                s.trim().to_string()
-            }
-        };
         Ok(Response::new(pb::PruneResponse {
             counts: pruned
                 .by_kind()
@@ -372,12 +367,7 @@ impl AdminService for AdminApi {
                 })
                 .collect(),
             dry_run,
-            windows: format!(
-                "runs={} audit={} codex_task_runs={}",
-                window(&r.runs),
-                window(&r.audit),
-                window(&r.codex_task_runs)
-            ),
+            windows: Retention::from_config(&self.0.config.retention).describe(),
         }))
     }
 

@@ -90,6 +90,9 @@ pub fn definitions(state: &AppState) -> Vec<pb::CommandDefinition> {
                     min_length: o.min_length,
                     max_length: o.max_length,
                     autocomplete: o.autocomplete,
+                    pattern: o.pattern.clone(),
+                    pattern_hint: o.pattern_hint.clone(),
+                    interpolated_in: o.interpolated_in.clone(),
                 })
                 .collect(),
             ephemeral: c.ephemeral,

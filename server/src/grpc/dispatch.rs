@@ -205,6 +205,7 @@ impl DispatchService for DispatchApi {
                         description: p.description,
                         choices: p.choices,
                         has_default: p.has_default,
+                        interpolated_in: p.interpolated_in,
                     })
                     .collect(),
             })

@@ -7,6 +7,7 @@ impl From<Error> for Status {
     fn from(e: Error) -> Status {
         match e {
             Error::InvalidArgument(m) => Status::invalid_argument(m),
+            Error::Refused(r) => Status::invalid_argument(r.to_string()),
             Error::NotFound(m) => Status::not_found(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::AlreadyExists(m) => Status::already_exists(m),

@@ -178,7 +178,9 @@ pub async fn start(
     options: &BTreeMap<String, String>,
     source: RunSource,
 ) -> Result<(Run, bool)> {
-    let resolved = state.catalog.resolve(command, options)?;
+    let context = serde_json::json!({"user_id": i.user_id, "channel_id": i.channel_id,
+        "interaction_id": i.interaction_id, "source": source.as_str()});
+    let resolved = runs::resolve(state, command, options, &i.guild_id, &i.user_id, context).await?;
     let new = resolved.into_run(i.key(), source, i.requester(), runs::trace_parent());
     start_in_quota(state, i, new).await
 }

@@ -8,14 +8,31 @@ use crate::state::AppState;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// One retention pass now; `dry` only counts. Deletions are counted in
-/// `facteur_retention_deleted_total` and logged.
+/// Batches per kind in one background pass: at the default batch of 500, 10,000 rows of each
+/// kind, a few seconds of work; a longer backlog goes in the passes that follow.
+const PASS_BATCHES: u32 = 20;
+
+/// How soon the next background pass comes after one that stopped at [`PASS_BATCHES`].
+const BACKLOG_PAUSE: Duration = Duration::from_secs(1);
+
+/// One retention pass now, to the end (an admin's request); `dry` only counts.
 pub async fn prune(state: &AppState, dry: bool) -> Result<Pruned> {
+    Ok(pass(state, u32::MAX, dry).await?.0)
+}
+
+/// One pass of at most `max_batches` per kind; whether more is left. Deletions are counted in
+/// `facteur_retention_deleted_total` and logged.
+async fn pass(state: &AppState, max_batches: u32, dry: bool) -> Result<(Pruned, bool)> {
     let retention = Retention::from_config(&state.config.retention);
     let cutoffs = retention.cutoffs(chrono::Utc::now());
-    let pruned = state
+    let (pruned, more) = state
         .store
-        .prune(&cutoffs, state.config.retention.batch_size, dry)
+        .prune(
+            &cutoffs,
+            state.config.retention.batch_size,
+            max_batches,
+            dry,
+        )
         .await?;
     if !dry {
         for (kind, n) in pruned.by_kind() {
@@ -32,25 +49,33 @@ pub async fn prune(state: &AppState, dry: bool) -> Result<Pruned> {
                 dispatches = pruned.dispatches,
                 audit_events = pruned.audit_events,
                 codex_task_runs = pruned.codex_task_runs,
+                more,
                 "retention pass deleted history"
             );
         }
     }
-    Ok(pruned)
+    Ok((pruned, more))
 }
 
-/// Applies retention every `retention.interval_seconds` until shutdown (first pass at once).
-/// A pass that fails is logged and tried again at the next interval; the database being down
-/// is the health check's to report, not a reason to stop.
+/// Applies retention every `retention.interval_seconds` until shutdown (first pass at once),
+/// each pass at most [`PASS_BATCHES`] batches per kind: a backlog goes in short passes a
+/// second apart, so shutdown never waits for more than one of them. A pass that fails is
+/// logged and tried again at the next interval; the database being down is the health
+/// check's to report, not a reason to stop.
 pub async fn follow(state: Arc<AppState>) -> std::result::Result<(), String> {
     let every = Duration::from_secs(state.config.retention.interval_seconds.max(1));
     loop {
-        if let Err(e) = prune(&state, false).await {
-            tracing::warn!(error = %e, "retention pass failed; trying again at the next interval");
-        }
+        let next = match pass(&state, PASS_BATCHES, false).await {
+            Ok((_, true)) => BACKLOG_PAUSE,
+            Ok((_, false)) => every,
+            Err(e) => {
+                tracing::warn!(error = %e, "retention pass failed; trying again at the next interval");
+                every
+            }
+        };
         tokio::select! {
             _ = state.shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(next) => {}
         }
     }
 }

@@ -28,6 +28,48 @@ pub async fn get(state: &AppState, id: &str) -> Result<Run> {
         .ok_or_else(|| Error::NotFound(format!("no run `{id}`")))
 }
 
+/// Validates `values` for `command` ([`crate::domain::catalog::Catalog::resolve`]); values
+/// it refuses are counted (`facteur_values_refused_total{command, rule}`) and audited in
+/// `guild_id` as `value_refused` by `actor`, with each option and rule and `context` (who,
+/// which interaction), never the values themselves.
+pub async fn resolve(
+    state: &AppState,
+    command: &str,
+    values: &std::collections::BTreeMap<String, String>,
+    guild_id: &str,
+    actor: &str,
+    mut context: serde_json::Value,
+) -> Result<crate::domain::catalog::Resolved> {
+    let refusals = match state.catalog.resolve(command, values) {
+        Err(Error::Refused(r)) => r,
+        other => return other,
+    };
+    for r in &refusals.0 {
+        state.metrics.add(
+            crate::metrics::Metric::ValuesRefused,
+            vec![
+                ("command", command.to_string()),
+                ("rule", r.rule.as_str().to_string()),
+            ],
+            1,
+        );
+    }
+    context["refused"] = refusals
+        .0
+        .iter()
+        .map(|r| serde_json::json!({"option": r.option, "rule": r.rule.as_str()}))
+        .collect();
+    if let Err(e) = state
+        .store
+        .audit(guild_id, actor, "value_refused", command, context)
+        .await
+    {
+        tracing::warn!(error = %e, command, "a refused value could not be audited");
+    }
+    tracing::info!(command, actor, refused = refusals.0.len(), "values refused");
+    Err(Error::Refused(refusals))
+}
+
 /// Records a new run (idempotent on its key) and wakes the lease streams. Returns the run and
 /// whether it was a replay.
 pub async fn start(state: &AppState, new: NewRun, actor: &str) -> Result<(Run, bool)> {

@@ -3,13 +3,13 @@
 //! version), and every change and every denial is written to `audit_events`.
 
 use super::Store;
-use super::entities::{audit_events, command_quotas, guild_policies, role_policies};
+use super::entities::{audit_events, command_quotas, guild_policies, role_policies, runs};
 use super::errors;
 use crate::domain::policy::{DefaultPolicy, GuildPolicy, Quota, Usage};
 use crate::domain::{Error, Result};
 use chrono::Utc;
 use sea_orm::ActiveValue::Set;
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::{Expr, ExprTrait, Func};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     TransactionTrait,
@@ -325,8 +325,6 @@ impl Store {
 }
 
 /// A run as a quota counts it: (status, created).
-type Counted = (String, chrono::DateTime<Utc>);
-
 /// Run states a quota counts as not yet ended.
 const ACTIVE: [&str; 4] = ["queued", "dispatching", "submitted", "running"];
 
@@ -347,32 +345,15 @@ impl Store {
         command: &str,
         now: chrono::DateTime<Utc>,
     ) -> Result<Usage> {
-        use super::entities::runs;
-        // Two index reads rather than one `status IN … OR created_at > …`, which no index
-        // serves and which reads every run of the guild's command (months of them).
-        let of = || {
-            runs::Entity::find()
-                .select_only()
-                .column(runs::Column::Status)
-                .column(runs::Column::CreatedAt)
+        let hour_ago = now - chrono::Duration::hours(1);
+        let of = |active| {
+            tallies(active, hour_ago)
                 .filter(runs::Column::GuildId.eq(guild_id))
                 .filter(runs::Column::Command.eq(command))
         };
-        let mut rows: Vec<Counted> = of()
-            .filter(runs::Column::Status.is_in(ACTIVE))
-            .into_tuple()
-            .all(c)
-            .await
-            .map_err(errors::db)?;
-        let recent: Vec<Counted> = of()
-            .filter(runs::Column::Status.is_not_in(ACTIVE))
-            .filter(runs::Column::CreatedAt.gt(now - chrono::Duration::hours(1)))
-            .into_tuple()
-            .all(c)
-            .await
-            .map_err(errors::db)?;
-        rows.extend(recent);
-        Ok(usage_of(&rows, now))
+        let active: Option<Tally> = of(true).into_model().one(c).await.map_err(errors::db)?;
+        let ended: Option<Tally> = of(false).into_model().one(c).await.map_err(errors::db)?;
+        Ok(usage(active.as_ref(), ended.as_ref()))
     }
 
     /// Starts `new` if the quota of its guild and command allows one more, deciding and
@@ -437,57 +418,83 @@ impl Store {
     /// Every guild's use of every command that ran in the last hour or runs now:
     /// (guild, command, usage).
     pub async fn quota_usage(&self) -> Result<Vec<(String, String, Usage)>> {
-        use super::entities::runs;
-        let now = Utc::now();
-        // Two index reads (active runs by state; the last hour by creation) rather than one OR.
-        let of = || {
-            runs::Entity::find()
-                .select_only()
-                .column(runs::Column::GuildId)
-                .column(runs::Column::Command)
-                .column(runs::Column::Status)
-                .column(runs::Column::CreatedAt)
-                .filter(runs::Column::GuildId.ne(""))
-        };
-        let mut rows: Vec<(String, String, String, chrono::DateTime<Utc>)> = of()
-            .filter(runs::Column::Status.is_in(ACTIVE))
-            .into_tuple()
-            .all(&self.db)
-            .await
-            .map_err(errors::db)?;
-        let recent: Vec<(String, String, String, chrono::DateTime<Utc>)> = of()
-            .filter(runs::Column::Status.is_not_in(ACTIVE))
-            .filter(runs::Column::CreatedAt.gt(now - chrono::Duration::hours(1)))
-            .into_tuple()
-            .all(&self.db)
-            .await
-            .map_err(errors::db)?;
-        rows.extend(recent);
-        let mut by: BTreeMap<(String, String), Vec<Counted>> = BTreeMap::new();
-        for (g, c, s, t) in rows {
-            by.entry((g, c)).or_default().push((s, t));
+        let hour_ago = Utc::now() - chrono::Duration::hours(1);
+        let of = |active| tallies(active, hour_ago).filter(runs::Column::GuildId.ne(""));
+        let mut by: BTreeMap<(String, String), [Option<Tally>; 2]> = BTreeMap::new();
+        for (i, active) in [(0, true), (1, false)] {
+            let rows: Vec<Tally> = of(active)
+                .into_model()
+                .all(&self.db)
+                .await
+                .map_err(errors::db)?;
+            for t in rows {
+                let key = (t.guild_id.clone(), t.command.clone());
+                by.entry(key).or_default()[i] = Some(t);
+            }
         }
         Ok(by
             .into_iter()
-            .map(|((g, c), rows)| (g, c, usage_of(&rows, now)))
+            .map(|((g, c), [a, e])| (g, c, usage(a.as_ref(), e.as_ref())))
             .collect())
     }
 }
 
-/// Counts (status, created) rows as a quota does.
-fn usage_of(rows: &[Counted], now: chrono::DateTime<Utc>) -> Usage {
-    let hour_ago = now - chrono::Duration::hours(1);
-    let in_hour: Vec<chrono::DateTime<Utc>> = rows
-        .iter()
-        .filter(|(_, t)| *t > hour_ago)
-        .map(|(_, t)| *t)
-        .collect();
+/// One (guild, command)'s runs as a quota counts them, aggregated by the database: how many,
+/// how many of them started within the hour, and the oldest of those.
+#[derive(Debug, sea_orm::FromQueryResult)]
+struct Tally {
+    guild_id: String,
+    command: String,
+    n: i64,
+    in_hour: i64,
+    oldest: Option<chrono::DateTime<Utc>>,
+}
+
+/// [`Tally`] per guild and command of the active runs (`active`), or of the ended ones started
+/// within the hour. Two index reads rather than one `status IN … OR created_at > …`, which no
+/// index serves and which reads every run of a command (months of them); aggregated where
+/// they are read, so no row of the hour's runs leaves the database.
+fn tallies(
+    active: bool,
+    hour_ago: chrono::DateTime<Utc>,
+) -> sea_orm::Select<super::entities::runs::Entity> {
+    let recent = || Expr::col(runs::Column::CreatedAt).gt(hour_ago);
+    let q = runs::Entity::find()
+        .select_only()
+        .column(runs::Column::GuildId)
+        .column(runs::Column::Command)
+        .expr_as(Expr::col(runs::Column::Id).count(), "n")
+        .expr_as(
+            Func::coalesce([
+                Expr::from(Func::sum(Expr::case(recent(), 1).finally(0))),
+                Expr::val(0),
+            ]),
+            "in_hour",
+        )
+        .expr_as(
+            Func::min(Expr::case(recent(), Expr::col(runs::Column::CreatedAt))),
+            "oldest",
+        )
+        .group_by(runs::Column::GuildId)
+        .group_by(runs::Column::Command);
+    if active {
+        q.filter(runs::Column::Status.is_in(ACTIVE))
+    } else {
+        q.filter(runs::Column::Status.is_not_in(ACTIVE))
+            .filter(runs::Column::CreatedAt.gt(hour_ago))
+    }
+}
+
+/// The usage of one guild's command from its two tallies.
+fn usage(active: Option<&Tally>, ended: Option<&Tally>) -> Usage {
+    let n = |t: Option<&Tally>, f: fn(&Tally) -> i64| u64::try_from(t.map_or(0, f)).unwrap_or(0);
     Usage {
-        active: rows
-            .iter()
-            .filter(|(s, _)| ACTIVE.contains(&s.as_str()))
-            .count() as u64,
-        last_hour: in_hour.len() as u64,
-        oldest_in_hour: in_hour.into_iter().min(),
+        active: n(active, |t| t.n),
+        last_hour: n(active, |t| t.in_hour) + n(ended, |t| t.in_hour),
+        oldest_in_hour: [active, ended]
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.oldest)
+            .min(),
     }
 }

@@ -136,43 +136,129 @@ impl Store {
         Ok(p)
     }
 
-    /// One whole pass at `cutoffs`, batch after batch until nothing is left; `dry` only counts.
-    pub async fn prune(&self, cutoffs: &Cutoffs, batch: u32, dry: bool) -> Result<Pruned> {
+    /// One pass at `cutoffs`, batch after batch, until nothing is left or, per kind,
+    /// `max_batches` batches have gone (a pass over a long backlog, the first after retention
+    /// is switched on, is cut in passes that each end soon); `dry` only counts (everything).
+    /// The counts, and whether a kind stopped at `max_batches` with more left.
+    pub async fn prune(
+        &self,
+        cutoffs: &Cutoffs,
+        batch: u32,
+        max_batches: u32,
+        dry: bool,
+    ) -> Result<(Pruned, bool)> {
         if dry {
-            return self.prunable(cutoffs).await;
+            return Ok((self.prunable(cutoffs).await?, false));
         }
         let batch = batch.max(1);
         let mut total = Pruned::default();
+        let mut more = false;
         if let Some(cutoff) = cutoffs.runs {
-            loop {
-                let p = self.prune_runs_batch(cutoff, batch).await?;
-                total.add(p);
-                if p.runs < batch as u64 {
-                    break;
-                }
-                tokio::task::yield_now().await;
-            }
+            more |= drain(
+                &mut total,
+                batch,
+                max_batches,
+                |p| p.runs,
+                || self.prune_runs_batch(cutoff, batch),
+            )
+            .await?;
         }
         if let Some(cutoff) = cutoffs.audit {
-            loop {
-                let n = self.prune_audit_batch(cutoff, batch).await?;
-                total.audit_events += n;
-                if n < batch as u64 {
-                    break;
-                }
-                tokio::task::yield_now().await;
-            }
+            more |= drain(
+                &mut total,
+                batch,
+                max_batches,
+                |p| p.audit_events,
+                || async move {
+                    Ok(Pruned {
+                        audit_events: self.prune_audit_batch(cutoff, batch).await?,
+                        ..Default::default()
+                    })
+                },
+            )
+            .await?;
         }
         if let Some(cutoff) = cutoffs.codex_task_runs {
-            loop {
-                let n = self.prune_task_runs_batch(cutoff, batch).await?;
-                total.codex_task_runs += n;
-                if n < batch as u64 {
-                    break;
-                }
-                tokio::task::yield_now().await;
-            }
+            more |= drain(
+                &mut total,
+                batch,
+                max_batches,
+                |p| p.codex_task_runs,
+                || async move {
+                    Ok(Pruned {
+                        codex_task_runs: self.prune_task_runs_batch(cutoff, batch).await?,
+                        ..Default::default()
+                    })
+                },
+            )
+            .await?;
         }
-        Ok(total)
+        Ok((total, more))
+    }
+}
+
+/// Runs `one` batch after batch, adding to `total`, until a batch deletes fewer than `batch` of
+/// what `counted` reads (nothing left) or `max_batches` have run; whether it stopped at the cap.
+async fn drain<F, Fut>(
+    total: &mut Pruned,
+    batch: u32,
+    max_batches: u32,
+    counted: fn(&Pruned) -> u64,
+    mut one: F,
+) -> Result<bool>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Pruned>>,
+{
+    for _ in 0..max_batches.max(1) {
+        let p = one().await?;
+        total.add(p);
+        if counted(&p) < u64::from(batch) {
+            return Ok(false);
+        }
+        tokio::task::yield_now().await;
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Batches of 10 from a backlog of `left`: (batches run, total deleted, stopped at the cap).
+    async fn drained(left: u64, max_batches: u32) -> (u32, u64, bool) {
+        let (mut left, mut calls, mut total) = (left, 0u32, Pruned::default());
+        let more = drain(
+            &mut total,
+            10,
+            max_batches,
+            |p| p.runs,
+            || {
+                calls += 1;
+                let n = left.min(10);
+                left -= n;
+                async move {
+                    Ok(Pruned {
+                        runs: n,
+                        ..Default::default()
+                    })
+                }
+            },
+        )
+        .await
+        .expect("drain");
+        (calls, total.runs, more)
+    }
+
+    #[tokio::test]
+    async fn a_pass_stops_at_its_cap_and_says_more_is_left() {
+        assert_eq!(drained(35, 100).await, (4, 35, false), "to the end");
+        assert_eq!(
+            drained(30, 100).await,
+            (4, 30, false),
+            "a full last batch asks once more"
+        );
+        assert_eq!(drained(1_000, 3).await, (3, 30, true), "capped, more left");
+        assert_eq!(drained(0, 3).await, (1, 0, false), "nothing to do");
     }
 }

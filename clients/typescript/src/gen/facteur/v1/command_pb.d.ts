@@ -200,6 +200,29 @@ export declare type CommandOption = Message<"facteur.v1.CommandOption"> & {
    * @generated from field: bool autocomplete = 10;
    */
   autocomplete: boolean;
+
+  /**
+   * A regular expression every value must match whole (strings); empty: none.
+   *
+   * @generated from field: string pattern = 11;
+   */
+  pattern: string;
+
+  /**
+   * What `pattern` allows, in words (shown when a value is refused).
+   *
+   * @generated from field: string pattern_hint = 12;
+   */
+  patternHint: string;
+
+  /**
+   * Where the WorkflowTemplate puts the value into a shell or an expression
+   * (`templates[1].script.source`): without a `pattern`, its values take no shell
+   * metacharacters.
+   *
+   * @generated from field: repeated string interpolated_in = 13;
+   */
+  interpolatedIn: string[];
 };
 
 /**

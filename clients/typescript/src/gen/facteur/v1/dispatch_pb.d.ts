@@ -131,6 +131,15 @@ export declare type TemplateParameter = Message<"facteur.v1.TemplateParameter"> 
    * @generated from field: bool has_default = 4;
    */
   hasDefault: boolean;
+
+  /**
+   * Where the template puts the parameter into a shell or an expression, as the adapter's lint
+   * traced it through steps, DAG tasks and templateRefs: `templates[1].script.source`,
+   * `templates[0].container.args[1]` (after `sh -c`), `templates[2].steps[0][1].when`, ...
+   *
+   * @generated from field: repeated string interpolated_in = 5;
+   */
+  interpolatedIn: string[];
 };
 
 /**
