@@ -1,6 +1,10 @@
 //! WorkflowTemplates labelled `facteur.proompteng.ai/command` become commands: this adapter
-//! watches them in every namespace it serves and reports what it finds to the server
+//! watches the templates of every namespace it serves and reports what it finds to the server
 //! (`DispatchService.ReportWorkflowTemplates`), which decides how they read as commands.
+//! Every template is linted ([`crate::lint`], `templateRef`s followed within the namespace): a
+//! labelled one is reported whole, an unlabelled one (a configured command's, or one another
+//! refers to) only with the parameters it interpolates, under an empty `command`, so the
+//! server restricts configured commands' options as it does template commands'.
 //!
 //! A report is a snapshot of the namespaces whose templates have been listed: each change (a
 //! template added, changed or deleted) is reported within [`SETTLE`], and everything again every
@@ -31,17 +35,28 @@ fn wanted_annotation(k: &str) -> bool {
         || k.starts_with("facteur.proompteng.ai/")
 }
 
-/// What the server needs of a labelled template.
-pub fn command_of(obj: &DynamicObject) -> Option<pb::WorkflowTemplateCommand> {
-    let command = obj.metadata.labels.as_ref()?.get(COMMAND_LABEL)?.clone();
+/// What the server needs of a template: a labelled one whole (its command), an unlabelled one
+/// only when it interpolates a parameter, with just those (`command` empty); `None` otherwise.
+/// `other` gives the spec of another template of the namespace (for `templateRef`s).
+pub fn command_of(
+    obj: &DynamicObject,
+    other: &dyn Fn(&str) -> Option<Value>,
+) -> Option<pb::WorkflowTemplateCommand> {
+    let command = obj
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(COMMAND_LABEL))
+        .cloned();
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-    // templateRefs to other templates are not followed here (this watch sees labelled ones
-    // only): a value handed to one counts as interpolated.
     let mut interpolated = obj
         .data
         .get("spec")
-        .map(|spec| crate::lint::interpolations(spec, &|_| None))
+        .map(|spec| crate::lint::interpolations(spec, other))
         .unwrap_or_default();
+    if command.is_none() && interpolated.is_empty() {
+        return None;
+    }
     let parameters = obj
         .data
         .pointer("/spec/arguments/parameters")
@@ -57,7 +72,10 @@ pub fn command_of(obj: &DynamicObject) -> Option<pb::WorkflowTemplateCommand> {
                 .any(|k| p.get(*k).is_some_and(|v| !v.is_null())),
             interpolated_in: interpolated.remove(&text(p, "name")).unwrap_or_default(),
         })
+        .filter(|p: &pb::TemplateParameter| command.is_some() || !p.interpolated_in.is_empty())
         .collect();
+    let command = command.unwrap_or_default();
+    let labelled = !command.is_empty();
     Some(pb::WorkflowTemplateCommand {
         namespace: obj.metadata.namespace.clone().unwrap_or_default(),
         name: obj.metadata.name.clone().unwrap_or_default(),
@@ -67,17 +85,31 @@ pub fn command_of(obj: &DynamicObject) -> Option<pb::WorkflowTemplateCommand> {
             .annotations
             .iter()
             .flatten()
-            .filter(|(k, _)| wanted_annotation(k))
+            .filter(|(k, _)| labelled && wanted_annotation(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         parameters,
     })
 }
 
-/// The labelled templates per namespace, for the namespaces listed so far.
+/// The templates per namespace, by name, for the namespaces listed so far.
 #[derive(Default)]
 struct Seen {
-    listed: BTreeMap<String, BTreeMap<String, pb::WorkflowTemplateCommand>>,
+    listed: BTreeMap<String, BTreeMap<String, DynamicObject>>,
+}
+
+/// What one namespace's templates report: each read by [`command_of`], `templateRef`s resolved
+/// among them.
+fn report_of(templates: &BTreeMap<String, DynamicObject>) -> Vec<pb::WorkflowTemplateCommand> {
+    let other = |name: &str| {
+        templates
+            .get(name)
+            .and_then(|o| o.data.get("spec").cloned())
+    };
+    templates
+        .values()
+        .filter_map(|o| command_of(o, &other))
+        .collect()
 }
 
 /// Watches and reports until `shutdown`.
@@ -118,17 +150,16 @@ async fn watch(
     changed: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let stream = watcher(
-        workflows.templates(&namespace),
-        watcher::Config::default().labels(COMMAND_LABEL),
-    )
-    .default_backoff();
+    // Every template, not only the labelled ones: configured commands name unlabelled ones,
+    // and templateRefs reach them.
+    let stream =
+        watcher(workflows.templates(&namespace), watcher::Config::default()).default_backoff();
     tokio::pin!(stream);
-    tracing::info!(namespace = %namespace, "watching labelled workflow templates");
+    tracing::info!(namespace = %namespace, "watching workflow templates");
     // A (re)list is gathered apart and replaces what was known at its end: a template deleted
     // while the watch was down is gone then.
-    let mut relist: Option<BTreeMap<String, pb::WorkflowTemplateCommand>> = None;
-    let set = |f: &mut dyn FnMut(&mut BTreeMap<String, pb::WorkflowTemplateCommand>)| {
+    let mut relist: Option<BTreeMap<String, DynamicObject>> = None;
+    let set = |f: &mut dyn FnMut(&mut BTreeMap<String, DynamicObject>)| {
         if let Ok(mut s) = seen.lock()
             && let Some(m) = s.listed.get_mut(&namespace)
         {
@@ -144,8 +175,8 @@ async fn watch(
         match ev {
             Some(Ok(watcher::Event::Init)) => relist = Some(BTreeMap::new()),
             Some(Ok(watcher::Event::InitApply(obj))) => {
-                if let (Some(m), Some(c)) = (relist.as_mut(), command_of(&obj)) {
-                    m.insert(c.name.clone(), c);
+                if let Some(m) = relist.as_mut() {
+                    m.insert(obj.metadata.name.clone().unwrap_or_default(), obj);
                 }
             }
             Some(Ok(watcher::Event::InitDone)) => {
@@ -156,15 +187,9 @@ async fn watch(
             }
             Some(Ok(watcher::Event::Apply(obj))) => {
                 let name = obj.metadata.name.clone().unwrap_or_default();
-                match command_of(&obj) {
-                    Some(c) => set(&mut |m| {
-                        m.insert(name.clone(), c.clone());
-                    }),
-                    // The label was removed: no longer a command.
-                    None => set(&mut |m| {
-                        m.remove(&name);
-                    }),
-                }
+                set(&mut |m| {
+                    m.insert(name.clone(), obj.clone());
+                });
             }
             Some(Ok(watcher::Event::Delete(obj))) => {
                 let name = obj.metadata.name.clone().unwrap_or_default();
@@ -210,11 +235,7 @@ async fn report(
             pb::ReportWorkflowTemplatesRequest {
                 adapter_id: adapter_id.clone(),
                 namespaces: s.listed.keys().cloned().collect(),
-                templates: s
-                    .listed
-                    .values()
-                    .flat_map(|m| m.values().cloned())
-                    .collect(),
+                templates: s.listed.values().flat_map(report_of).collect(),
             }
         };
         if req.namespaces.is_empty() || last.as_ref() == Some(&req) {
@@ -268,7 +289,7 @@ mod tests {
             ]}},
         }))
         .expect("template");
-        let c = command_of(&obj).expect("labelled");
+        let c = command_of(&obj, &|_| None).expect("labelled");
         assert_eq!(
             (c.namespace.as_str(), c.name.as_str(), c.command.as_str()),
             ("ns", "hello", "hello")
@@ -300,6 +321,58 @@ mod tests {
         );
         let mut unlabelled = obj.clone();
         unlabelled.metadata.labels = None;
-        assert!(command_of(&unlabelled).is_none());
+        assert!(
+            command_of(&unlabelled, &|_| None).is_none(),
+            "unlabelled and interpolating nothing: not reported"
+        );
+    }
+
+    #[test]
+    fn an_unlabelled_template_reports_only_what_it_interpolates_and_refs_are_followed() {
+        let caller: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTemplate",
+            "metadata": {"name": "deploy", "namespace": "ns",
+                "annotations": {"workflows.argoproj.io/description": "Deploy"}},
+            "spec": {"arguments": {"parameters": [{"name": "service"}, {"name": "note"}]},
+                "templates": [{"name": "main", "steps": [[{"name": "a",
+                    "templateRef": {"name": "shared", "template": "run"},
+                    "arguments": {"parameters": [
+                        {"name": "cmd", "value": "{{workflow.parameters.service}}"}]}}]]}]},
+        }))
+        .expect("caller");
+        let shared: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTemplate",
+            "metadata": {"name": "shared", "namespace": "ns"},
+            "spec": {"templates": [{"name": "run", "inputs": {"parameters": [{"name": "cmd"}]},
+                "script": {"image": "alpine", "source": "deploy {{inputs.parameters.cmd}}"}}]},
+        }))
+        .expect("shared");
+        let ns: BTreeMap<String, DynamicObject> = [
+            ("deploy".to_string(), caller),
+            ("shared".to_string(), shared),
+        ]
+        .into();
+        let report = report_of(&ns);
+        assert_eq!(
+            report.len(),
+            1,
+            "shared interpolates nothing of its own: {report:?}"
+        );
+        let r = &report[0];
+        assert_eq!((r.name.as_str(), r.command.as_str()), ("deploy", ""));
+        assert!(r.annotations.is_empty());
+        let p: Vec<(&str, Vec<String>)> = r
+            .parameters
+            .iter()
+            .map(|p| (p.name.as_str(), p.interpolated_in.clone()))
+            .collect();
+        assert_eq!(
+            p,
+            [(
+                "service",
+                vec!["templateRef(shared).spec.templates[0].script.source".to_string()]
+            )],
+            "only the interpolated parameter, traced into the other template"
+        );
     }
 }

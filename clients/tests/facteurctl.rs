@@ -228,12 +228,20 @@ async fn commands_lists_the_catalog_with_each_source() {
             "Say hello".to_string(),
         )]
         .into(),
-        parameters: vec![pb::TemplateParameter {
-            name: "greeting".into(),
-            choices: vec!["hi".into(), "hello".into()],
-            has_default: true,
-            ..Default::default()
-        }],
+        parameters: vec![
+            pb::TemplateParameter {
+                name: "greeting".into(),
+                choices: vec!["hi".into(), "hello".into()],
+                has_default: true,
+                ..Default::default()
+            },
+            pb::TemplateParameter {
+                name: "message".into(),
+                has_default: true,
+                interpolated_in: vec!["templates[0].script.source".into()],
+                ..Default::default()
+            },
+        ],
     };
     let r = argo
         .dispatch()
@@ -289,6 +297,27 @@ async fn commands_lists_the_catalog_with_each_source() {
         "{out}"
     );
     assert_eq!(row("/status ")[..2], ["/status", "built-in"], "{out}");
+    // Each free-text option's rule, where a template author sees why a value was refused.
+    let rule = |command: &str, option: &str| {
+        out.lines()
+            .find(|l| {
+                let mut w = l.split_whitespace();
+                w.next() == Some(command) && w.next() == Some(option)
+            })
+            .map(|l| l.split_whitespace().skip(2).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    assert_eq!(rule("/hello", "greeting"), "one of its choices", "{out}");
+    assert!(
+        rule("/hello", "message").starts_with("shell-restricted")
+            && rule("/hello", "message").ends_with("used in templates[0].script.source"),
+        "{out}"
+    );
+    assert_eq!(
+        rule("/dispatch", "payload"),
+        "free text (no `{{`, no control characters), at most 6000 characters",
+        "{out}"
+    );
     assert!(
         out.contains("not a command: argo-workflows/dispatch-tpl: command `dispatch` is already defined by the configuration"),
         "{out}"

