@@ -441,15 +441,21 @@ async fn lease_in(
     let mut candidates = dispatches::Entity::find().filter(due);
     if !namespaces.is_empty() {
         // In the query, so jobs for namespaces this adapter does not serve never crowd out the
-        // ones it does.
+        // ones it does. As a scalar subquery on the run's primary key, evaluated for each due
+        // job: `run_id IN (SELECT id FROM runs WHERE namespace IN …)` let the planner read every
+        // run of the namespace (a sequential scan of `runs` and an index probe of `dispatches`
+        // per run, on every lease round: the soak's latencies grew with the table).
+        let namespace_of_run = sea_orm::sea_query::Query::select()
+            .column((runs::Entity, runs::Column::Namespace))
+            .from(runs::Entity)
+            .and_where(
+                Expr::col((runs::Entity, runs::Column::Id))
+                    .equals((dispatches::Entity, dispatches::Column::RunId)),
+            )
+            .to_owned();
         candidates = candidates.filter(
-            dispatches::Column::RunId.in_subquery(
-                sea_orm::sea_query::Query::select()
-                    .column(runs::Column::Id)
-                    .from(runs::Entity)
-                    .and_where(runs::Column::Namespace.is_in(namespaces.iter().cloned()))
-                    .to_owned(),
-            ),
+            Expr::expr(Expr::SubQuery(None, Box::new(namespace_of_run.into())))
+                .is_in(namespaces.iter().cloned()),
         );
     }
     let mut candidates = candidates
