@@ -15,6 +15,9 @@
 //! the runs not final yet (a backlog that grows means the pipeline falls behind), the database's
 //! size, and per kind of call the count, errors, p50 and p99 of that interval.
 //!
+//! Postgres with autovacuum off (as on this project's test machines) gets a `VACUUM (ANALYZE)`
+//! from the soak once per interval, as autovacuum would give a long-lived database.
+//!
 //! The verdict compares the last third of the rows with the first third (the first row, the
 //! warm-up, left out): the means of resident memory, descriptors and connections within 10 %;
 //! each kind's p99 over every call of the third (a minute's p99 alone is a noisy figure) within
@@ -398,6 +401,14 @@ pub async fn run(minutes: u64, interval_s: u64, rate: f64) -> anyhow::Result<Val
         })
     });
 
+    // A database that lives for months is vacuumed and analyzed by autovacuum; where the server
+    // runs with it off (this project's test machines do), the soak does what it would, once per
+    // interval, or the planner keeps the estimates of an empty table and the figures measure that.
+    let autovacuum = Command::new("psql")
+        .args([db.url.as_str(), "-Atc", "SHOW autovacuum"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "on")
+        .unwrap_or(false);
     let started_at = Instant::now();
     let mut rows: Vec<Value> = Vec::new();
     let mut series: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -411,6 +422,16 @@ pub async fn run(minutes: u64, interval_s: u64, rate: f64) -> anyhow::Result<Val
             anyhow::bail!("facteur exited during the soak: {status}");
         }
         let windows = stats.take();
+        if !autovacuum {
+            let out = Command::new("psql")
+                .args([db.url.as_str(), "-qAtc", "VACUUM (ANALYZE)"])
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "VACUUM: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let rss = rss_of(pid);
         let fds = open_fds(pid);
         let pg = psql_row(
@@ -527,6 +548,7 @@ pub async fn run(minutes: u64, interval_s: u64, rate: f64) -> anyhow::Result<Val
         "minutes": minutes,
         "interval_s": interval_s,
         "interactions_per_s": rate,
+        "autovacuum": if autovacuum { "on" } else { "off: VACUUM (ANALYZE) by the soak once per interval" },
         "flat": flat && errors == 0,
         "errors": errors,
         "verdict": verdict,
