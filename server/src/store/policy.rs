@@ -338,12 +338,15 @@ pub enum Quoted {
 }
 
 impl Store {
-    /// A guild's runs of `command`, as a quota counts them, on `c`.
+    /// A guild's runs of `command`, as a quota counts them, on `c`; the ended runs of the hour
+    /// only where `per_hour` asks (a quota of concurrent runs alone reads the active ones, a
+    /// bounded set, and never the hour's history).
     async fn usage_on<C: ConnectionTrait>(
         c: &C,
         guild_id: &str,
         command: &str,
         now: chrono::DateTime<Utc>,
+        per_hour: bool,
     ) -> Result<Usage> {
         let hour_ago = now - chrono::Duration::hours(1);
         let of = |active| {
@@ -352,7 +355,11 @@ impl Store {
                 .filter(runs::Column::Command.eq(command))
         };
         let active: Option<Tally> = of(true).into_model().one(c).await.map_err(errors::db)?;
-        let ended: Option<Tally> = of(false).into_model().one(c).await.map_err(errors::db)?;
+        let ended: Option<Tally> = if per_hour {
+            of(false).into_model().one(c).await.map_err(errors::db)?
+        } else {
+            None
+        };
         Ok(usage(active.as_ref(), ended.as_ref()))
     }
 
@@ -390,7 +397,8 @@ impl Store {
         };
         txn.execute_raw(lock).await.map_err(errors::db)?;
         let now = Utc::now();
-        let usage = Self::usage_on(&txn, &guild, &command, now).await?;
+        let usage =
+            Self::usage_on(&txn, &guild, &command, now, quota.max_per_hour.is_some()).await?;
         if let Err((limit, message)) =
             crate::domain::policy::check_quota(&command, quota, &usage, now)
         {
