@@ -156,6 +156,17 @@ impl Server {
     }
 }
 
+/// A bench that fails between `spawn` and `stop` does not leave the server running (a signal
+/// that kills the bench still does: nothing runs then).
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Resident set size of process `pid`, KiB.
 pub(crate) fn rss_of(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

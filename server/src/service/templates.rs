@@ -53,6 +53,9 @@ fn check(namespaces: &[String], templates: &[Template]) -> Result<()> {
             for c in &p.choices {
                 storable(&format!("{pf}.choices"), c, MAX_TEXT)?;
             }
+            for at in &p.interpolated_in {
+                storable(&format!("{pf}.interpolated_in"), at, MAX_TEXT)?;
+            }
         }
     }
     Ok(())
