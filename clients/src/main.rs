@@ -936,10 +936,13 @@ async fn commands(client: &Client) -> anyhow::Result<ExitCode> {
         println!();
         print!("{}", table(&["COMMAND", "OPTION", "RULE"], &rules));
     }
-    if !c.problems.is_empty() {
+    if !c.problems.is_empty() || !c.repairs.is_empty() {
         println!();
         for p in &c.problems {
             println!("not a command: {p}");
+        }
+        for r in &c.repairs {
+            println!("repaired: {r}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -1006,6 +1009,38 @@ async fn status(client: &Client, url: &str) -> anyhow::Result<ExitCode> {
     }
     for p in &s.catalog_problems {
         println!("catalog: not a command: {p}");
+    }
+    for r in &s.catalog_repairs {
+        println!("catalog: repaired: {r}");
+    }
+    if !s.registrations.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = s
+            .registrations
+            .iter()
+            .map(|r| {
+                vec![
+                    r.scope.clone(),
+                    if r.ok {
+                        format!("ok ({} commands)", r.commands)
+                    } else {
+                        format!("FAILING ({} in a row)", r.failures)
+                    },
+                    r.registered_at
+                        .as_ref()
+                        .map_or_else(|| "never".into(), |t| fmt_time(t.seconds)),
+                    match (r.ok, r.discord_code) {
+                        (true, _) => String::new(),
+                        (false, 0) => r.error.clone(),
+                        (false, code) => format!("Discord {code}: {}", r.error),
+                    },
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(&["REGISTRATION", "STATE", "LAST SUCCESS", "ERROR"], &rows)
+        );
     }
     if !s.quota_usage.is_empty() {
         println!();

@@ -157,6 +157,7 @@ async fn adapter_reporting(url: String, commands: u32) {
             generation: g.generation,
             commands,
             error: String::new(),
+            ..Default::default()
         };
         c.command()
             .report_guild_registration(report)

@@ -9,6 +9,7 @@
 //! in the environment. Unknown keys and invalid values are reported all at once, each naming its
 //! key. Each process validates only the keys it uses ([`Process`]).
 
+pub mod discord;
 mod load;
 pub mod model;
 pub mod runtime;

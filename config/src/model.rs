@@ -235,48 +235,32 @@ impl Config {
 }
 
 /// Checks a catalog's commands as Discord and the server need them; `err(key, problem)` for each.
+/// Discord's own limits are [`crate::discord::check_command`]'s; the rest is facteur's (types,
+/// names taken, patterns, what a modal's inputs fill, approvers).
 pub fn validate_commands(commands: &[CommandConfig], err: &mut impl FnMut(&str, String)) {
+    let builtins = ["status", "runs", "cancel"];
+    if commands.len() + builtins.len() > crate::discord::COMMANDS_MAX {
+        err(
+            "commands",
+            format!(
+                "{} commands and {} built-ins; Discord registers at most {} per guild",
+                commands.len(),
+                builtins.len(),
+                crate::discord::COMMANDS_MAX
+            ),
+        );
+    }
     let mut names = std::collections::BTreeSet::new();
     for (i, c) in commands.iter().enumerate() {
         let key = format!("commands[{i}]");
-        if !is_command_name(&c.name) || c.name.len() > 32 {
-            err(
-                &format!("{key}.name"),
-                format!(
-                    "`{}` must match ^[a-z0-9:_-]+$ and be at most 32 characters",
-                    c.name
-                ),
-            );
-        } else if !names.insert(c.name.as_str())
-            || ["status", "runs", "cancel"].contains(&c.name.as_str())
-        {
+        crate::discord::check_command(c, &mut |k, p| err(&format!("{key}.{k}"), p));
+        if !names.insert(c.name.as_str()) || builtins.contains(&c.name.as_str()) {
             err(
                 &format!("{key}.name"),
                 format!("`{}` is already taken (or built in)", c.name),
             );
         }
-        if c.description.is_empty() || c.description.chars().count() > 100 {
-            err(
-                &format!("{key}.description"),
-                "must be 1 to 100 characters".into(),
-            );
-        }
-        if c.options.len() > 25 {
-            err(&format!("{key}.options"), "at most 25 options".into());
-        }
         if let Some(m) = &c.modal {
-            if m.title.is_empty() || m.title.chars().count() > 45 {
-                err(
-                    &format!("{key}.modal.title"),
-                    "must be 1 to 45 characters".into(),
-                );
-            }
-            if m.inputs.is_empty() || m.inputs.len() > 5 {
-                err(
-                    &format!("{key}.modal.inputs"),
-                    "must have 1 to 5 inputs".into(),
-                );
-            }
             for (j, input) in m.inputs.iter().enumerate() {
                 if !c.options.iter().any(|o| o.name == input.name) {
                     err(
@@ -295,18 +279,9 @@ pub fn validate_commands(commands: &[CommandConfig], err: &mut impl FnMut(&str, 
             }
         }
         let mut opts = std::collections::BTreeSet::new();
-        let mut seen_optional = false;
         for (j, o) in c.options.iter().enumerate() {
             let okey = format!("{key}.options[{j}]");
-            if !is_command_name(&o.name) || o.name.len() > 32 {
-                err(
-                    &format!("{okey}.name"),
-                    format!(
-                        "`{}` must match ^[a-z0-9_-]+$ and be at most 32 characters",
-                        o.name
-                    ),
-                );
-            } else if !opts.insert(o.name.as_str()) {
+            if !opts.insert(o.name.as_str()) {
                 err(
                     &format!("{okey}.name"),
                     format!("duplicate option `{}`", o.name),
@@ -321,22 +296,6 @@ pub fn validate_commands(commands: &[CommandConfig], err: &mut impl FnMut(&str, 
                 err(
                     &format!("{okey}.type"),
                     format!("`{}` is not one of {}", o.kind, OPTION_TYPES.join(", ")),
-                );
-            }
-            if o.required && seen_optional {
-                err(
-                    &format!("{okey}.required"),
-                    "required options must come before optional ones".into(),
-                );
-            }
-            seen_optional |= !o.required;
-            if o.choices.len() > 25 {
-                err(&format!("{okey}.choices"), "at most 25 choices".into());
-            }
-            if o.autocomplete && !o.choices.is_empty() {
-                err(
-                    &format!("{okey}.autocomplete"),
-                    "cannot be combined with choices".into(),
                 );
             }
             if let (Some(a), Some(b)) = (o.min_value, o.max_value)

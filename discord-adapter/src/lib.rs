@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use facteur_client::{Backoff, Client, pb};
+use facteur_client::{Client, pb};
 use serde_json::{Value, json};
 use serenity::all::{CreateInteractionResponse, CreateInteractionResponseMessage};
 use serenity::http::Http;
@@ -535,13 +535,61 @@ pub async fn register(
     })
 }
 
+/// Discord's JSON error code and message (with every path its `errors` object names) when
+/// Discord refused the request; code 0 and the error's text for anything else (Discord not
+/// reached, the control plane not answering).
+pub fn refusal_of(e: &anyhow::Error) -> (i32, String) {
+    use serenity::http::HttpError;
+    if let Some(serenity::Error::Http(HttpError::UnsuccessfulRequest(r))) =
+        e.downcast_ref::<serenity::Error>()
+    {
+        let mut text = format!("HTTP {}: {}", r.status_code.as_u16(), r.error.message);
+        for one in &r.error.errors {
+            text.push_str(&format!("; {}: {} ({})", one.path, one.message, one.code));
+        }
+        return (i32::try_from(r.error.code).unwrap_or(0), text);
+    }
+    (0, format!("{e:#}"))
+}
+
+/// Reports one registration attempt to the server (`generation` 0: the adapter's own scope),
+/// so `facteurctl status` shows it; a report that cannot be sent is logged.
+async fn report_registration(
+    control: &Client,
+    guild_id: Option<u64>,
+    generation: i64,
+    catalog_version: u64,
+    outcome: &anyhow::Result<Registered>,
+) {
+    let (commands, error, discord_code) = match outcome {
+        Ok(r) => (r.commands as u32, String::new(), 0),
+        Err(e) => {
+            let (code, text) = refusal_of(e);
+            (0, text, code)
+        }
+    };
+    let report = pb::ReportGuildRegistrationRequest {
+        guild_id: guild_id.map(|g| g.to_string()).unwrap_or_default(),
+        generation,
+        commands,
+        error,
+        catalog_version,
+        discord_code,
+    };
+    if let Err(st) = control.command().report_guild_registration(report).await {
+        tracing::warn!(guild_id = ?guild_id, error = %st.message(), "cannot report a command registration");
+    }
+}
+
 /// Registers the catalog in every guild set up with `AdminService.SetupGuild` (`facteurctl
 /// guild setup`), as the server announces them, and reports each outcome, until `shutdown`.
-/// A failure is reported (the operator sees it in `facteurctl guild list`) and the server
-/// announces the guild again later. When the catalog changes (WorkflowTemplate commands), the
-/// server says so and announces every guild again; the adapter's own scope (`home`: the
-/// configured guild, or global commands) is registered again too. Each registration writes only
-/// when Discord's commands differ. Reconnects with capped backoff.
+/// A failure is reported (the operator sees it in `facteurctl guild list` and `facteurctl
+/// status`) and the server announces the guild again later. When the catalog changes
+/// (WorkflowTemplate commands), the server says so and announces every guild again; the
+/// adapter's own scope (`home`: the configured guild, or global commands) is registered once
+/// per catalog version by one registrar ([`register_home`]), which retries a refusal with
+/// backoff and jitter. Each registration writes only when Discord's commands differ.
+/// Reconnects with capped backoff.
 pub async fn follow_guilds(
     control: Client,
     http: Arc<Http>,
@@ -558,70 +606,93 @@ pub async fn follow_guilds(
                 .await
         }
     };
-    // The catalog version the home scope was last registered for.
-    let registered = std::sync::Mutex::new(None::<u64>);
+    // The catalog version the server announced last; the home registrar follows it.
+    let (wanted, versions) = watch::channel(None::<u64>);
     let each = |u: pb::WatchGuildsResponse| {
-        let (control, http, registered) = (&control, &http, &registered);
+        let (control, http, wanted) = (&control, &http, &wanted);
         async move {
             match u.guild {
-                Some(g) => register_guild(control, http, &g).await,
+                Some(g) => register_guild(control, http, &g, u.catalog_version).await,
                 None => {
-                    let previous = registered
-                        .lock()
-                        .map(|mut r| r.replace(u.catalog_version))
-                        .unwrap_or(None);
-                    if previous != Some(u.catalog_version)
-                        && let Err(e) = register(control, http, home).await
-                    {
-                        tracing::warn!(guild_id = ?home, error = %e, "command registration after a catalog change failed");
-                    }
+                    wanted.send_if_modified(|v| {
+                        let changed = *v != Some(u.catalog_version);
+                        *v = Some(u.catalog_version);
+                        changed
+                    });
                 }
             }
         }
     };
-    facteur_client::adapter::follow("guild set-ups", &shutdown, open, each).await;
+    tokio::join!(
+        facteur_client::adapter::follow("guild set-ups", &shutdown, open, each),
+        register_home(&control, &http, home, versions, &shutdown),
+    );
 }
 
-async fn register_guild(control: &Client, http: &Http, g: &pb::Guild) {
-    let Ok(id) = g.guild_id.parse::<u64>() else {
-        return;
-    };
-    let (commands, error) = match register(control, http, Some(id)).await {
-        Ok(r) => (r.commands as u32, String::new()),
-        Err(e) => {
-            tracing::warn!(guild_id = %g.guild_id, error = %e, "guild command registration failed");
-            (0, format!("{e:#}"))
-        }
-    };
-    let report = pb::ReportGuildRegistrationRequest {
-        guild_id: g.guild_id.clone(),
-        generation: g.generation,
-        commands,
-        error,
-    };
-    if let Err(st) = control.command().report_guild_registration(report).await {
-        tracing::warn!(guild_id = %g.guild_id, error = %st.message(), "cannot report a guild registration");
-    }
-}
-
-/// Keeps trying to register until it succeeds or `shutdown`: a failure is logged, never fatal.
-pub async fn register_until_done(
-    control: Client,
-    http: Arc<Http>,
-    guild_id: Option<u64>,
-    shutdown: CancellationToken,
+/// Registers the home scope once for every catalog version `versions` announces (a version
+/// already registered is never registered again, so start-up registers once), retrying a
+/// failure with exponential backoff and jitter (1 s to 5 min) until it succeeds, a newer
+/// version arrives, or `shutdown`. Every attempt is reported to the server.
+pub async fn register_home(
+    control: &Client,
+    http: &Http,
+    home: Option<u64>,
+    mut versions: watch::Receiver<Option<u64>>,
+    shutdown: &CancellationToken,
 ) {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    use backon::BackoffBuilder;
+    let mut done: Option<u64> = None;
     loop {
-        match register(&control, &http, guild_id).await {
-            Ok(_) => return,
-            Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?delay, "discord command registration failed");
-                tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(delay) => {} }
+        let version = loop {
+            let v = *versions.borrow_and_update();
+            if let Some(v) = v
+                && done != Some(v)
+            {
+                break v;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = versions.changed() => if changed.is_err() { return },
+            }
+        };
+        let mut delays = backon::ExponentialBuilder::new()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(Duration::from_secs(300))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            let outcome = register(control, http, home).await;
+            report_registration(control, home, 0, version, &outcome).await;
+            match outcome {
+                Ok(_) => {
+                    done = Some(version);
+                    break;
+                }
+                Err(e) => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(300));
+                    tracing::warn!(guild_id = ?home, error = %refusal_of(&e).1, retry_in = ?delay, "discord command registration failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                        // A newer catalog: try it at once.
+                        _ = versions.changed() => break,
+                    }
+                }
             }
         }
     }
+}
+
+async fn register_guild(control: &Client, http: &Http, g: &pb::Guild, catalog_version: u64) {
+    let Ok(id) = g.guild_id.parse::<u64>() else {
+        return;
+    };
+    let outcome = register(control, http, Some(id)).await;
+    if let Err(e) = &outcome {
+        tracing::warn!(guild_id = %g.guild_id, error = %refusal_of(e).1, "guild command registration failed");
+    }
+    report_registration(control, Some(id), g.generation, catalog_version, &outcome).await;
 }
 
 /// At most one edit of a run's message per this interval (Discord rate-limits message edits;

@@ -40,16 +40,7 @@ async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
     // The background tasks are supervised: one that dies is started again with backoff; one
     // that keeps dying stops the adapter with an error (a non-zero exit: Kubernetes restarts it).
     let supervisor = Supervisor::new(shutdown.clone());
-    {
-        let (control, http, shutdown) = (control.clone(), http.clone(), shutdown.clone());
-        supervisor.spawn("register", Lifetime::UntilDone, move || {
-            let (control, http, shutdown) = (control.clone(), http.clone(), shutdown.clone());
-            async move {
-                facteur_discord::register_until_done(control, http, guild, shutdown).await;
-                Ok(())
-            }
-        });
-    }
+    // The catalog is registered (once per version, retried with backoff) by the guilds task.
     {
         let (control, http, shutdown) = (control.clone(), http.clone(), shutdown.clone());
         supervisor.spawn("guilds", Lifetime::UntilShutdown, move || {

@@ -68,6 +68,9 @@ metrics! {
     StrandedRuns => "facteur_stranded_runs", "gauge", "Runs waiting longer than dispatcher.strand_after_seconds in a namespace no argo-adapter serves.";
     BackgroundTaskRestarts => "facteur_background_task_restarts_total", "counter", "Background tasks started again after they ended or panicked, by task.";
     RetentionDeleted => "facteur_retention_deleted_total", "counter", "Rows deleted by retention, by kind (runs, audit, codex_task_runs).";
+    CatalogProblems => "facteur_catalog_problems", "gauge", "Labelled WorkflowTemplates left out of the command catalog (each with its reason in facteurctl status).";
+    CatalogRepairs => "facteur_catalog_repairs", "gauge", "Repairs made to template commands to meet Discord's rules (a text clipped, an empty enum value dropped, ...).";
+    DiscordRegistrationFailures => "facteur_discord_registration_failures_total", "counter", "Command registrations Discord refused or that could not reach it, by scope (guild id or global).";
     FeedHeldBackSeconds => "facteur_feed_held_back_seconds", "gauge", "How long the oldest writing transaction has been open: the run change feed waits for it (Postgres).";
 }
 

@@ -72,6 +72,21 @@ impl FakeDiscord {
         }
     }
 
+    /// Refuses every bulk overwrite holding a command named `name` (HTTP 400, code 50035), as
+    /// Discord refuses one invalid command, until [`FakeDiscord::accept_commands`].
+    pub fn refuse_command(&self, name: &str) {
+        if let Ok(mut l) = self.limits.lock() {
+            l.refuse_commands.push(name.to_string());
+        }
+    }
+
+    /// Stops refusing the names given to [`FakeDiscord::refuse_command`].
+    pub fn accept_commands(&self) {
+        if let Ok(mut l) = self.limits.lock() {
+            l.refuse_commands.clear();
+        }
+    }
+
     /// When each call of [`FakeDiscord::calls`] arrived (same order).
     pub fn call_times(&self) -> Vec<std::time::Instant> {
         self.times.lock().map(|t| t.clone()).unwrap_or_default()
@@ -223,6 +238,9 @@ async fn overwrite(
         format!("/applications/{app}/guilds/{guild}/commands"),
         body.clone(),
     );
+    if let Some(refused) = f.refusal(&body) {
+        return refused;
+    }
     axum::Json(f.store(&guild, &app, Some(&guild), &body)).into_response()
 }
 
@@ -246,7 +264,225 @@ async fn overwrite_global(
         format!("/applications/{app}/commands"),
         body.clone(),
     );
+    if let Some(refused) = f.refusal(&body) {
+        return refused;
+    }
     axum::Json(f.store("global", &app, None, &body)).into_response()
+}
+
+impl FakeDiscord {
+    /// Discord's answer to a bulk overwrite it refuses, or None when it takes it.
+    fn refusal(&self, body: &Value) -> Option<Response> {
+        let refuse = self
+            .limits
+            .lock()
+            .map(|l| l.refuse_commands.clone())
+            .unwrap_or_default();
+        let mut problems = invalid_commands(body);
+        for (i, c) in body.as_array().into_iter().flatten().enumerate() {
+            if refuse.iter().any(|n| c["name"] == n.as_str()) {
+                problems.push((
+                    format!("{i}.name"),
+                    "APPLICATION_COMMAND_INVALID_NAME",
+                    "Command name is invalid".into(),
+                ));
+            }
+        }
+        if problems.is_empty() {
+            return None;
+        }
+        let mut r = axum::Json(refusal_body(&problems)).into_response();
+        *r.status_mut() = axum::http::StatusCode::BAD_REQUEST;
+        Some(r)
+    }
+}
+
+/// Discord's error body for an invalid form: code 50035 and an `errors` object nesting each
+/// problem under its path, ending in `_errors`.
+pub fn refusal_body(problems: &[(String, &str, String)]) -> Value {
+    let mut errors = json!({});
+    for (path, code, message) in problems {
+        let mut at = &mut errors;
+        for part in path.split('.') {
+            at = at
+                .as_object_mut()
+                .expect("object")
+                .entry(part.to_string())
+                .or_insert_with(|| json!({}));
+        }
+        let list = at
+            .as_object_mut()
+            .expect("object")
+            .entry("_errors".to_string())
+            .or_insert_with(|| json!([]));
+        if let Some(l) = list.as_array_mut() {
+            l.push(json!({"code": code, "message": message}));
+        }
+    }
+    json!({"code": 50035, "message": "Invalid Form Body", "errors": errors})
+}
+
+fn len(v: &Value) -> usize {
+    v.as_str().map_or(0, |s| s.chars().count())
+}
+
+/// Discord's documented rules for a bulk overwrite of CHAT_INPUT commands
+/// (interactions/application-commands), written from the documentation, independently of
+/// facteur's own check: each problem as (path, Discord's error code, message).
+pub fn invalid_commands(body: &Value) -> Vec<(String, &'static str, String)> {
+    let mut out: Vec<(String, &'static str, String)> = Vec::new();
+    let Some(list) = body.as_array() else {
+        return vec![("_".into(), "BASE_TYPE_ARRAY", "Must be an array".into())];
+    };
+    if list.len() > 100 {
+        out.push((
+            "_".into(),
+            "BASE_TYPE_MAX_LENGTH",
+            "Must be 100 or fewer in length.".into(),
+        ));
+    }
+    let name_ok = |v: &Value| {
+        let s = v.as_str().unwrap_or("");
+        let n = s.chars().count();
+        (1..=32).contains(&n)
+            && s.chars().all(|c| {
+                (c.is_alphanumeric()
+                    || "-_'".contains(c)
+                    || ('\u{0900}'..='\u{097F}').contains(&c)
+                    || ('\u{0E00}'..='\u{0E7F}').contains(&c))
+                    && c.to_lowercase().eq(std::iter::once(c))
+            })
+    };
+    let mut names = std::collections::HashSet::new();
+    for (i, c) in list.iter().enumerate() {
+        let mut bad = |path: String, code: &'static str, m: &str| {
+            out.push((format!("{i}.{path}"), code, m.to_string()))
+        };
+        if !name_ok(&c["name"]) {
+            bad(
+                "name".into(),
+                "APPLICATION_COMMAND_INVALID_NAME",
+                "Command name is invalid",
+            );
+        }
+        if !names.insert(c["name"].to_string()) {
+            bad(
+                "name".into(),
+                "APPLICATION_COMMANDS_DUPLICATE_NAME",
+                "Application command names must be unique",
+            );
+        }
+        if !(1..=100).contains(&len(&c["description"])) {
+            bad(
+                "description".into(),
+                "BASE_TYPE_BAD_LENGTH",
+                "Must be between 1 and 100 in length.",
+            );
+        }
+        let options = c["options"].as_array().cloned().unwrap_or_default();
+        if options.len() > 25 {
+            bad(
+                "options".into(),
+                "BASE_TYPE_MAX_LENGTH",
+                "Must be 25 or fewer in length.",
+            );
+        }
+        let mut total = len(&c["name"]) + len(&c["description"]);
+        let mut optional = false;
+        for (j, o) in options.iter().enumerate() {
+            total += len(&o["name"]) + len(&o["description"]);
+            if !name_ok(&o["name"]) {
+                bad(
+                    format!("options.{j}.name"),
+                    "APPLICATION_COMMAND_INVALID_NAME",
+                    "Command name is invalid",
+                );
+            }
+            if !(1..=100).contains(&len(&o["description"])) {
+                bad(
+                    format!("options.{j}.description"),
+                    "BASE_TYPE_BAD_LENGTH",
+                    "Must be between 1 and 100 in length.",
+                );
+            }
+            let required = o["required"].as_bool().unwrap_or(false);
+            if required && optional {
+                bad(
+                    format!("options.{j}.required"),
+                    "APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID",
+                    "Required options must be placed before non-required options",
+                );
+            }
+            optional |= !required;
+            for f in ["min_length", "max_length"] {
+                if o[f].as_u64().is_some_and(|n| n > 6000) {
+                    bad(
+                        format!("options.{j}.{f}"),
+                        "NUMBER_TYPE_MAX",
+                        "int value should be less than or equal to 6000.",
+                    );
+                }
+            }
+            let kind = o["type"].as_u64().unwrap_or(0);
+            let choices = o["choices"].as_array().cloned().unwrap_or_default();
+            if choices.len() > 25 {
+                bad(
+                    format!("options.{j}.choices"),
+                    "BASE_TYPE_MAX_LENGTH",
+                    "Must be 25 or fewer in length.",
+                );
+            }
+            if !choices.is_empty() && !matches!(kind, 3 | 4 | 10) {
+                bad(
+                    format!("options.{j}.choices"),
+                    "APPLICATION_COMMAND_OPTION_CHOICES_INVALID",
+                    "This option type does not take choices",
+                );
+            }
+            for (k, ch) in choices.iter().enumerate() {
+                total += len(&ch["name"]);
+                if !(1..=100).contains(&len(&ch["name"])) {
+                    bad(
+                        format!("options.{j}.choices.{k}.name"),
+                        "BASE_TYPE_BAD_LENGTH",
+                        "Must be between 1 and 100 in length.",
+                    );
+                }
+                let v = &ch["value"];
+                let ok = match kind {
+                    3 => {
+                        total += len(v);
+                        v.is_string() && (1..=100).contains(&len(v))
+                    }
+                    4 => {
+                        total += v.to_string().len();
+                        v.as_i64()
+                            .is_some_and(|n| n.unsigned_abs() <= 9_007_199_254_740_991)
+                    }
+                    10 => {
+                        total += v.to_string().len();
+                        v.is_number()
+                    }
+                    _ => true,
+                };
+                if !ok {
+                    bad(
+                        format!("options.{j}.choices.{k}.value"),
+                        "BASE_TYPE_CHOICES",
+                        "Value is not valid for this option type",
+                    );
+                }
+            }
+        }
+        if total > 8000 {
+            bad(
+                "_".into(),
+                "APPLICATION_COMMAND_TOO_LARGE",
+                "Command exceeds maximum size (8000)",
+            );
+        }
+    }
+    out
 }
 
 fn message(id: &str, channel: &str, content: &Value) -> Value {
@@ -396,6 +632,8 @@ struct Limits {
     too_many: Option<(String, usize, f64)>,
     /// (method, reset-after seconds) for the next answer.
     exhaust: Option<(String, f64)>,
+    /// Command names whose registration is refused as invalid (a rule facteur cannot know).
+    refuse_commands: Vec<String>,
 }
 
 /// Answers 429 while asked to (recording the refused call), and adds bucket headers.

@@ -151,6 +151,11 @@ impl Catalog {
         self.read().merged.problems.clone()
     }
 
+    /// Commands from templates repaired to meet Discord's rules, and how.
+    pub fn repairs(&self) -> Vec<String> {
+        self.read().merged.repairs.clone()
+    }
+
     /// Bumped whenever the commands from templates change.
     pub fn version(&self) -> u64 {
         self.read().version

@@ -21,10 +21,9 @@ pub const HIDDEN_ANNOTATION: &str = "facteur.proompteng.ai/hidden";
 pub const PATTERN_ANNOTATION_PREFIX: &str = "facteur.proompteng.ai/pattern.";
 /// `facteur.proompteng.ai/pattern-hint.<parameter>`: what the pattern allows, in words.
 pub const PATTERN_HINT_ANNOTATION_PREFIX: &str = "facteur.proompteng.ai/pattern-hint.";
-/// Discord's limits.
-const MAX_DESCRIPTION: usize = 100;
-const MAX_OPTIONS: usize = 25;
-const MAX_CHOICES: usize = 25;
+use facteur_config::discord::{
+    CHOICES_MAX as MAX_CHOICES, COMMANDS_MAX, OPTIONS_MAX as MAX_OPTIONS,
+};
 
 /// Where `templates` interpolate the parameters of the configured `commands`' templates: each
 /// option of a command gets the uses its parameter has in the template it runs (`namespace`
@@ -104,22 +103,16 @@ pub struct Template {
     pub annotations: BTreeMap<String, String>,
     /// `spec.arguments.parameters`, in order.
     pub parameters: Vec<TemplateParameter>,
+    /// Why the server refused this template's report (kept in its place, alone, so the others
+    /// update and the reason shows where the catalog's problems do); empty when taken.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub refused: String,
 }
 
 impl Template {
     /// `namespace/name`: where the command comes from.
     pub fn source(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-fn clip(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut out: String = s.chars().take(max - 1).collect();
-        out.push('…');
-        out
     }
 }
 
@@ -139,9 +132,11 @@ fn option_name(parameter: &str) -> String {
 
 /// How `t` reads as a command: its description from Argo's annotations, one option per
 /// parameter not hidden (its `enum` as choices, optional when it has a default, STRING unless a
-/// type annotation says otherwise), required options first as Discord wants them. An error
-/// says why it cannot be a command.
-pub fn command_of(t: &Template) -> Result<CommandConfig, String> {
+/// type annotation says otherwise), required options first as Discord wants them; then the
+/// faithful repairs Discord's rules allow ([`facteur_config::discord::repair`], each said in
+/// the second value). An error says why it cannot be a command: what Discord would refuse and
+/// no repair mends.
+pub fn command_of(t: &Template) -> Result<(CommandConfig, Vec<String>), String> {
     let a = |k: &str| t.annotations.get(k).map(|v| v.trim()).unwrap_or("");
     let description = [a(DESCRIPTION_ANNOTATION), a(TITLE_ANNOTATION), &t.name]
         .into_iter()
@@ -197,7 +192,7 @@ pub fn command_of(t: &Template) -> Result<CommandConfig, String> {
                 p.name.clone()
             },
             name,
-            description: clip(&description, MAX_DESCRIPTION),
+            description,
             kind: kind.to_string(),
             required: !p.has_default,
             pattern: pattern.to_string(),
@@ -207,7 +202,7 @@ pub fn command_of(t: &Template) -> Result<CommandConfig, String> {
                 .choices
                 .iter()
                 .map(|v| ChoiceConfig {
-                    name: clip(v, MAX_DESCRIPTION),
+                    name: v.clone(),
                     value: v.clone(),
                 })
                 .collect(),
@@ -222,14 +217,15 @@ pub fn command_of(t: &Template) -> Result<CommandConfig, String> {
     }
     // Discord lists required options first; the order within each group is the template's.
     options.sort_by_key(|o| !o.required);
-    let command = CommandConfig {
+    let mut command = CommandConfig {
         name: t.command.clone(),
-        description: clip(description, MAX_DESCRIPTION),
+        description: description.to_string(),
         workflow_template: t.name.clone(),
         namespace: t.namespace.clone(),
         options,
         ..Default::default()
     };
+    let repairs = facteur_config::discord::repair(&mut command);
     let mut problems = Vec::new();
     facteur_config::validate_commands(std::slice::from_ref(&command), &mut |key, p| {
         problems.push(format!(
@@ -238,7 +234,7 @@ pub fn command_of(t: &Template) -> Result<CommandConfig, String> {
         ))
     });
     if problems.is_empty() {
-        Ok(command)
+        Ok((command, repairs))
     } else {
         Err(problems.join("; "))
     }
@@ -252,6 +248,9 @@ pub struct Merged {
     pub commands: Vec<(CommandConfig, String)>,
     /// `namespace/template: why it is not a command`.
     pub problems: Vec<String>,
+    /// `namespace/template: what was repaired` for the commands Discord's rules made facteur
+    /// mend ([`facteur_config::discord::repair`]).
+    pub repairs: Vec<String>,
 }
 
 /// Merges `templates` into a catalog that already has the commands `taken` (the configured ones
@@ -262,26 +261,42 @@ pub fn merge(taken: &BTreeSet<String>, templates: &[Template]) -> Merged {
     sorted.sort_by_key(|t| (t.namespace.clone(), t.name.clone()));
     let mut out = Merged::default();
     let mut by: BTreeMap<String, String> = BTreeMap::new();
+    for t in &sorted {
+        if !t.refused.is_empty() {
+            out.problems
+                .push(format!("{}: report refused: {}", t.source(), t.refused));
+        }
+    }
     // An unlabelled template (reported for its lint: a configured command's) is no command.
-    for t in sorted.into_iter().filter(|t| !t.command.is_empty()) {
+    for t in sorted
+        .into_iter()
+        .filter(|t| !t.command.is_empty() && t.refused.is_empty())
+    {
         let source = t.source();
-        if taken.contains(&t.command) {
+        // Discord's names are lower case: `Deploy` and `deploy` are one command.
+        let name = t.command.to_lowercase();
+        if taken.contains(&name) {
             out.problems.push(format!(
-                "{source}: command `{}` is already defined by the configuration (or built in); the configured one is used",
-                t.command
+                "{source}: command `{name}` is already defined by the configuration (or built in); the configured one is used"
             ));
             continue;
         }
-        if let Some(first) = by.get(&t.command) {
+        if let Some(first) = by.get(&name) {
             out.problems.push(format!(
-                "{source}: command `{}` is already defined by the template {first}",
-                t.command
+                "{source}: command `{name}` is already defined by the template {first}"
             ));
             continue;
         }
         match command_of(t) {
-            Ok(c) => {
-                by.insert(t.command.clone(), source.clone());
+            Ok(_) if taken.len() + out.commands.len() >= COMMANDS_MAX => {
+                out.problems.push(format!(
+                    "{source}: command `{name}` left out: Discord registers at most {COMMANDS_MAX} commands per guild and the catalog has {COMMANDS_MAX} (the configured ones, the built-ins and templates before it by namespace/name)"
+                ));
+            }
+            Ok((c, repairs)) => {
+                by.insert(name, source.clone());
+                out.repairs
+                    .extend(repairs.into_iter().map(|r| format!("{source}: {r}")));
                 out.commands.push((c, source));
             }
             Err(why) => out.problems.push(format!("{source}: {why}")),
@@ -334,6 +349,7 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            ..Default::default()
         }
     }
 
@@ -416,7 +432,7 @@ mod tests {
             format!("{PATTERN_HINT_ANNOTATION_PREFIX}Target.Name"),
             "a name in lower case".into(),
         );
-        let c = command_of(&t).expect("a command");
+        let (c, _) = command_of(&t).expect("a command");
         let o = &c.options[0];
         assert_eq!(
             (
@@ -450,7 +466,7 @@ mod tests {
 
     #[test]
     fn a_template_reads_as_a_command() {
-        let c = command_of(&template()).expect("a command");
+        let (c, _) = command_of(&template()).expect("a command");
         assert_eq!(
             (
                 c.name.as_str(),
@@ -500,12 +516,15 @@ mod tests {
         t.annotations.remove(DESCRIPTION_ANNOTATION);
         t.annotations
             .insert(TITLE_ANNOTATION.into(), "Hello world".into());
-        assert_eq!(command_of(&t).expect("ok").description, "Hello world");
+        assert_eq!(command_of(&t).expect("ok").0.description, "Hello world");
         t.annotations.remove(TITLE_ANNOTATION);
-        assert_eq!(command_of(&t).expect("ok").description, "hello");
+        assert_eq!(command_of(&t).expect("ok").0.description, "hello");
         t.annotations
             .insert(DESCRIPTION_ANNOTATION.into(), "x".repeat(300));
-        assert_eq!(command_of(&t).expect("ok").description.chars().count(), 100);
+        assert_eq!(
+            command_of(&t).expect("ok").0.description.chars().count(),
+            100
+        );
     }
 
     #[test]
@@ -531,6 +550,76 @@ mod tests {
             command_of(&t)
                 .expect_err("not a command")
                 .contains("30 enum values")
+        );
+    }
+
+    #[test]
+    fn templates_by_others_are_repaired_or_left_out_alone() {
+        // Item by item, what Discord refused before: each repaired and said, or refused.
+        let mut t = template();
+        t.command = "Hello".into();
+        t.parameters[0].choices = vec![String::new(), "hi".into()];
+        t.parameters[2].choices = vec!["few".into(), "many".into()];
+        t.parameters.push(TemplateParameter {
+            name: "dry".into(),
+            choices: vec!["true".into(), "false".into()],
+            has_default: true,
+            ..Default::default()
+        });
+        t.annotations
+            .insert(format!("{TYPE_ANNOTATION_PREFIX}dry"), "boolean".into());
+        let (c, repairs) = command_of(&t).expect("repaired");
+        assert_eq!(c.name, "hello");
+        assert_eq!(repairs.len(), 4, "{repairs:?}");
+        assert!(facteur_config::discord::problems(&c).is_empty());
+        let kinds: Vec<(&str, &str, usize)> = c
+            .options
+            .iter()
+            .map(|o| (o.name.as_str(), o.kind.as_str(), o.choices.len()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("target_name", "string", 0),
+                ("greeting", "string", 1),
+                ("count", "string", 2),
+                ("dry", "boolean", 0)
+            ]
+        );
+        // A value Discord cannot take whole has no faithful repair: this template alone is
+        // left out, saying which value.
+        let mut long = template();
+        long.name = "long".into();
+        long.command = "long".into();
+        long.parameters[0].choices = vec!["x".repeat(101)];
+        let why = command_of(&long).expect_err("left out");
+        assert!(why.contains("choices[0].value: must be 1 to 100"), "{why}");
+        let m = merge(&BTreeSet::new(), &[template(), long]);
+        assert_eq!(m.commands.len(), 1);
+        assert_eq!(m.problems.len(), 1);
+        assert!(m.problems[0].starts_with("argo-workflows/long: "));
+    }
+
+    #[test]
+    fn a_catalog_stops_at_discords_hundred_commands() {
+        let taken: BTreeSet<String> = (0..90).map(|i| format!("c{i}")).collect();
+        let templates: Vec<Template> = (0..15)
+            .map(|i| {
+                let mut t = template();
+                t.name = format!("t{i:02}");
+                t.command = format!("t{i:02}");
+                t
+            })
+            .collect();
+        let m = merge(&taken, &templates);
+        assert_eq!(m.commands.len(), 10);
+        assert_eq!(m.problems.len(), 5);
+        assert!(
+            m.problems[0].starts_with(
+                "argo-workflows/t10: command `t10` left out: Discord registers at most 100"
+            ),
+            "{}",
+            m.problems[0]
         );
     }
 

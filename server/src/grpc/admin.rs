@@ -118,6 +118,25 @@ impl AdminService for AdminApi {
                 .collect(),
             started_at: Some(convert::ts(self.0.started_at)),
             catalog_problems: self.0.catalog.problems(),
+            catalog_repairs: self.0.catalog.repairs(),
+            registrations: self
+                .0
+                .store
+                .registrations()
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| pb::CommandRegistration {
+                    ok: r.error.is_empty(),
+                    scope: r.scope,
+                    commands: r.commands.max(0) as u32,
+                    error: r.error,
+                    discord_code: r.discord_code,
+                    failures: r.failures.max(0) as u32,
+                    registered_at: r.registered_at.map(convert::ts),
+                    updated_at: Some(convert::ts(r.updated_at)),
+                })
+                .collect(),
             quota_usage: crate::service::discord::quota_usage(&self.0)
                 .await
                 .unwrap_or_default()
@@ -346,6 +365,7 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::ListCatalogResponse {
             commands: super::command::definitions(&self.0),
             problems: self.0.catalog.problems(),
+            repairs: self.0.catalog.repairs(),
         }))
     }
 

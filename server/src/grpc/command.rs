@@ -379,26 +379,55 @@ impl CommandService for CommandApi {
         req: Request<pb::ReportGuildRegistrationRequest>,
     ) -> Result<Response<pb::ReportGuildRegistrationResponse>, Status> {
         let r = req.into_inner();
-        convert::guild_id(&r.guild_id, false)?;
-        if r.generation < 1 {
+        // Generation 0: the adapter's own scope (its configured guild, or global commands).
+        convert::guild_id(&r.guild_id, r.generation == 0)?;
+        if r.generation < 0 {
             return Err(Status::invalid_argument(
-                "generation must be one from WatchGuilds (≥ 1)",
+                "generation must be one from WatchGuilds (≥ 1), or 0 for the adapter's own scope",
             ));
         }
         let error: String = r.error.chars().take(2000).collect();
-        let g = self
-            .0
+        let scope = if r.guild_id.is_empty() {
+            "global"
+        } else {
+            r.guild_id.as_str()
+        };
+        self.0
             .store
-            .report_guild_registration(&r.guild_id, r.generation, r.commands, &error)
+            .record_registration(
+                scope,
+                i64::try_from(r.catalog_version).unwrap_or(i64::MAX),
+                r.commands,
+                &error,
+                r.discord_code,
+            )
             .await?;
         if error.is_empty() {
-            tracing::info!(guild_id = %g.guild_id, generation = r.generation, commands = r.commands, "guild commands registered");
+            tracing::info!(
+                scope,
+                generation = r.generation,
+                commands = r.commands,
+                "discord commands registered"
+            );
         } else {
-            tracing::warn!(guild_id = %g.guild_id, generation = r.generation, error = %error, "guild command registration failed");
+            self.0.metrics.add(
+                crate::metrics::Metric::DiscordRegistrationFailures,
+                vec![("scope", scope.to_string())],
+                1,
+            );
+            tracing::warn!(scope, generation = r.generation, discord_code = r.discord_code, error = %error, "discord command registration failed");
         }
-        Ok(Response::new(pb::ReportGuildRegistrationResponse {
-            guild: Some(convert::guild(&g)),
-        }))
+        let guild = if r.generation >= 1 {
+            let g = self
+                .0
+                .store
+                .report_guild_registration(&r.guild_id, r.generation, r.commands, &error)
+                .await?;
+            Some(convert::guild(&g))
+        } else {
+            None
+        };
+        Ok(Response::new(pb::ReportGuildRegistrationResponse { guild }))
     }
 
     type WatchRunsStream = BoxStream<pb::WatchRunsResponse>;

@@ -208,6 +208,7 @@ impl DispatchService for DispatchApi {
                         interpolated_in: p.interpolated_in,
                     })
                     .collect(),
+                refused: String::new(),
             })
             .collect();
         let by = format!("{}/{id}", principal.name);

@@ -3,9 +3,9 @@
 //! reports another replica took). A change wakes the `WatchGuilds` streams, so the
 //! discord-adapters register it, and the lease streams (new namespaces may be served).
 
+use crate::domain::Result;
 use crate::domain::input::storable;
 use crate::domain::templates::Template;
-use crate::domain::{Error, Result};
 use crate::state::AppState;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,49 +26,85 @@ pub struct Reported {
     pub problems: Vec<String>,
 }
 
-fn check(namespaces: &[String], templates: &[Template]) -> Result<()> {
-    for (i, ns) in namespaces.iter().enumerate() {
-        storable(&format!("namespaces[{i}]"), ns, MAX_NAME)?;
+fn check(t: &Template) -> Result<()> {
+    storable("command", &t.command, MAX_NAME)?;
+    for (k, v) in &t.annotations {
+        storable("annotations", k, MAX_NAME)?;
+        storable(&format!("annotations[{k}]"), v, MAX_TEXT)?;
     }
-    for (i, t) in templates.iter().enumerate() {
-        let field = |f: &str| format!("templates[{i}].{f}");
-        storable(&field("namespace"), &t.namespace, MAX_NAME)?;
-        storable(&field("name"), &t.name, MAX_NAME)?;
-        storable(&field("command"), &t.command, MAX_NAME)?;
-        if !namespaces.contains(&t.namespace) {
-            return Err(Error::InvalidArgument(format!(
-                "{}: `{}` is not one of the reported namespaces",
-                field("namespace"),
-                t.namespace
-            )));
+    for (j, p) in t.parameters.iter().enumerate() {
+        let pf = format!("parameters[{j}]");
+        storable(&format!("{pf}.name"), &p.name, MAX_NAME)?;
+        storable(&format!("{pf}.description"), &p.description, MAX_TEXT)?;
+        for c in &p.choices {
+            storable(&format!("{pf}.choices"), c, MAX_TEXT)?;
         }
-        for (k, v) in &t.annotations {
-            storable(&field("annotations"), k, MAX_NAME)?;
-            storable(&field(&format!("annotations[{k}]")), v, MAX_TEXT)?;
-        }
-        for (j, p) in t.parameters.iter().enumerate() {
-            let pf = field(&format!("parameters[{j}]"));
-            storable(&format!("{pf}.name"), &p.name, MAX_NAME)?;
-            storable(&format!("{pf}.description"), &p.description, MAX_TEXT)?;
-            for c in &p.choices {
-                storable(&format!("{pf}.choices"), c, MAX_TEXT)?;
-            }
-            for at in &p.interpolated_in {
-                storable(&format!("{pf}.interpolated_in"), at, MAX_TEXT)?;
-            }
+        for at in &p.interpolated_in {
+            storable(&format!("{pf}.interpolated_in"), at, MAX_TEXT)?;
         }
     }
     Ok(())
 }
 
-/// Stores what adapter `by` found in `namespaces` and rebuilds the catalog.
+/// Takes a report template by template: a template that cannot be stored is kept in its place
+/// as refused, with its reason and nothing else, so the others update and the refusal shows
+/// with the catalog's problems; one that cannot even be named (outside the reported
+/// namespaces, a name no Kubernetes object has) is dropped, its reason returned. Only the
+/// namespaces, the adapter's own configuration, refuse the report whole.
+fn sort_out(
+    namespaces: &[String],
+    templates: Vec<Template>,
+) -> Result<(Vec<Template>, Vec<String>)> {
+    for (i, ns) in namespaces.iter().enumerate() {
+        storable(&format!("namespaces[{i}]"), ns, MAX_NAME)?;
+    }
+    let mut kept = Vec::with_capacity(templates.len());
+    let mut dropped = Vec::new();
+    for (i, t) in templates.into_iter().enumerate() {
+        let named = storable("namespace", &t.namespace, MAX_NAME)
+            .and_then(|()| storable("name", &t.name, MAX_NAME));
+        if let Err(e) = named {
+            dropped.push(format!("templates[{i}]: report refused: {e}"));
+            continue;
+        }
+        if !namespaces.contains(&t.namespace) {
+            dropped.push(format!(
+                "{}: report refused: namespace `{}` is not one of the reported namespaces",
+                t.source(),
+                t.namespace
+            ));
+            continue;
+        }
+        match check(&t) {
+            Ok(()) => kept.push(t),
+            Err(e) => kept.push(Template {
+                command: if storable("command", &t.command, MAX_NAME).is_ok() {
+                    t.command.clone()
+                } else {
+                    String::new()
+                },
+                refused: e.to_string(),
+                namespace: t.namespace,
+                name: t.name,
+                ..Default::default()
+            }),
+        }
+    }
+    Ok((kept, dropped))
+}
+
+/// Stores what adapter `by` found in `namespaces` and rebuilds the catalog; templates refused
+/// are refused alone ([`sort_out`]).
 pub async fn report(
     state: &AppState,
     by: &str,
     namespaces: Vec<String>,
     templates: Vec<Template>,
 ) -> Result<Reported> {
-    check(&namespaces, &templates)?;
+    let (templates, dropped) = sort_out(&namespaces, templates)?;
+    for d in &dropped {
+        tracing::warn!(adapter = %by, problem = %d, "a reported WorkflowTemplate was dropped");
+    }
     state
         .store
         .replace_templates(&namespaces, &templates, by)
@@ -76,7 +112,10 @@ pub async fn report(
     reload(state).await?;
     Ok(Reported {
         commands: state.catalog.template_commands(),
-        problems: state.catalog.problems(),
+        problems: dropped
+            .into_iter()
+            .chain(state.catalog.problems())
+            .collect(),
     })
 }
 
@@ -90,6 +129,17 @@ pub async fn reload(state: &AppState) -> Result<bool> {
     for p in &problems {
         tracing::warn!(problem = %p, "a labelled WorkflowTemplate is not a command");
     }
+    let repairs = state.catalog.repairs();
+    for r in &repairs {
+        tracing::info!(repair = %r, "a template command was repaired to meet Discord's rules");
+    }
+    use crate::metrics::Metric;
+    state
+        .metrics
+        .set_gauge(Metric::CatalogProblems, vec![], problems.len() as f64);
+    state
+        .metrics
+        .set_gauge(Metric::CatalogRepairs, vec![], repairs.len() as f64);
     tracing::info!(
         commands = state.catalog.commands().len(),
         version = state.catalog.version(),

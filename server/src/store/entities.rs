@@ -184,6 +184,29 @@ pub mod discord_guilds {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod command_registrations {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "command_registrations")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub scope: String,
+        pub catalog_version: i64,
+        pub commands: i32,
+        pub error: String,
+        pub discord_code: i32,
+        pub failures: i32,
+        pub registered_at: Option<DateTimeUtc>,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub mod adapters {
     use sea_orm::entity::prelude::*;
 

@@ -14,6 +14,7 @@ pub mod feed;
 pub mod guilds;
 mod nodelay;
 pub mod policy;
+pub mod registrations;
 pub mod retention;
 pub mod templates;
 

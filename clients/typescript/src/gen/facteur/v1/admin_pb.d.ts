@@ -129,6 +129,13 @@ export declare type ListCatalogResponse = Message<"facteur.v1.ListCatalogRespons
    * @generated from field: repeated string problems = 2;
    */
   problems: string[];
+
+  /**
+   * Commands repaired to meet Discord's rules, and how.
+   *
+   * @generated from field: repeated string repairs = 3;
+   */
+  repairs: string[];
 };
 
 /**
@@ -260,6 +267,21 @@ export declare type GetStatusResponse = Message<"facteur.v1.GetStatusResponse"> 
    * @generated from field: repeated facteur.v1.QuotaUsage quota_usage = 8;
    */
   quotaUsage: QuotaUsage[];
+
+  /**
+   * Commands repaired to meet Discord's rules, and how (`namespace/template: description
+   * clipped to 100 characters`).
+   *
+   * @generated from field: repeated string catalog_repairs = 9;
+   */
+  catalogRepairs: string[];
+
+  /**
+   * Where the catalog's registration with Discord stands, per scope.
+   *
+   * @generated from field: repeated facteur.v1.CommandRegistration registrations = 10;
+   */
+  registrations: CommandRegistration[];
 };
 
 /**
@@ -267,6 +289,75 @@ export declare type GetStatusResponse = Message<"facteur.v1.GetStatusResponse"> 
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
 export declare const GetStatusResponseSchema: GenMessage<GetStatusResponse>;
+
+/**
+ * The last registration of the catalog in one scope, as the discord-adapter reported it.
+ *
+ * @generated from message facteur.v1.CommandRegistration
+ */
+export declare type CommandRegistration = Message<"facteur.v1.CommandRegistration"> & {
+  /**
+   * A guild id, or `global`.
+   *
+   * @generated from field: string scope = 1;
+   */
+  scope: string;
+
+  /**
+   * Whether the last attempt succeeded.
+   *
+   * @generated from field: bool ok = 2;
+   */
+  ok: boolean;
+
+  /**
+   * Commands registered by the last success.
+   *
+   * @generated from field: uint32 commands = 3;
+   */
+  commands: number;
+
+  /**
+   * Why the last attempt failed (Discord's message and the paths it names).
+   *
+   * @generated from field: string error = 4;
+   */
+  error: string;
+
+  /**
+   * Discord's JSON error code of that failure (50035: invalid form body), 0 when none.
+   *
+   * @generated from field: int32 discord_code = 5;
+   */
+  discordCode: number;
+
+  /**
+   * Attempts in a row that failed.
+   *
+   * @generated from field: uint32 failures = 6;
+   */
+  failures: number;
+
+  /**
+   * When the last success was.
+   *
+   * @generated from field: google.protobuf.Timestamp registered_at = 7;
+   */
+  registeredAt?: Timestamp | undefined;
+
+  /**
+   * When the last attempt was reported.
+   *
+   * @generated from field: google.protobuf.Timestamp updated_at = 8;
+   */
+  updatedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message facteur.v1.CommandRegistration.
+ * Use `create(CommandRegistrationSchema)` to create a new message.
+ */
+export declare const CommandRegistrationSchema: GenMessage<CommandRegistration>;
 
 /**
  * One guild's use of one command's quota.

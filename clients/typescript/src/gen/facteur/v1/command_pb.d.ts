@@ -1178,14 +1178,15 @@ export declare const WatchGuildsResponseSchema: GenMessage<WatchGuildsResponse>;
  */
 export declare type ReportGuildRegistrationRequest = Message<"facteur.v1.ReportGuildRegistrationRequest"> & {
   /**
-   * Guild id.
+   * Guild id; empty with generation 0 for global commands.
    *
    * @generated from field: string guild_id = 1;
    */
   guildId: string;
 
   /**
-   * The set-up generation that was registered.
+   * The set-up generation that was registered (from `WatchGuilds`), or 0 for the adapter's own
+   * scope (its configured guild, or global commands), which no set-up names.
    *
    * @generated from field: int64 generation = 2;
    */
@@ -1204,6 +1205,20 @@ export declare type ReportGuildRegistrationRequest = Message<"facteur.v1.ReportG
    * @generated from field: string error = 4;
    */
   error: string;
+
+  /**
+   * The catalog version registered (`WatchGuildsResponse.catalog_version`).
+   *
+   * @generated from field: uint64 catalog_version = 5;
+   */
+  catalogVersion: bigint;
+
+  /**
+   * Discord's JSON error code when Discord refused it (50035: invalid form body), else 0.
+   *
+   * @generated from field: int32 discord_code = 6;
+   */
+  discordCode: number;
 };
 
 /**
