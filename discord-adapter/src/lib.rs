@@ -433,24 +433,56 @@ async fn answer(
                     ),
                     Ok(_) | Err(_) => failed(),
                 };
+                // The deferral was public: an edit of `@original` cannot make it ephemeral
+                // (Discord honours no EPHEMERAL flag on an edit). An answer meant for the
+                // member alone (a refusal, say) goes as an ephemeral follow-up, and the public
+                // "thinking…" is deleted, so the channel never sees it.
+                let ephemeral = serde_json::to_value(&body)
+                    .ok()
+                    .and_then(|v| v["flags"].as_u64())
+                    .is_some_and(|f| f & render::EPHEMERAL != 0);
                 // The deferral may still be on its way to Discord when a slow answer lands
-                // just after it: a refused edit is tried again.
-                for attempt in 1..=3 {
-                    match http
-                        .edit_original_interaction_response(&token, &body, vec![])
-                        .await
+                // just after it: a refused call is tried again.
+                if ephemeral {
+                    if retried("send an ephemeral follow-up", || {
+                        http.create_followup_message(&token, &body, vec![])
+                    })
+                    .await
                     {
-                        Ok(_) => break,
-                        Err(e) if attempt == 3 => {
-                            tracing::warn!(error = %e, "cannot complete a deferred interaction");
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_secs(attempt)).await,
+                        retried("delete the public deferral", || {
+                            http.delete_original_interaction_response(&token)
+                        })
+                        .await;
                     }
+                } else {
+                    retried("complete a deferred interaction", || {
+                        http.edit_original_interaction_response(&token, &body, vec![])
+                    })
+                    .await;
                 }
             });
             CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new())
         }
     }
+}
+
+/// Calls `f` up to three times, 1 s then 2 s apart; whether it succeeded (a last failure is
+/// logged as `cannot {what}`).
+async fn retried<T, F, Fut>(what: &str, f: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = serenity::Result<T>>,
+{
+    for attempt in 1..=3 {
+        match f().await {
+            Ok(_) => return true,
+            Err(e) if attempt == 3 => {
+                tracing::warn!(error = %e, "cannot {what}");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(attempt)).await,
+        }
+    }
+    false
 }
 
 /// Normalises a command (ours or one read back from Discord) for comparison.

@@ -72,6 +72,7 @@ fn button(b: &pb::Button) -> CreateButton {
 /// `@original`, and a channel message (created or edited): serenity writes the fields those
 /// routes share.
 pub fn message(reply: &pb::Reply) -> CreateInteractionResponseMessage {
+    let reply = &fit(reply);
     let buttons: Vec<CreateButton> = reply.buttons.iter().map(button).collect();
     let rows = if buttons.is_empty() {
         vec![]
@@ -88,6 +89,52 @@ pub fn message(reply: &pb::Reply) -> CreateInteractionResponseMessage {
     } else {
         m
     }
+}
+
+/// `reply` within Discord's message limits (`facteur_config::discord`): content 2,000
+/// characters; at most 10 embeds, each with a title of 256, a description of 4,096, 25 fields
+/// (name 256, value 1,024) and a footer of 2,048; 6,000 characters across the embeds, spent in
+/// order (the first embed's title and description first), what no longer fits cut or left
+/// out. Every text cut ends with `…`.
+pub fn fit(reply: &pb::Reply) -> pb::Reply {
+    use facteur_config::discord::*;
+    let n = |s: &str| s.chars().count();
+    let left = std::cell::Cell::new(EMBEDS_TOTAL_MAX);
+    // `s` within both its own limit and what is left of the total, taken from the total.
+    let take = |s: &str, max: usize| {
+        let max = max.min(left.get());
+        let out = if max == 0 {
+            String::new()
+        } else {
+            clip(s, max)
+        };
+        left.set(left.get() - n(&out));
+        out
+    };
+    let mut r = reply.clone();
+    r.content = clip(&r.content, CONTENT_MAX);
+    r.embeds.truncate(10);
+    for e in &mut r.embeds {
+        e.title = take(&e.title, EMBED_TITLE_MAX);
+        e.description = take(&e.description, EMBED_DESCRIPTION_MAX);
+        e.fields.truncate(EMBED_FIELDS_MAX);
+        let fields = std::mem::take(&mut e.fields);
+        for mut f in fields {
+            let (name, value) = (
+                clip(&f.name, FIELD_NAME_MAX),
+                clip(&f.value, FIELD_VALUE_MAX),
+            );
+            if n(&name) + n(&value) > left.get() {
+                break;
+            }
+            (f.name, f.value) = (take(&name, usize::MAX), take(&value, usize::MAX));
+            e.fields.push(f);
+        }
+        e.footer = take(&e.footer, FOOTER_MAX);
+    }
+    r.embeds
+        .retain(|e| !(e.title.is_empty() && e.description.is_empty() && e.fields.is_empty()));
+    r
 }
 
 /// A reply as an interaction response: a new message, or (for a component) an update of the
@@ -108,7 +155,10 @@ pub fn notice(text: &str) -> CreateInteractionResponse {
 /// The body of [`notice`].
 pub fn notice_message(text: &str) -> CreateInteractionResponseMessage {
     CreateInteractionResponseMessage::new()
-        .content(text)
+        .content(facteur_config::discord::clip(
+            text,
+            facteur_config::discord::CONTENT_MAX,
+        ))
         .allowed_mentions(CreateAllowedMentions::new())
         .ephemeral(true)
 }
@@ -158,6 +208,9 @@ fn typed_choice(kind: u8, v: &str) -> Value {
     };
     parsed.unwrap_or_else(|| json!(v))
 }
+
+/// Discord's EPHEMERAL message flag (1 << 6).
+pub const EPHEMERAL: u64 = 1 << 6;
 
 /// A catalog command in Discord's registration shape (application command object): fields
 /// absent when unset, never `null`; INTEGER bounds and choices as integers; guild context.
@@ -264,6 +317,59 @@ pub fn modal_values(components: &Value, out: &mut std::collections::HashMap<Stri
 #[cfg(test)]
 mod registration_tests {
     use super::*;
+
+    #[test]
+    fn every_reply_fits_discords_message_limits() {
+        let n = |s: &str| s.chars().count();
+        let field = pb::EmbedField {
+            name: "n".repeat(300),
+            value: "v".repeat(2000),
+            inline: false,
+        };
+        let embed = pb::Embed {
+            title: "t".repeat(300),
+            description: "d".repeat(5000),
+            footer: "f".repeat(3000),
+            fields: vec![field; 30],
+            ..Default::default()
+        };
+        let reply = pb::Reply {
+            content: "c".repeat(2500),
+            embeds: vec![embed; 12],
+            ..Default::default()
+        };
+        let r = fit(&reply);
+        assert_eq!(n(&r.content), 2000);
+        assert!(r.content.ends_with('…'));
+        assert!(r.embeds.len() <= 10);
+        let total: usize = r
+            .embeds
+            .iter()
+            .map(|e| {
+                assert!(n(&e.title) <= 256 && n(&e.description) <= 4096 && n(&e.footer) <= 2048);
+                assert!(e.fields.len() <= 25);
+                n(&e.title)
+                    + n(&e.description)
+                    + n(&e.footer)
+                    + e.fields
+                        .iter()
+                        .map(|f| n(&f.name) + n(&f.value))
+                        .sum::<usize>()
+            })
+            .sum();
+        assert!(total <= 6000, "{total}");
+        // What fits is left as it is.
+        let small = pb::Reply {
+            content: "hello".into(),
+            embeds: vec![pb::Embed {
+                title: "Run".into(),
+                description: "ok".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(fit(&small), small);
+    }
 
     #[test]
     fn interaction_types_are_serenitys() {

@@ -120,7 +120,11 @@ impl FakeDiscord {
             )
             .route(
                 "/api/v10/webhooks/{app}/{token}/messages/@original",
-                patch(edit_original),
+                patch(edit_original).delete(delete_original),
+            )
+            .route(
+                "/api/v10/webhooks/{app}/{token}",
+                axum::routing::post(followup),
             )
             .route(
                 "/api/v10/channels/{channel}/messages",
@@ -542,6 +546,36 @@ async fn edit_original(
         "embeds": [], "pinned": false, "components": []
     }))
     .into_response()
+}
+
+/// `DELETE @original`: Discord answers 204.
+async fn delete_original(
+    State(f): State<FakeDiscord>,
+    Path((app, token)): Path<(String, String)>,
+) -> Response {
+    f.record(
+        Method::DELETE,
+        format!("/webhooks/{app}/{token}/messages/@original"),
+        Value::Null,
+    );
+    axum::http::StatusCode::NO_CONTENT.into_response()
+}
+
+/// A follow-up message (`POST /webhooks/{app}/{token}`): unlike an edit, it honours EPHEMERAL.
+async fn followup(
+    State(f): State<FakeDiscord>,
+    Path((app, token)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    f.record(
+        Method::POST,
+        format!("/webhooks/{app}/{token}"),
+        body.clone(),
+    );
+    let mut m = message("800000000000000002", "500000000000000001", &body["content"]);
+    m["flags"] = body["flags"].clone();
+    axum::Json(m).into_response()
 }
 
 async fn gateway_url(State(f): State<FakeDiscord>) -> Response {

@@ -411,6 +411,72 @@ async fn a_slow_server_gets_a_deferral_then_the_answer_as_an_edit() {
 }
 
 #[tokio::test]
+async fn a_refusal_after_a_deferral_reaches_the_member_alone() {
+    let s = Stack::start(Options {
+        proxy: true,
+        ..Default::default()
+    })
+    .await;
+    s.proxy
+        .as_ref()
+        .expect("proxy")
+        .slow_down(std::time::Duration::from_millis(3500));
+    // No role that may run /deploy: the answer is a refusal meant for the member alone.
+    let cmd = command(
+        "700000000000000041",
+        &[],
+        "deploy",
+        json!([{"name": "service", "type": 3, "value": "api"}]),
+    );
+    let (code, resp) = s.post(&cmd).await;
+    assert_eq!((code, resp["type"].clone()), (200, json!(5)), "{resp}");
+    let token = "token-700000000000000041";
+    let followup = format!("/webhooks/{APP}/{token}");
+    let original = format!("/webhooks/{APP}/{token}/messages/@original");
+    wait_until(
+        "the refusal as an ephemeral follow-up",
+        std::time::Duration::from_secs(30),
+        || {
+            let (d, p) = (s.discord.clone(), followup.clone());
+            async move {
+                d.calls()
+                    .iter()
+                    .any(|(m, path, b)| m == "POST" && *path == p && b["flags"] == 64)
+            }
+        },
+    )
+    .await;
+    wait_until(
+        "the public deferral deleted",
+        std::time::Duration::from_secs(10),
+        || {
+            let (d, p) = (s.discord.clone(), original.clone());
+            async move {
+                d.calls()
+                    .iter()
+                    .any(|(m, path, _)| m == "DELETE" && *path == p)
+            }
+        },
+    )
+    .await;
+    let calls = s.discord.calls();
+    let (_, _, sent) = calls
+        .iter()
+        .find(|(m, p, _)| m == "POST" && *p == followup)
+        .expect("follow-up");
+    assert!(
+        message_text(sent).to_lowercase().contains("not allowed")
+            || message_text(sent).contains("role"),
+        "{sent}"
+    );
+    assert!(
+        !calls.iter().any(|(m, p, _)| m == "PATCH" && *p == original),
+        "the public deferral is never edited into the refusal: Discord would show it to the channel"
+    );
+    s.srv.stop().await;
+}
+
+#[tokio::test]
 async fn guild_setup_registers_the_catalog_and_seeds_an_isolated_policy_live() {
     use facteur_client::pb;
     let s = Stack::start(Options {

@@ -208,9 +208,20 @@ impl Catalog {
         }
         let commands = self.commands();
         let Some(cmd) = commands.iter().find(|c| c.name == command) else {
-            let known: Vec<&str> = commands.iter().map(|c| c.name.as_str()).collect();
+            // A few names, not the whole catalog: the answer is a chat message (2,000 at most).
+            const SHOWN: usize = 20;
+            let known: Vec<&str> = commands
+                .iter()
+                .take(SHOWN)
+                .map(|c| c.name.as_str())
+                .collect();
+            let more = match commands.len().saturating_sub(SHOWN) {
+                0 => String::new(),
+                n => format!(" and {n} more"),
+            };
             return Err(Error::InvalidArgument(format!(
-                "unknown command `{command}`; known: {}",
+                "unknown command `{}`; known: {}{more}",
+                facteur_config::discord::clip(command, 32),
                 known.join(", ")
             )));
         };
@@ -461,6 +472,26 @@ mod tests {
                 ("ownerId", "123456789012345678")
             ])
         );
+    }
+
+    #[test]
+    fn an_unknown_command_is_answered_within_a_chat_message() {
+        let mut c =
+            facteur_config::load_from(None, &Default::default(), Process::Server).expect("config");
+        c.commands = (0..90)
+            .map(|i| CommandConfig {
+                name: format!("{i:0>32}"),
+                description: "d".into(),
+                ..Default::default()
+            })
+            .collect();
+        let catalog = Catalog::from_config(&c);
+        let Err(Error::InvalidArgument(m)) = catalog.resolve(&"x".repeat(500), &BTreeMap::new())
+        else {
+            panic!("refused");
+        };
+        assert!(m.chars().count() < 1000, "{}", m.len());
+        assert!(m.ends_with(" and 70 more"), "{m}");
     }
 
     #[test]
