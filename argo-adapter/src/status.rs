@@ -198,6 +198,33 @@ fn template_of<'a>(obj: &'a DynamicObject, node: &Value) -> Option<&'a Value> {
         })
 }
 
+/// What a supplied output parameter asks for. Argo documents two forms: the output alone
+/// (`enum`, `description`, `valueFrom.default` on it), and "intermediate parameters", where the
+/// suspend template's input of the same name carries `enum`, `default` (or `value`) and
+/// `description`, and the output takes it with `valueFrom.supplied` (the form the Argo UI's
+/// resume dialog reads). The output's own fields win where both are set.
+fn supplied(output: &Value, input: Option<&&Value>) -> pb::ApprovalParameter {
+    let or = |a: &str, b: &str| if a.is_empty() { b } else { a }.to_string();
+    let input_text = |k: &str| input.map_or("", |i| text(i, k));
+    let output_default = output
+        .pointer("/valueFrom/default")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let choices = match strings(output.get("enum")) {
+        c if !c.is_empty() => c,
+        _ => strings(input.and_then(|i| i.get("enum"))),
+    };
+    pb::ApprovalParameter {
+        name: text(output, "name").to_string(),
+        description: or(text(output, "description"), input_text("description")),
+        choices,
+        default: or(
+            output_default,
+            or(input_text("default"), input_text("value")).as_str(),
+        ),
+    }
+}
+
 /// The step waiting for a decision: the running Suspend node started last (with the output
 /// parameters its template asks to be supplied), or the Workflow's own `spec.suspend`.
 pub fn waiting_approval(obj: &DynamicObject) -> Option<pb::Approval> {
@@ -213,22 +240,24 @@ pub fn waiting_approval(obj: &DynamicObject) -> Option<pb::Approval> {
     if node.is_none() && !suspended {
         return None;
     }
-    let parameters = node
-        .and_then(|n| template_of(obj, n))
-        .and_then(|t| t.pointer("/outputs/parameters"))
-        .and_then(Value::as_array)
+    let template = node.and_then(|n| template_of(obj, n));
+    let list = |path: &str| -> Vec<&Value> {
+        template
+            .and_then(|t| t.pointer(path))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .collect()
+    };
+    let inputs = list("/inputs/parameters");
+    let parameters = list("/outputs/parameters")
         .into_iter()
-        .flatten()
         .filter(|p| p.pointer("/valueFrom/supplied").is_some())
-        .map(|p| pb::ApprovalParameter {
-            name: text(p, "name").to_string(),
-            description: text(p, "description").to_string(),
-            choices: strings(p.get("enum")),
-            default: p
-                .pointer("/valueFrom/default")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
+        .map(|p| {
+            supplied(
+                p,
+                inputs.iter().find(|i| text(i, "name") == text(p, "name")),
+            )
         })
         .collect();
     Some(pb::Approval {
@@ -499,5 +528,50 @@ mod tests {
         assert_eq!(p.choices, ["a", "b"]);
         let done = workflow(json!({}), json!({"phase": "Running", "nodes": {}}));
         assert!(waiting_approval(&done).is_none());
+    }
+
+    #[test]
+    fn argos_intermediate_parameters_are_read_from_the_inputs() {
+        // Argo's documented form (examples/intermediate-parameters.yaml): the input carries the
+        // enum, default and description; the output takes it with `valueFrom.supplied`.
+        let wf = workflow(
+            json!({}),
+            json!({"phase": "Running",
+                "nodes": {"s": {"id": "wf-3", "name": "wf[0].approve", "displayName": "approve",
+                                "type": "Suspend", "phase": "Running", "templateName": "approve"}},
+                "storedWorkflowTemplateSpec": {"templates": [{"name": "approve", "suspend": {},
+                    "inputs": {"parameters": [
+                        {"name": "approve", "default": "NO", "enum": ["YES", "NO"],
+                         "description": "Choose YES to continue workflow and deploy to production"},
+                        {"name": "note", "value": "none"}]},
+                    "outputs": {"parameters": [
+                        {"name": "approve", "valueFrom": {"supplied": {}}},
+                        {"name": "note", "valueFrom": {"supplied": {}}, "description": "Why"}]}}]}}),
+        );
+        let a = waiting_approval(&wf).expect("waiting");
+        let got: Vec<(&str, &str, &str, Vec<String>)> = a
+            .parameters
+            .iter()
+            .map(|p| {
+                (
+                    p.name.as_str(),
+                    p.description.as_str(),
+                    p.default.as_str(),
+                    p.choices.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "approve",
+                    "Choose YES to continue workflow and deploy to production",
+                    "NO",
+                    vec!["YES".to_string(), "NO".to_string()]
+                ),
+                ("note", "Why", "none", vec![])
+            ]
+        );
     }
 }

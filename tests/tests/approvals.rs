@@ -43,6 +43,7 @@ fn click(id: &str, custom_id: &str) -> Value {
 /// What the approval tests ask of a [`Followed`] stack.
 trait Approvals {
     async fn waiting_run(&self, id: &str) -> (facteur_server::domain::Run, String);
+    async fn waiting_run_at(&self, id: &str, gate: Value) -> (facteur_server::domain::Run, String);
     fn node(&self, wf: &str, node: &str) -> Value;
     async fn audited(&self, kind: &str) -> Vec<Value>;
 }
@@ -50,6 +51,18 @@ trait Approvals {
 impl Approvals for Followed {
     /// `/deploy` by alice, its Workflow created and waiting at the `approve` step.
     async fn waiting_run(&self, id: &str) -> (facteur_server::domain::Run, String) {
+        self.waiting_run_at(
+            id,
+            json!({"name": "approve", "suspend": {}, "outputs": {"parameters": [
+                {"name": "environment", "description": "Where to deploy",
+                 "enum": ["staging", "prod"], "valueFrom": {"supplied": {}}},
+            ]}}),
+        )
+        .await
+    }
+
+    /// `/deploy` by alice, waiting at a suspend step whose template (named `approve`) is `gate`.
+    async fn waiting_run_at(&self, id: &str, gate: Value) -> (facteur_server::domain::Run, String) {
         let cmd = command(
             id,
             &[DEPLOYER, APPROVER],
@@ -76,12 +89,7 @@ impl Approvals for Followed {
                                    "type": "Suspend", "phase": "Running", "templateName": "approve",
                                    "startedAt": "2026-12-05T12:00:00Z"},
                 },
-                "storedWorkflowTemplateSpec": {"templates": [
-                    {"name": "approve", "suspend": {}, "outputs": {"parameters": [
-                        {"name": "environment", "description": "Where to deploy",
-                         "enum": ["staging", "prod"], "valueFrom": {"supplied": {}}},
-                    ]}},
-                ]},
+                "storedWorkflowTemplateSpec": {"templates": [gate]},
             }),
         );
         let original = format!("/webhooks/{APP}/token-{id}/messages/@original");
@@ -239,6 +247,60 @@ async fn approve_in_discord_with_a_value_through_the_modal() {
             "{k} in the history: {kinds:?}"
         );
     }
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argos_intermediate_parameters_are_checked() {
+    let a = approvals().await;
+    // Argo's documented form: the input carries the enum, the output takes it as supplied.
+    let (run, node) = a
+        .waiting_run_at(
+            "700000000000000321",
+            json!({"name": "approve", "suspend": {},
+                "inputs": {"parameters": [
+                    {"name": "approve", "default": "NO", "enum": ["YES", "NO"],
+                     "description": "Choose YES to continue"}]},
+                "outputs": {"parameters": [
+                    {"name": "approve", "valueFrom": {"supplied": {}}}]}}),
+        )
+        .await;
+    let wf = run.workflow_name.clone();
+    let admin = facteur_tests::stack::admin(&a.s.srv).await;
+    let approve = |v: &str| pb::ApproveRunRequest {
+        run_id: run.id.clone(),
+        values: [("approve".to_string(), v.to_string())].into(),
+        ..Default::default()
+    };
+    let err = admin
+        .0
+        .admin()
+        .approve_run(approve("maybe"))
+        .await
+        .expect_err("outside the enum");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("`approve` must be one of YES, NO (got `maybe`)"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        a.node(&wf, &node)["phase"],
+        "Running",
+        "nothing was applied"
+    );
+    admin
+        .0
+        .admin()
+        .approve_run(approve("YES"))
+        .await
+        .expect("approved");
+    wait_until("the step resumed with YES", WAIT, || async {
+        let n = a.node(&wf, &node);
+        n["phase"] == "Succeeded" && n["outputs"]["parameters"][0]["value"] == "YES"
+    })
+    .await;
     a.stop().await;
 }
 
