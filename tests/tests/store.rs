@@ -499,3 +499,51 @@ async fn quota_usage_counts_the_hour_on_sqlite() {
 async fn quota_usage_counts_the_hour_on_postgres() {
     quota_usage_counts_the_hour(Backend::Postgres).await;
 }
+
+/// The registration record per scope: a failure counts one more in a row and keeps the last
+/// success; a success clears it (the upsert's `failures + 1` on both backends).
+async fn registrations_count_failures_in_a_row(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let s = store(&db).await;
+    s.record_registration("global", 1, 7, "", 0)
+        .await
+        .expect("success");
+    for _ in 0..2 {
+        s.record_registration("global", 2, 0, "HTTP 400: Invalid Form Body", 50035)
+            .await
+            .expect("failure");
+    }
+    s.record_registration("100000000000000001", 2, 0, "unreachable", 0)
+        .await
+        .expect("another scope");
+    let r = s.registrations().await.expect("read");
+    assert_eq!(r.len(), 2);
+    let g = r.iter().find(|r| r.scope == "global").expect("global");
+    assert_eq!(
+        (g.failures, g.discord_code, g.commands, g.catalog_version),
+        (2, 50035, 7, 2),
+        "{g:?}"
+    );
+    assert!(g.registered_at.is_some() && !g.error.is_empty());
+    s.record_registration("global", 3, 8, "", 0)
+        .await
+        .expect("success again");
+    let r = s.registrations().await.expect("read");
+    let g = r.iter().find(|r| r.scope == "global").expect("global");
+    assert_eq!(
+        (g.failures, g.discord_code, g.commands, g.error.as_str()),
+        (0, 0, 8, "")
+    );
+    let other = r.iter().find(|r| r.scope != "global").expect("other");
+    assert_eq!((other.failures, other.registered_at), (1, None));
+}
+
+#[tokio::test]
+async fn registrations_count_failures_in_a_row_on_sqlite() {
+    registrations_count_failures_in_a_row(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn registrations_count_failures_in_a_row_on_postgres() {
+    registrations_count_failures_in_a_row(Backend::Postgres).await;
+}

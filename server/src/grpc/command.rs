@@ -392,6 +392,18 @@ impl CommandService for CommandApi {
         } else {
             r.guild_id.as_str()
         };
+        // A set-up guild first: a report naming a guild never set up is refused and records
+        // nothing.
+        let guild = if r.generation >= 1 {
+            let g = self
+                .0
+                .store
+                .report_guild_registration(&r.guild_id, r.generation, r.commands, &error)
+                .await?;
+            Some(convert::guild(&g))
+        } else {
+            None
+        };
         self.0
             .store
             .record_registration(
@@ -417,16 +429,6 @@ impl CommandService for CommandApi {
             );
             tracing::warn!(scope, generation = r.generation, discord_code = r.discord_code, error = %error, "discord command registration failed");
         }
-        let guild = if r.generation >= 1 {
-            let g = self
-                .0
-                .store
-                .report_guild_registration(&r.guild_id, r.generation, r.commands, &error)
-                .await?;
-            Some(convert::guild(&g))
-        } else {
-            None
-        };
         Ok(Response::new(pb::ReportGuildRegistrationResponse { guild }))
     }
 
