@@ -29,13 +29,51 @@ pub fn interpolations(
     spec: &Value,
     other: &dyn Fn(&str) -> Option<Value>,
 ) -> BTreeMap<String, Vec<String>> {
-    let exposed: BTreeSet<String> = params(spec.pointer("/arguments/parameters"));
+    let exposed = Exposed {
+        scopes: vec!["workflow.parameters".into()],
+        names: params(spec.pointer("/arguments/parameters")),
+    };
+    traced(spec, &exposed, other)
+}
+
+/// For each of `names`, the output parameters an approver supplies at the suspend step `step`
+/// (a step's or DAG task's name), the paths where the Workflow `spec` puts them into a shell
+/// or an expression: read downstream as `{{steps.<step>.outputs.parameters.x}}` or
+/// `{{tasks.<step>.outputs.parameters.x}}`, directly or handed down as arguments, like an
+/// exposed parameter.
+pub fn supplied_interpolations(
+    spec: &Value,
+    step: &str,
+    names: BTreeSet<String>,
+) -> BTreeMap<String, Vec<String>> {
+    let exposed = Exposed {
+        scopes: vec![
+            format!("steps.{step}.outputs.parameters"),
+            format!("tasks.{step}.outputs.parameters"),
+        ],
+        names,
+    };
+    traced(spec, &exposed, &|_| None)
+}
+
+/// The values traced, and how the templates name them (`workflow.parameters`, a step's
+/// outputs): `<scope>.<name>` or `<scope>['<name>']`.
+struct Exposed {
+    scopes: Vec<String>,
+    names: BTreeSet<String>,
+}
+
+fn traced(
+    spec: &Value,
+    exposed: &Exposed,
+    other: &dyn Fn(&str) -> Option<Value>,
+) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut seen_refs = BTreeSet::new();
     lint_spec(
         spec,
         "",
-        &exposed,
+        exposed,
         &BTreeMap::new(),
         other,
         &mut seen_refs,
@@ -64,7 +102,7 @@ type Taint = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
 fn lint_spec(
     spec: &Value,
     prefix: &str,
-    exposed: &BTreeSet<String>,
+    exposed: &Exposed,
     entry: &Taint,
     other: &dyn Fn(&str) -> Option<Value>,
     seen_refs: &mut BTreeSet<String>,
@@ -269,7 +307,7 @@ fn shell_script_from(line: &[(String, &str)]) -> Option<usize> {
 /// carries, directly or through the template's tainted inputs `own`.
 fn carried(
     text: &str,
-    exposed: &BTreeSet<String>,
+    exposed: &Exposed,
     own: &BTreeMap<String, BTreeSet<String>>,
 ) -> BTreeSet<String> {
     bodies(text, "{{", exposed, own)
@@ -278,7 +316,7 @@ fn carried(
 /// Like [`carried`], only inside `{{= … }}`.
 fn in_expressions(
     text: &str,
-    exposed: &BTreeSet<String>,
+    exposed: &Exposed,
     own: &BTreeMap<String, BTreeSet<String>>,
 ) -> BTreeSet<String> {
     bodies(text, "{{=", exposed, own)
@@ -288,7 +326,7 @@ fn in_expressions(
 fn bodies(
     text: &str,
     open: &str,
-    exposed: &BTreeSet<String>,
+    exposed: &Exposed,
     own: &BTreeMap<String, BTreeSet<String>>,
 ) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
@@ -306,11 +344,16 @@ fn bodies(
 /// in an expression `workflow.parameters['x']` / `inputs.parameters["x"]`.
 fn references(
     body: &str,
-    exposed: &BTreeSet<String>,
+    exposed: &Exposed,
     own: &BTreeMap<String, BTreeSet<String>>,
     out: &mut BTreeSet<String>,
 ) {
-    for (scope, at) in [("workflow.parameters", true), ("inputs.parameters", false)] {
+    let scopes = exposed
+        .scopes
+        .iter()
+        .map(|s| (s.as_str(), true))
+        .chain([("inputs.parameters", false)]);
+    for (scope, at) in scopes {
         let mut rest = body;
         while let Some(i) = rest.find(scope) {
             let after = &rest[i + scope.len()..];
@@ -332,7 +375,7 @@ fn references(
             };
             if !name.is_empty() {
                 if at {
-                    if exposed.contains(&name) {
+                    if exposed.names.contains(&name) {
                         out.insert(name);
                     }
                 } else if let Some(from) = own.get(&name) {
@@ -467,5 +510,33 @@ mod tests {
         let s = spec(json!([{"name": "main", "script": {"image": "alpine",
             "source": "echo {{workflow.parameters.internal}} {{workflow.name}}"}}]));
         assert_eq!(lint(s), BTreeMap::new());
+    }
+
+    #[test]
+    fn supplied_outputs_are_traced_from_steps_and_tasks() {
+        let s = json!({"templates": [
+            {"name": "main", "dag": {"tasks": [
+                {"name": "gate", "template": "gate"},
+                {"name": "go", "template": "go", "depends": "gate",
+                 "when": "{{tasks.gate.outputs.parameters.env}} == prod"}]}},
+            {"name": "go", "container": {"image": "alpine", "command": ["bash", "-c"],
+             "args": ["deploy {{tasks.gate.outputs.parameters['target']}}"]}},
+            {"name": "other", "script": {"image": "alpine",
+             "source": "echo {{tasks.elsewhere.outputs.parameters.env}}"}}]});
+        let names = ["env", "target", "unused"].map(String::from).into();
+        assert_eq!(
+            supplied_interpolations(&s, "gate", names),
+            [
+                (
+                    "env".to_string(),
+                    vec!["templates[0].dag.tasks[1].when".to_string()]
+                ),
+                (
+                    "target".to_string(),
+                    vec!["templates[1].container.args[0]".to_string()]
+                ),
+            ]
+            .into()
+        );
     }
 }

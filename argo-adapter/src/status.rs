@@ -222,7 +222,17 @@ fn supplied(output: &Value, input: Option<&&Value>) -> pb::ApprovalParameter {
             output_default,
             or(input_text("default"), input_text("value")).as_str(),
         ),
+        interpolated_in: Vec::new(),
     }
+}
+
+/// The Workflow's templates: its own `spec`, or what Argo stored of its WorkflowTemplate.
+fn workflow_spec(obj: &DynamicObject) -> Option<&Value> {
+    let own = obj
+        .data
+        .get("spec")
+        .filter(|s| s.get("templates").is_some());
+    own.or_else(|| obj.data.pointer("/status/storedWorkflowTemplateSpec"))
 }
 
 /// The step waiting for a decision: the running Suspend node started last (with the output
@@ -250,7 +260,7 @@ pub fn waiting_approval(obj: &DynamicObject) -> Option<pb::Approval> {
             .collect()
     };
     let inputs = list("/inputs/parameters");
-    let parameters = list("/outputs/parameters")
+    let mut parameters: Vec<pb::ApprovalParameter> = list("/outputs/parameters")
         .into_iter()
         .filter(|p| p.pointer("/valueFrom/supplied").is_some())
         .map(|p| {
@@ -260,6 +270,19 @@ pub fn waiting_approval(obj: &DynamicObject) -> Option<pb::Approval> {
             )
         })
         .collect();
+    // Where the Workflow reads the supplied values afterwards (as `steps.<step>.outputs…`):
+    // the step is the node's display name, without a retry's or loop's `(n)`.
+    if let (Some(n), Some(spec)) = (node, workflow_spec(obj))
+        && !parameters.is_empty()
+    {
+        let name = display_name(n);
+        let step = name.split('(').next().unwrap_or(&name).trim();
+        let names = parameters.iter().map(|p| p.name.clone()).collect();
+        let mut uses = crate::lint::supplied_interpolations(spec, step, names);
+        for p in &mut parameters {
+            p.interpolated_in = uses.remove(&p.name).unwrap_or_default();
+        }
+    }
     Some(pb::Approval {
         node_id: node.map(|n| text(n, "id").to_string()).unwrap_or_default(),
         node_name: node.map(display_name).unwrap_or_default(),
@@ -571,6 +594,45 @@ mod tests {
                     vec!["YES".to_string(), "NO".to_string()]
                 ),
                 ("note", "Why", "none", vec![])
+            ]
+        );
+    }
+
+    #[test]
+    fn supplied_values_read_in_a_shell_downstream_are_marked() {
+        // The Workflow reads `note` in a script after the approval step and `approve` only in
+        // an environment variable: `note` is restricted, `approve` is not.
+        let wf = workflow(
+            json!({}),
+            json!({"phase": "Running",
+                "nodes": {"s": {"id": "wf-3", "name": "wf[0].approve", "displayName": "approve",
+                                "type": "Suspend", "phase": "Running", "templateName": "approve"}},
+                "storedWorkflowTemplateSpec": {"entrypoint": "main", "templates": [
+                    {"name": "main", "steps": [
+                        [{"name": "approve", "template": "approve"}],
+                        [{"name": "release", "template": "release", "arguments": {"parameters": [
+                            {"name": "why", "value": "{{steps.approve.outputs.parameters.note}}"},
+                            {"name": "ok", "value": "{{steps.approve.outputs.parameters.approve}}"}]}}]]},
+                    {"name": "approve", "suspend": {},
+                     "outputs": {"parameters": [
+                        {"name": "approve", "valueFrom": {"supplied": {}}},
+                        {"name": "note", "valueFrom": {"supplied": {}}}]}},
+                    {"name": "release", "inputs": {"parameters": [{"name": "why"}, {"name": "ok"}]},
+                     "script": {"image": "alpine", "command": ["sh"],
+                        "env": [{"name": "OK", "value": "{{inputs.parameters.ok}}"}],
+                        "source": "echo '{{inputs.parameters.why}}' \"$OK\""}}]}}),
+        );
+        let a = waiting_approval(&wf).expect("waiting");
+        let got: Vec<(&str, Vec<String>)> = a
+            .parameters
+            .iter()
+            .map(|p| (p.name.as_str(), p.interpolated_in.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("approve", vec![]),
+                ("note", vec!["templates[2].script.source".to_string()])
             ]
         );
     }

@@ -936,6 +936,20 @@ async fn commands(client: &Client) -> anyhow::Result<ExitCode> {
         println!();
         print!("{}", table(&["COMMAND", "OPTION", "RULE"], &rules));
     }
+    // Who approves and the quotas, each rule with where it comes from.
+    let policy: Vec<Vec<String>> = c
+        .commands
+        .iter()
+        .filter_map(|d| Some((d, d.rules.as_ref()?)))
+        .flat_map(|(d, r)| policy_rows(&d.name, r))
+        .collect();
+    if !policy.is_empty() {
+        println!();
+        print!(
+            "{}",
+            table(&["COMMAND", "POLICY", "VALUE", "FROM"], &policy)
+        );
+    }
     if !c.problems.is_empty() || !c.repairs.is_empty() {
         println!();
         for p in &c.problems {
@@ -946,6 +960,46 @@ async fn commands(client: &Client) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The rows of `facteurctl commands`' policy table for one command: each rule it sets, with
+/// where it comes from, and each supplied value's pattern.
+fn policy_rows(command: &str, r: &pb::CommandRules) -> Vec<Vec<String>> {
+    let from = |rule: &str| r.sources.get(rule).cloned().unwrap_or_default();
+    let mut rows = Vec::new();
+    let mut row = |rule: &str, value: String, source: String| {
+        rows.push(vec![format!("/{command}"), rule.to_string(), value, source]);
+    };
+    if !r.approvers.is_empty() {
+        let roles: Vec<String> = r.approvers.iter().map(|a| format!("role {a}")).collect();
+        row("approvers", roles.join(", "), from("approvers"));
+    }
+    if r.require_second_person {
+        row(
+            "require_second_person",
+            "true".into(),
+            from("require_second_person"),
+        );
+    }
+    if let Some(n) = r.max_concurrent {
+        row("max_concurrent", n.to_string(), from("max_concurrent"));
+    }
+    if let Some(n) = r.max_per_hour {
+        row("max_per_hour", n.to_string(), from("max_per_hour"));
+    }
+    for (name, v) in &r.approval_values {
+        let value = if v.pattern_hint.is_empty() {
+            format!("pattern {}", v.pattern)
+        } else {
+            format!("pattern {} ({})", v.pattern, v.pattern_hint)
+        };
+        row(
+            &format!("approval_values.{name}"),
+            value,
+            from(&format!("approval_values.{name}")),
+        );
+    }
+    rows
 }
 
 async fn status(client: &Client, url: &str) -> anyhow::Result<ExitCode> {

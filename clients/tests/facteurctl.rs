@@ -8,6 +8,13 @@ const ADAPTER_TOKEN: &str = "ctl-test-discord-token-0123";
 const ARGO_TOKEN: &str = "ctl-test-argo-token-01234567";
 
 async fn server(dir: &std::path::Path) -> facteur_server::RunningServer {
+    server_with(dir, |_| {}).await
+}
+
+async fn server_with(
+    dir: &std::path::Path,
+    configure: impl FnOnce(&mut facteur_config::Config),
+) -> facteur_server::RunningServer {
     let mut c =
         facteur_config::load_from(None, &Default::default(), Process::Server).expect("config");
     c.server.grpc_listen_address = "127.0.0.1:0".into();
@@ -35,6 +42,7 @@ async fn server(dir: &std::path::Path) -> facteur_server::RunningServer {
         vec!["200000000000000001".to_string()],
     )]
     .into();
+    configure(&mut c);
     facteur_server::start(c, Default::default())
         .await
         .expect("server")
@@ -212,7 +220,18 @@ async fn guild_setup_waits_for_the_adapter() {
 async fn commands_lists_the_catalog_with_each_source() {
     use facteur_client::pb;
     let dir = tempfile::tempdir().expect("tempdir");
-    let srv = server(dir.path()).await;
+    // The operator sets the hourly quota of the template's command without redefining it.
+    let srv = server_with(dir.path(), |c| {
+        c.command_policies.insert(
+            "hello".into(),
+            facteur_config::PolicyOverride {
+                max_per_hour: Some(5),
+                max_concurrent: Some(3),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
     let url = format!("http://{}", srv.grpc_addr);
     // What an argo-adapter reports: one template command, one whose name the configuration has.
     let argo = facteur_client::Client::connect(
@@ -224,10 +243,13 @@ async fn commands_lists_the_catalog_with_each_source() {
         namespace: "argo-workflows".into(),
         name: name.into(),
         command: command.into(),
-        annotations: [(
-            "workflows.argoproj.io/description".to_string(),
-            "Say hello".to_string(),
-        )]
+        annotations: [
+            ("workflows.argoproj.io/description", "Say hello"),
+            ("facteur.proompteng.ai/approvers", "200000000000000009"),
+            ("facteur.proompteng.ai/max-concurrent", "1"),
+            ("facteur.proompteng.ai/pattern.confirm", "YES|NO"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
         .into(),
         parameters: vec![
             pb::TemplateParameter {
@@ -314,12 +336,44 @@ async fn commands_lists_the_catalog_with_each_source() {
     assert_eq!(rule("/hello", "greeting"), "one of its choices", "{out}");
     assert!(
         rule("/hello", "message").starts_with("shell-restricted")
-            && rule("/hello", "message").ends_with("used in templates[0].script.source"),
+            && rule("/hello", "message")
+                .ends_with("used in templates[0].script.source, at most 1000 characters"),
         "{out}"
     );
     assert_eq!(
         rule("/dispatch", "payload"),
         "free text (no `{{`, no control characters), at most 6000 characters",
+        "{out}"
+    );
+    // Each policy rule with where it comes from: the annotation, or the operator's override.
+    let policy = |command: &str, rule: &str| {
+        out.lines()
+            .find(|l| {
+                let mut w = l.split_whitespace();
+                w.next() == Some(command) && w.next() == Some(rule)
+            })
+            .map(|l| l.split_whitespace().skip(2).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    assert!(out.contains("POLICY"), "{out}");
+    assert_eq!(
+        policy("/hello", "approvers"),
+        "role 200000000000000009 annotation facteur.proompteng.ai/approvers",
+        "{out}"
+    );
+    assert_eq!(
+        policy("/hello", "max_concurrent"),
+        "3 configuration (command_policies.hello)",
+        "the configuration wins: {out}"
+    );
+    assert_eq!(
+        policy("/hello", "max_per_hour"),
+        "5 configuration (command_policies.hello)",
+        "{out}"
+    );
+    assert_eq!(
+        policy("/hello", "approval_values.confirm"),
+        "pattern YES|NO annotation facteur.proompteng.ai/pattern.confirm",
         "{out}"
     );
     assert!(

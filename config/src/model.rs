@@ -81,6 +81,9 @@ pub struct Config {
     /// The command catalog. Empty: one command, `dispatch`, running `argo.workflow_template`
     /// with a `payload` option (the deployed `facteur-dispatch` template's one parameter).
     pub commands: Vec<CommandConfig>,
+    /// Policy for commands born from WorkflowTemplates, by command name: wins over the
+    /// template's annotations rule by rule.
+    pub command_policies: BTreeMap<String, PolicyOverride>,
 }
 
 /// One command of the catalog (`commands[]`).
@@ -118,6 +121,38 @@ pub struct CommandConfig {
     /// A guild's policy may set its own (`SetPolicy`, `facteurctl quota set`).
     pub max_concurrent: Option<u32>,
     /// Runs of this command one guild may start per rolling hour; unset: no limit.
+    pub max_per_hour: Option<u32>,
+    /// What an approver may supply at a suspend step of this command's runs, by the output
+    /// parameter's name: a pattern the whole value must match (and its hint). Without one, a
+    /// supplied value follows the default rules (`{{`, control characters, length, and no
+    /// shell metacharacters where the Workflow puts it into a shell).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub approval_values: BTreeMap<String, ValueRuleConfig>,
+}
+
+/// The values one supplied parameter accepts (`commands[].approval_values.<name>`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValueRuleConfig {
+    /// A regular expression the whole value must match.
+    pub pattern: String,
+    /// What `pattern` allows, in words (at most 100 characters).
+    pub pattern_hint: String,
+}
+
+/// The policy the operator sets for a command born from a WorkflowTemplate, by its name
+/// (`command_policies.<name>`), without redefining the command: each rule set here wins over
+/// the template's annotation; a rule left unset keeps the template's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyOverride {
+    /// Role ids that may approve or reject its suspend steps (`[]`: the roles that may run it).
+    pub approvers: Option<Vec<String>>,
+    /// The member who started a run may not approve its steps.
+    pub require_second_person: Option<bool>,
+    /// Runs one guild may have at once.
+    pub max_concurrent: Option<u32>,
+    /// Runs one guild may start per rolling hour.
     pub max_per_hour: Option<u32>,
 }
 
@@ -234,6 +269,51 @@ impl Config {
     }
 }
 
+/// Checks a `pattern` and its `pattern_hint` set for supplied values (`key` names them).
+pub fn validate_value_rule(key: &str, rule: &ValueRuleConfig, err: &mut impl FnMut(&str, String)) {
+    if rule.pattern.is_empty() {
+        err(&format!("{key}.pattern"), "is required".into());
+    } else if let Err(e) = whole_value_pattern(&rule.pattern) {
+        err(&format!("{key}.pattern"), e);
+    }
+    if rule.pattern_hint.chars().count() > MAX_PATTERN_HINT {
+        err(
+            &format!("{key}.pattern_hint"),
+            format!("at most {MAX_PATTERN_HINT} characters"),
+        );
+    }
+}
+
+/// Checks `command_policies` against the configured `commands`: an override names a command
+/// that is not configured (a configured command sets its policy on itself), its approvers are
+/// role ids.
+pub fn validate_policies(
+    policies: &BTreeMap<String, PolicyOverride>,
+    commands: &[CommandConfig],
+    err: &mut impl FnMut(&str, String),
+) {
+    for (name, p) in policies {
+        let key = format!("command_policies.{name}");
+        if let Some(i) = commands.iter().position(|c| &c.name == name) {
+            err(
+                &key,
+                format!("`{name}` is a configured command: set its policy on commands[{i}]"),
+            );
+        }
+        if let Some(why) = crate::discord::name_problem(name) {
+            err(&key, why);
+        }
+        for (j, role) in p.approvers.iter().flatten().enumerate() {
+            if !is_snowflake(role) {
+                err(
+                    &format!("{key}.approvers[{j}]"),
+                    format!("role id `{role}` is not a snowflake (^[0-9]{{17,20}}$)"),
+                );
+            }
+        }
+    }
+}
+
 /// Checks a catalog's commands as Discord and the server need them; `err(key, problem)` for each.
 /// Discord's own limits are [`crate::discord::check_command`]'s; the rest is facteur's (types,
 /// names taken, patterns, what a modal's inputs fill, approvers).
@@ -277,6 +357,9 @@ pub fn validate_commands(commands: &[CommandConfig], err: &mut impl FnMut(&str, 
                     format!("role id `{role}` is not a snowflake (^[0-9]{{17,20}}$)"),
                 );
             }
+        }
+        for (name, rule) in &c.approval_values {
+            validate_value_rule(&format!("{key}.approval_values.{name}"), rule, err);
         }
         let mut opts = std::collections::BTreeSet::new();
         for (j, o) in c.options.iter().enumerate() {
@@ -949,6 +1032,7 @@ impl Config {
                 err(&k, m);
             }
             validate_commands(&self.commands, &mut err);
+            validate_policies(&self.command_policies, &self.commands, &mut err);
             if !["allow", "deny"].contains(&self.discord.default_policy.as_str()) {
                 err(
                     "discord.default_policy",

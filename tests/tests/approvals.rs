@@ -61,8 +61,10 @@ impl Approvals for Followed {
         .await
     }
 
-    /// `/deploy` by alice, waiting at a suspend step whose template (named `approve`) is `gate`.
+    /// `/deploy` by alice, waiting at a suspend step whose template (named `approve`) is `gate`
+    /// (or, given an array, among those templates).
     async fn waiting_run_at(&self, id: &str, gate: Value) -> (facteur_server::domain::Run, String) {
+        let templates = if gate.is_array() { gate } else { json!([gate]) };
         let cmd = command(
             id,
             &[DEPLOYER, APPROVER],
@@ -89,7 +91,7 @@ impl Approvals for Followed {
                                    "type": "Suspend", "phase": "Running", "templateName": "approve",
                                    "startedAt": "2026-12-05T12:00:00Z"},
                 },
-                "storedWorkflowTemplateSpec": {"templates": [gate]},
+                "storedWorkflowTemplateSpec": {"templates": templates},
             }),
         );
         let original = format!("/webhooks/{APP}/token-{id}/messages/@original");
@@ -280,8 +282,7 @@ async fn argos_intermediate_parameters_are_checked() {
         .expect_err("outside the enum");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(
-        err.message()
-            .contains("`approve` must be one of YES, NO (got `maybe`)"),
+        err.message().contains("`approve` must be one of YES, NO"),
         "{}",
         err.message()
     );
@@ -299,6 +300,90 @@ async fn argos_intermediate_parameters_are_checked() {
     wait_until("the step resumed with YES", WAIT, || async {
         let n = a.node(&wf, &node);
         n["phase"] == "Succeeded" && n["outputs"]["parameters"][0]["value"] == "YES"
+    })
+    .await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supplied_value_the_workflow_puts_in_a_shell_is_refused_and_audited() {
+    let a = approvals().await;
+    // The Workflow reads the approver's `note` in a script after the step: argo-workflows#12534
+    // applies to supplied values as to parameters.
+    let (run, node) = a
+        .waiting_run_at(
+            "700000000000000331",
+            json!([
+                {"name": "main", "steps": [
+                    [{"name": "approve", "template": "approve"}],
+                    [{"name": "release", "template": "release", "arguments": {"parameters": [
+                        {"name": "why", "value": "{{steps.approve.outputs.parameters.note}}"}]}}]]},
+                {"name": "approve", "suspend": {}, "outputs": {"parameters": [
+                    {"name": "note", "valueFrom": {"supplied": {}}}]}},
+                {"name": "release", "inputs": {"parameters": [{"name": "why"}]},
+                 "script": {"image": "alpine", "command": ["sh"],
+                            "source": "echo '{{inputs.parameters.why}}'"}},
+            ]),
+        )
+        .await;
+    let shown = run.steps.approval.as_ref().expect("waiting").parameters[0].clone();
+    assert_eq!(shown.interpolated_in, ["templates[2].script.source"]);
+    let wf = run.workflow_name.clone();
+    let admin = facteur_tests::stack::admin(&a.s.srv).await;
+    let approve = |v: &str| pb::ApproveRunRequest {
+        run_id: run.id.clone(),
+        values: [("note".to_string(), v.to_string())].into(),
+        ..Default::default()
+    };
+    let payload = "ok'; id; echo '";
+    let err = admin
+        .0
+        .admin()
+        .approve_run(approve(payload))
+        .await
+        .expect_err("a shell break-out");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message()
+            .starts_with("`note` must not contain quotes, `;`"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(a.node(&wf, &node)["phase"], "Running", "nothing applied");
+    // Audited with the parameter and the rule, never the value.
+    let audit =
+        a.s.srv
+            .server
+            .state
+            .store
+            .audit_events("", 50)
+            .await
+            .expect("audit");
+    let refused: Vec<&Value> = audit
+        .iter()
+        .filter(|e| e.1 == "value_refused")
+        .map(|e| &e.3)
+        .collect();
+    assert_eq!(refused.len(), 1, "{audit:?}");
+    assert_eq!(
+        refused[0]["refused"],
+        json!([{"option": "note", "rule": "shell"}])
+    );
+    assert_eq!(refused[0]["run_id"], run.id.as_str());
+    assert!(
+        !refused[0].to_string().contains("id; echo"),
+        "{}",
+        refused[0]
+    );
+    admin
+        .0
+        .admin()
+        .approve_run(approve("ship it, now"))
+        .await
+        .expect("a plain sentence");
+    wait_until("the step resumed with the note", WAIT, || async {
+        let n = a.node(&wf, &node);
+        n["phase"] == "Succeeded" && n["outputs"]["parameters"][0]["value"] == "ship it, now"
     })
     .await;
     a.stop().await;
@@ -389,5 +474,22 @@ async fn reject_through_the_admin_api_stops_the_workflow() {
         "{}",
         rejected.payload_json
     );
+    // The run and its final card say who rejected it and why, not Argo's stop strategy.
+    let ended = admin.get(&run.id).await.run.expect("run");
+    assert_eq!(ended.message, "Rejected by ops: not today");
+    let original = format!("/webhooks/{APP}/token-700000000000000311/messages/@original");
+    wait_until("the final card", WAIT, || async {
+        a.s.discord.calls().iter().any(|(m, p, b)| {
+            let text = message_text(b);
+            m == "PATCH"
+                && *p == original
+                && text.contains("**failed**")
+                && text.contains("⛔ **approve** rejected by ops")
+                && text.contains("> Rejected by ops: not today")
+                && !text.contains("Stopped with strategy")
+                && !text.contains("Failed step")
+        })
+    })
+    .await;
     a.stop().await;
 }

@@ -84,7 +84,9 @@ async fn a_labelled_template_becomes_a_command_and_follows_its_changes() {
             "type": 1, "name": "hello", "description": "Say hello to someone",
             "contexts": [0], "integration_types": [0],
             "options": [
-                {"type": 3, "name": "target", "description": "Who to greet", "required": true},
+                // The server's bound, so Discord's client says it first.
+                {"type": 3, "name": "target", "description": "Who to greet", "required": true,
+                 "max_length": 1000},
                 {"type": 3, "name": "greeting", "description": "How to greet",
                  "choices": [{"name": "hi", "value": "hi"}, {"name": "hello", "value": "hello"}]},
                 {"type": 4, "name": "count", "description": "count"},

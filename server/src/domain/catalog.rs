@@ -66,6 +66,8 @@ pub struct Catalog {
     service_account: String,
     /// `input.max_value_length`.
     max_value_length: u32,
+    /// `command_policies`: the operator's policy for commands from templates.
+    policies: BTreeMap<String, facteur_config::PolicyOverride>,
 }
 
 /// The part of the catalog that comes from WorkflowTemplates.
@@ -95,6 +97,7 @@ impl Catalog {
             template: c.argo.workflow_template.clone(),
             service_account: c.argo.service_account.clone(),
             max_value_length: c.input.max_value_length,
+            policies: c.command_policies.clone(),
         }
     }
 
@@ -114,21 +117,78 @@ impl Catalog {
             .collect()
     }
 
-    /// The quota the configuration gives `command` (a guild's policy may override it).
+    /// The quota the catalog gives `command`: its configuration's, or its template's
+    /// annotations under the operator's `command_policies` (a guild's policy may override it).
     pub fn quota_of(&self, command: &str) -> crate::domain::policy::Quota {
-        self.configured
+        self.with_command(command, |c| crate::domain::policy::Quota {
+            max_concurrent: c.max_concurrent,
+            max_per_hour: c.max_per_hour,
+        })
+        .unwrap_or_default()
+    }
+
+    /// `f` of the command named so (without copying the catalog).
+    fn with_command<T>(&self, name: &str, f: impl FnOnce(&CommandConfig) -> T) -> Option<T> {
+        let t = self.read();
+        t.configured
+            .as_ref()
+            .unwrap_or(&self.configured)
             .iter()
-            .find(|c| c.name == command)
-            .map(|c| crate::domain::policy::Quota {
-                max_concurrent: c.max_concurrent,
-                max_per_hour: c.max_per_hour,
-            })
-            .unwrap_or_default()
+            .chain(t.merged.commands.iter().map(|(c, _)| c))
+            .find(|c| c.name == name)
+            .map(f)
     }
 
     /// The command named so.
     pub fn command(&self, name: &str) -> Option<CommandConfig> {
-        self.commands().into_iter().find(|c| c.name == name)
+        self.with_command(name, CommandConfig::clone)
+    }
+
+    /// Where each policy rule `command` sets comes from (rule → source): `configuration` for a
+    /// configured command, the annotation or `command_policies` for one from a template.
+    pub fn policy_sources(&self, command: &str) -> BTreeMap<String, String> {
+        if let Some(s) = self.read().merged.policy_sources.get(command) {
+            return s.clone();
+        }
+        self.with_command(command, |c| {
+            let set = [
+                !c.approvers.is_empty(),
+                c.require_second_person,
+                c.max_concurrent.is_some(),
+                c.max_per_hour.is_some(),
+            ];
+            crate::domain::templates::POLICY_RULES
+                .iter()
+                .zip(set)
+                .filter(|(_, set)| *set)
+                .map(|(r, _)| (r.to_string(), "configuration".to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// The longest value a string option takes: its own `max_length`, else
+    /// `input.max_value_length`, never more than Discord's 6,000; `None` for options that are
+    /// not free text (other types, choices).
+    pub fn max_length(&self, o: &OptionConfig) -> Option<u32> {
+        max_length(o, self.max_value_length)
+    }
+
+    /// Checks what an approver supplies at `approval`'s step of a run of `command`: each value
+    /// as an option's ([`check_value`]: `{{`, control characters, length, the step's enum, the
+    /// command's `approval_values` pattern, else no shell metacharacter where the Workflow puts
+    /// it into a shell), every parameter given (its default counts), none it does not ask for.
+    /// Returns the values to apply, defaults filled in.
+    pub fn check_supplied(
+        &self,
+        command: &str,
+        approval: &crate::domain::run::Approval,
+        values: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>> {
+        let rules = self
+            .with_command(command, |c| c.approval_values.clone())
+            .unwrap_or_default();
+        check_supplied(approval, values, &rules, self.max_value_length)
     }
 
     /// Where `command` comes from: `configuration`, or the `namespace/template` that defines it.
@@ -173,7 +233,7 @@ impl Catalog {
             .map(|c| c.name.clone())
             .chain(BUILTINS.iter().map(|b| b.to_string()))
             .collect();
-        let merged = merge(&taken, &reported);
+        let merged = merge(&taken, &reported, &self.policies);
         let configured =
             lint_configured(&self.configured, &reported, &self.namespace, &self.template);
         let mut t = self.templates.write().unwrap_or_else(|e| e.into_inner());
@@ -251,7 +311,7 @@ impl Catalog {
             match values.get(&o.name) {
                 None if o.required => refuse(&o.name, Rule::Required, "is required".into()),
                 None => {}
-                Some(v) => match check_value(o, v, self.max_value_length) {
+                Some(v) => match check_value(o, v, max_length(o, self.max_value_length)) {
                     Ok(v) => {
                         let param = if o.parameter.is_empty() {
                             o.name.clone()
@@ -293,14 +353,102 @@ pub const MAX_OPTION_VALUE: usize = 6000;
 /// Longest option name (Discord allows 32).
 const MAX_OPTION_NAME: usize = 100;
 
+/// The longest value a free-text option takes ([`Catalog::max_length`]).
+fn max_length(o: &OptionConfig, max_value_length: u32) -> Option<u32> {
+    let kind = if o.kind.is_empty() { "string" } else { &o.kind };
+    (kind == "string" && o.choices.is_empty()).then(|| {
+        o.max_length
+            .unwrap_or(max_value_length)
+            .min(MAX_OPTION_VALUE as u32)
+    })
+}
+
+/// [`Catalog::check_supplied`] with the command's `rules` and `input.max_value_length`.
+pub fn check_supplied(
+    approval: &crate::domain::run::Approval,
+    values: &BTreeMap<String, String>,
+    rules: &BTreeMap<String, facteur_config::ValueRuleConfig>,
+    max_value_length: u32,
+) -> Result<BTreeMap<String, String>> {
+    let mut refused = Vec::new();
+    let mut refuse = |name: &str, rule: Rule, m: String| {
+        refused.push(Refusal {
+            option: name.to_string(),
+            rule,
+            message: format!("`{name}` {m}"),
+        })
+    };
+    let asked: Vec<&str> = approval
+        .parameters
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    for name in values.keys() {
+        if !asked.contains(&name.as_str()) {
+            refuse(
+                name,
+                Rule::Unknown,
+                format!(
+                    "is not asked for by `{}` (it asks for: {})",
+                    approval.node,
+                    if asked.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        asked.join(", ")
+                    }
+                ),
+            );
+        }
+    }
+    let mut out = BTreeMap::new();
+    for p in &approval.parameters {
+        let value = values
+            .get(&p.name)
+            .filter(|v| !v.is_empty())
+            .unwrap_or(&p.default);
+        if value.is_empty() {
+            refuse(&p.name, Rule::Required, "is required".into());
+            continue;
+        }
+        let rule = rules.get(&p.name);
+        // The supplied value is checked as a string option of the step would be.
+        let o = OptionConfig {
+            name: p.name.clone(),
+            choices: p
+                .choices
+                .iter()
+                .map(|c| facteur_config::ChoiceConfig {
+                    name: c.clone(),
+                    value: c.clone(),
+                })
+                .collect(),
+            pattern: rule.map(|r| r.pattern.clone()).unwrap_or_default(),
+            pattern_hint: rule.map(|r| r.pattern_hint.clone()).unwrap_or_default(),
+            interpolated_in: p.interpolated_in.clone(),
+            ..Default::default()
+        };
+        match check_value(&o, value, max_length(&o, max_value_length)) {
+            Ok(v) => {
+                out.insert(p.name.clone(), v);
+            }
+            Err((rule, m)) => refuse(&p.name, rule, m),
+        }
+    }
+    if refused.is_empty() {
+        Ok(out)
+    } else {
+        Err(Error::Refused(Refusals(refused)))
+    }
+}
+
 /// Checks one value by the option's type, bounds and rules; returns it normalised, or the rule
 /// it breaks and what is wrong. Every value first follows [`safe_text`]; a string then has a
-/// length (its own bounds, else `max_value_length`), its `pattern` when it declares one, and
-/// otherwise, where the template puts it into a shell, no shell metacharacter.
+/// length (its own bounds, at most `max`), its `pattern` when it declares one, and otherwise,
+/// where the template puts it into a shell, no shell metacharacter.
 fn check_value(
     o: &OptionConfig,
     v: &str,
-    max_value_length: u32,
+    max: Option<u32>,
 ) -> std::result::Result<String, (Rule, String)> {
     safe_text(v)?;
     let kind = if o.kind.is_empty() {
@@ -346,10 +494,8 @@ fn check_value(
         }
         _ => {
             let len = v.chars().count();
-            let max = o
-                .max_length
-                .unwrap_or(max_value_length)
-                .min(MAX_OPTION_VALUE as u32) as usize;
+            // A string with choices is bounded by them; Discord's bound still holds.
+            let max = max.unwrap_or(MAX_OPTION_VALUE as u32) as usize;
             let min = o.min_length.unwrap_or(0) as usize;
             if len < min || len > max {
                 let bounds = if min > 0 {
@@ -361,8 +507,7 @@ fn check_value(
             }
             if !o.pattern.is_empty() {
                 // Validated when the catalog took the command: an invalid one is not here.
-                let matches =
-                    facteur_config::whole_value_pattern(&o.pattern).is_ok_and(|re| re.is_match(v));
+                let matches = compiled(&o.pattern).is_some_and(|re| re.is_match(v));
                 if !matches {
                     let what = if o.pattern_hint.is_empty() {
                         format!("must match `{}`", o.pattern)
@@ -385,6 +530,26 @@ fn check_value(
         ));
     }
     Ok(value)
+}
+
+/// `pattern` compiled once ([`facteur_config::whole_value_pattern`]); `None` when it is not
+/// one. Patterns come from the configuration and the templates, so the memo stays small; it is
+/// emptied should it ever reach a thousand.
+fn compiled(pattern: &str) -> Option<Arc<regex_lite::Regex>> {
+    type Memo = RwLock<std::collections::HashMap<String, Option<Arc<regex_lite::Regex>>>>;
+    static MEMO: std::sync::LazyLock<Memo> = std::sync::LazyLock::new(Memo::default);
+    if let Some(hit) = MEMO.read().unwrap_or_else(|e| e.into_inner()).get(pattern) {
+        return hit.clone();
+    }
+    let re = facteur_config::whole_value_pattern(pattern)
+        .ok()
+        .map(Arc::new);
+    let mut memo = MEMO.write().unwrap_or_else(|e| e.into_inner());
+    if memo.len() >= 1000 {
+        memo.clear();
+    }
+    memo.insert(pattern.to_string(), re.clone());
+    re
 }
 
 fn check_range(o: &OptionConfig, n: f64) -> std::result::Result<(), String> {
@@ -651,5 +816,111 @@ mod tests {
             r.parameters.get("payload").map(String::as_str),
             Some("{\"a\":1}")
         );
+    }
+
+    #[test]
+    fn supplied_values_follow_the_rules_of_typed_ones() {
+        use crate::domain::run::{Approval, ApprovalParameter};
+        let approval = Approval {
+            node: "gate".into(),
+            parameters: vec![
+                ApprovalParameter {
+                    name: "confirm".into(),
+                    choices: vec!["YES".into(), "NO".into()],
+                    default: "NO".into(),
+                    ..Default::default()
+                },
+                ApprovalParameter {
+                    name: "note".into(),
+                    interpolated_in: vec!["templates[2].script.source".into()],
+                    ..Default::default()
+                },
+                ApprovalParameter {
+                    name: "ticket".into(),
+                    interpolated_in: vec!["templates[2].script.source".into()],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let rules: BTreeMap<String, facteur_config::ValueRuleConfig> = [(
+            "ticket".to_string(),
+            facteur_config::ValueRuleConfig {
+                pattern: r"[A-Z]+-[0-9]+|n/a \(none\)".into(),
+                pattern_hint: "a ticket like OPS-12".into(),
+            },
+        )]
+        .into();
+        let values = |v: &[(&str, &str)]| -> BTreeMap<String, String> {
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let ok = check_supplied(
+            &approval,
+            &values(&[("note", "ship it, now"), ("ticket", "n/a (none)")]),
+            &rules,
+            20,
+        )
+        .expect("accepted");
+        // The default fills `confirm`; the pattern lets `(` through where the shell rule would not.
+        assert_eq!(ok["confirm"], "NO");
+        assert_eq!(ok["ticket"], "n/a (none)");
+        let refused = |v: &[(&str, &str)]| -> Vec<(String, Rule, String)> {
+            let Err(Error::Refused(r)) = check_supplied(&approval, &values(v), &rules, 20) else {
+                panic!("{v:?} accepted");
+            };
+            r.0.into_iter()
+                .map(|r| (r.option, r.rule, r.message))
+                .collect()
+        };
+        assert_eq!(
+            refused(&[("note", "x'; rm -rf /; echo '"), ("ticket", "OPS-1")]),
+            [(
+                "note".to_string(),
+                Rule::Shell,
+                "`note` must not contain quotes, `;`, `|`, `&`, `$`, backticks, `<`, `>`, parentheses, backslashes or line breaks: the template passes it to a shell".to_string()
+            )]
+        );
+        let got = refused(&[
+            ("confirm", "maybe"),
+            ("note", "a very long note, longer than twenty"),
+            ("ticket", "ops-1"),
+            ("extra", "1"),
+        ]);
+        let rules_broken: Vec<(&str, Rule)> =
+            got.iter().map(|(o, r, _)| (o.as_str(), *r)).collect();
+        assert_eq!(
+            rules_broken,
+            [
+                ("extra", Rule::Unknown),
+                ("confirm", Rule::Choice),
+                ("note", Rule::Length),
+                ("ticket", Rule::Pattern),
+            ]
+        );
+        assert_eq!(got[1].2, "`confirm` must be one of YES, NO");
+        assert_eq!(got[3].2, "`ticket` must be a ticket like OPS-12");
+        assert_eq!(
+            refused(&[("note", "{{workflow.name}}"), ("ticket", "OPS-1")])[0].1,
+            Rule::TemplateSyntax
+        );
+        assert_eq!(refused(&[("ticket", "OPS-1")])[0].1, Rule::Required);
+    }
+
+    #[test]
+    fn a_free_text_option_says_the_bound_the_server_holds_it_to() {
+        let c = catalog();
+        let mut o = OptionConfig {
+            name: "note".into(),
+            ..Default::default()
+        };
+        assert_eq!(c.max_length(&o), Some(1000), "input.max_value_length");
+        o.max_length = Some(50);
+        assert_eq!(c.max_length(&o), Some(50));
+        o.max_length = Some(9000);
+        assert_eq!(c.max_length(&o), Some(6000), "Discord's bound");
+        o.kind = "integer".into();
+        assert_eq!(c.max_length(&o), None);
     }
 }

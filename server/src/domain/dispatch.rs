@@ -10,6 +10,7 @@
 use crate::domain::run::{Approval, Decision, Run, RunStatus, Steps};
 use crate::domain::{Error, Result};
 use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Where a dispatch stands.
@@ -539,7 +540,13 @@ pub fn on_report(run: &Run, r: &StatusReport, now: DateTime<Utc>) -> Result<Opti
     let Some(to) = target else {
         return Ok(None);
     };
-    let message = if r.failed_node_message.is_empty() {
+    // A Workflow stopped by a rejection ended for that reason, not for Argo's stop strategy.
+    let rejected = matches!(to, RunStatus::Failed | RunStatus::Error)
+        .then(|| run.steps.rejection())
+        .flatten();
+    let message = if let Some(d) = rejected {
+        rejection_text(d)
+    } else if r.failed_node_message.is_empty() {
         r.message.clone()
     } else if r.message.is_empty() {
         format!("{}: {}", r.failed_node, r.failed_node_message)
@@ -556,8 +563,15 @@ pub fn on_report(run: &Run, r: &StatusReport, now: DateTime<Utc>) -> Result<Opti
         } else {
             r.current_step.clone()
         },
-        failed: r.failed_node.clone(),
+        // The node a rejection failed is the decision, said above; no step failed.
+        failed: if rejected.is_some() {
+            String::new()
+        } else {
+            r.failed_node.clone()
+        },
         log_tail: r.log_tail.clone(),
+        // Decisions are the server's, never a report's: they stay to the end.
+        decisions: run.steps.decisions.clone(),
         approval: if to.is_terminal() {
             None
         } else {
@@ -634,17 +648,39 @@ pub fn on_report(run: &Run, r: &StatusReport, now: DateTime<Utc>) -> Result<Opti
     Ok(Some(t))
 }
 
+/// How a rejection reads, in a run's message and on its card: `Rejected by <who>: <reason>`.
+pub fn rejection_text(d: &crate::domain::run::Decided) -> String {
+    let who = if d.decision.by.is_empty() {
+        "someone"
+    } else {
+        d.decision.by.as_str()
+    };
+    match d.decision.reason.trim() {
+        "" => format!("Rejected by {who}"),
+        why => format!("Rejected by {who}: {why}"),
+    }
+}
+
+/// What checks the values an approver supplies at a step, and gives those to apply
+/// ([`crate::domain::catalog::check_supplied`] with the command's rules).
+pub type SuppliedCheck<'a> =
+    dyn Fn(&Approval, &BTreeMap<String, String>) -> Result<BTreeMap<String, String>> + Sync + 'a;
+
+/// How many decisions a run keeps (the latest).
+pub const MAX_DECISIONS_KEPT: usize = 20;
+
 /// A decision on the suspend step `run` waits at (`node`: its id or display name, or empty for
-/// the one it waits at). Approving needs a value for every parameter the step asks for (its
-/// default counts), one of its choices when it has any; a decision already taken stands. The
-/// transition records the decision and asks an argo-adapter to apply it.
+/// the one it waits at). Approving takes the values `supplied` accepts for the step (the
+/// catalog's [`crate::domain::catalog::check_supplied`]: every parameter the step asks for,
+/// each by its rules); a decision already taken stands. The transition records the decision and
+/// asks an argo-adapter to apply it.
 pub fn on_decision(
     run: &Run,
     node: &str,
     mut decision: Decision,
+    supplied: &SuppliedCheck,
     now: DateTime<Utc>,
 ) -> Result<Transition> {
-    let _ = now;
     let Some(waiting) = run
         .steps
         .approval
@@ -671,46 +707,7 @@ pub fn on_decision(
         )));
     }
     if decision.approved {
-        let mut problems = Vec::new();
-        for name in decision.values.keys() {
-            if !waiting.parameters.iter().any(|p| &p.name == name) {
-                let asked: Vec<&str> = waiting.parameters.iter().map(|p| p.name.as_str()).collect();
-                problems.push(format!(
-                    "`{}` asks for no value `{name}` (it asks for: {})",
-                    waiting.node,
-                    if asked.is_empty() {
-                        "nothing".to_string()
-                    } else {
-                        asked.join(", ")
-                    }
-                ));
-            }
-        }
-        for p in &waiting.parameters {
-            let value = decision
-                .values
-                .get(&p.name)
-                .filter(|v| !v.is_empty())
-                .cloned()
-                .unwrap_or_else(|| p.default.clone());
-            if value.is_empty() {
-                problems.push(format!("`{}` is required", p.name));
-            } else if let Err((_, m)) = crate::domain::input::safe_text(&value) {
-                // Supplied values reach the Workflow as parameters do.
-                problems.push(format!("`{}` {m}", p.name));
-            } else if !p.choices.is_empty() && !p.choices.contains(&value) {
-                problems.push(format!(
-                    "`{}` must be one of {} (got `{value}`)",
-                    p.name,
-                    p.choices.join(", ")
-                ));
-            } else {
-                decision.values.insert(p.name.clone(), value);
-            }
-        }
-        if !problems.is_empty() {
-            return Err(Error::InvalidArgument(problems.join("; ")));
-        }
+        decision.values = supplied(waiting, &decision.values)?;
     } else {
         decision.values.clear();
     }
@@ -726,6 +723,14 @@ pub fn on_decision(
                            "values": decision.values, "reason": decision.reason}),
     ));
     let mut steps = run.steps.clone();
+    steps.decisions.push(crate::domain::run::Decided {
+        node: waiting.node.clone(),
+        at: Some(now),
+        decision: decision.clone(),
+    });
+    // A Workflow that loops over a gate keeps the latest few on its card.
+    let excess = steps.decisions.len().saturating_sub(MAX_DECISIONS_KEPT);
+    steps.decisions.drain(..excess);
     steps.approval = Some(Approval {
         decision: Some(decision),
         ..waiting.clone()
@@ -1160,6 +1165,7 @@ mod tests {
                 failed: "build".into(),
                 log_tail: "boom".into(),
                 approval: None,
+                decisions: vec![],
             }),
             "nothing runs once the Workflow ended"
         );
@@ -1197,30 +1203,41 @@ mod tests {
         }
     }
 
+    /// A decision checked by the catalog's rules with no pattern and the default length.
+    fn on_decision_(r: &Run, node: &str, d: Decision, now: DateTime<Utc>) -> Result<Transition> {
+        on_decision(
+            r,
+            node,
+            d,
+            &|a, v| crate::domain::catalog::check_supplied(a, v, &BTreeMap::new(), 1000),
+            now,
+        )
+    }
+
     #[test]
     fn a_decision_needs_a_waiting_step_and_its_values() {
         let now = Utc::now();
         let mut r = run(RunStatus::Running, false);
         assert!(matches!(
-            on_decision(&r, "", approve(&[]), now),
+            on_decision_(&r, "", approve(&[]), now),
             Err(Error::FailedPrecondition(_))
         ));
         waiting(&mut r);
-        let Err(Error::InvalidArgument(m)) = on_decision(&r, "", approve(&[]), now) else {
+        let Err(Error::Refused(m)) = on_decision_(&r, "", approve(&[]), now) else {
             panic!("values missing");
         };
-        assert_eq!(m, "`environment` is required");
-        let Err(Error::InvalidArgument(m)) =
-            on_decision(&r, "", approve(&[("environment", "qa"), ("x", "1")]), now)
+        assert_eq!(m.to_string(), "`environment` is required");
+        let Err(Error::Refused(m)) =
+            on_decision_(&r, "", approve(&[("environment", "qa"), ("x", "1")]), now)
         else {
             panic!("bad values");
         };
-        assert!(
-            m.contains("asks for no value `x`")
-                && m.contains("must be one of staging, prod (got `qa`)"),
-            "{m}"
+        assert_eq!(
+            m.to_string(),
+            "`x` is not asked for by `approve-deploy` (it asks for: environment, note); \
+             `environment` must be one of staging, prod"
         );
-        let Err(Error::InvalidArgument(m)) = on_decision(
+        let Err(Error::Refused(m)) = on_decision_(
             &r,
             "",
             approve(&[("environment", "{{workflow.name}}")]),
@@ -1229,14 +1246,14 @@ mod tests {
             panic!("Argo syntax in an approval value");
         };
         assert_eq!(
-            m,
+            m.to_string(),
             "`environment` must not contain `{{` (Argo's template syntax)"
         );
         assert!(matches!(
-            on_decision(&r, "other-step", approve(&[("environment", "prod")]), now),
+            on_decision_(&r, "other-step", approve(&[("environment", "prod")]), now),
             Err(Error::FailedPrecondition(_))
         ));
-        let t = on_decision(
+        let t = on_decision_(
             &r,
             "approve-deploy",
             approve(&[("environment", "prod")]),
@@ -1266,7 +1283,7 @@ mod tests {
         // Taken once: a second decision is refused, and a report of the same step keeps it.
         r.steps.approval = Some(decided.clone());
         assert!(matches!(
-            on_decision(&r, "", Decision { approved: false, ..approve(&[]) }, now),
+            on_decision_(&r, "", Decision { approved: false, ..approve(&[]) }, now),
             Err(Error::FailedPrecondition(m)) if m.contains("already approved by alice")
         ));
         let report = StatusReport {
@@ -1294,7 +1311,7 @@ mod tests {
         // Rejected: a Reject job, no values kept.
         let mut r = run(RunStatus::Running, false);
         waiting(&mut r);
-        let t = on_decision(
+        let t = on_decision_(
             &r,
             "",
             Decision {
@@ -1306,6 +1323,32 @@ mod tests {
         )
         .expect("rejected");
         assert_eq!(t.new_job, Some(DispatchKind::Reject));
+        // Kept to the end: the step resumes (the report drops it), the Workflow stops, and the
+        // run says who rejected it and why, not Argo's stop strategy.
+        let steps = t.run.steps.clone().expect("steps");
+        assert_eq!(steps.decisions.len(), 1);
+        assert_eq!(
+            (steps.decisions[0].node.as_str(), steps.decisions[0].at),
+            ("approve-deploy", Some(now))
+        );
+        let mut rejected = r.clone();
+        rejected.steps = steps;
+        rejected.workflow_phase = "Running".into();
+        let stopped = StatusReport {
+            workflow_name: "wf-r1".into(),
+            phase: "Failed".into(),
+            message: "Stopped with strategy 'Stop'".into(),
+            failed_node: "wf-r1".into(),
+            ..Default::default()
+        };
+        let end = on_report(&rejected, &stopped, now)
+            .expect("ok")
+            .expect("ends");
+        assert_eq!(end.to, RunStatus::Failed);
+        assert_eq!(end.run.message.as_deref(), Some("Rejected by alice: no"));
+        let kept = end.run.steps.expect("steps");
+        assert_eq!((kept.failed.as_str(), kept.decisions.len()), ("", 1));
+        assert_eq!(kept.approval, None);
         assert!(
             t.run
                 .steps
@@ -1316,7 +1359,7 @@ mod tests {
         // Finished runs wait for nothing.
         let mut done = run(RunStatus::Succeeded, false);
         waiting(&mut done);
-        assert!(on_decision(&done, "", approve(&[("environment", "prod")]), now).is_err());
+        assert!(on_decision_(&done, "", approve(&[("environment", "prod")]), now).is_err());
     }
 
     #[test]

@@ -360,6 +360,27 @@ pub struct Steps {
     pub log_tail: String,
     /// The suspend step waiting for a decision, and the decision once taken.
     pub approval: Option<Approval>,
+    /// Every decision taken on the run's suspend steps, oldest first, kept to the end.
+    pub decisions: Vec<Decided>,
+}
+
+/// A decision taken on one suspend step, as the card keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decided {
+    /// The step's display name (empty: the Workflow itself).
+    pub node: String,
+    /// When it was taken.
+    pub at: Option<DateTime<Utc>>,
+    /// The decision: who, approved or rejected, values or reason.
+    #[serde(flatten)]
+    pub decision: Decision,
+}
+
+impl Steps {
+    /// The decision that ended the run, if the last one taken was a rejection.
+    pub fn rejection(&self) -> Option<&Decided> {
+        self.decisions.last().filter(|d| !d.decision.approved)
+    }
 }
 
 /// A suspend step waiting for someone to approve or reject it (stored as JSON).
@@ -388,6 +409,10 @@ pub struct ApprovalParameter {
     pub choices: Vec<String>,
     /// `valueFrom.default`.
     pub default: String,
+    /// Where the Workflow puts the supplied value into a shell or an expression (the
+    /// argo-adapter's lint): without a pattern, the value takes no shell metacharacter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interpolated_in: Vec<String>,
 }
 
 /// Someone's decision on a suspend step.

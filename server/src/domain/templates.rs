@@ -3,7 +3,7 @@
 //! command with no configuration. Pure rules: how a template reads as a command, and how such
 //! commands merge with the configured catalog (the configuration wins a clash).
 
-use facteur_config::{ChoiceConfig, CommandConfig, OptionConfig};
+use facteur_config::{ChoiceConfig, CommandConfig, OptionConfig, ValueRuleConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,9 +21,93 @@ pub const HIDDEN_ANNOTATION: &str = "facteur.proompteng.ai/hidden";
 pub const PATTERN_ANNOTATION_PREFIX: &str = "facteur.proompteng.ai/pattern.";
 /// `facteur.proompteng.ai/pattern-hint.<parameter>`: what the pattern allows, in words.
 pub const PATTERN_HINT_ANNOTATION_PREFIX: &str = "facteur.proompteng.ai/pattern-hint.";
+/// `facteur.proompteng.ai/approvers`: role ids (comma-separated) that may approve or reject the
+/// command's suspend steps.
+pub const APPROVERS_ANNOTATION: &str = "facteur.proompteng.ai/approvers";
+/// `facteur.proompteng.ai/require-second-person: "true"`: the member who started a run may not
+/// approve it.
+pub const SECOND_PERSON_ANNOTATION: &str = "facteur.proompteng.ai/require-second-person";
+/// `facteur.proompteng.ai/max-concurrent`: runs one guild may have at once.
+pub const MAX_CONCURRENT_ANNOTATION: &str = "facteur.proompteng.ai/max-concurrent";
+/// `facteur.proompteng.ai/max-per-hour`: runs one guild may start per rolling hour.
+pub const MAX_PER_HOUR_ANNOTATION: &str = "facteur.proompteng.ai/max-per-hour";
 use facteur_config::discord::{
     CHOICES_MAX as MAX_CHOICES, COMMANDS_MAX, OPTIONS_MAX as MAX_OPTIONS,
 };
+
+/// The policy a template's annotations give its command (approvers, second person, quotas),
+/// and what its `pattern.<name>` annotations allow an approver to supply; an error names the
+/// annotation and what is wrong with it.
+fn policy_of(t: &Template, command: &mut CommandConfig) -> Result<(), String> {
+    let a = |k: &str| t.annotations.get(k).map(|v| v.trim());
+    if let Some(v) = a(APPROVERS_ANNOTATION) {
+        let roles: Vec<String> = v
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(str::to_string)
+            .collect();
+        if let Some(bad) = roles.iter().find(|r| !facteur_config::is_snowflake(r)) {
+            return Err(format!(
+                "annotation `{APPROVERS_ANNOTATION}`: `{bad}` is not a role id (^[0-9]{{17,20}}$)"
+            ));
+        }
+        command.approvers = roles;
+    }
+    if let Some(v) = a(SECOND_PERSON_ANNOTATION) {
+        command.require_second_person = match v {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(format!(
+                    "annotation `{SECOND_PERSON_ANNOTATION}` is `{other}`; use true or false"
+                ));
+            }
+        };
+    }
+    for (key, slot) in [
+        (MAX_CONCURRENT_ANNOTATION, &mut command.max_concurrent),
+        (MAX_PER_HOUR_ANNOTATION, &mut command.max_per_hour),
+    ] {
+        if let Some(v) = a(key) {
+            match v.parse::<u32>() {
+                Ok(n) if n > 0 => *slot = Some(n),
+                _ => {
+                    return Err(format!(
+                        "annotation `{key}` is `{v}`; use a whole number of runs, at least 1"
+                    ));
+                }
+            }
+        }
+    }
+    // Patterns name parameters and supplied values alike: every one also rules what an
+    // approver may supply under that name.
+    for (k, v) in &t.annotations {
+        if let Some(name) = k.strip_prefix(PATTERN_ANNOTATION_PREFIX) {
+            let rule = ValueRuleConfig {
+                pattern: v.trim().to_string(),
+                pattern_hint: a(&format!("{PATTERN_HINT_ANNOTATION_PREFIX}{name}"))
+                    .unwrap_or("")
+                    .to_string(),
+            };
+            let mut problem = None;
+            facteur_config::validate_value_rule("", &rule, &mut |_, p| {
+                problem.get_or_insert(p);
+            });
+            if let Some(p) = problem {
+                return Err(format!("annotation `{k}`: {p}"));
+            }
+            command.approval_values.insert(name.to_string(), rule);
+        } else if let Some(name) = k.strip_prefix(PATTERN_HINT_ANNOTATION_PREFIX)
+            && a(&format!("{PATTERN_ANNOTATION_PREFIX}{name}")).is_none()
+        {
+            return Err(format!(
+                "annotation `{k}` says what a pattern allows, but `{PATTERN_ANNOTATION_PREFIX}{name}` is not set"
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Where `templates` interpolate the parameters of the configured `commands`' templates: each
 /// option of a command gets the uses its parameter has in the template it runs (`namespace`
@@ -225,6 +309,7 @@ pub fn command_of(t: &Template) -> Result<(CommandConfig, Vec<String>), String> 
         options,
         ..Default::default()
     };
+    policy_of(t, &mut command)?;
     let repairs = facteur_config::discord::repair(&mut command);
     let mut problems = Vec::new();
     facteur_config::validate_commands(std::slice::from_ref(&command), &mut |key, p| {
@@ -251,12 +336,78 @@ pub struct Merged {
     /// `namespace/template: what was repaired` for the commands Discord's rules made facteur
     /// mend ([`facteur_config::discord::repair`]).
     pub repairs: Vec<String>,
+    /// For each command from a template, where each policy rule it sets comes from (rule →
+    /// `annotation <key>` or `configuration (command_policies.<name>)`).
+    pub policy_sources: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// The policy rules a command can set, by the names `facteurctl commands` shows.
+pub const POLICY_RULES: [&str; 4] = [
+    "approvers",
+    "require_second_person",
+    "max_concurrent",
+    "max_per_hour",
+];
+
+/// Applies the operator's override to a template's command, rule by rule (the configuration
+/// wins), and says where each rule set comes from.
+fn apply_policy(
+    t: &Template,
+    c: &mut CommandConfig,
+    o: Option<&facteur_config::PolicyOverride>,
+) -> BTreeMap<String, String> {
+    let from_config = format!("configuration (command_policies.{})", c.name);
+    let mut sources = BTreeMap::new();
+    let mut note = |rule: &str, overridden: bool, annotation: &str| {
+        if overridden {
+            sources.insert(rule.to_string(), from_config.clone());
+        } else if t.annotations.contains_key(annotation) {
+            sources.insert(rule.to_string(), format!("annotation {annotation}"));
+        }
+    };
+    let o = o.cloned().unwrap_or_default();
+    note("approvers", o.approvers.is_some(), APPROVERS_ANNOTATION);
+    note(
+        "require_second_person",
+        o.require_second_person.is_some(),
+        SECOND_PERSON_ANNOTATION,
+    );
+    note(
+        "max_concurrent",
+        o.max_concurrent.is_some(),
+        MAX_CONCURRENT_ANNOTATION,
+    );
+    note(
+        "max_per_hour",
+        o.max_per_hour.is_some(),
+        MAX_PER_HOUR_ANNOTATION,
+    );
+    if let Some(a) = o.approvers {
+        c.approvers = a;
+    }
+    if let Some(r) = o.require_second_person {
+        c.require_second_person = r;
+    }
+    if o.max_concurrent.is_some() {
+        c.max_concurrent = o.max_concurrent;
+    }
+    if o.max_per_hour.is_some() {
+        c.max_per_hour = o.max_per_hour;
+    }
+    sources
 }
 
 /// Merges `templates` into a catalog that already has the commands `taken` (the configured ones
 /// and the built-ins): a name already taken keeps its command; of two templates naming the same
 /// command, the first by `namespace/name` wins.
-pub fn merge(taken: &BTreeSet<String>, templates: &[Template]) -> Merged {
+///
+/// `policies` are the operator's overrides by command name ([`apply_policy`]); one that names
+/// no command is listed among the problems.
+pub fn merge(
+    taken: &BTreeSet<String>,
+    templates: &[Template],
+    policies: &BTreeMap<String, facteur_config::PolicyOverride>,
+) -> Merged {
     let mut sorted: Vec<&Template> = templates.iter().collect();
     sorted.sort_by_key(|t| (t.namespace.clone(), t.name.clone()));
     let mut out = Merged::default();
@@ -293,13 +444,23 @@ pub fn merge(taken: &BTreeSet<String>, templates: &[Template]) -> Merged {
                     "{source}: command `{name}` left out: Discord registers at most {COMMANDS_MAX} commands per guild and the catalog has {COMMANDS_MAX} (the configured ones, the built-ins and templates before it by namespace/name)"
                 ));
             }
-            Ok((c, repairs)) => {
+            Ok((mut c, repairs)) => {
                 by.insert(name, source.clone());
                 out.repairs
                     .extend(repairs.into_iter().map(|r| format!("{source}: {r}")));
+                let policy = policies.get(&c.name);
+                let sources = apply_policy(t, &mut c, policy);
+                out.policy_sources.insert(c.name.clone(), sources);
                 out.commands.push((c, source));
             }
             Err(why) => out.problems.push(format!("{source}: {why}")),
+        }
+    }
+    for name in policies.keys() {
+        if !out.commands.iter().any(|(c, _)| &c.name == name) {
+            out.problems.push(format!(
+                "command_policies.{name}: no template defines a command `{name}`; the policy waits for one"
+            ));
         }
     }
     out
@@ -416,7 +577,7 @@ mod tests {
             "by parameter name; another namespace's template is another template"
         );
         // Not a command of its own.
-        let merged = merge(&BTreeSet::new(), &reported);
+        let merged = merge(&BTreeSet::new(), &reported, &BTreeMap::new());
         assert!(merged.commands.is_empty() && merged.problems.is_empty());
     }
 
@@ -594,7 +755,7 @@ mod tests {
         long.parameters[0].choices = vec!["x".repeat(101)];
         let why = command_of(&long).expect_err("left out");
         assert!(why.contains("choices[0].value: must be 1 to 100"), "{why}");
-        let m = merge(&BTreeSet::new(), &[template(), long]);
+        let m = merge(&BTreeSet::new(), &[template(), long], &BTreeMap::new());
         assert_eq!(m.commands.len(), 1);
         assert_eq!(m.problems.len(), 1);
         assert!(m.problems[0].starts_with("argo-workflows/long: "));
@@ -611,7 +772,7 @@ mod tests {
                 t
             })
             .collect();
-        let m = merge(&taken, &templates);
+        let m = merge(&taken, &templates, &BTreeMap::new());
         assert_eq!(m.commands.len(), 10);
         assert_eq!(m.problems.len(), 5);
         assert!(
@@ -631,7 +792,7 @@ mod tests {
         deploy.name = "deploy-tpl".into();
         deploy.command = "deploy".into();
         let taken: BTreeSet<String> = ["deploy".to_string(), "status".to_string()].into();
-        let m = merge(&taken, &[other, deploy, template()]);
+        let m = merge(&taken, &[other, deploy, template()], &BTreeMap::new());
         let names: Vec<(&str, &str)> = m
             .commands
             .iter()
@@ -645,5 +806,127 @@ mod tests {
                 "zz/hello: command `hello` is already defined by the template argo-workflows/hello",
             ]
         );
+    }
+
+    #[test]
+    fn a_templates_policy_comes_from_its_annotations_and_the_configuration_wins() {
+        let role = "111111111111111111";
+        let mut t = template();
+        for (k, v) in [
+            (APPROVERS_ANNOTATION, format!("{role}, 222222222222222222")),
+            (SECOND_PERSON_ANNOTATION, "true".into()),
+            (MAX_CONCURRENT_ANNOTATION, "2".into()),
+            (
+                format!("{PATTERN_ANNOTATION_PREFIX}confirm").as_str(),
+                "YES|NO".into(),
+            ),
+        ] {
+            t.annotations.insert(k.to_string(), v);
+        }
+        let (c, _) = command_of(&t).expect("a command");
+        assert_eq!(c.approvers, [role, "222222222222222222"]);
+        assert!(c.require_second_person);
+        assert_eq!((c.max_concurrent, c.max_per_hour), (Some(2), None));
+        assert_eq!(c.approval_values["confirm"].pattern, "YES|NO");
+        // Nothing overridden: every rule set says its annotation.
+        let m = merge(&BTreeSet::new(), std::slice::from_ref(&t), &BTreeMap::new());
+        assert_eq!(
+            m.policy_sources["hello"],
+            [
+                ("approvers", format!("annotation {APPROVERS_ANNOTATION}")),
+                (
+                    "max_concurrent",
+                    format!("annotation {MAX_CONCURRENT_ANNOTATION}")
+                ),
+                (
+                    "require_second_person",
+                    format!("annotation {SECOND_PERSON_ANNOTATION}")
+                ),
+            ]
+            .map(|(k, v)| (k.to_string(), v))
+            .into()
+        );
+        // The operator's override wins rule by rule; what it leaves unset stays the template's.
+        let policies: BTreeMap<String, facteur_config::PolicyOverride> = [
+            (
+                "hello".to_string(),
+                facteur_config::PolicyOverride {
+                    approvers: Some(vec!["333333333333333333".into()]),
+                    max_per_hour: Some(10),
+                    ..Default::default()
+                },
+            ),
+            ("nowhere".to_string(), Default::default()),
+        ]
+        .into();
+        let m = merge(&BTreeSet::new(), &[t], &policies);
+        let (c, _) = &m.commands[0];
+        assert_eq!(c.approvers, ["333333333333333333"]);
+        assert_eq!((c.max_concurrent, c.max_per_hour), (Some(2), Some(10)));
+        assert!(c.require_second_person);
+        let sources = &m.policy_sources["hello"];
+        assert_eq!(
+            sources["approvers"],
+            "configuration (command_policies.hello)"
+        );
+        assert_eq!(
+            sources["max_per_hour"],
+            "configuration (command_policies.hello)"
+        );
+        assert_eq!(
+            sources["max_concurrent"],
+            format!("annotation {MAX_CONCURRENT_ANNOTATION}")
+        );
+        assert_eq!(
+            m.problems,
+            [
+                "command_policies.nowhere: no template defines a command `nowhere`; the policy waits for one"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_policy_annotation_leaves_the_command_out_saying_which() {
+        for (k, v, why) in [
+            (
+                APPROVERS_ANNOTATION.to_string(),
+                "admins",
+                "annotation `facteur.proompteng.ai/approvers`: `admins` is not a role id",
+            ),
+            (
+                SECOND_PERSON_ANNOTATION.to_string(),
+                "yes",
+                "annotation `facteur.proompteng.ai/require-second-person` is `yes`; use true or false",
+            ),
+            (
+                MAX_CONCURRENT_ANNOTATION.to_string(),
+                "0",
+                "annotation `facteur.proompteng.ai/max-concurrent` is `0`; use a whole number",
+            ),
+            (
+                MAX_PER_HOUR_ANNOTATION.to_string(),
+                "lots",
+                "annotation `facteur.proompteng.ai/max-per-hour` is `lots`",
+            ),
+            (
+                format!("{PATTERN_ANNOTATION_PREFIX}confirm"),
+                "(",
+                "annotation `facteur.proompteng.ai/pattern.confirm`: `(` is not a regular expression",
+            ),
+            (
+                format!("{PATTERN_HINT_ANNOTATION_PREFIX}confirm"),
+                "yes or no",
+                "annotation `facteur.proompteng.ai/pattern-hint.confirm` says what a pattern allows, but `facteur.proompteng.ai/pattern.confirm` is not set",
+            ),
+        ] {
+            let mut t = template();
+            t.annotations.insert(k.clone(), v.into());
+            let got = command_of(&t).expect_err(&k);
+            assert!(got.starts_with(why), "{k}: {got}");
+            // Left out alone, with its reason.
+            let m = merge(&BTreeSet::new(), &[t], &BTreeMap::new());
+            assert!(m.commands.is_empty());
+            assert_eq!(m.problems, [format!("argo-workflows/hello: {got}")]);
+        }
     }
 }

@@ -299,7 +299,7 @@ impl AdminService for AdminApi {
             values: r.values.into_iter().collect(),
             reason: String::new(),
         };
-        let run = runs::decide(&self.0, &r.run_id, &r.node, decision, &principal.name).await?;
+        let run = decide_as(&self.0, &principal, &r.run_id, &r.node, decision).await?;
         Ok(Response::new(pb::ApproveRunResponse {
             run: Some(convert::run(&run)),
         }))
@@ -318,7 +318,7 @@ impl AdminService for AdminApi {
             values: Default::default(),
             reason: r.reason,
         };
-        let run = runs::decide(&self.0, &r.run_id, &r.node, decision, &principal.name).await?;
+        let run = decide_as(&self.0, &principal, &r.run_id, &r.node, decision).await?;
         Ok(Response::new(pb::RejectRunResponse {
             run: Some(convert::run(&run)),
         }))
@@ -560,4 +560,17 @@ impl AdminService for AdminApi {
             .collect();
         Ok(Response::new(pb::ListSessionsResponse { sessions: out }))
     }
+}
+
+/// An admin's decision on `run_id`'s waiting step (refused values audited in the admin trail).
+async fn decide_as(
+    state: &crate::state::AppState,
+    principal: &Principal,
+    run_id: &str,
+    node: &str,
+    decision: RunDecision,
+) -> Result<crate::domain::Run, crate::domain::Error> {
+    let run = runs::get(state, run_id).await?;
+    let context = serde_json::json!({"run_id": run.id, "node": node, "principal": principal.name});
+    runs::decide(state, &run, node, decision, &principal.name, "", context).await
 }

@@ -133,20 +133,66 @@ fn summary(run: &Run) -> String {
     out
 }
 
-/// What went wrong or what Argo last said, and the failed step's log tail.
+/// A supplied value as the card shows it: short, in a code span that it cannot close.
+fn shown_value(v: &str) -> String {
+    format!("`{}`", clip(&v.replace('`', "ˋ").replace('\n', " "), 100))
+}
+
+/// Every decision taken, who decided what, then what is waiting, what went wrong or what Argo
+/// last said, and the failed step's log tail.
 fn details(run: &Run) -> String {
     let mut out = String::new();
-    if let Some(a) = &run.steps.approval {
-        let node = if a.node.is_empty() {
-            "the Workflow"
+    let name = |node: &str| {
+        if node.is_empty() {
+            "the Workflow".to_string()
         } else {
-            a.node.as_str()
-        };
-        match &a.decision {
-            None => out.push_str(&format!("\n⏸ waiting for approval: **{node}**")),
-            Some(d) if d.approved => out.push_str(&format!("\n✅ **{node}** approved by {}", d.by)),
-            Some(d) => out.push_str(&format!("\n⛔ **{node}** rejected by {}", d.by)),
+            node.to_string()
         }
+    };
+    // A run decided before decisions were kept has only its step's.
+    let before: Vec<crate::domain::run::Decided> = match &run.steps.approval {
+        Some(a) if run.steps.decisions.is_empty() => a
+            .decision
+            .iter()
+            .map(|d| crate::domain::run::Decided {
+                node: a.node.clone(),
+                at: None,
+                decision: d.clone(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    for d in run.steps.decisions.iter().chain(&before) {
+        let node = name(&d.node);
+        let when =
+            d.at.map(|t| format!(" <t:{}:R>", t.timestamp()))
+                .unwrap_or_default();
+        if d.decision.approved {
+            out.push_str(&format!(
+                "\n✅ **{node}** approved by {}{when}",
+                d.decision.by
+            ));
+            let values: Vec<String> = d
+                .decision
+                .values
+                .iter()
+                .map(|(k, v)| format!("{k}={}", shown_value(v)))
+                .collect();
+            if !values.is_empty() {
+                out.push_str(&format!(" · {}", values.join(", ")));
+            }
+        } else {
+            out.push_str(&format!(
+                "\n⛔ **{node}** rejected by {}{when}",
+                d.decision.by
+            ));
+            if !d.decision.reason.trim().is_empty() {
+                out.push_str(&format!(": {}", clip(d.decision.reason.trim(), 300)));
+            }
+        }
+    }
+    if let Some(a) = run.steps.approval.as_ref().filter(|a| a.decision.is_none()) {
+        out.push_str(&format!("\n⏸ waiting for approval: **{}**", name(&a.node)));
     }
     if !run.steps.failed.is_empty() {
         out.push_str(&format!("\nFailed step: `{}`", run.steps.failed));
@@ -443,6 +489,48 @@ mod tests {
         assert_eq!(b[1].custom_id, format!("refresh:{}", r.id));
         assert!(b[2].custom_id.is_empty());
         assert_eq!(b[2].url, e.url);
+    }
+
+    #[test]
+    fn a_rejected_card_keeps_every_decision_and_says_who_rejected_it() {
+        use crate::domain::run::{Decided, Decision};
+        let mut r = run(RunStatus::Failed);
+        r.progress = "2/4".into();
+        r.finished_at = Some(now());
+        let at = now().timestamp();
+        r.steps.decisions = vec![
+            Decided {
+                node: "approve-build".into(),
+                at: Some(now()),
+                decision: Decision {
+                    by: "alice".into(),
+                    approved: true,
+                    values: [("environment".to_string(), "prod `x`".to_string())].into(),
+                    reason: String::new(),
+                },
+            },
+            Decided {
+                node: "approve-deploy".into(),
+                at: Some(now()),
+                decision: Decision {
+                    by: "bob".into(),
+                    approved: false,
+                    values: Default::default(),
+                    reason: "not today".into(),
+                },
+            },
+        ];
+        r.message = crate::domain::dispatch::rejection_text(&r.steps.decisions[1]);
+        let e = embed(&r, "", now());
+        assert_eq!(
+            e.description,
+            format!(
+                "**failed** · 2 of 4 steps done\n▰▰▰▰▰▱▱▱▱▱ 2/4\n\
+                 ✅ **approve-build** approved by alice <t:{at}:R> · environment=`prod ˋxˋ`\n\
+                 ⛔ **approve-deploy** rejected by bob <t:{at}:R>: not today\n\
+                 > Rejected by bob: not today"
+            )
+        );
     }
 
     #[test]

@@ -88,7 +88,9 @@ pub fn definitions(state: &AppState) -> Vec<pb::CommandDefinition> {
                     min_value: o.min_value,
                     max_value: o.max_value,
                     min_length: o.min_length,
-                    max_length: o.max_length,
+                    // The bound the server holds a value to, so that Discord's client says
+                    // it first (`input.max_value_length` where the option sets none).
+                    max_length: state.catalog.max_length(o),
                     autocomplete: o.autocomplete,
                     pattern: o.pattern.clone(),
                     pattern_hint: o.pattern_hint.clone(),
@@ -97,6 +99,41 @@ pub fn definitions(state: &AppState) -> Vec<pb::CommandDefinition> {
                 .collect(),
             ephemeral: c.ephemeral,
             source: state.catalog.source_of(&c.name),
+            rules: Some(pb::CommandRules {
+                approvers: c.approvers.clone(),
+                require_second_person: c.require_second_person,
+                max_concurrent: c.max_concurrent,
+                max_per_hour: c.max_per_hour,
+                sources: state
+                    .catalog
+                    .policy_sources(&c.name)
+                    .into_iter()
+                    .chain(c.approval_values.keys().map(|k| {
+                        let from = if state.catalog.source_of(&c.name) == "configuration" {
+                            "configuration".to_string()
+                        } else {
+                            format!(
+                                "annotation {}{k}",
+                                crate::domain::templates::PATTERN_ANNOTATION_PREFIX
+                            )
+                        };
+                        (format!("approval_values.{k}"), from)
+                    }))
+                    .collect(),
+                approval_values: c
+                    .approval_values
+                    .iter()
+                    .map(|(k, r)| {
+                        (
+                            k.clone(),
+                            pb::ValueRule {
+                                pattern: r.pattern.clone(),
+                                pattern_hint: r.pattern_hint.clone(),
+                            },
+                        )
+                    })
+                    .collect(),
+            }),
             modal: c.modal.as_ref().map(|m| pb::Modal {
                 custom_id: format!("modal:{}", c.name),
                 title: m.title.clone(),
@@ -111,7 +148,9 @@ pub fn definitions(state: &AppState) -> Vec<pb::CommandDefinition> {
                             paragraph: i.paragraph,
                             required: option.is_some_and(|o| o.required),
                             min_length: option.and_then(|o| o.min_length),
-                            max_length: option.and_then(|o| o.max_length),
+                            max_length: option
+                                .and_then(|o| state.catalog.max_length(o))
+                                .map(|m| m.min(facteur_config::discord::TEXT_INPUT_MAX)),
                             placeholder: i.placeholder.clone(),
                         }
                     })

@@ -106,6 +106,7 @@ pub fn approval(a: &crate::domain::run::Approval) -> pb::Approval {
                 description: p.description.clone(),
                 choices: p.choices.clone(),
                 default: p.default.clone(),
+                interpolated_in: p.interpolated_in.clone(),
             })
             .collect(),
         workflow_suspended: a.workflow_suspended,
@@ -129,6 +130,13 @@ pub fn waiting_step(a: pb::Approval) -> crate::domain::run::Approval {
                 description: p.description,
                 choices: p.choices,
                 default: p.default,
+                // The first uses say enough; what the run keeps stays small.
+                interpolated_in: p
+                    .interpolated_in
+                    .iter()
+                    .take(10)
+                    .map(|at| facteur_config::discord::clip(at, 200))
+                    .collect(),
             })
             .collect(),
         workflow_suspended: a.workflow_suspended,

@@ -510,7 +510,18 @@ pub async fn decide(
         },
     };
     let node = run.steps.approval.as_ref().map(|a| a.node.clone());
-    let decided = runs::decide(state, &run.id, "", decision.clone(), &i.user_id).await?;
+    let context = serde_json::json!({"run_id": run.id, "node": node, "user_id": i.user_id,
+        "interaction_id": i.interaction_id});
+    let decided = runs::decide(
+        state,
+        run,
+        "",
+        decision.clone(),
+        &i.user_id,
+        &i.guild_id,
+        context,
+    )
+    .await?;
     let payload = serde_json::json!({"run_id": run.id, "node": node, "user_id": i.user_id,
         "member_roles": i.role_ids, "values": decision.values});
     state

@@ -38,12 +38,24 @@ pub async fn resolve(
     values: &std::collections::BTreeMap<String, String>,
     guild_id: &str,
     actor: &str,
-    mut context: serde_json::Value,
+    context: serde_json::Value,
 ) -> Result<crate::domain::catalog::Resolved> {
-    let refusals = match state.catalog.resolve(command, values) {
-        Err(Error::Refused(r)) => r,
-        other => return other,
-    };
+    match state.catalog.resolve(command, values) {
+        Err(Error::Refused(r)) => Err(refused(state, r, command, guild_id, actor, context).await),
+        other => other,
+    }
+}
+
+/// Counts and audits values refused for `command` ([`resolve`], [`decide`]) and gives the
+/// error back.
+async fn refused(
+    state: &AppState,
+    refusals: crate::domain::input::Refusals,
+    command: &str,
+    guild_id: &str,
+    actor: &str,
+    mut context: serde_json::Value,
+) -> Error {
     for r in &refusals.0 {
         state.metrics.add(
             crate::metrics::Metric::ValuesRefused,
@@ -67,7 +79,7 @@ pub async fn resolve(
         tracing::warn!(error = %e, command, "a refused value could not be audited");
     }
     tracing::info!(command, actor, refused = refusals.0.len(), "values refused");
-    Err(Error::Refused(refusals))
+    Error::Refused(refusals)
 }
 
 /// Records a new run (idempotent on its key) and wakes the lease streams. Returns the run and
@@ -119,17 +131,35 @@ pub async fn cancel(
     Ok(run)
 }
 
-/// Records a decision on the suspend step the run waits at (`node`: its id or name, or empty),
-/// and wakes the adapters: one applies it to the Workflow.
+/// Records a decision on the suspend step `run` waits at (`node`: its id or name, or empty),
+/// its values checked by the catalog's rules for the command
+/// ([`crate::domain::catalog::Catalog::check_supplied`]; refusals counted and audited in
+/// `guild_id` with `context`, as [`resolve`] does), and wakes the adapters: one applies it.
 pub async fn decide(
     state: &AppState,
-    run_id: &str,
+    run: &Run,
     node: &str,
     decision: crate::domain::run::Decision,
     actor: &str,
+    guild_id: &str,
+    context: serde_json::Value,
 ) -> Result<Run> {
-    check_id(run_id)?;
-    let run = state.store.decide(run_id, node, decision, actor).await?;
+    let catalog = &state.catalog;
+    let command = run.command.as_str();
+    let supplied = |a: &crate::domain::run::Approval,
+                    v: &std::collections::BTreeMap<String, String>| {
+        catalog.check_supplied(command, a, v)
+    };
+    let run = match state
+        .store
+        .decide(&run.id, node, decision, &supplied, actor)
+        .await
+    {
+        Err(Error::Refused(r)) => {
+            return Err(refused(state, r, command, guild_id, actor, context).await);
+        }
+        other => other?,
+    };
     state.wake_dispatchers();
     Ok(run)
 }

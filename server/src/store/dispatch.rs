@@ -354,6 +354,15 @@ async fn apply_rows(
                         .map_err(|e| Error::Internal(format!("approval: {e}")))?,
                     None => String::new(),
                 }),
+            )
+            .col_expr(
+                runs::Column::Decisions,
+                Expr::value(if v.decisions.is_empty() {
+                    String::new()
+                } else {
+                    serde_json::to_string(&v.decisions)
+                        .map_err(|e| Error::Internal(format!("decisions: {e}")))?
+                }),
             );
     }
     let won = q
@@ -1092,10 +1101,12 @@ impl Store {
         run_id: &str,
         node: &str,
         decision: crate::domain::run::Decision,
+        supplied: &crate::domain::dispatch::SuppliedCheck<'_>,
         actor: &str,
     ) -> Result<Run> {
         self.change_run(run_id, actor, |run| {
-            crate::domain::dispatch::on_decision(run, node, decision.clone(), Utc::now()).map(Some)
+            crate::domain::dispatch::on_decision(run, node, decision.clone(), supplied, Utc::now())
+                .map(Some)
         })
         .await
         .map(|(run, _)| run)

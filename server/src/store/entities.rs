@@ -40,6 +40,7 @@ pub mod runs {
         pub failed_step: String,
         pub log_tail: String,
         pub approval: String,
+        pub decisions: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -461,6 +461,7 @@ pub(crate) async fn insert_run<C: sea_orm::ConnectionTrait>(
         failed_step: Set(String::new()),
         log_tail: Set(String::new()),
         approval: Set(String::new()),
+        decisions: Set(String::new()),
     };
     let dispatch = pending_dispatch(
         &id.to_string(),
@@ -551,6 +552,11 @@ pub(crate) fn run_from_model(m: runs::Model) -> Result<Run> {
                 None
             } else {
                 Some(serde_json::from_str(&m.approval).map_err(|e| corrupt("approval", e))?)
+            },
+            decisions: if m.decisions.is_empty() {
+                Vec::new()
+            } else {
+                serde_json::from_str(&m.decisions).map_err(|e| corrupt("decisions", e))?
             },
         },
     })

@@ -117,6 +117,13 @@ export declare type CommandDefinition = Message<"facteur.v1.CommandDefinition"> 
    * @generated from field: string source = 8;
    */
   source: string;
+
+  /**
+   * Who may approve its suspend steps, and its quotas (unset for built-ins).
+   *
+   * @generated from field: facteur.v1.CommandRules rules = 9;
+   */
+  rules?: CommandRules | undefined;
 };
 
 /**
@@ -124,6 +131,92 @@ export declare type CommandDefinition = Message<"facteur.v1.CommandDefinition"> 
  * Use `create(CommandDefinitionSchema)` to create a new message.
  */
 export declare const CommandDefinitionSchema: GenMessage<CommandDefinition>;
+
+/**
+ * A command's policy: from the configuration, or from its WorkflowTemplate's annotations
+ * (`facteur.proompteng.ai/approvers`, `require-second-person`, `max-concurrent`,
+ * `max-per-hour`) under the operator's `command_policies`, which win rule by rule.
+ *
+ * @generated from message facteur.v1.CommandRules
+ */
+export declare type CommandRules = Message<"facteur.v1.CommandRules"> & {
+  /**
+   * Role ids that may approve or reject; empty: the roles that may run the command.
+   *
+   * @generated from field: repeated string approvers = 1;
+   */
+  approvers: string[];
+
+  /**
+   * The member who started a run may not approve it.
+   *
+   * @generated from field: bool require_second_person = 2;
+   */
+  requireSecondPerson: boolean;
+
+  /**
+   * Runs one guild may have at once (unset: no limit).
+   *
+   * @generated from field: optional uint32 max_concurrent = 3;
+   */
+  maxConcurrent?: number | undefined;
+
+  /**
+   * Runs one guild may start per rolling hour (unset: no limit).
+   *
+   * @generated from field: optional uint32 max_per_hour = 4;
+   */
+  maxPerHour?: number | undefined;
+
+  /**
+   * Where each rule that is set comes from, by rule (`approvers`, `require_second_person`,
+   * `max_concurrent`, `max_per_hour`): `configuration`, `annotation <key>`, or
+   * `configuration (command_policies.<name>)`.
+   *
+   * @generated from field: map<string, string> sources = 5;
+   */
+  sources: { [key: string]: string };
+
+  /**
+   * What an approver may supply, by output parameter: a pattern the whole value matches.
+   *
+   * @generated from field: map<string, facteur.v1.ValueRule> approval_values = 6;
+   */
+  approvalValues: { [key: string]: ValueRule };
+};
+
+/**
+ * Describes the message facteur.v1.CommandRules.
+ * Use `create(CommandRulesSchema)` to create a new message.
+ */
+export declare const CommandRulesSchema: GenMessage<CommandRules>;
+
+/**
+ * The values one supplied parameter accepts.
+ *
+ * @generated from message facteur.v1.ValueRule
+ */
+export declare type ValueRule = Message<"facteur.v1.ValueRule"> & {
+  /**
+   * A regular expression the whole value must match.
+   *
+   * @generated from field: string pattern = 1;
+   */
+  pattern: string;
+
+  /**
+   * What it allows, in words.
+   *
+   * @generated from field: string pattern_hint = 2;
+   */
+  patternHint: string;
+};
+
+/**
+ * Describes the message facteur.v1.ValueRule.
+ * Use `create(ValueRuleSchema)` to create a new message.
+ */
+export declare const ValueRuleSchema: GenMessage<ValueRule>;
 
 /**
  * One option of a command.

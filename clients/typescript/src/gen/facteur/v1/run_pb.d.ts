@@ -392,6 +392,15 @@ export declare type ApprovalParameter = Message<"facteur.v1.ApprovalParameter"> 
    * @generated from field: string default = 4;
    */
   default: string;
+
+  /**
+   * Where the Workflow puts the supplied value into a shell or an expression (the
+   * argo-adapter's lint, e.g. `templates[2].script.source`): without a pattern
+   * (`approval_values`), the value takes no shell metacharacter.
+   *
+   * @generated from field: repeated string interpolated_in = 5;
+   */
+  interpolatedIn: string[];
 };
 
 /**
