@@ -391,21 +391,27 @@ async fn invoke(a: &Adapter, i: &Value, req: pb::InvokeRequest) -> CreateInterac
                 let r = r.into_inner();
                 match r.modal {
                     Some(m) => render::modal(&m),
-                    None => render::response(false, &r.reply.unwrap_or_default()),
+                    None => render::response(r.update_message, &r.reply.unwrap_or_default()),
                 }
             })
         }
         .instrument(tracing::Span::current()),
     );
-    answer(a, i, call).await
+    // A modal opened from a message (a run card's Approve) may update that message; a late
+    // answer then edits it, and the deferral is Discord's DEFERRED_UPDATE_MESSAGE.
+    let on_message = i["type"] == render::interaction::MODAL && i["message"].is_object();
+    answer(a, i, call, on_message).await
 }
 
 /// Answers within Discord's deadline: the server's answer if it comes in time, else a deferred
-/// response now and an edit of the original message when the answer arrives.
+/// response now and an edit of the original message when the answer arrives. `on_message`: the
+/// interaction came from a message (a modal opened by its button), which a late answer edits
+/// after a DEFERRED_UPDATE_MESSAGE (type 6) that shows nothing.
 async fn answer(
     a: &Adapter,
     i: &Value,
     mut call: tokio::task::JoinHandle<Result<CreateInteractionResponse, tonic::Status>>,
+    on_message: bool,
 ) -> CreateInteractionResponse {
     match tokio::time::timeout(DEFER_AFTER, &mut call).await {
         Ok(Ok(Ok(response))) => response,
@@ -444,10 +450,12 @@ async fn answer(
                 // The deferral may still be on its way to Discord when a slow answer lands
                 // just after it: a refused call is tried again.
                 if ephemeral {
+                    // After a type 6 there is no "thinking…" to delete: `@original` is the card.
                     if retried("send an ephemeral follow-up", || {
                         http.create_followup_message(&token, &body, vec![])
                     })
                     .await
+                        && !on_message
                     {
                         retried("delete the public deferral", || {
                             http.delete_original_interaction_response(&token)
@@ -461,7 +469,11 @@ async fn answer(
                     .await;
                 }
             });
-            CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new())
+            if on_message {
+                CreateInteractionResponse::Acknowledge
+            } else {
+                CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new())
+            }
         }
     }
 }

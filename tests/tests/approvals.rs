@@ -198,11 +198,19 @@ async fn approve_in_discord_with_a_value_through_the_modal() {
         &[APPROVER],
     );
     submit["type"] = json!(5);
+    // Opened from the run's card: Discord sends the message the modal came from.
+    submit["message"] = json!({"id": "900000000000000001", "content": ""});
     submit["data"] = json!({"custom_id": approve, "components": [{"type": 1, "components": [
         {"type": 4, "custom_id": "environment", "value": "moon"}]}]});
     let (_, resp) = a.s.post(&submit).await;
     assert!(
         message_text(&resp["data"]).contains("must be one of staging, prod"),
+        "{resp}"
+    );
+    // A refusal is for the approver alone, never an edit of the card.
+    assert_eq!(
+        (resp["type"].clone(), resp["data"]["flags"].clone()),
+        (json!(4), json!(64)),
         "{resp}"
     );
     // The controller writes in between twice: the adapter reads again and replaces.
@@ -211,6 +219,12 @@ async fn approve_in_discord_with_a_value_through_the_modal() {
     submit["data"]["components"][0]["components"][0]["value"] = json!("prod");
     let (code, resp) = a.s.post(&submit).await;
     assert_eq!(code, 200, "{resp}");
+    // The card the modal was opened from is updated in place (UPDATE_MESSAGE), not copied.
+    assert_eq!(resp["type"], 7, "{resp}");
+    assert!(
+        resp["data"]["flags"].as_u64().unwrap_or(0) & 64 == 0,
+        "{resp}"
+    );
     assert!(
         message_text(&resp["data"]).contains("approved by bob"),
         "{resp}"

@@ -476,6 +476,54 @@ async fn a_refusal_after_a_deferral_reaches_the_member_alone() {
     s.srv.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_modal_from_a_message_defers_an_update_and_never_deletes_the_message() {
+    let s = Stack::start(Options {
+        proxy: true,
+        ..Default::default()
+    })
+    .await;
+    s.proxy
+        .as_ref()
+        .expect("proxy")
+        .slow_down(std::time::Duration::from_millis(3500));
+    // A modal submitted from a message (as a run card's Approve opens one) with a value the
+    // server refuses: the late answer is a refusal for the member alone.
+    let mut submit = command("700000000000000051", &[], "plan", json!([]));
+    submit["type"] = json!(5);
+    submit["message"] = json!({"id": "900000000000000051", "content": ""});
+    submit["data"] = json!({"custom_id": "modal:plan", "components": [{"type": 1, "components": [
+        {"type": 4, "custom_id": "payload", "value": "build {{workflow.name}}"}]}]});
+    let (code, resp) = s.post(&submit).await;
+    // DEFERRED_UPDATE_MESSAGE: nothing shown, the message stays as it is.
+    assert_eq!((code, resp["type"].clone()), (200, json!(6)), "{resp}");
+    let token = "token-700000000000000051";
+    let followup = format!("/webhooks/{APP}/{token}");
+    let original = format!("/webhooks/{APP}/{token}/messages/@original");
+    wait_until(
+        "the refusal as an ephemeral follow-up",
+        std::time::Duration::from_secs(30),
+        || {
+            let (d, p) = (s.discord.clone(), followup.clone());
+            async move {
+                d.calls()
+                    .iter()
+                    .any(|(m, path, b)| m == "POST" && *path == p && b["flags"] == 64)
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !s.discord
+            .calls()
+            .iter()
+            .any(|(m, p, _)| (m == "DELETE" || m == "PATCH") && *p == original),
+        "`@original` is the message the modal came from: neither deleted nor edited into a refusal"
+    );
+    s.srv.stop().await;
+}
+
 #[tokio::test]
 async fn guild_setup_registers_the_catalog_and_seeds_an_isolated_policy_live() {
     use facteur_client::pb;

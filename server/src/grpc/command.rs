@@ -231,10 +231,11 @@ impl CommandService for CommandApi {
             // The values a suspend step asked for: approve with them.
             let values: BTreeMap<String, String> = r.modal_values.into_iter().collect();
             let run = discord::approve_with_values(&self.0, &c, run_id, values).await?;
-            // The approver sees it at once; the run's own card follows in the channel.
+            // The modal was opened from the run's card: the answer edits that card in place.
             return Ok(Response::new(pb::InvokeResponse {
-                reply: Some(self.card(&run, true)),
+                reply: Some(self.card(&run, false)),
                 run: Some(convert::run(&run)),
+                update_message: true,
                 ..Default::default()
             }));
         }
@@ -304,6 +305,7 @@ impl CommandService for CommandApi {
             modal: None,
             run: Some(convert::run(&run)),
             duplicate,
+            update_message: false,
         }))
     }
 

@@ -837,6 +837,14 @@ export declare type InvokeResponse = Message<"facteur.v1.InvokeResponse"> & {
    * @generated from field: bool duplicate = 4;
    */
   duplicate: boolean;
+
+  /**
+   * `reply` replaces the message the modal was opened from (Discord's UPDATE_MESSAGE, type 7):
+   * a modal of approval values submitted from a run's card edits that card in place.
+   *
+   * @generated from field: bool update_message = 5;
+   */
+  updateMessage: boolean;
 };
 
 /**
