@@ -76,7 +76,7 @@ enum Command {
     },
     /// Cancel a run (a running Workflow is stopped, or terminated with --terminate).
     Cancel {
-        /// Run id.
+        /// Run: its number (#1234), its id, or a unique prefix of the id (8+ characters).
         run_id: String,
         /// Terminate (exit handlers do not run) instead of Stop.
         #[arg(long)]
@@ -87,13 +87,13 @@ enum Command {
     },
     /// Start a new run with the parameters of a finished one.
     Retry {
-        /// Run id.
+        /// Run: its number (#1234), its id, or a unique prefix of the id (8+ characters).
         run_id: String,
     },
     /// Approve the suspend step a run waits at: `facteurctl approve <run> [--node N] key=value…`
     /// (the values its output parameters ask for).
     Approve {
-        /// Run id.
+        /// Run: its number (#1234), its id, or a unique prefix of the id (8+ characters).
         run_id: String,
         /// The suspend node (id or display name); default: the one it waits at.
         #[arg(long, default_value = "")]
@@ -103,7 +103,7 @@ enum Command {
     },
     /// Reject the suspend step a run waits at: its Workflow stops and the run fails.
     Reject {
-        /// Run id.
+        /// Run: its number (#1234), its id, or a unique prefix of the id (8+ characters).
         run_id: String,
         /// The suspend node (id or display name); default: the one it waits at.
         #[arg(long, default_value = "")]
@@ -184,7 +184,7 @@ enum GuildSub {
 enum RunSub {
     /// One run with its history.
     Get {
-        /// Run id.
+        /// Run: its number (#1234), its id, or a unique prefix of the id (8+ characters).
         run_id: String,
     },
 }
@@ -687,6 +687,7 @@ async fn get_run(client: &Client, run_id: &str) -> anyhow::Result<ExitCode> {
         .collect();
     let rows = vec![
         vec!["id".to_string(), run.id.clone()],
+        vec!["number".into(), format!("#{}", run.number)],
         vec!["status".into(), status_name(run.status)],
         vec!["command".into(), run.command.clone()],
         vec![
@@ -785,6 +786,7 @@ async fn list_runs(
                     .map(|t| t.workflow_name.clone())
                     .unwrap_or_default(),
                 ts(&r.created_at),
+                format!("#{}", r.number),
             ]
         })
         .collect();
@@ -797,7 +799,8 @@ async fn list_runs(
                 "COMMAND",
                 "REQUESTER",
                 "WORKFLOW",
-                "CREATED"
+                "CREATED",
+                "NUMBER"
             ],
             &rows
         )

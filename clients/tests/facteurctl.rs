@@ -562,3 +562,77 @@ async fn a_quota_set_live_and_its_usage_in_status() {
         .expect("no quota any more");
     srv.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_run_has_a_number_people_can_type() {
+    use facteur_client::pb;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = server(dir.path()).await;
+    let url = format!("http://{}", srv.grpc_addr);
+    let admin = facteur_client::Client::connect(
+        facteur_client::ClientConfig::new(url.clone()).with_token(TOKEN),
+    )
+    .await
+    .expect("client");
+    // A thousand runs started together.
+    let mut tasks = Vec::new();
+    for t in 0..25 {
+        let admin = admin.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for k in 0..40 {
+                let run = admin
+                    .admin()
+                    .start_run(pb::StartRunRequest {
+                        command: "dispatch".into(),
+                        parameters: [("payload".to_string(), "x".to_string())].into(),
+                        idempotency_key: format!("h-{t}-{k}"),
+                    })
+                    .await
+                    .expect("start")
+                    .into_inner()
+                    .run
+                    .expect("run");
+                out.push((run.number, run.id));
+            }
+            out
+        }));
+    }
+    let mut runs = Vec::new();
+    for t in tasks {
+        runs.extend(t.await.expect("task"));
+    }
+    let numbers: std::collections::BTreeSet<i64> = runs.iter().map(|r| r.0).collect();
+    assert_eq!(numbers.len(), 1000, "a thousand distinct handles");
+    // Each is accepted by facteurctl, as `#n`, and names its own run.
+    let runs = std::sync::Arc::new(runs);
+    let checkers: Vec<_> = (0..4)
+        .map(|w| {
+            let (runs, url) = (runs.clone(), url.clone());
+            std::thread::spawn(move || {
+                for (n, id) in runs.iter().skip(w).step_by(4) {
+                    let (ok, out, err) = ctl(&url, &["run", "get", &format!("#{n}")]);
+                    assert!(ok && out.contains(id.as_str()), "#{n}: {out}{err}");
+                }
+            })
+        })
+        .collect();
+    for c in checkers {
+        c.join().expect("checker");
+    }
+    // A unique prefix of 8 characters or more works; an ambiguous one lists the candidates.
+    let (n, id) = &runs[0];
+    let (ok, out, err) = tokio::task::block_in_place(|| ctl(&url, &["run", "get", &id[..30]]));
+    assert!(ok && out.contains(&format!("#{n}")), "{out}{err}");
+    let (ok, _, err) = tokio::task::block_in_place(|| ctl(&url, &["run", "get", &id[..8]]));
+    assert!(!ok, "ambiguous");
+    assert!(
+        err.contains("names more than one run") && err.contains(", …"),
+        "{err}"
+    );
+    let (ok, _, err) = tokio::task::block_in_place(|| ctl(&url, &["cancel", &format!("#{n}")]));
+    assert!(ok, "cancel by number: {err}");
+    let (ok, _, err) = tokio::task::block_in_place(|| ctl(&url, &["run", "get", "abc"]));
+    assert!(!ok && err.contains("is not a run"), "{err}");
+    srv.stop().await.expect("stop");
+}

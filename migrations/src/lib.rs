@@ -20,6 +20,7 @@ mod m20261205_000009_command_quotas;
 mod m20261207_000010_feed_and_retention;
 mod m20261207_000011_command_registrations;
 mod m20261207_000012_run_decisions;
+mod m20261207_000013_run_numbers;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000010_feed_and_retention::Migration),
             Box::new(m20261207_000011_command_registrations::Migration),
             Box::new(m20261207_000012_run_decisions::Migration),
+            Box::new(m20261207_000013_run_numbers::Migration),
         ]
     }
 }

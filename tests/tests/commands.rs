@@ -366,7 +366,33 @@ async fn buttons_and_builtins_recheck_permission_state_and_guild() {
         .await
         .expect("runs")
         .into_inner();
-    assert!(reply_text(&runs.reply.expect("reply")).contains(&run.id[..8]));
+    let handle = format!("#{}", run.number);
+    assert!(reply_text(&runs.reply.expect("reply")).contains(&handle));
+    // The handle the card shows is typed back: in this guild it names the run, in another
+    // guild it names nothing.
+    let by_number = discord
+        .command()
+        .invoke(invoke("b-41", GUILD, &[], "status", &[("run", &handle)]))
+        .await
+        .expect("status by number")
+        .into_inner();
+    let card = by_number.reply.expect("reply");
+    assert!(
+        card.embeds[0].footer.contains(&run.id) && card.embeds[0].title.contains(&handle),
+        "{card:?}"
+    );
+    let err = discord
+        .command()
+        .invoke(invoke(
+            "b-42",
+            OTHER_GUILD,
+            &[],
+            "status",
+            &[("run", &handle)],
+        ))
+        .await
+        .expect_err("another guild's run");
+    assert_eq!(err.code(), Code::NotFound);
     let elsewhere = discord
         .command()
         .invoke(invoke("b-6", OTHER_GUILD, &[], "runs", &[]))

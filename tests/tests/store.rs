@@ -547,3 +547,64 @@ async fn registrations_count_failures_in_a_row_on_sqlite() {
 async fn registrations_count_failures_in_a_row_on_postgres() {
     registrations_count_failures_in_a_row(Backend::Postgres).await;
 }
+
+/// A thousand runs started at once get a thousand distinct numbers (a sequence on Postgres; the
+/// write lock on SQLite), each naming its run, as does a unique prefix of its id.
+async fn a_thousand_runs_at_once_have_distinct_numbers(backend: Backend) {
+    use facteur_server::domain::run::Handle;
+    let db = TestDb::new(backend).await;
+    let s = store(&db).await;
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..50 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut runs = Vec::new();
+            for k in 0..20 {
+                let (run, _) = s
+                    .create_run(sample_run(&format!("n-{t}-{k}")), "ops")
+                    .await
+                    .expect("create");
+                runs.push(run);
+            }
+            runs
+        }));
+    }
+    let mut runs = Vec::new();
+    for t in tasks {
+        runs.extend(t.await.expect("task"));
+    }
+    eprintln!("1000 runs in {:?}", started.elapsed());
+    let numbers: std::collections::BTreeSet<i64> = runs.iter().map(|r| r.number).collect();
+    assert_eq!(numbers.len(), 1000, "distinct");
+    assert!(numbers.iter().all(|n| *n > 0));
+    for r in runs.iter().step_by(37) {
+        let by_number = s
+            .runs_by_handle(&Handle::Number(r.number), None, 2)
+            .await
+            .expect("by number");
+        assert_eq!(by_number, [(r.id.clone(), r.number)]);
+        let by_prefix = s
+            .runs_by_handle(&Handle::Prefix(r.id[..30].to_string()), None, 2)
+            .await
+            .expect("by prefix");
+        assert_eq!(by_prefix, [(r.id.clone(), r.number)]);
+    }
+    // UUIDv7 ids started together share their first 8 characters: a prefix that short names
+    // many runs.
+    let many = s
+        .runs_by_handle(&Handle::Prefix(runs[0].id[..8].to_string()), None, 11)
+        .await
+        .expect("by prefix");
+    assert!(many.len() > 1, "{many:?}");
+}
+
+#[tokio::test]
+async fn a_thousand_runs_at_once_have_distinct_numbers_on_sqlite() {
+    a_thousand_runs_at_once_have_distinct_numbers(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_thousand_runs_at_once_have_distinct_numbers_on_postgres() {
+    a_thousand_runs_at_once_have_distinct_numbers(Backend::Postgres).await;
+}

@@ -816,6 +816,7 @@ mod tests {
         let t = Utc::now();
         Run {
             id: "r1".into(),
+            number: 0,
             idempotency_key: "k".into(),
             command: "dispatch".into(),
             source: RunSource::Admin,

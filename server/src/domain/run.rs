@@ -301,6 +301,8 @@ impl NewRun {
 pub struct Run {
     /// UUID.
     pub id: String,
+    /// Its number in this deployment (`#1234`): unique, increasing, the handle people type.
+    pub number: i64,
     /// Idempotency key.
     pub idempotency_key: String,
     /// Command name.
@@ -467,6 +469,49 @@ pub fn workflow_name(prefix: &str, run_id: &uuid::Uuid) -> String {
     format!("{p}{}", run_id.simple())
 }
 
+/// How someone names a run: its id, its number (`#1234`, `1234`), or a prefix of its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handle {
+    /// A whole UUID.
+    Id(String),
+    /// The run's number.
+    Number(i64),
+    /// The first characters of its id (8 or more, lower-case hex and dashes).
+    Prefix(String),
+}
+
+/// The shortest id prefix taken: shorter ones name too many runs to be worth a lookup.
+pub const MIN_PREFIX: usize = 8;
+
+impl Handle {
+    /// Reads what someone typed; an error says what is accepted.
+    pub fn parse(text: &str) -> std::result::Result<Handle, String> {
+        let t = text.trim();
+        let digits = t.strip_prefix('#').unwrap_or(t);
+        if !digits.is_empty()
+            && digits.len() <= 18
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(n) = digits.parse::<i64>()
+        {
+            return Ok(Handle::Number(n));
+        }
+        if let Ok(u) = uuid::Uuid::parse_str(t) {
+            return Ok(Handle::Id(u.hyphenated().to_string()));
+        }
+        let lower = t.to_ascii_lowercase();
+        if lower.len() >= MIN_PREFIX
+            && lower.len() < 36
+            && lower.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+        {
+            return Ok(Handle::Prefix(lower));
+        }
+        Err(format!(
+            "`{}` is not a run: give its number (#1234), its id, or the first {MIN_PREFIX} characters of its id or more",
+            facteur_config::discord::clip(t, 40)
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::RunStatus::*;
@@ -495,6 +540,7 @@ mod tests {
         let t = chrono::Utc::now();
         Run {
             id: "r1".into(),
+            number: 0,
             idempotency_key: n.idempotency_key.clone(),
             command: n.command.clone(),
             source: n.source,
@@ -630,5 +676,35 @@ mod tests {
             "{long}"
         );
         assert!(workflow_name("", &id).starts_with("run-"));
+    }
+
+    #[test]
+    fn a_handle_is_a_number_an_id_or_a_long_enough_prefix() {
+        let id = "019af3c2-7d10-7a3b-9c4e-2b6f0a1d9e88";
+        for (text, want) in [
+            ("#1234", Ok(Handle::Number(1234))),
+            (" 42 ", Ok(Handle::Number(42))),
+            (id, Ok(Handle::Id(id.into()))),
+            (
+                "019AF3C2-7D10-7A3B-9C4E-2B6F0A1D9E88",
+                Ok(Handle::Id(id.into())),
+            ),
+            ("019af3c2", Ok(Handle::Prefix("019af3c2".into()))),
+            ("019AF3C2-7d", Ok(Handle::Prefix("019af3c2-7d".into()))),
+        ] {
+            assert_eq!(Handle::parse(text), want, "{text:?}");
+        }
+        for bad in [
+            "019af3c",
+            "",
+            "#",
+            "abc",
+            "019af3c2%",
+            "hello-world",
+            "#12a",
+        ] {
+            let e = Handle::parse(bad).expect_err(bad);
+            assert!(e.contains("is not a run"), "{bad:?}: {e}");
+        }
     }
 }

@@ -235,7 +235,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::GetRunResponse>, Status> {
         let id = req.into_inner().run_id;
         let run = runs::get(&self.0, &id).await?;
-        let events = self.0.store.run_events(&id).await?;
+        let events = self.0.store.run_events(&run.id).await?;
         Ok(Response::new(pb::GetRunResponse {
             run: Some(convert::run(&run)),
             events: events.iter().map(convert::event).collect(),
@@ -248,7 +248,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
         let principal = Principal::of(&req);
         let r = req.into_inner();
-        runs::check_id(&r.run_id)?;
+        let run_id = runs::id_of(&self.0, &r.run_id, None).await?;
         let kind = match pb::CancelMode::try_from(r.mode) {
             Ok(pb::CancelMode::Unspecified | pb::CancelMode::Stop) => DispatchKind::Stop,
             Ok(pb::CancelMode::Terminate) => DispatchKind::Terminate,
@@ -260,7 +260,7 @@ impl AdminService for AdminApi {
             }
         };
         storable("reason", &r.reason, 2000)?;
-        let run = runs::cancel(&self.0, &r.run_id, kind, &principal.name, &r.reason).await?;
+        let run = runs::cancel(&self.0, &run_id, kind, &principal.name, &r.reason).await?;
         tracing::info!(run_id = %run.id, status = %run.status, mode = kind.as_str(), principal = %principal.name, "cancel requested");
         Ok(Response::new(pb::CancelRunResponse {
             run: Some(convert::run(&run)),

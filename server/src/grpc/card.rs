@@ -3,7 +3,7 @@
 //! rule is decided here.
 //!
 //! ```text
-//!  ┃ /deploy · run 3f2a9c1e                         (title, linked to Argo when configured)
+//!  ┃ /deploy · run #1234                            (title, linked to Argo when configured)
 //!  ┃ **running** · step 2 of 3 · now `build`
 //!  ┃ ▰▰▰▰▰▰▰▱▱▱
 //!  ┃ Requested by @ana   Target argo-workflows/deploy-3f2a…   Started 2 minutes ago
@@ -45,9 +45,19 @@ pub fn colour(status: RunStatus) -> u32 {
     }
 }
 
-/// The first 8 characters of a run id, as cards show it.
+/// The first 8 characters of a run id.
 pub fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
+}
+
+/// How cards name a run: its number (`#1234`), which people can type back; a run stored before
+/// numbers existed shows its id's first characters.
+pub fn handle(run: &Run) -> String {
+    if run.number > 0 {
+        format!("#{}", run.number)
+    } else {
+        short(&run.id).to_string()
+    }
 }
 
 fn clip(s: &str, max: usize) -> String {
@@ -256,7 +266,7 @@ pub fn embed(run: &Run, ui_base_url: &str, now: DateTime<Utc>) -> pb::Embed {
     );
     pb::Embed {
         title: clip(
-            &format!("/{} · run {}", run.command, short(&run.id)),
+            &format!("/{} · run {}", run.command, handle(run)),
             TITLE_MAX,
         ),
         description,
@@ -371,7 +381,7 @@ pub fn runs_list(runs: &[Run]) -> pb::Reply {
         .map(|r| {
             let mut line = format!(
                 "`{}` **/{}** · {}",
-                short(&r.id),
+                handle(r),
                 r.command,
                 r.status.as_str().replace('_', " ")
             );
@@ -415,6 +425,7 @@ mod tests {
             .expect("time");
         Run {
             id: "3f2a9c1e-0000-4000-8000-000000000001".into(),
+            number: 0,
             idempotency_key: "k".into(),
             command: "deploy".into(),
             source: RunSource::Discord,
@@ -457,7 +468,15 @@ mod tests {
         r.progress = "1/3".into();
         r.steps.current = "build".into();
         let e = embed(&r, "https://argo.example/", now());
-        assert_eq!(e.title, "/deploy · run 3f2a9c1e");
+        assert_eq!(
+            e.title, "/deploy · run 3f2a9c1e",
+            "stored before numbers existed"
+        );
+        let numbered = Run {
+            number: 1234,
+            ..r.clone()
+        };
+        assert_eq!(embed(&numbered, "", now()).title, "/deploy · run #1234");
         assert_eq!(e.color, 0x3498db);
         assert_eq!(
             e.description,

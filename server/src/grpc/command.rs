@@ -323,9 +323,13 @@ impl CommandService for CommandApi {
         let mut choices = Vec::new();
         if r.focused_option == "run" && BUILTINS.contains(&r.command.as_str()) {
             for run in discord::own_runs(&self.0, &c, 25).await? {
-                if run.id.starts_with(&partial) || run.command.contains(&partial) {
+                let number = run.number.to_string();
+                if run.id.starts_with(&partial)
+                    || number.starts_with(partial.trim_start_matches('#'))
+                    || run.command.contains(&partial)
+                {
                     choices.push(pb::OptionChoice {
-                        name: format!("{} /{} {}", card::short(&run.id), run.command, run.status),
+                        name: format!("{} /{} {}", card::handle(&run), run.command, run.status),
                         value: run.id,
                     });
                 }

@@ -51,6 +51,7 @@ fn source(s: RunSource) -> pb::RunSource {
 pub fn run(r: &Run) -> pb::Run {
     pb::Run {
         id: r.id.clone(),
+        number: r.number,
         idempotency_key: r.idempotency_key.clone(),
         command: r.command.clone(),
         source: source(r.source) as i32,

@@ -148,11 +148,13 @@ pub async fn may_run(state: &AppState, i: &Interaction, command: &str) -> Result
 /// A run of the interaction's guild (guild data stays in its guild: another guild's run is
 /// NOT_FOUND).
 pub async fn guild_run(state: &AppState, i: &Interaction, id: &str) -> Result<Run> {
-    let not_found = || Error::NotFound(format!("no run `{id}` in this server"));
-    if uuid::Uuid::parse_str(id).is_err() {
-        return Err(Error::InvalidArgument(format!("`{id}` is not a run id")));
-    }
-    let run = state.store.get_run(id).await?.ok_or_else(not_found)?;
+    let not_found = || Error::NotFound(format!("no run `{}` in this server", id.trim()));
+    // Another guild's runs are not this guild's to find, nor to list as candidates.
+    let id = match runs::id_of(state, id, Some(&i.guild_id)).await {
+        Err(Error::NotFound(_)) => return Err(not_found()),
+        other => other?,
+    };
+    let run = state.store.get_run(&id).await?.ok_or_else(not_found)?;
     if run.requester.guild_id != i.guild_id {
         return Err(not_found());
     }

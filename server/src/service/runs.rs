@@ -2,7 +2,7 @@
 //! Discord commands and buttons, the compatibility endpoint).
 
 use crate::domain::dispatch::DispatchKind;
-use crate::domain::run::{NewRun, Requester, Run, check_retryable};
+use crate::domain::run::{Handle, NewRun, Requester, Run, check_retryable};
 use crate::domain::{Error, Result};
 use crate::state::AppState;
 
@@ -18,14 +18,47 @@ pub fn check_id(id: &str) -> Result<()> {
         .map_err(|_| Error::InvalidArgument(format!("run_id `{id}` is not a UUID")))
 }
 
-/// A run by id (NOT_FOUND naming it).
-pub async fn get(state: &AppState, id: &str) -> Result<Run> {
-    check_id(id)?;
+/// The id of the run `handle` names ([`Handle`]: an id, `#1234`, or a unique prefix of 8
+/// characters or more), among the runs of `guild` when one is given. NOT_FOUND when none; an
+/// ambiguous prefix is INVALID_ARGUMENT listing the runs it matches.
+pub async fn id_of(state: &AppState, handle: &str, guild: Option<&str>) -> Result<String> {
+    const SHOWN: u64 = 10;
+    let h = Handle::parse(handle).map_err(|e| Error::InvalidArgument(format!("run_id: {e}")))?;
+    if let (Handle::Id(id), None) = (&h, guild) {
+        return Ok(id.clone());
+    }
+    let found = state.store.runs_by_handle(&h, guild, SHOWN + 1).await?;
+    match found.as_slice() {
+        [] => Err(Error::NotFound(format!("no run `{}`", handle.trim()))),
+        [(id, _)] => Ok(id.clone()),
+        many => {
+            let listed: Vec<String> = many
+                .iter()
+                .take(SHOWN as usize)
+                .map(|(id, n)| format!("#{n} ({id})"))
+                .collect();
+            let more = if many.len() as u64 > SHOWN {
+                ", …"
+            } else {
+                ""
+            };
+            Err(Error::InvalidArgument(format!(
+                "`{}` names more than one run: {}{more}; give more of the id or the run's number",
+                handle.trim(),
+                listed.join(", ")
+            )))
+        }
+    }
+}
+
+/// A run by id, number or unique id prefix (NOT_FOUND naming it).
+pub async fn get(state: &AppState, handle: &str) -> Result<Run> {
+    let id = id_of(state, handle, None).await?;
     state
         .store
-        .get_run(id)
+        .get_run(&id)
         .await?
-        .ok_or_else(|| Error::NotFound(format!("no run `{id}`")))
+        .ok_or_else(|| Error::NotFound(format!("no run `{}`", handle.trim())))
 }
 
 /// Validates `values` for `command` ([`crate::domain::catalog::Catalog::resolve`]); values

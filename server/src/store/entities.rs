@@ -41,6 +41,7 @@ pub mod runs {
         pub log_tail: String,
         pub approval: String,
         pub decisions: String,
+        pub number: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -241,6 +241,43 @@ impl Store {
         m.map(run_from_model).transpose()
     }
 
+    /// Ids (with numbers) of the runs a handle names, at most `limit`: the run numbered
+    /// `number`, or those whose id starts with `prefix` (lower-case hex and dashes, checked by
+    /// the caller); only runs of `guild` when one is given.
+    pub async fn runs_by_handle(
+        &self,
+        handle: &crate::domain::run::Handle,
+        guild: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<(String, i64)>> {
+        use crate::domain::run::Handle;
+        let mut q = runs::Entity::find()
+            .select_only()
+            .column(runs::Column::Id)
+            .column(runs::Column::Number);
+        q = match handle {
+            Handle::Id(id) => q.filter(runs::Column::Id.eq(id.as_str())),
+            Handle::Number(n) => q.filter(runs::Column::Number.eq(*n)),
+            // Only [0-9a-f-] reach here: nothing LIKE would read as a wildcard.
+            Handle::Prefix(p) => q
+                .filter(runs::Column::Id.like(format!("{p}%")))
+                .order_by_asc(runs::Column::Id),
+        };
+        if let Some(g) = guild {
+            q = q.filter(runs::Column::GuildId.eq(g));
+        }
+        let rows: Vec<(String, Option<i64>)> = q
+            .limit(limit)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(errors::db)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, n)| (id, n.unwrap_or_default()))
+            .collect())
+    }
+
     /// A run by idempotency key.
     pub async fn run_by_key(&self, key: &str) -> Result<Option<Run>> {
         let m = runs::Entity::find()
@@ -462,6 +499,8 @@ pub(crate) async fn insert_run<C: sea_orm::ConnectionTrait>(
         log_tail: Set(String::new()),
         approval: Set(String::new()),
         decisions: Set(String::new()),
+        // Postgres: the sequence's default; SQLite: set below, under the write lock.
+        number: sea_orm::ActiveValue::NotSet,
     };
     let dispatch = pending_dispatch(
         &id.to_string(),
@@ -487,6 +526,16 @@ pub(crate) async fn insert_run<C: sea_orm::ConnectionTrait>(
         Err(e) => return Err(Inserted::Failed(errors::db(e))),
     }
     let fail = |e: DbErr| Inserted::Failed(errors::db(e));
+    if c.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
+        // The insert holds SQLite's one write lock: no other run can take the same number.
+        c.execute_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DatabaseBackend::Sqlite,
+            "UPDATE runs SET number = (SELECT COALESCE(MAX(number), 0) + 1 FROM runs) WHERE id = ?",
+            [id.to_string().into()],
+        ))
+        .await
+        .map_err(fail)?;
+    }
     dispatches::Entity::insert(dispatch)
         .exec_without_returning(c)
         .await
@@ -544,6 +593,7 @@ pub(crate) fn run_from_model(m: runs::Model) -> Result<Run> {
         finished_at: m.finished_at,
         cancel_requested_at: m.cancel_requested_at,
         trace_parent: m.trace_parent,
+        number: m.number.unwrap_or_default(),
         steps: crate::domain::run::Steps {
             current: m.current_step,
             failed: m.failed_step,

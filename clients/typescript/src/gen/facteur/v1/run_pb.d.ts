@@ -282,6 +282,15 @@ export declare type Run = Message<"facteur.v1.Run"> & {
    * @generated from field: facteur.v1.Approval approval = 21;
    */
   approval?: Approval | undefined;
+
+  /**
+   * The run's number in this deployment (`#1234` on cards): unique and increasing, accepted
+   * wherever a run id is (`#1234` or `1234`), as is a unique prefix of the id (8 characters
+   * or more).
+   *
+   * @generated from field: int64 number = 22;
+   */
+  number: bigint;
 };
 
 /**
