@@ -410,3 +410,45 @@ fn every_secret_the_configuration_holds_can_be_masked() {
     // Too short to mask without garbling ordinary words.
     assert_eq!(facteur_config::mask_secrets("a b", &["a".into()]), "a b");
 }
+
+#[test]
+fn command_policies_and_approval_values_are_checked() {
+    let yaml = r#"
+commands:
+  - name: deploy
+    description: Deploy
+    approval_values:
+      ticket: {pattern: "[A-Z]+-[0-9]+", pattern_hint: "a ticket like OPS-12"}
+      broken: {pattern: "("}
+command_policies:
+  deploy: {max_per_hour: 3}
+  hello:
+    approvers: ["admins"]
+    max_concurrent: 2
+  "Bad:Name": {}
+"#;
+    let errs = errors(load_from(Some(yaml), &BTreeMap::new(), Process::Server));
+    let keys: Vec<&str> = errs.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "commands[0].approval_values.broken.pattern",
+            "command_policies.Bad:Name",
+            "command_policies.deploy",
+            "command_policies.hello.approvers[0]",
+        ],
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|(k, m)| k == "command_policies.deploy"
+                && m.contains("set its policy on commands[0]")),
+        "{errs:?}"
+    );
+    let good = r#"
+command_policies:
+  hello: {approvers: ["200000000000000009"], require_second_person: true, max_per_hour: 5}
+"#;
+    let c = load_from(Some(good), &BTreeMap::new(), Process::Server).expect("valid");
+    assert_eq!(c.command_policies["hello"].max_per_hour, Some(5));
+}

@@ -626,13 +626,12 @@ async fn report_registration(
 }
 
 /// Registers the catalog in every guild set up with `AdminService.SetupGuild` (`facteurctl
-/// guild setup`), as the server announces them, and reports each outcome, until `shutdown`.
-/// A failure is reported (the operator sees it in `facteurctl guild list` and `facteurctl
-/// status`) and the server announces the guild again later. When the catalog changes
-/// (WorkflowTemplate commands), the server says so and announces every guild again; the
-/// adapter's own scope (`home`: the configured guild, or global commands) is registered once
-/// per catalog version by one registrar ([`register_home`]), which retries a refusal with
-/// backoff and jitter. Each registration writes only when Discord's commands differ.
+/// guild setup`), as the server announces them, and in the adapter's own scope (`home`: the
+/// configured guild, or global commands), until `shutdown`. Each scope has one registrar
+/// ([`register_scope`]): once per catalog version (and set-up generation), a refusal retried
+/// with backoff and jitter, every outcome reported (`facteurctl guild list`, `facteurctl
+/// status`). When the catalog changes (WorkflowTemplate commands), the server says so and
+/// announces every guild again. Each registration writes only when Discord's commands differ.
 /// Reconnects with capped backoff.
 pub async fn follow_guilds(
     control: Client,
@@ -650,44 +649,72 @@ pub async fn follow_guilds(
                 .await
         }
     };
-    // The catalog version the server announced last; the home registrar follows it.
-    let (wanted, versions) = watch::channel(None::<u64>);
+    // What the server announced last (catalog version, set-up generation), per scope: each
+    // scope has its registrar, which follows it.
+    let (wanted, versions) = watch::channel(None::<Wanted>);
+    let guilds: std::sync::Mutex<HashMap<u64, watch::Sender<Option<Wanted>>>> = Default::default();
+    let registrars = TaskTracker::new();
     let each = |u: pb::WatchGuildsResponse| {
-        let (control, http, wanted) = (&control, &http, &wanted);
+        let (control, http, wanted, guilds, registrars) =
+            (&control, &http, &wanted, &guilds, &registrars);
+        let shutdown = shutdown.clone();
         async move {
-            match u.guild {
-                Some(g) => register_guild(control, http, &g, u.catalog_version).await,
-                None => {
-                    wanted.send_if_modified(|v| {
-                        let changed = *v != Some(u.catalog_version);
-                        *v = Some(u.catalog_version);
-                        changed
-                    });
-                }
+            let latest = |g: i64| Some((u.catalog_version, g));
+            let Some(g) = u.guild else {
+                wanted.send_if_modified(|v| {
+                    let changed = *v != latest(0);
+                    *v = latest(0);
+                    changed
+                });
+                return;
+            };
+            let Ok(id) = g.guild_id.parse::<u64>() else {
+                return;
+            };
+            let Ok(mut map) = guilds.lock() else { return };
+            if let Some(tx) = map.get(&id) {
+                tx.send_if_modified(|v| {
+                    let changed = *v != latest(g.generation);
+                    *v = latest(g.generation);
+                    changed
+                });
+                return;
             }
+            let (tx, rx) = watch::channel(latest(g.generation));
+            map.insert(id, tx);
+            let (control, http) = (control.clone(), http.clone());
+            registrars.spawn(async move {
+                register_scope(&control, &http, Some(id), rx, &shutdown).await;
+            });
         }
     };
     tokio::join!(
         facteur_client::adapter::follow("guild set-ups", &shutdown, open, each),
-        register_home(&control, &http, home, versions, &shutdown),
+        register_scope(&control, &http, home, versions, &shutdown),
     );
+    registrars.close();
+    registrars.wait().await;
 }
 
-/// Registers the home scope once for every catalog version `versions` announces (a version
-/// already registered is never registered again, so start-up registers once), retrying a
-/// failure with exponential backoff and jitter (1 s to 5 min) until it succeeds, a newer
-/// version arrives, or `shutdown`. Every attempt is reported to the server.
-pub async fn register_home(
+/// What a scope's registrar is asked to register: the catalog version and, for a set-up guild,
+/// the set-up generation (0 for the adapter's own scope).
+type Wanted = (u64, i64);
+
+/// Registers one scope (`None`: global) once for every (catalog version, generation) `versions`
+/// announces (one already registered is never registered again, so start-up registers once),
+/// retrying a failure with exponential backoff and jitter (1 s to 5 min) until it succeeds, a
+/// newer one arrives, or `shutdown`. Every attempt is reported to the server.
+pub async fn register_scope(
     control: &Client,
     http: &Http,
-    home: Option<u64>,
-    mut versions: watch::Receiver<Option<u64>>,
+    scope: Option<u64>,
+    mut versions: watch::Receiver<Option<Wanted>>,
     shutdown: &CancellationToken,
 ) {
     use backon::BackoffBuilder;
-    let mut done: Option<u64> = None;
+    let mut done: Option<Wanted> = None;
     loop {
-        let version = loop {
+        let (version, generation) = loop {
             let v = *versions.borrow_and_update();
             if let Some(v) = v
                 && done != Some(v)
@@ -706,37 +733,26 @@ pub async fn register_home(
             .without_max_times()
             .build();
         loop {
-            let outcome = register(control, http, home).await;
-            report_registration(control, home, 0, version, &outcome).await;
+            let outcome = register(control, http, scope).await;
+            report_registration(control, scope, generation, version, &outcome).await;
             match outcome {
                 Ok(_) => {
-                    done = Some(version);
+                    done = Some((version, generation));
                     break;
                 }
                 Err(e) => {
                     let delay = delays.next().unwrap_or(Duration::from_secs(300));
-                    tracing::warn!(guild_id = ?home, error = %refusal_of(&e).1, retry_in = ?delay, "discord command registration failed");
+                    tracing::warn!(guild_id = ?scope, error = %refusal_of(&e).1, retry_in = ?delay, "discord command registration failed");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(delay) => {}
-                        // A newer catalog: try it at once.
+                        // Something newer: try it at once.
                         _ = versions.changed() => break,
                     }
                 }
             }
         }
     }
-}
-
-async fn register_guild(control: &Client, http: &Http, g: &pb::Guild, catalog_version: u64) {
-    let Ok(id) = g.guild_id.parse::<u64>() else {
-        return;
-    };
-    let outcome = register(control, http, Some(id)).await;
-    if let Err(e) = &outcome {
-        tracing::warn!(guild_id = %g.guild_id, error = %refusal_of(e).1, "guild command registration failed");
-    }
-    report_registration(control, Some(id), g.generation, catalog_version, &outcome).await;
 }
 
 /// At most one edit of a run's message per this interval (Discord rate-limits message edits;

@@ -285,3 +285,57 @@ async fn one_bad_template_never_blocks_the_others_and_each_says_why() {
     argo.stop().await;
     s.srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_up_guilds_refused_registration_is_retried_by_the_adapter() {
+    const SET_UP: &str = "100000000000000777";
+    let s = Stack::start(Options::default()).await;
+    let admin = s.srv.client(ADMIN_TOKEN).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(facteur_discord::follow_guilds(
+        s.control.clone(),
+        s.http.clone(),
+        Some(GUILD.parse().expect("guild")),
+        stop.clone(),
+    ));
+    wait_until("the start-up registration", WAIT, || async {
+        home(&status(&admin).await).is_some_and(|r| r.ok)
+    })
+    .await;
+    // Discord refuses the catalog in the guild being set up: the adapter tries again on its
+    // own (the server announces the guild once), and the guild is registered once it takes it.
+    s.discord.refuse_command("deploy");
+    admin
+        .admin()
+        .setup_guild(pb::SetupGuildRequest {
+            guild_id: SET_UP.into(),
+            reseed_policy: false,
+        })
+        .await
+        .expect("setup");
+    let scope =
+        |st: &pb::GetStatusResponse| st.registrations.iter().find(|r| r.scope == SET_UP).cloned();
+    wait_until("two failures in a row", WAIT, || async {
+        scope(&status(&admin).await).is_some_and(|r| !r.ok && r.failures >= 2)
+    })
+    .await;
+    s.discord.accept_commands();
+    wait_until(
+        "registered after the refusals",
+        Duration::from_secs(30),
+        || async { scope(&status(&admin).await).is_some_and(|r| r.ok && r.failures == 0) },
+    )
+    .await;
+    let path = format!("/applications/{APP}/guilds/{SET_UP}/commands");
+    assert!(
+        s.discord
+            .calls()
+            .iter()
+            .filter(|(m, p, _)| m == "PUT" && *p == path)
+            .count()
+            >= 3,
+        "refused twice, then written"
+    );
+    stop.cancel();
+    s.srv.stop().await;
+}
