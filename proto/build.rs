@@ -27,8 +27,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".google.protobuf.Timestamp", "::pbjson_types::Timestamp")
         .compile_fds(fds)?;
     // serde impls following protobuf's JSON mapping, for the legacy CodexTask only.
+    // Unknown fields are skipped, as protobuf's binary decoding skips them: a producer built
+    // against a newer CodexTask loses no task (`codex_task_unknown_fields` names them).
     pbjson_build::Builder::new()
         .register_descriptors(&bytes)?
+        .ignore_unknown_fields()
         .build(&[".proompteng.froussard.v1"])?;
     Ok(())
 }

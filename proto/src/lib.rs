@@ -119,9 +119,91 @@ pub fn timestamp_in_range(ts: &Timestamp) -> bool {
 }
 
 /// Parses a proto-JSON CodexTask (camelCase or original field names, numbers or strings for
-/// 64-bit integers, enum names or numbers).
+/// 64-bit integers, enum names or numbers). Fields the message does not declare are skipped,
+/// as protobuf's binary decoding skips them; a known field of the wrong shape is an error.
 pub fn codex_task_from_json(bytes: &[u8]) -> Result<froussard::CodexTask, String> {
     serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+/// [`codex_task_from_json`] of a parsed body, with the paths of the fields it skipped
+/// ([`unknown_fields`]).
+pub fn codex_task_from_value(
+    v: serde_json::Value,
+) -> Result<(froussard::CodexTask, Vec<String>), String> {
+    let unknown = unknown_fields(&v, ".proompteng.froussard.v1.CodexTask");
+    // The error names the field where it is (`issueNumber: invalid type …`).
+    let task = serde_path_to_error::deserialize(v).map_err(|e| {
+        let at = e.path().to_string();
+        let inner = e.into_inner();
+        if at == "." {
+            inner.to_string()
+        } else {
+            format!("{at}: {inner}")
+        }
+    })?;
+    Ok((task, unknown))
+}
+
+/// The JSON paths (`review.newField`, `checks[0].extra`) of `v`'s keys that no field of the
+/// message `message` (a fully qualified name: `.pkg.Message`) declares, by its proto name or
+/// its JSON name, followed into nested messages; map values are not followed. From the
+/// descriptors compiled into this crate.
+pub fn unknown_fields(v: &serde_json::Value, message: &str) -> Vec<String> {
+    use prost::Message;
+    use prost_types::field_descriptor_proto::{Label, Type};
+    static SET: std::sync::LazyLock<prost_types::FileDescriptorSet> =
+        std::sync::LazyLock::new(|| {
+            prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).unwrap_or_default()
+        });
+    let find = |name: &str| {
+        SET.file.iter().find_map(|f| {
+            let pkg = f.package();
+            f.message_type
+                .iter()
+                .find(|m| format!(".{pkg}.{}", m.name()) == name)
+        })
+    };
+    fn walk(
+        v: &serde_json::Value,
+        m: &prost_types::DescriptorProto,
+        path: &str,
+        find: &dyn Fn(&str) -> Option<&'static prost_types::DescriptorProto>,
+        out: &mut Vec<String>,
+    ) {
+        let Some(obj) = v.as_object() else { return };
+        for (k, child) in obj {
+            let at = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            let Some(f) = m.field.iter().find(|f| f.name() == k || f.json_name() == k) else {
+                out.push(at);
+                continue;
+            };
+            if f.r#type() != Type::Message {
+                continue;
+            }
+            let Some(nested) = find(f.type_name()) else {
+                continue; // well-known types (Timestamp) have their own JSON forms
+            };
+            if nested.options.as_ref().is_some_and(|o| o.map_entry()) {
+                continue;
+            }
+            if f.label() == Label::Repeated {
+                for (i, item) in child.as_array().into_iter().flatten().enumerate() {
+                    walk(item, nested, &format!("{at}[{i}]"), find, out);
+                }
+            } else {
+                walk(child, nested, &at, find, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(m) = find(message) {
+        walk(v, m, "", &find, &mut out);
+    }
+    out
 }
 
 /// Encoded `FileDescriptorSet` of every file above, for `tonic-reflection`.
@@ -178,6 +260,30 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(codex_task_json(&bare), r#"{"stage":-3}"#);
+    }
+
+    #[test]
+    fn unknown_fields_are_skipped_and_named_known_ones_still_checked() {
+        let v = serde_json::json!({
+            "stage": "CODEX_TASK_STAGE_IMPLEMENTATION",
+            "issue_number": "7",
+            "newThing": 1,
+            "reviewContext": {"summary": "s", "later": true,
+                              "reviewThreads": [{"summary": "t", "x": 1}]},
+            "iterations": {"mode": "fixed", "count": 2},
+        });
+        let (task, unknown) = codex_task_from_value(v).expect("taken");
+        assert_eq!(task.issue_number, 7);
+        assert_eq!(
+            unknown,
+            [
+                "newThing",
+                "reviewContext.later",
+                "reviewContext.reviewThreads[0].x"
+            ]
+        );
+        let bad = serde_json::json!({"issueNumber": {"not": "a number"}});
+        assert!(codex_task_from_value(bad).is_err());
     }
 
     #[test]

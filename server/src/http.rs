@@ -118,6 +118,33 @@ async fn read_body(
     Ok(out)
 }
 
+/// Counts the fields of a proto-JSON task that CodexTask does not declare (a producer built
+/// against a newer CodexTask) and logs each path once per process: the task is taken without
+/// them, as a binary body's unknown fields are.
+fn skipped_fields(state: &AppState, unknown: &[String]) {
+    if unknown.is_empty() {
+        return;
+    }
+    state.metrics.add(
+        crate::metrics::Metric::CodexUnknownFields,
+        vec![],
+        unknown.len() as u64,
+    );
+    static LOGGED: std::sync::LazyLock<std::sync::Mutex<std::collections::BTreeSet<String>>> =
+        std::sync::LazyLock::new(Default::default);
+    let Ok(mut logged) = LOGGED.lock() else {
+        return;
+    };
+    // Bounded: field names come from producers.
+    let new: Vec<&String> = unknown
+        .iter()
+        .filter(|f| logged.len() < 256 && logged.insert(f.chars().take(100).collect()))
+        .collect();
+    if !new.is_empty() {
+        tracing::warn!(fields = ?new, "codex task fields CodexTask does not declare were skipped (a newer producer?)");
+    }
+}
+
 fn json_error(code: StatusCode, message: impl Into<String>) -> Response {
     (code, Json(json!({"error": message.into()}))).into_response()
 }
@@ -213,7 +240,13 @@ async fn codex_tasks(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/json"));
     let decoded = if is_json {
-        facteur_proto::codex_task_from_json(&bytes)
+        serde_json::from_slice(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(facteur_proto::codex_task_from_value)
+            .map(|(task, unknown)| {
+                skipped_fields(&state, &unknown);
+                task
+            })
     } else {
         <CodexTask as prost::Message>::decode(bytes.as_ref()).map_err(|e| e.to_string())
     };

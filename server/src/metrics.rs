@@ -58,6 +58,7 @@ metrics! {
     CodexTasksAccepted => "facteur_codex_tasks_accepted_total", "counter", "Codex tasks accepted (new delivery ids).";
     CodexTasksDuplicate => "facteur_codex_tasks_duplicate_total", "counter", "Codex task deliveries replayed (answered with the original).";
     CodexTasksReplayDiffers => "facteur_codex_tasks_replay_differs_total", "counter", "Codex task deliveries replayed with other content than first recorded (answered with the original).";
+    CodexUnknownFields => "facteur_codex_unknown_fields_total", "counter", "Fields of proto-JSON Codex task deliveries that CodexTask does not declare (skipped, as protobuf skips them; a newer producer).";
     ValuesRefused => "facteur_values_refused_total", "counter", "Typed values refused before a run started, by command and rule (template_syntax, shell, pattern, length, ...).";
     QuotaRefusals => "facteur_quota_refusals_total", "counter", "Runs refused because a guild's quota for the command was used up, by command and limit.";
     CodexTasksRejected => "facteur_codex_tasks_rejected_total", "counter", "Codex tasks refused, by reason.";
@@ -129,6 +130,7 @@ impl Metrics {
             Metric::CodexTasksAccepted,
             Metric::CodexTasksDuplicate,
             Metric::CodexTasksReplayDiffers,
+            Metric::CodexUnknownFields,
         ] {
             m.add(name, vec![], 0);
         }

@@ -112,6 +112,39 @@ async fn compat_endpoint(backend: Backend) {
         [1, 1, 2, 2, 2],
         "same issue and stage: one idea, one task, two task runs"
     );
+    // A producer built against a newer CodexTask: fields this one does not declare are
+    // skipped (as binary protobuf skips them) and counted; the task is taken.
+    let mut newer = serde_json::from_str::<Value>(SAMPLE).expect("json");
+    newer["deliveryId"] = json!("delivery-json-newer");
+    newer["futureField"] = json!({"a": 1});
+    newer["iterations"] = json!({"futureKnob": true});
+    let (code, body) = post_task(
+        &srv,
+        CODEX_TOKEN,
+        "application/json",
+        newer.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let (_, metrics) = http(srv.server.http_addr, "GET", "/metrics", &[], b"").await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("facteur_codex_unknown_fields_total 2"),
+        "{metrics}"
+    );
+    // A known field of the wrong shape is still refused, naming it.
+    let mut wrong = serde_json::from_str::<Value>(SAMPLE).expect("json");
+    wrong["deliveryId"] = json!("delivery-json-wrong");
+    wrong["issueNumber"] = json!({"not": "a number"});
+    let (code, body) = post_task(
+        &srv,
+        CODEX_TOKEN,
+        "application/json",
+        wrong.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.to_string().contains("issueNumber: "), "{body}");
 
     // What was recorded.
     let c = srv.client(CODEX_TOKEN).await;
@@ -205,7 +238,7 @@ async fn compat_endpoint(backend: Backend) {
     let (_, metrics) = http(srv.server.http_addr, "GET", "/metrics", &[], b"").await;
     let metrics = String::from_utf8_lossy(&metrics);
     assert!(
-        metrics.contains("facteur_codex_tasks_accepted_total 2"),
+        metrics.contains("facteur_codex_tasks_accepted_total 3"),
         "{metrics}"
     );
     assert!(
@@ -217,7 +250,7 @@ async fn compat_endpoint(backend: Backend) {
         "{metrics}"
     );
     assert!(
-        metrics.contains("facteur_codex_ingest_duration_ms_count 4"),
+        metrics.contains("facteur_codex_ingest_duration_ms_count 5"),
         "{metrics}"
     );
     srv.stop().await;
