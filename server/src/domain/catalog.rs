@@ -266,8 +266,16 @@ impl Catalog {
         for name in values.keys() {
             storable("option name", name, MAX_OPTION_NAME)?;
         }
-        let commands = self.commands();
-        let Some(cmd) = commands.iter().find(|c| c.name == command) else {
+        // The catalog as it is, without copying it (this runs on every interaction).
+        let t = self.read();
+        let commands: Vec<&CommandConfig> = t
+            .configured
+            .as_ref()
+            .unwrap_or(&self.configured)
+            .iter()
+            .chain(t.merged.commands.iter().map(|(c, _)| c))
+            .collect();
+        let Some(cmd) = commands.iter().copied().find(|c| c.name == command) else {
             // A few names, not the whole catalog: the answer is a chat message (2,000 at most).
             const SHOWN: usize = 20;
             let known: Vec<&str> = commands
