@@ -105,16 +105,20 @@ impl Catalog {
         self.templates.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The commands: configured ones first, then those of templates.
-    pub fn commands(&self) -> Vec<CommandConfig> {
-        let t = self.read();
+    /// Every command in `t` (what [`Catalog::read`] gave): configured ones first (with the lint
+    /// of their templates once reported), then those of templates.
+    fn all<'a>(&'a self, t: &'a FromTemplates) -> impl Iterator<Item = &'a CommandConfig> {
         t.configured
             .as_ref()
             .unwrap_or(&self.configured)
             .iter()
-            .cloned()
-            .chain(t.merged.commands.iter().map(|(c, _)| c.clone()))
-            .collect()
+            .chain(t.merged.commands.iter().map(|(c, _)| c))
+    }
+
+    /// The commands: configured ones first, then those of templates.
+    pub fn commands(&self) -> Vec<CommandConfig> {
+        let t = self.read();
+        self.all(&t).cloned().collect()
     }
 
     /// The quota the catalog gives `command`: its configuration's, or its template's
@@ -130,13 +134,7 @@ impl Catalog {
     /// `f` of the command named so (without copying the catalog).
     fn with_command<T>(&self, name: &str, f: impl FnOnce(&CommandConfig) -> T) -> Option<T> {
         let t = self.read();
-        t.configured
-            .as_ref()
-            .unwrap_or(&self.configured)
-            .iter()
-            .chain(t.merged.commands.iter().map(|(c, _)| c))
-            .find(|c| c.name == name)
-            .map(f)
+        self.all(&t).find(|c| c.name == name).map(f)
     }
 
     /// The command named so.
@@ -268,13 +266,7 @@ impl Catalog {
         }
         // The catalog as it is, without copying it (this runs on every interaction).
         let t = self.read();
-        let commands: Vec<&CommandConfig> = t
-            .configured
-            .as_ref()
-            .unwrap_or(&self.configured)
-            .iter()
-            .chain(t.merged.commands.iter().map(|(c, _)| c))
-            .collect();
+        let commands: Vec<&CommandConfig> = self.all(&t).collect();
         let Some(cmd) = commands.iter().copied().find(|c| c.name == command) else {
             // A few names, not the whole catalog: the answer is a chat message (2,000 at most).
             const SHOWN: usize = 20;

@@ -19,12 +19,14 @@ pub fn check_id(id: &str) -> Result<()> {
 }
 
 /// The id of the run `handle` names ([`Handle`]: an id, `#1234`, or a unique prefix of 8
-/// characters or more), among the runs of `guild` when one is given. NOT_FOUND when none; an
-/// ambiguous prefix is INVALID_ARGUMENT listing the runs it matches.
+/// characters or more). A number or prefix is looked up among the runs of `guild` when one is
+/// given (a whole id is returned as it is: the caller checks the run's guild). NOT_FOUND when
+/// none; an ambiguous prefix is INVALID_ARGUMENT listing the runs it matches.
 pub async fn id_of(state: &AppState, handle: &str, guild: Option<&str>) -> Result<String> {
     const SHOWN: u64 = 10;
     let h = Handle::parse(handle).map_err(|e| Error::InvalidArgument(format!("run_id: {e}")))?;
-    if let (Handle::Id(id), None) = (&h, guild) {
+    // A whole id needs no lookup: the caller reads the run (and checks its guild) anyway.
+    if let Handle::Id(id) = &h {
         return Ok(id.clone());
     }
     let found = state.store.runs_by_handle(&h, guild, SHOWN + 1).await?;
