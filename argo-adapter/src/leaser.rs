@@ -11,7 +11,7 @@ use tracing::Instrument;
 pub use facteur_proto::workflow::TRACEPARENT_ANNOTATION;
 
 /// Keeps a lease stream open until `shutdown` (the adapters' one reconnect loop,
-/// [`facteur_client::adapter::follow`]); jobs run concurrently up to `max_in_flight`.
+/// [`facteur_runtime::adapter::follow`]); jobs run concurrently up to `max_in_flight`.
 pub async fn run(
     control: Client,
     workflows: Workflows,
@@ -69,7 +69,7 @@ pub async fn run(
                 .workflow
                 .as_ref()
                 .and_then(|w| w.annotations.get(TRACEPARENT_ANNOTATION).cloned());
-            facteur_config::telemetry::adopt_parent(&span, |k| {
+            facteur_runtime::telemetry::adopt_parent(&span, |k| {
                 (k == "traceparent").then(|| parent.clone()).flatten()
             });
             let mut jobs = jobs.lock().unwrap_or_else(|p| p.into_inner());
@@ -94,7 +94,7 @@ pub async fn run(
                 round.cancelled().await;
             } else {
                 let ns = namespaces.clone();
-                facteur_client::adapter::follow(
+                facteur_runtime::adapter::follow(
                     "the lease stream",
                     &round,
                     || open(ns.clone()),

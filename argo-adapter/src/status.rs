@@ -396,7 +396,7 @@ impl Reporter {
         // final phase would leave the run unfinished until the next resync.
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let result = loop {
-            let attempt = retry(4, backoff, || {
+            let attempt = retry(4, backoff.clone(), || {
                 let mut c = self.client.dispatch();
                 let r = r.clone();
                 async move { c.report_workflow_status(r).await }

@@ -150,17 +150,17 @@ async fn dispatch(
     Ok(out)
 }
 
-/// On the processes' own runtime (`facteur_config::runtime`): what the benches measure in
+/// On the processes' own runtime (`facteur_runtime::runtime`): what the benches measure in
 /// process is what the binaries run.
 fn main() -> anyhow::Result<()> {
-    facteur_config::runtime::build()?.block_on(bench())
+    facteur_runtime::runtime::build()?.block_on(bench())
 }
 
 async fn bench() -> anyhow::Result<()> {
     // Logs only when asked (RUST_LOG), so they do not disturb the figures.
     let _telemetry = std::env::var("RUST_LOG")
         .is_ok()
-        .then(|| facteur_config::telemetry::init("facteur-bench", &Default::default(), false));
+        .then(|| facteur_runtime::telemetry::init("facteur-bench", &Default::default(), false));
     let which = std::env::args().nth(1).unwrap_or_default();
     let n = |k: &str, d: usize| {
         std::env::var(k)

@@ -1,5 +1,7 @@
-//! Rust client of the facteur control plane, built on the generated stubs, used by the adapters,
-//! `facteurctl` and the tests.
+//! Rust client of the facteur control plane: the generated stubs, bearer auth, TLS, the trace
+//! context of calls and retries with jittered backoff. Used by the adapters, `facteurctl` and
+//! the tests; a service that only calls facteur needs nothing else (no facteur configuration,
+//! no OpenTelemetry, no allocator).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), facteur_client::ClientError> {
@@ -11,8 +13,6 @@
 //! println!("server {}", status.into_inner().version);
 //! # Ok(()) }
 //! ```
-
-pub mod adapter;
 
 use std::future::Future;
 use std::time::Duration;
@@ -75,6 +75,17 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
 }
 
+/// How the process's telemetry knows the current span's W3C `traceparent` (see
+/// [`send_trace_context`]).
+static TRACE_CONTEXT: std::sync::OnceLock<fn() -> Option<String>> = std::sync::OnceLock::new();
+
+/// From now on every call of every [`Client`] of this process sends the `traceparent` that
+/// `current` gives, so the server's span joins the caller's trace. Set once, by the process's
+/// telemetry (this crate depends on none); later calls change nothing.
+pub fn send_trace_context(current: fn() -> Option<String>) {
+    let _ = TRACE_CONTEXT.set(current);
+}
+
 impl ClientConfig {
     /// Defaults for `url`.
     pub fn new(url: impl Into<String>) -> Self {
@@ -122,16 +133,19 @@ impl ClientConfig {
 }
 
 /// Adds `authorization: Bearer <token>` to every call, and the caller's trace context (W3C
-/// `traceparent` of the current span, when traces are exported) so the server's span joins it.
+/// `traceparent` of the current span, once the process's telemetry said how to know it:
+/// [`send_trace_context`]) so the server's span joins it.
 #[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
+pub struct Bearer {
+    token: Option<MetadataValue<Ascii>>,
+}
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(v) = &self.0 {
+        if let Some(v) = &self.token {
             req.metadata_mut().insert("authorization", v.clone());
         }
-        if let Some(tp) = facteur_config::telemetry::current_traceparent()
+        if let Some(tp) = TRACE_CONTEXT.get().and_then(|current| current())
             && let Ok(v) = MetadataValue::try_from(tp.as_str())
         {
             req.metadata_mut().insert("traceparent", v);
@@ -210,7 +224,7 @@ fn bearer(cfg: &ClientConfig) -> Result<Bearer, ClientError> {
             MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| ClientError::InvalidToken)
         })
         .transpose()?;
-    Ok(Bearer(v))
+    Ok(Bearer { token: v })
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {
@@ -224,14 +238,23 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Capped exponential backoff: `min(initial * 2^n, cap)`.
-#[derive(Clone, Copy, Debug)]
+/// Capped exponential backoff with jitter (backon's): the n-th delay is `min(initial * 2^n,
+/// cap)` plus up to as much again at random, so replicas that failed together do not retry in
+/// lock-step. Never runs out: after the cap every delay is the cap (with its jitter). A clone
+/// starts again from `initial`.
+#[derive(Debug)]
 pub struct Backoff {
-    /// First delay.
+    /// First delay (before jitter).
     pub initial: Duration,
-    /// Largest delay.
+    /// Largest delay (before jitter).
     pub cap: Duration,
-    current: Duration,
+    delays: backon::ExponentialBackoff,
+}
+
+impl Clone for Backoff {
+    fn clone(&self) -> Self {
+        Self::new(self.initial, self.cap)
+    }
 }
 
 impl Backoff {
@@ -240,18 +263,28 @@ impl Backoff {
         Self {
             initial,
             cap,
-            current: initial,
+            delays: Self::delays(initial, cap),
         }
     }
+
+    fn delays(initial: Duration, cap: Duration) -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(initial)
+            .with_max_delay(cap)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
     /// The next delay.
     pub fn next_delay(&mut self) -> Duration {
-        let d = self.current;
-        self.current = (self.current * 2).min(self.cap);
-        d
+        self.delays.next().unwrap_or(self.cap)
     }
+
     /// Back to `initial` (after a success).
     pub fn reset(&mut self) {
-        self.current = self.initial;
+        self.delays = Self::delays(self.initial, self.cap);
     }
 }
 
@@ -304,12 +337,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_and_caps() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-        let got: Vec<u128> = (0..5).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(got, vec![100, 200, 350, 350, 350]);
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(100));
+    fn backoff_doubles_and_caps_with_jitter() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(350));
+        let mut firsts = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let got: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
+            for (d, base) in got.iter().zip([100, 200, 350, 350, 350, 350]) {
+                assert!(
+                    (ms(base)..=ms(2 * base)).contains(d),
+                    "{d:?} is not within {base} ms and twice that: {got:?}"
+                );
+            }
+            firsts.insert(got[0]);
+            b.reset();
+        }
+        assert!(firsts.len() > 1, "the delays are jittered: {firsts:?}");
     }
 
     #[tokio::test]

@@ -1,4 +1,5 @@
-//! Configuration shared by the three facteur processes, and their telemetry bootstrap.
+//! Configuration shared by the three facteur processes (their runtime, telemetry and start-up
+//! are `facteur-runtime`'s).
 //!
 //! ```text
 //!  defaults ──▶ YAML file (--config / FACTEUR_CONFIG_FILE) ──▶ FACTEUR_* environment ──▶ validate()
@@ -12,10 +13,6 @@
 pub mod discord;
 mod load;
 pub mod model;
-pub mod runtime;
-pub mod signals;
-pub mod supervise;
-pub mod telemetry;
 
 pub use load::{ConfigError, ConfigErrors, ENV_ALIASES, all_keys, env_name, load, load_from};
 pub use model::*;

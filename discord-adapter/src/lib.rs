@@ -689,7 +689,7 @@ pub async fn follow_guilds(
         }
     };
     tokio::join!(
-        facteur_client::adapter::follow("guild set-ups", &shutdown, open, each),
+        facteur_runtime::adapter::follow("guild set-ups", &shutdown, open, each),
         register_scope(&control, &http, home, versions, &shutdown),
     );
     registrars.close();
@@ -769,7 +769,7 @@ pub async fn follow_runs(control: Client, http: Arc<Http>, shutdown: Cancellatio
 }
 
 /// [`follow_runs`] from the cursor in `cursor`, kept there as updates arrive: a follower started
-/// again after a failure (see `facteur_config::supervise`) resumes where the last one stopped
+/// again after a failure (see `facteur_runtime::supervise`) resumes where the last one stopped
 /// rather than from now, so no update is skipped.
 pub async fn follow_runs_from(
     control: Client,
@@ -794,7 +794,7 @@ pub async fn follow_runs_from(
             }
         }
     };
-    facteur_client::adapter::follow("run updates", &shutdown, open, each).await;
+    facteur_runtime::adapter::follow("run updates", &shutdown, open, each).await;
     edits.flush().await;
 }
 

@@ -3,14 +3,14 @@
 
 use anyhow::Context;
 use facteur_config::Process;
-use facteur_config::supervise::{Lifetime, Supervisor};
+use facteur_runtime::supervise::{Lifetime, Supervisor};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    facteur_client::adapter::main(
+    facteur_runtime::adapter::main(
         "facteur-discord",
         "facteur discord-adapter: Discord interactions for the control plane",
         Process::DiscordAdapter,
@@ -20,8 +20,8 @@ fn main() -> ExitCode {
 
 async fn run(config: facteur_config::Config) -> anyhow::Result<()> {
     // Before start-up work: a SIGTERM during start-up drains too.
-    let stop = facteur_config::signals::drain("facteur-discord");
-    let control = facteur_client::adapter::control_plane(&config.control_plane)?;
+    let stop = facteur_runtime::signals::drain("facteur-discord");
+    let control = facteur_runtime::adapter::control_plane(&config.control_plane)?;
     let app_id: u64 = config
         .discord
         .application_id

@@ -11,12 +11,12 @@ use crate::session::{MemorySessionStore, RedisSessionStore, SessionStore};
 use crate::state::AppState;
 use crate::store::Store;
 use anyhow::{Context, bail};
-use facteur_config::supervise::{Lifetime, Supervisor};
 use facteur_config::{Config, redact_url};
 use facteur_proto::v1::{
     admin_service_server::AdminServiceServer, codex_service_server::CodexServiceServer,
     command_service_server::CommandServiceServer, dispatch_service_server::DispatchServiceServer,
 };
+use facteur_runtime::supervise::{Lifetime, Supervisor};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

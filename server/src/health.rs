@@ -7,7 +7,7 @@
 use crate::metrics::Metrics;
 use crate::session::SessionStore;
 use crate::store::Store;
-use facteur_config::supervise::Supervisor;
+use facteur_runtime::supervise::Supervisor;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;

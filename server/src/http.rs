@@ -175,28 +175,52 @@ fn compat_principal(
         })
 }
 
-/// The one mapping from domain errors to HTTP answers, as the old service answered (503 when
-/// orchestration is off). An internal error's text is logged, never shown.
-fn http_error(e: Error) -> Response {
-    let code = match &e {
-        Error::InvalidArgument(_) | Error::Refused(_) => StatusCode::BAD_REQUEST,
+/// The HTTP status of an error, from its type: bad input 400, conflicts and failed
+/// preconditions 409 (a producer behind Knative must not retry those as an outage), only an
+/// unavailable dependency — or a feature turned off, as the old service answered — 503.
+pub fn http_status_of(e: &Error) -> StatusCode {
+    match e {
+        Error::InvalidArgument { .. } | Error::Refused(_) => StatusCode::BAD_REQUEST,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
         Error::ResourceExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
-        Error::AlreadyExists(_) | Error::Aborted(_) => StatusCode::CONFLICT,
-        Error::FailedPrecondition(_) | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        Error::AlreadyExists(_) | Error::Aborted(_) | Error::FailedPrecondition(_) => {
+            StatusCode::CONFLICT
+        }
+        Error::Disabled { .. } | Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The one mapping from domain errors to HTTP answers: [`http_status_of`] and a JSON body
+/// `{"error": message, "reason": …, "field": …}` — the same reason as the gRPC `ErrorInfo`,
+/// the field at fault when there is one. An internal error's text is logged, never shown.
+fn http_error(e: Error) -> Response {
+    let code = http_status_of(&e);
+    let details = crate::grpc::status::details_of(&e);
+    let mut body = serde_json::Map::new();
+    let message = match &e {
         Error::Internal(m) => {
             tracing::error!(error = %m, "internal error");
-            return json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error; the server log has the cause",
-            );
+            "internal error; the server log has the cause".to_string()
         }
+        Error::Unavailable { .. } => {
+            tracing::warn!(error = %e, "dependency unavailable");
+            e.to_string()
+        }
+        other => other.to_string(),
     };
-    if let Error::Unavailable { .. } = &e {
-        tracing::warn!(error = %e, "dependency unavailable");
+    body.insert("error".into(), message.into());
+    if let Some(info) = details.error_info() {
+        body.insert("reason".into(), info.reason.clone().into());
     }
-    json_error(code, e.to_string())
+    if let Some(v) = details
+        .bad_request()
+        .and_then(|b| b.field_violations.first())
+    {
+        body.insert("field".into(), v.field.clone().into());
+    }
+    (code, Json(serde_json::Value::Object(body))).into_response()
 }
 
 /// `POST /codex/tasks`: a binary `proompteng.froussard.v1.CodexTask` (or proto-JSON with
@@ -413,4 +437,40 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn only_an_outage_or_a_feature_turned_off_is_503() {
+        let cases = [
+            (Error::invalid("x", "bad"), 400),
+            (Error::NotFound("x".into()), 404),
+            (Error::PermissionDenied("x".into()), 403),
+            (Error::ResourceExhausted("x".into()), 429),
+            (Error::AlreadyExists("x".into()), 409),
+            (Error::Aborted("x".into()), 409),
+            (Error::FailedPrecondition("the run is finished".into()), 409),
+            (
+                Error::Disabled {
+                    feature: "codex_orchestration",
+                    message: "off".into(),
+                },
+                503,
+            ),
+            (
+                Error::Unavailable {
+                    dependency: "database",
+                    message: "down".into(),
+                },
+                503,
+            ),
+            (Error::Internal("x".into()), 500),
+        ];
+        for (e, want) in cases {
+            assert_eq!(http_status_of(&e).as_u16(), want, "{e:?}");
+        }
+    }
 }

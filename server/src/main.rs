@@ -2,7 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use facteur_config::{Process, load, telemetry};
+use facteur_config::{Process, load};
+use facteur_runtime::telemetry;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +54,7 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match facteur_config::runtime::build() {
+    let runtime = match facteur_runtime::runtime::build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -115,7 +116,7 @@ async fn run(cli: Cli) -> ExitCode {
 
 async fn serve(config: facteur_config::Config) -> anyhow::Result<()> {
     // Before start-up work: a SIGTERM during start-up drains too.
-    let stop = facteur_config::signals::drain("facteur");
+    let stop = facteur_runtime::signals::drain("facteur");
     let shutdown = CancellationToken::new();
     let server = facteur_server::start(config, shutdown.clone()).await?;
     tokio::spawn(async move {

@@ -163,7 +163,7 @@ impl RedisSessionStore {
         let pool = cfg
             .create_pool(Some(deadpool_redis::Runtime::Tokio1))
             // The error text may echo the URL: name the problem, not the value.
-            .map_err(|_| Error::InvalidArgument("redis.url is not a valid Redis URL".into()))?;
+            .map_err(|_| Error::invalid("redis.url", "redis.url is not a valid Redis URL"))?;
         Ok(Self {
             pool,
             prefix: key_prefix.to_string(),

@@ -39,9 +39,9 @@ pub struct AppState {
     /// Bearer tokens (the HTTP compatibility endpoints check them too).
     pub auth: Arc<crate::auth::Authenticator>,
     /// Owner of the background tasks (restarts them; stops the process when it cannot).
-    pub supervisor: Arc<facteur_config::supervise::Supervisor>,
+    pub supervisor: Arc<facteur_runtime::supervise::Supervisor>,
     /// Completions of leased jobs waiting to be written together.
-    pub completions: crate::service::dispatch::Completions,
+    pub completions: crate::service::completions::Completions,
 }
 
 impl AppState {

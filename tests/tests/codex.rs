@@ -359,6 +359,14 @@ async fn rejections_write_nothing(backend: Backend) {
             resp["error"].as_str().unwrap_or("").contains(says),
             "{what}: {resp}"
         );
+        if what.contains("delivery id") {
+            // The field at fault comes from the error's type, as gRPC's BadRequest does.
+            assert_eq!(
+                (resp["reason"].as_str(), resp["field"].as_str()),
+                (Some("INVALID_ARGUMENT"), Some("delivery_id")),
+                "{what}: {resp}"
+            );
+        }
         assert_eq!(rows(&srv).await, [0, 0, 0, 0, 0], "{what} wrote something");
     }
     // A body cut short (the client stops 990 bytes before its content-length): counted as
@@ -421,6 +429,7 @@ async fn rejections_write_nothing(backend: Backend) {
     let srv = TestServer::start(cfg).await;
     let (code, resp) = post_task(&srv, CODEX_TOKEN, pbuf, &sample().encode_to_vec()).await;
     assert_eq!(code, 503, "{resp}");
+    assert_eq!(resp["reason"], "FAILED_PRECONDITION", "{resp}");
     let err = srv
         .client(CODEX_TOKEN)
         .await
@@ -430,7 +439,15 @@ async fn rejections_write_nothing(backend: Backend) {
             delivery_id: String::new(),
         })
         .await;
-    assert_eq!(err.expect_err("disabled").code(), Code::FailedPrecondition);
+    let err = err.expect_err("disabled");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let d = facteur_client::StatusExt::get_error_details(&err);
+    let info = d.error_info().expect("error info");
+    assert_eq!(
+        info.metadata.get("feature").map(String::as_str),
+        Some("codex_orchestration"),
+        "{info:?}"
+    );
     assert_eq!(rows(&srv).await, [0, 0, 0, 0, 0]);
     let (_, metrics) = http(srv.server.http_addr, "GET", "/metrics", &[], b"").await;
     assert!(

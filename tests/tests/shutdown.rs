@@ -1,4 +1,4 @@
-//! The argo-adapter under SIGTERM (its stop token, as `facteur_config::signals::drain` cancels
+//! The argo-adapter under SIGTERM (its stop token, as `facteur_runtime::signals::drain` cancels
 //! it): a Workflow create in flight is finished and completed within
 //! `argo.shutdown_grace_seconds`, and the adapter ends cleanly; a create that outlives the grace
 //! is cut and the adapter ends with an error (the binary exits non-zero). Before, in-flight jobs

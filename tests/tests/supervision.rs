@@ -2,7 +2,7 @@
 //! counted); one that keeps dying takes readiness down and stops the server with an error,
 //! which the binary turns into a non-zero exit code.
 
-use facteur_config::supervise::{Lifetime, RestartPolicy};
+use facteur_runtime::supervise::{Lifetime, RestartPolicy};
 use facteur_tests::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -83,12 +83,12 @@ async fn one_trace_from_the_request_to_the_workflow() {
             .add_service(TraceServiceServer::new(received.clone()))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let telemetry = facteur_config::telemetry::init_with(
+    let telemetry = facteur_runtime::telemetry::init_with(
         "facteur-trace-test",
         &facteur_config::TelemetryConfig::default(),
         false,
-        facteur_config::telemetry::Exporters {
-            traces: Some((facteur_config::telemetry::Protocol::Grpc, Some(endpoint))),
+        facteur_runtime::telemetry::Exporters {
+            traces: Some((facteur_runtime::telemetry::Protocol::Grpc, Some(endpoint))),
             metrics: None,
         },
     );

@@ -279,11 +279,14 @@ impl Catalog {
                 0 => String::new(),
                 n => format!(" and {n} more"),
             };
-            return Err(Error::InvalidArgument(format!(
-                "unknown command `{}`; known: {}{more}",
-                facteur_config::discord::clip(command, 32),
-                known.join(", ")
-            )));
+            return Err(Error::invalid(
+                "command",
+                format!(
+                    "unknown command `{}`; known: {}{more}",
+                    facteur_config::discord::clip(command, 32),
+                    known.join(", ")
+                ),
+            ));
         };
         let mut refused = Vec::new();
         let mut refuse = |option: &str, rule: Rule, m: String| {
@@ -651,7 +654,8 @@ mod tests {
             })
             .collect();
         let catalog = Catalog::from_config(&c);
-        let Err(Error::InvalidArgument(m)) = catalog.resolve(&"x".repeat(500), &BTreeMap::new())
+        let Err(Error::InvalidArgument { message: m, .. }) =
+            catalog.resolve(&"x".repeat(500), &BTreeMap::new())
         else {
             panic!("refused");
         };
@@ -688,7 +692,7 @@ mod tests {
                 .contains("`extra` is not an option of command `deploy`")
         );
         assert!(
-            matches!(c.resolve("nope", &BTreeMap::new()), Err(Error::InvalidArgument(m)) if m.contains("unknown command"))
+            matches!(c.resolve("nope", &BTreeMap::new()), Err(Error::InvalidArgument { message: m, .. }) if m.contains("unknown command"))
         );
     }
 

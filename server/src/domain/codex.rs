@@ -116,8 +116,9 @@ pub fn check_task(task: &CodexTask) -> Result<(), Error> {
     if let Some(ts) = &task.issued_at
         && !facteur_proto::timestamp_in_range(ts)
     {
-        return Err(Error::InvalidArgument(
-            "issued_at is outside 0001-01-01T00:00:00Z..9999-12-31T23:59:59.999999999Z".into(),
+        return Err(Error::invalid(
+            "issued_at",
+            "issued_at is outside 0001-01-01T00:00:00Z..9999-12-31T23:59:59.999999999Z",
         ));
     }
     for (field, v) in [
@@ -208,15 +209,19 @@ pub fn plan(
     if delivery_id.is_empty() {
         return Err((
             Rejection::MissingDeliveryId,
-            Error::InvalidArgument("delivery_id is required (the task's idempotency key)".into()),
+            Error::invalid(
+                "delivery_id",
+                "delivery_id is required (the task's idempotency key)",
+            ),
         ));
     }
     if delivery_id.len() > MAX_DELIVERY_ID {
         return Err((
             Rejection::MissingDeliveryId,
-            Error::InvalidArgument(format!(
-                "delivery_id is longer than {MAX_DELIVERY_ID} characters"
-            )),
+            Error::invalid(
+                "delivery_id",
+                format!("delivery_id is longer than {MAX_DELIVERY_ID} characters"),
+            ),
         ));
     }
     crate::domain::input::no_nul("delivery_id", &delivery_id)
@@ -228,18 +233,22 @@ pub fn plan(
             .unwrap_or_else(|_| task.stage.to_string());
         return Err((
             Rejection::UnsupportedStage,
-            Error::InvalidArgument(format!(
-                "unsupported stage {name}: only CODEX_TASK_STAGE_IMPLEMENTATION is orchestrated"
-            )),
+            Error::invalid(
+                "stage",
+                format!(
+                    "unsupported stage {name}: only CODEX_TASK_STAGE_IMPLEMENTATION is orchestrated"
+                ),
+            ),
         ));
     }
     let c = &config.codex_implementation_orchestrator;
     if !c.enabled {
         return Err((
             Rejection::Disabled,
-            Error::FailedPrecondition(
-                "codex implementation orchestration is disabled (codex_implementation_orchestrator.enabled)".into(),
-            ),
+            Error::Disabled {
+                feature: "codex_orchestration",
+                message: "codex implementation orchestration is disabled (codex_implementation_orchestrator.enabled)".into(),
+            },
         ));
     }
     let argo = &config.argo;
@@ -601,7 +610,7 @@ mod tests {
         let mut t = task();
         t.stage = CodexTaskStage::Planning as i32;
         match plan(&t, "", &config(), json) {
-            Err((Rejection::UnsupportedStage, Error::InvalidArgument(m))) => {
+            Err((Rejection::UnsupportedStage, Error::InvalidArgument { message: m, .. })) => {
                 assert!(m.contains("CODEX_TASK_STAGE_PLANNING"), "{m}")
             }
             other => panic!("{other:?}"),
@@ -610,7 +619,7 @@ mod tests {
         c.codex_implementation_orchestrator.enabled = false;
         assert!(matches!(
             plan(&task(), "", &c, json),
-            Err((Rejection::Disabled, Error::FailedPrecondition(_)))
+            Err((Rejection::Disabled, Error::Disabled { .. }))
         ));
     }
 

@@ -526,10 +526,13 @@ pub fn on_outcome(
 /// backwards (late, repeated, out of order) gives `None`.
 pub fn on_report(run: &Run, r: &StatusReport, now: DateTime<Utc>) -> Result<Option<Transition>> {
     if !r.workflow_name.is_empty() && r.workflow_name != run.workflow_name {
-        return Err(Error::InvalidArgument(format!(
-            "workflow `{}` does not belong to run `{}` (its workflow is `{}`)",
-            r.workflow_name, run.id, run.workflow_name
-        )));
+        return Err(Error::invalid(
+            "workflow_name",
+            format!(
+                "workflow `{}` does not belong to run `{}` (its workflow is `{}`)",
+                r.workflow_name, run.id, run.workflow_name
+            ),
+        ));
     }
     let mut target = RunStatus::from_argo_phase(&r.phase);
     if run.cancel_requested_at.is_some()
@@ -1096,7 +1099,7 @@ mod tests {
         };
         assert!(matches!(
             on_report(&r, &other, now),
-            Err(Error::InvalidArgument(_))
+            Err(Error::InvalidArgument { .. })
         ));
     }
 

@@ -137,9 +137,10 @@ pub fn storable(field: &str, value: &str, max: usize) -> Result<()> {
     if value.len() > max {
         let n = value.chars().count();
         if n > max {
-            return Err(Error::InvalidArgument(format!(
-                "{field} is {n} characters long; at most {max} are accepted"
-            )));
+            return Err(Error::invalid(
+                field,
+                format!("{field} is {n} characters long; at most {max} are accepted"),
+            ));
         }
     }
     Ok(())
@@ -148,9 +149,10 @@ pub fn storable(field: &str, value: &str, max: usize) -> Result<()> {
 /// Refuses a NUL character in `value`.
 pub fn no_nul(field: &str, value: &str) -> Result<()> {
     if value.as_bytes().contains(&0) {
-        return Err(Error::InvalidArgument(format!(
-            "{field} contains a NUL character (U+0000), which cannot be stored"
-        )));
+        return Err(Error::invalid(
+            field,
+            format!("{field} contains a NUL character (U+0000), which cannot be stored"),
+        ));
     }
     Ok(())
 }
@@ -205,13 +207,14 @@ mod tests {
     #[test]
     fn nul_and_length_are_refused_naming_the_field() {
         assert!(storable("repository", "a/b", 3).is_ok());
-        let Err(Error::InvalidArgument(m)) = storable("repository", "a/bc", 3) else {
+        let Err(Error::InvalidArgument { message: m, .. }) = storable("repository", "a/bc", 3)
+        else {
             panic!("too long");
         };
         assert_eq!(m, "repository is 4 characters long; at most 3 are accepted");
         // Characters, not bytes.
         assert!(storable("name", "ééé", 3).is_ok());
-        let Err(Error::InvalidArgument(m)) = storable("prompt", "a\0b", 100) else {
+        let Err(Error::InvalidArgument { message: m, .. }) = storable("prompt", "a\0b", 100) else {
             panic!("nul");
         };
         assert!(m.starts_with("prompt contains a NUL"), "{m}");

@@ -7,6 +7,7 @@ pub mod codex;
 pub mod dispatch;
 pub mod error;
 pub mod input;
+pub mod interaction;
 pub mod policy;
 pub mod retention;
 pub mod run;

@@ -95,21 +95,26 @@ impl GuildPolicy {
     /// Checks the rules of the role-map schema; names every problem.
     pub fn validate(&self) -> Result<()> {
         if !self.guild_id.is_empty() && !is_snowflake(&self.guild_id) {
-            return Err(Error::InvalidArgument(format!(
-                "guild_id `{}` is not a snowflake",
-                self.guild_id
-            )));
+            return Err(Error::invalid(
+                "guild_id",
+                format!("guild_id `{}` is not a snowflake", self.guild_id),
+            ));
         }
         let map = self.commands.clone();
         let problems = facteur_config::validate_role_map(&map);
         if problems.is_empty() {
             return Ok(());
         }
-        let text: Vec<String> = problems
-            .into_iter()
-            .map(|(k, m)| format!("{}: {m}", k.replacen("role_map.", "", 1)))
+        let keys: Vec<String> = problems
+            .iter()
+            .map(|(k, _)| k.replacen("role_map.", "", 1))
             .collect();
-        Err(Error::InvalidArgument(text.join("; ")))
+        let text: Vec<String> = keys
+            .iter()
+            .zip(&problems)
+            .map(|(k, (_, m))| format!("{k}: {m}"))
+            .collect();
+        Err(Error::invalid(keys[0].clone(), text.join("; ")))
     }
 }
 
@@ -199,14 +204,16 @@ pub fn commands_from(pairs: Vec<(String, Vec<String>)>) -> Result<BTreeMap<Strin
     let mut map = BTreeMap::new();
     for (command, roles) in pairs {
         if !is_command_name(&command) {
-            return Err(Error::InvalidArgument(format!(
-                "command name `{command}` must match ^[a-z0-9:_-]+$"
-            )));
+            return Err(Error::invalid(
+                "commands",
+                format!("command name `{command}` must match ^[a-z0-9:_-]+$"),
+            ));
         }
         if map.insert(command.clone(), roles).is_some() {
-            return Err(Error::InvalidArgument(format!(
-                "command `{command}` is listed twice"
-            )));
+            return Err(Error::invalid(
+                "commands",
+                format!("command `{command}` is listed twice"),
+            ));
         }
     }
     Ok(map)
@@ -301,7 +308,7 @@ mod tests {
         let mut p = policy(DefaultPolicy::Allow);
         assert!(p.validate().is_ok());
         p.commands.insert("Bad Name".into(), vec!["1".into()]);
-        let Err(Error::InvalidArgument(m)) = p.validate() else {
+        let Err(Error::InvalidArgument { message: m, .. }) = p.validate() else {
             panic!("must fail")
         };
         assert!(m.contains("Bad Name") && m.contains("snowflake"), "{m}");

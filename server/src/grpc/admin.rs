@@ -3,6 +3,7 @@
 
 use super::convert;
 use crate::auth::Principal;
+use crate::domain::Error;
 use crate::domain::dispatch::DispatchKind;
 use crate::domain::input::storable;
 use crate::domain::policy::{DefaultPolicy, GuildPolicy, Quota, commands_from};
@@ -38,8 +39,9 @@ pub(crate) fn parse_cursor(token: &str) -> Result<Option<(DateTime<Utc>, String)
         return Ok(None);
     }
     let bad = || {
-        Status::invalid_argument(format!(
-            "page_token `{token}` is not a token from a previous response"
+        Status::from(Error::invalid(
+            "page_token",
+            format!("page_token `{token}` is not a token from a previous response"),
         ))
     };
     let (nanos, id) = token.split_once('.').ok_or_else(bad)?;
@@ -158,7 +160,7 @@ impl AdminService for AdminApi {
         req: Request<pb::StartRunRequest>,
     ) -> Result<Response<pb::StartRunResponse>, Status> {
         let principal = Principal::of(&req);
-        let trace_parent = facteur_config::telemetry::current_traceparent().unwrap_or_default();
+        let trace_parent = facteur_runtime::telemetry::current_traceparent().unwrap_or_default();
         let r = req.into_inner();
         let params: std::collections::BTreeMap<String, String> = r.parameters.into_iter().collect();
         let context = serde_json::json!({"principal": principal.name, "source": "admin"});
@@ -189,17 +191,18 @@ impl AdminService for AdminApi {
             Ok(pb::RunStatus::Unspecified) => None,
             Ok(s) => convert::status_from(s),
             Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "status {} is not a RunStatus",
-                    r.status
+                return Err(Status::from(Error::invalid(
+                    "status",
+                    format!("status {} is not a RunStatus", r.status),
                 )));
             }
         };
         let nonempty = |s: String| (!s.is_empty()).then_some(s);
         let time = |t: Option<facteur_proto::Timestamp>, field: &str| -> Result<_, Status> {
             t.map(|t| {
-                convert::from_ts(&t)
-                    .ok_or_else(|| Status::invalid_argument(format!("{field} is out of range")))
+                convert::from_ts(&t).ok_or_else(|| {
+                    Status::from(Error::invalid(field, format!("{field} is out of range")))
+                })
             })
             .transpose()
         };
@@ -253,9 +256,9 @@ impl AdminService for AdminApi {
             Ok(pb::CancelMode::Unspecified | pb::CancelMode::Stop) => DispatchKind::Stop,
             Ok(pb::CancelMode::Terminate) => DispatchKind::Terminate,
             Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "mode {} is not a CancelMode",
-                    r.mode
+                return Err(Status::from(Error::invalid(
+                    "mode",
+                    format!("mode {} is not a CancelMode", r.mode),
                 )));
             }
         };
@@ -427,7 +430,7 @@ impl AdminService for AdminApi {
         let r = req.into_inner();
         let p = r
             .policy
-            .ok_or_else(|| Status::invalid_argument("policy is required"))?;
+            .ok_or_else(|| Status::from(Error::invalid("policy", "policy is required")))?;
         let default = match pb::DefaultPolicy::try_from(p.default_policy) {
             Ok(pb::DefaultPolicy::Allow) => DefaultPolicy::Allow,
             Ok(pb::DefaultPolicy::Deny) => DefaultPolicy::Deny,
@@ -436,9 +439,9 @@ impl AdminService for AdminApi {
                 self.0.store.policy_for(&p.guild_id).await?.default
             }
             Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "default_policy {} is not a DefaultPolicy",
-                    p.default_policy
+                return Err(Status::from(Error::invalid(
+                    "policy.default_policy",
+                    format!("default_policy {} is not a DefaultPolicy", p.default_policy),
                 )));
             }
         };
@@ -451,9 +454,12 @@ impl AdminService for AdminApi {
         let mut quotas = std::collections::BTreeMap::new();
         for q in p.quotas {
             if !facteur_config::is_command_name(&q.command) {
-                return Err(Status::invalid_argument(format!(
-                    "quotas: command name `{}` must match ^[a-z0-9:_-]+$",
-                    q.command
+                return Err(Status::from(Error::invalid(
+                    "policy.quotas",
+                    format!(
+                        "quotas: command name `{}` must match ^[a-z0-9:_-]+$",
+                        q.command
+                    ),
                 )));
             }
             let quota = Quota {
@@ -461,9 +467,9 @@ impl AdminService for AdminApi {
                 max_per_hour: q.max_per_hour,
             };
             if quotas.insert(q.command.clone(), quota).is_some() {
-                return Err(Status::invalid_argument(format!(
-                    "quotas: command `{}` is listed twice",
-                    q.command
+                return Err(Status::from(Error::invalid(
+                    "policy.quotas",
+                    format!("quotas: command `{}` is listed twice", q.command),
                 )));
             }
         }
@@ -528,8 +534,9 @@ impl AdminService for AdminApi {
         let principal = Principal::of(&req);
         let id = req.into_inner().dispatch_id;
         if uuid::Uuid::parse_str(&id).is_err() {
-            return Err(Status::invalid_argument(format!(
-                "dispatch_id `{id}` is not a UUID"
+            return Err(Status::from(Error::invalid(
+                "dispatch_id",
+                format!("dispatch_id `{id}` is not a UUID"),
             )));
         }
         let run = runs::requeue(&self.0, &id, &principal.name).await?;

@@ -2,8 +2,8 @@
 
 use super::convert;
 use crate::auth::Principal;
-use crate::domain::Result;
 use crate::domain::codex::Rejection;
+use crate::domain::{Error, Result};
 use crate::service::codex::{ingest, reject};
 use crate::state::AppState;
 use crate::store::codex::CodexRecord;
@@ -41,7 +41,7 @@ impl CodexService for CodexApi {
         let r = req.into_inner();
         let Some(task) = r.task else {
             reject(&self.0, Rejection::MissingDeliveryId.as_str());
-            return Err(Status::invalid_argument("task is required"));
+            return Err(Status::from(Error::invalid("task", "task is required")));
         };
         let a = ingest(&self.0, task, &r.delivery_id, &principal.name).await?;
         Ok(Response::new(pb::SubmitTaskResponse {
@@ -69,12 +69,14 @@ impl CodexService for CodexApi {
                 self.0.store.codex_by_delivery(&id).await?
             }
             _ => {
-                return Err(Status::invalid_argument(
+                return Err(Status::from(Error::invalid(
+                    "task_run_id",
                     "task_run_id or delivery_id is required",
-                ));
+                )));
             }
         };
-        let r = found.ok_or_else(|| Status::not_found("no such codex task run"))?;
+        let r =
+            found.ok_or_else(|| Status::from(Error::NotFound("no such codex task run".into())))?;
         Ok(Response::new(pb::GetTaskResponse {
             task: Some(record(&r)),
         }))

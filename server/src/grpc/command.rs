@@ -183,7 +183,7 @@ pub fn definitions(state: &AppState) -> Vec<pb::CommandDefinition> {
 
 /// The interaction of a request, checked.
 pub(crate) fn ctx(c: Option<pb::InteractionContext>) -> Result<Interaction> {
-    let c = c.ok_or_else(|| Error::InvalidArgument("context is required".into()))?;
+    let c = c.ok_or_else(|| Error::invalid("context", "context is required"))?;
     Interaction {
         interaction_id: c.interaction_id,
         application_id: c.application_id,
@@ -222,9 +222,10 @@ impl CommandService for CommandApi {
             Ok(pb::InvocationKind::SlashCommand) => false,
             Ok(pb::InvocationKind::ModalSubmit) => true,
             _ => {
-                return Err(Status::invalid_argument(
+                return Err(Status::from(Error::invalid(
+                    "kind",
                     "kind must be SLASH_COMMAND or MODAL_SUBMIT",
-                ));
+                )));
             }
         };
         if modal_submit && let Some(run_id) = r.modal_custom_id.strip_prefix("approve:") {
@@ -243,9 +244,9 @@ impl CommandService for CommandApi {
             r.modal_custom_id
                 .strip_prefix("modal:")
                 .ok_or_else(|| {
-                    Status::invalid_argument(format!(
-                        "modal_custom_id `{}` is not one of ours",
-                        r.modal_custom_id
+                    Status::from(Error::invalid(
+                        "modal_custom_id",
+                        format!("modal_custom_id `{}` is not one of ours", r.modal_custom_id),
                     ))
                 })?
                 .to_string()
@@ -258,9 +259,9 @@ impl CommandService for CommandApi {
         } else {
             for o in r.options {
                 if options.insert(o.name.clone(), o.value).is_some() {
-                    return Err(Status::invalid_argument(format!(
-                        "option `{}` given twice",
-                        o.name
+                    return Err(Status::from(Error::invalid(
+                        "options",
+                        format!("option `{}` given twice", o.name),
                     )));
                 }
             }
@@ -388,15 +389,16 @@ impl CommandService for CommandApi {
         let r = req.into_inner();
         runs::check_id(&r.run_id)?;
         if !is_snowflake(&r.channel_id) || !is_snowflake(&r.message_id) {
-            return Err(Status::invalid_argument(
+            return Err(Status::from(Error::invalid(
+                "channel_id",
                 "channel_id and message_id must be snowflakes",
-            ));
+            )));
         }
         let run = runs::get(&self.0, &r.run_id).await?;
         if run.requester.guild_id.is_empty() {
-            return Err(Status::failed_precondition(
-                "the run did not come from Discord",
-            ));
+            return Err(Status::from(Error::FailedPrecondition(
+                "the run did not come from Discord".into(),
+            )));
         }
         let message = sessions::RunMessage {
             channel_id: r.channel_id,
@@ -427,9 +429,10 @@ impl CommandService for CommandApi {
         // Generation 0: the adapter's own scope (its configured guild, or global commands).
         convert::guild_id(&r.guild_id, r.generation == 0)?;
         if r.generation < 0 {
-            return Err(Status::invalid_argument(
+            return Err(Status::from(Error::invalid(
+                "generation",
                 "generation must be one from WatchGuilds (≥ 1), or 0 for the adapter's own scope",
-            ));
+            )));
         }
         let error: String = r.error.chars().take(2000).collect();
         let scope = if r.guild_id.is_empty() {

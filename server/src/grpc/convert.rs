@@ -1,5 +1,6 @@
 //! Domain ↔ protobuf conversions.
 
+use crate::domain::Error;
 use crate::domain::run::{Run, RunEvent, RunSource, RunStatus};
 use chrono::{DateTime, Utc};
 use facteur_proto::v1 as pb;
@@ -151,8 +152,9 @@ pub fn guild_id(id: &str, optional: bool) -> Result<(), tonic::Status> {
     if (optional && id.is_empty()) || facteur_config::is_snowflake(id) {
         return Ok(());
     }
-    Err(tonic::Status::invalid_argument(format!(
-        "guild_id `{id}` is not a snowflake (a Discord guild id)"
+    Err(tonic::Status::from(Error::invalid(
+        "guild_id",
+        format!("guild_id `{id}` is not a snowflake (a Discord guild id)"),
     )))
 }
 

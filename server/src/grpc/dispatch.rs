@@ -2,6 +2,7 @@
 
 use super::{BoxStream, convert};
 use crate::auth::Principal;
+use crate::domain::Error;
 use crate::domain::dispatch::{DispatchKind, Leased, Outcome, StatusReport};
 use crate::domain::templates::{Template, TemplateParameter};
 use crate::service::{dispatch, templates};
@@ -45,9 +46,10 @@ pub use facteur_proto::workflow::{
 fn adapter_id(raw: &str) -> Result<&str, Status> {
     let id = raw.trim();
     if id.is_empty() || id.len() > 100 {
-        return Err(Status::invalid_argument(
+        return Err(Status::from(Error::invalid(
+            "adapter_id",
             "adapter_id is required (1 to 100 characters, e.g. the pod name)",
-        ));
+        )));
     }
     Ok(id)
 }
@@ -144,9 +146,7 @@ impl DispatchService for DispatchApi {
         let r = req.into_inner();
         let id = adapter_id(&r.adapter_id)?;
         if self.0.config.dispatcher.disabled {
-            return Err(Status::failed_precondition(
-                "dispatching is disabled on this server (dispatcher.disabled / FACTEUR_DISABLE_DISPATCHER)",
-            ));
+            return Err(Status::from(Error::Disabled { feature: "dispatcher", message: "dispatching is disabled on this server (dispatcher.disabled / FACTEUR_DISABLE_DISPATCHER)".into() }));
         }
         let max = in_flight(r.max_in_flight);
         let owner = format!("{}/{id}", principal.name);
@@ -167,8 +167,9 @@ impl DispatchService for DispatchApi {
         let id = adapter_id(&r.adapter_id)?;
         for (i, ns) in r.namespaces.iter().enumerate() {
             if ns.is_empty() || ns.len() > 63 {
-                return Err(Status::invalid_argument(format!(
-                    "namespaces[{i}] must be a namespace name (1 to 63 characters)"
+                return Err(Status::from(Error::invalid(
+                    format!("namespaces[{i}]"),
+                    format!("namespaces[{i}] must be a namespace name (1 to 63 characters)"),
                 )));
             }
         }
@@ -226,9 +227,10 @@ impl DispatchService for DispatchApi {
         let principal = Principal::of(&req);
         let r = req.into_inner();
         if r.dispatch_id.is_empty() || r.lease_token.is_empty() {
-            return Err(Status::invalid_argument(
+            return Err(Status::from(Error::invalid(
+                "dispatch_id",
                 "dispatch_id and lease_token are required",
-            ));
+            )));
         }
         let outcome = match r.outcome {
             Some(pb::complete_request::Outcome::Success(s)) => Outcome::Success {
@@ -238,7 +240,10 @@ impl DispatchService for DispatchApi {
             },
             Some(pb::complete_request::Outcome::Failure(f)) => {
                 if f.message.is_empty() {
-                    return Err(Status::invalid_argument("failure.message is required"));
+                    return Err(Status::from(Error::invalid(
+                        "failure.message",
+                        "failure.message is required",
+                    )));
                 }
                 Outcome::Failure {
                     message: f.message,
@@ -246,9 +251,10 @@ impl DispatchService for DispatchApi {
                 }
             }
             None => {
-                return Err(Status::invalid_argument(
+                return Err(Status::from(Error::invalid(
+                    "outcome",
                     "outcome is required: success or failure",
-                ));
+                )));
             }
         };
         let run = dispatch::complete(
@@ -271,17 +277,21 @@ impl DispatchService for DispatchApi {
         let principal = Principal::of(&req);
         let r = req.into_inner();
         if r.run_id.is_empty() && r.workflow_name.is_empty() {
-            return Err(Status::invalid_argument(
+            return Err(Status::from(Error::invalid(
+                "run_id",
                 "run_id or workflow_name is required",
-            ));
+            )));
         }
         if !r.run_id.is_empty() {
             crate::service::runs::check_id(&r.run_id)?;
         }
         if !["", "Pending", "Running", "Succeeded", "Failed", "Error"].contains(&r.phase.as_str()) {
-            return Err(Status::invalid_argument(format!(
-                "phase `{}` is not an Argo Workflow phase (Pending, Running, Succeeded, Failed, Error)",
-                r.phase
+            return Err(Status::from(Error::invalid(
+                "phase",
+                format!(
+                    "phase `{}` is not an Argo Workflow phase (Pending, Running, Succeeded, Failed, Error)",
+                    r.phase
+                ),
             )));
         }
         let time = |t: &Option<facteur_proto::Timestamp>| t.as_ref().and_then(convert::from_ts);

@@ -91,7 +91,7 @@ where
         let method = req.uri().path().to_string();
         let span = rpc_span(&method);
         // A caller's trace context (W3C `traceparent` metadata) makes this span its child.
-        facteur_config::telemetry::adopt_parent(&span, |k| {
+        facteur_runtime::telemetry::adopt_parent(&span, |k| {
             req.headers()
                 .get(k)
                 .and_then(|v| v.to_str().ok())

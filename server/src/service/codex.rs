@@ -40,7 +40,7 @@ pub async fn ingest(
         }
     };
     drop(task);
-    let trace_parent = facteur_config::telemetry::current_traceparent().unwrap_or_default();
+    let trace_parent = facteur_runtime::telemetry::current_traceparent().unwrap_or_default();
     drop(_guard);
     let delivery_id = plan.delivery_id.clone();
     let digest = task_digest(plan.task_json.as_bytes());

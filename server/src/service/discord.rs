@@ -3,123 +3,20 @@
 //! `CommandService` and the `POST /events` compatibility endpoint.
 
 use crate::domain::dispatch::DispatchKind;
-use crate::domain::input::storable;
+pub use crate::domain::interaction::Interaction;
 use crate::domain::policy::Decision;
 use crate::domain::policy::{Quota, Usage};
-use crate::domain::run::{Decision as RunDecision, NewRun, Requester, Run, RunSource};
+use crate::domain::run::{Decision as RunDecision, NewRun, Run, RunSource};
 use crate::domain::{Error, Result};
 use crate::metrics::Metric;
 use crate::service::{runs, sessions};
 use crate::state::AppState;
 use crate::store::RunFilter;
 use crate::store::policy::Quoted;
-use facteur_config::is_snowflake;
 use std::collections::BTreeMap;
 
 /// Built-in commands answered by the server itself.
 pub const BUILTINS: [&str; 3] = ["status", "runs", "cancel"];
-
-/// Widest accepted values: the columns and session fields they go to, with room for what
-/// Discord sends (names ≤ 32 characters, tokens of a few hundred, locales like `en-US`).
-const MAX_INTERACTION_ID: usize = 100;
-const MAX_USER_NAME: usize = 100;
-const MAX_TOKEN: usize = 1000;
-const MAX_LOCALE: usize = 16;
-
-/// A Discord interaction as the server sees it (from `CommandService` or `POST /events`).
-#[derive(Clone, Debug, Default)]
-pub struct Interaction {
-    /// Interaction id: the idempotency key of what it starts.
-    pub interaction_id: String,
-    /// Application id.
-    pub application_id: String,
-    /// Interaction token (a secret).
-    pub token: String,
-    /// Guild.
-    pub guild_id: String,
-    /// Channel.
-    pub channel_id: String,
-    /// Member.
-    pub user_id: String,
-    /// Member's display name.
-    pub user_name: String,
-    /// Member's roles.
-    pub role_ids: Vec<String>,
-    /// Locale.
-    pub locale: String,
-    /// Where the field names of errors come from (`context.` for gRPC).
-    pub field_prefix: &'static str,
-}
-
-impl Interaction {
-    /// Checks everything the server will store or key on: INVALID_ARGUMENT naming the field.
-    pub fn validate(self) -> Result<Self> {
-        let f = |name: &str| format!("{}{name}", self.field_prefix);
-        if self.interaction_id.is_empty() {
-            return Err(Error::InvalidArgument(format!(
-                "{} is required",
-                f("interaction_id")
-            )));
-        }
-        storable(
-            &f("interaction_id"),
-            &self.interaction_id,
-            MAX_INTERACTION_ID,
-        )?;
-        if !is_snowflake(&self.guild_id) {
-            return Err(Error::InvalidArgument(format!(
-                "{} must be a guild snowflake: commands run in guilds only",
-                f("guild_id")
-            )));
-        }
-        if !is_snowflake(&self.user_id) {
-            return Err(Error::InvalidArgument(format!(
-                "{} must be a snowflake",
-                f("user_id")
-            )));
-        }
-        for (name, v) in [
-            ("channel_id", &self.channel_id),
-            ("application_id", &self.application_id),
-        ] {
-            if !v.is_empty() && !is_snowflake(v) {
-                return Err(Error::InvalidArgument(format!(
-                    "{} must be a snowflake (got `{}`)",
-                    f(name),
-                    v.chars().take(40).collect::<String>()
-                )));
-            }
-        }
-        for (i, r) in self.role_ids.iter().enumerate() {
-            if !is_snowflake(r) {
-                return Err(Error::InvalidArgument(format!(
-                    "{}[{i}] must be a role snowflake",
-                    f("role_ids")
-                )));
-            }
-        }
-        storable(&f("user_name"), &self.user_name, MAX_USER_NAME)?;
-        storable(&f("token"), &self.token, MAX_TOKEN)?;
-        storable(&f("locale"), &self.locale, MAX_LOCALE)?;
-        Ok(self)
-    }
-
-    /// The requester of what it starts.
-    pub fn requester(&self) -> Requester {
-        Requester {
-            principal: "discord".into(),
-            user_id: self.user_id.clone(),
-            guild_id: self.guild_id.clone(),
-            channel_id: self.channel_id.clone(),
-            display_name: self.user_name.clone(),
-        }
-    }
-
-    /// The idempotency key of what it starts.
-    pub fn key(&self) -> String {
-        format!("discord:{}", self.interaction_id)
-    }
-}
 
 /// Checks the role policy; a denial is audited and answered PERMISSION_DENIED with the roles
 /// that would allow it.
@@ -332,7 +229,7 @@ pub async fn builtin(
         "cancel" => {
             let id = options
                 .get("run")
-                .ok_or_else(|| Error::InvalidArgument("option `run` is required".into()))?;
+                .ok_or_else(|| Error::invalid("run", "option `run` is required"))?;
             let run = guild_run(state, i, id).await?;
             authorize(state, i, &run.command).await?;
             let run = runs::cancel(
@@ -345,9 +242,10 @@ pub async fn builtin(
             .await?;
             Ok(Builtin::Run(Box::new(run)))
         }
-        other => Err(Error::InvalidArgument(format!(
-            "`{other}` is not a built-in command"
-        ))),
+        other => Err(Error::invalid(
+            "command",
+            format!("`{other}` is not a built-in command"),
+        )),
     }
 }
 
@@ -379,7 +277,10 @@ impl Button {
     /// From a component's `custom_id` (`<action>:<run id>`).
     pub fn parse(custom_id: &str) -> Result<(Button, &str)> {
         let (action, run_id) = custom_id.split_once(':').ok_or_else(|| {
-            Error::InvalidArgument(format!("custom_id `{custom_id}` is not <action>:<run id>"))
+            Error::invalid(
+                "custom_id",
+                format!("custom_id `{custom_id}` is not <action>:<run id>"),
+            )
         })?;
         let b = match action {
             "cancel" => Button::Cancel,
@@ -388,7 +289,10 @@ impl Button {
             "approve" => Button::Approve,
             "reject" => Button::Reject,
             other => {
-                return Err(Error::InvalidArgument(format!("unknown action `{other}`")));
+                return Err(Error::invalid(
+                    "custom_id",
+                    format!("unknown action `{other}`"),
+                ));
             }
         };
         Ok((b, run_id))
@@ -430,7 +334,7 @@ pub async fn click(
                 "Cancel button",
             )
             .await?;
-            Ok((run, true))
+            Ok::<_, Error>((run, true))
         }
         Button::Retry => {
             let new = runs::retry_of(&run, i.key(), i.requester())?;

@@ -4,6 +4,7 @@
 //! requester), never protobuf; the edges decode, call one function here and map its error.
 
 pub mod codex;
+pub mod completions;
 pub mod discord;
 pub mod dispatch;
 pub mod history;

@@ -8,14 +8,14 @@ use crate::state::AppState;
 
 /// The current span's W3C trace context, carried by a run to its Workflow.
 pub fn trace_parent() -> String {
-    facteur_config::telemetry::current_traceparent().unwrap_or_default()
+    facteur_runtime::telemetry::current_traceparent().unwrap_or_default()
 }
 
 /// A run id is a UUID (INVALID_ARGUMENT otherwise).
 pub fn check_id(id: &str) -> Result<()> {
     uuid::Uuid::parse_str(id)
         .map(|_| ())
-        .map_err(|_| Error::InvalidArgument(format!("run_id `{id}` is not a UUID")))
+        .map_err(|_| Error::invalid("run_id", format!("run_id `{id}` is not a UUID")))
 }
 
 /// The id of the run `handle` names ([`Handle`]: an id, `#1234`, or a unique prefix of 8
@@ -24,7 +24,7 @@ pub fn check_id(id: &str) -> Result<()> {
 /// none; an ambiguous prefix is INVALID_ARGUMENT listing the runs it matches.
 pub async fn id_of(state: &AppState, handle: &str, guild: Option<&str>) -> Result<String> {
     const SHOWN: u64 = 10;
-    let h = Handle::parse(handle).map_err(|e| Error::InvalidArgument(format!("run_id: {e}")))?;
+    let h = Handle::parse(handle).map_err(|e| Error::invalid("run_id", format!("run_id: {e}")))?;
     // A whole id needs no lookup: the caller reads the run (and checks its guild) anyway.
     if let Handle::Id(id) = &h {
         return Ok(id.clone());
@@ -44,11 +44,14 @@ pub async fn id_of(state: &AppState, handle: &str, guild: Option<&str>) -> Resul
             } else {
                 ""
             };
-            Err(Error::InvalidArgument(format!(
-                "`{}` names more than one run: {}{more}; give more of the id or the run's number",
-                handle.trim(),
-                listed.join(", ")
-            )))
+            Err(Error::invalid(
+                "run_id",
+                format!(
+                    "`{}` names more than one run: {}{more}; give more of the id or the run's number",
+                    handle.trim(),
+                    listed.join(", ")
+                ),
+            ))
         }
     }
 }

@@ -2,8 +2,8 @@
 //! shaped. Keys and JSON fields are those the old service used.
 
 use crate::domain::Result;
+use crate::domain::interaction::Interaction;
 use crate::domain::run::Run;
-use crate::service::discord::Interaction;
 use crate::state::AppState;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

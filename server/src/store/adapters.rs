@@ -4,7 +4,7 @@
 
 use super::Store;
 use super::entities::{adapters, dispatches};
-use super::errors;
+
 use crate::domain::Result;
 use crate::domain::assignment::Queued;
 use crate::domain::dispatch::DispatchState;
@@ -60,13 +60,11 @@ impl Store {
                     .to_owned(),
             )
             .exec(&self.db)
-            .await
-            .map_err(errors::db)?;
+            .await?;
         adapters::Entity::delete_many()
             .filter(C::SeenAt.lt(now - FORGET_AFTER))
             .exec(&self.db)
-            .await
-            .map_err(errors::db)?;
+            .await?;
         Ok(())
     }
 
@@ -76,8 +74,7 @@ impl Store {
             .filter(adapters::Column::SeenAt.gte(since))
             .order_by_asc(adapters::Column::Id)
             .all(&self.db)
-            .await
-            .map_err(errors::db)?;
+            .await?;
         let held: Vec<(String, i64)> = dispatches::Entity::find()
             .filter(dispatches::Column::State.eq(DispatchState::Leased.as_str()))
             .filter(dispatches::Column::LeaseExpiresAt.gt(Utc::now()))
@@ -87,8 +84,7 @@ impl Store {
             .group_by(dispatches::Column::LeaseOwner)
             .into_tuple()
             .all(&self.db)
-            .await
-            .map_err(errors::db)?;
+            .await?;
         let held: BTreeMap<String, i64> = held.into_iter().collect();
         Ok(rows
             .into_iter()
@@ -117,13 +113,12 @@ impl Store {
         let rows = self
             .db
             .query_all_raw(Statement::from_string(b, sql))
-            .await
-            .map_err(errors::db)?;
+            .await?;
         let mut out = BTreeMap::new();
         for row in rows {
-            let ns: String = row.try_get("", "ns").map_err(errors::db)?;
-            let n: i64 = row.try_get("", "n").map_err(errors::db)?;
-            let oldest: Option<DateTime<Utc>> = row.try_get("", "oldest").map_err(errors::db)?;
+            let ns: String = row.try_get("", "ns")?;
+            let n: i64 = row.try_get("", "n")?;
+            let oldest: Option<DateTime<Utc>> = row.try_get("", "oldest")?;
             out.insert(
                 ns,
                 Queued {

@@ -10,7 +10,7 @@
 //! statement (`codex_batch.rs`) is the one raw statement, kept for its measured speed.
 
 use super::codex_batch::Row;
-use super::errors;
+
 use super::{Inserted, Store, insert_run};
 use crate::domain::codex::{CodexPlan, TASK_PARAMETER};
 use crate::domain::run::{NewRun, Requester, Run, RunSource, RunStatus};
@@ -309,7 +309,7 @@ impl Store {
             return Ok(accepted((w.idea_id, w.task_id, w.task_run_id)));
         }
         let kb = Kb(b);
-        let txn = self.db.begin().await.map_err(errors::db)?;
+        let txn = self.db.begin().await?;
         let idea = kb
             .insert(
                 "ideas",
@@ -332,7 +332,7 @@ impl Store {
             )
             .to_owned();
         let idea_id = kb
-            .returned_id(txn.query_one(&idea).await.map_err(errors::db)?)?
+            .returned_id(txn.query_one(&idea).await?)?
             .ok_or_else(|| Error::Internal("idea upsert returned nothing".into()))?;
         drop(idea);
         let task = kb
@@ -356,7 +356,7 @@ impl Store {
             )
             .to_owned();
         let task_id = kb
-            .returned_id(txn.query_one(&task).await.map_err(errors::db)?)?
+            .returned_id(txn.query_one(&task).await?)?
             .ok_or_else(|| Error::Internal("task upsert returned nothing".into()))?;
         let task_run = kb
             .insert(
@@ -380,7 +380,7 @@ impl Store {
                     .to_owned(),
             )
             .to_owned();
-        let task_run = kb.returned_id(txn.query_one(&task_run).await.map_err(errors::db)?)?;
+        let task_run = kb.returned_id(txn.query_one(&task_run).await?)?;
         let Some(task_run_id) = task_run else {
             // Another submission of this delivery committed first.
             let _ = txn.rollback().await;
@@ -402,7 +402,7 @@ impl Store {
             }
             Err(Inserted::Failed(e)) => return Err(e),
         }
-        txn.commit().await.map_err(errors::db)?;
+        txn.commit().await?;
         Ok(accepted((idea_id, task_id, task_run_id)))
     }
 
@@ -456,7 +456,7 @@ impl Store {
     async fn codex_one(&self, filter: Expr) -> Result<Option<CodexRecord>> {
         let kb = Kb(self.db.get_database_backend());
         let q = kb.select().and_where(filter).to_owned();
-        match self.db.query_one(&q).await.map_err(errors::db)? {
+        match self.db.query_one(&q).await? {
             Some(row) => Ok(Some(self.codex_record(kb, row).await?)),
             None => Ok(None),
         }
@@ -470,9 +470,10 @@ impl Store {
     /// A task run by id.
     pub async fn codex_by_task_run(&self, id: &str) -> Result<Option<CodexRecord>> {
         if uuid::Uuid::parse_str(id).is_err() {
-            return Err(Error::InvalidArgument(format!(
-                "task_run_id `{id}` is not a UUID"
-            )));
+            return Err(Error::invalid(
+                "task_run_id",
+                format!("task_run_id `{id}` is not a UUID"),
+            ));
         }
         let kb = Kb(self.db.get_database_backend());
         self.codex_one(col(TR, "id").eq(kb.uuid(id))).await
@@ -513,7 +514,7 @@ impl Store {
         q.order_by_expr(col(TR, "created_at"), Order::Desc)
             .order_by_expr(col(TR, "id"), Order::Desc)
             .limit(limit);
-        let rows = self.db.query_all(&q).await.map_err(errors::db)?;
+        let rows = self.db.query_all(&q).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             out.push(self.codex_record(kb, row).await?);
@@ -562,7 +563,7 @@ pub(crate) async fn sync_task_runs<C: ConnectionTrait>(
         q.value(Alias::new("completed_at"), kb.time(now));
     }
     q.and_where(Expr::col(Alias::new("delivery_id")).is_in(ids));
-    c.execute(&q).await.map_err(errors::db)?;
+    c.execute(&q).await?;
     Ok(())
 }
 
@@ -590,10 +591,9 @@ impl Store {
         let row = self
             .db
             .query_one(&q)
-            .await
-            .map_err(errors::db)?
+            .await?
             .ok_or_else(|| Error::Internal("count of task runs: no row".into()))?;
-        let n: i64 = row.try_get("", "n").map_err(errors::db)?;
+        let n: i64 = row.try_get("", "n")?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -612,11 +612,6 @@ impl Store {
             .from_table(kb.table("task_runs"))
             .and_where(Expr::col(Alias::new("id")).in_subquery(ids))
             .to_owned();
-        Ok(self
-            .db
-            .execute(&q)
-            .await
-            .map_err(errors::db)?
-            .rows_affected())
+        Ok(self.db.execute(&q).await?.rows_affected())
     }
 }

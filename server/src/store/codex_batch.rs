@@ -16,7 +16,7 @@
 //! that cannot be written (or a deadlock between batches) fails only its own submission.
 
 use super::BatchStats;
-use super::errors;
+
 use crate::domain::{Error, Result, codex};
 use sea_orm::DatabaseConnection;
 use sea_orm::sqlx::pool::PoolConnection;
@@ -503,16 +503,13 @@ impl Batcher {
         let mut held = match held {
             Some(h) => h,
             None => Held {
-                conn: self.pool.acquire().await.map_err(errors::sqlx)?,
+                conn: self.pool.acquire().await?,
                 since: Instant::now(),
             },
         };
         // On an error (or if this future is dropped) the connection goes back to the pool,
         // which tests it and closes it if it is broken.
-        let result: Vec<PgRow> = query
-            .fetch_all(&mut *held.conn)
-            .await
-            .map_err(errors::sqlx)?;
+        let result: Vec<PgRow> = query.fetch_all(&mut *held.conn).await?;
         if size > KEEP_AFTER_AT_MOST {
             // sqlx keeps a connection's buffers as large as the largest message it carried:
             // after a statement this large the connection is closed rather than kept, so the
@@ -526,7 +523,7 @@ impl Batcher {
             .fetch_add(deliveries as u64, Ordering::Relaxed);
         let mut written = HashMap::with_capacity(result.len());
         for r in result {
-            let ord: i32 = r.try_get("ord").map_err(errors::sqlx)?;
+            let ord: i32 = r.try_get("ord")?;
             let text = |col: &str| {
                 r.try_get::<Option<String>, _>(col)
                     .map_err(|e| Error::Internal(format!("reading {col}: {e}")))

@@ -62,8 +62,7 @@ fn dispatch_from_model(m: dispatches::Model) -> Result<Dispatch> {
 async fn load_run<C: ConnectionTrait>(c: &C, id: &str) -> Result<Run> {
     runs::Entity::find_by_id(id.to_string())
         .one(c)
-        .await
-        .map_err(errors::db)?
+        .await?
         .map(run_from_model)
         .transpose()?
         .ok_or_else(|| Error::NotFound(format!("no run `{id}`")))
@@ -78,8 +77,7 @@ async fn sqlite_write_lock(txn: &DatabaseTransaction, id: &str) -> Result<()> {
             .col_expr(runs::Column::Id, Expr::col(runs::Column::Id))
             .filter(runs::Column::Id.eq(id))
             .exec(txn)
-            .await
-            .map_err(errors::db)?;
+            .await?;
     }
     Ok(())
 }
@@ -91,8 +89,7 @@ async fn lock_run(txn: &DatabaseTransaction, id: &str) -> Result<Option<Run>> {
     runs::Entity::find_by_id(id.to_string())
         .lock_exclusive()
         .one(txn)
-        .await
-        .map_err(errors::db)?
+        .await?
         .map(run_from_model)
         .transpose()
 }
@@ -101,8 +98,7 @@ async fn lock_dispatch(txn: &DatabaseTransaction, id: &str) -> Result<Option<Dis
     dispatches::Entity::find_by_id(id.to_string())
         .lock_exclusive()
         .one(txn)
-        .await
-        .map_err(errors::db)?
+        .await?
         .map(dispatch_from_model)
         .transpose()
 }
@@ -134,8 +130,7 @@ async fn append_events<C: ConnectionTrait>(c: &C, events: &[NewEvent<'_>]) -> Re
         .group_by(run_events::Column::RunId)
         .into_tuple()
         .all(c)
-        .await
-        .map_err(errors::db)?;
+        .await?;
     let mut next: std::collections::HashMap<String, i64> = last
         .into_iter()
         .map(|(id, m)| (id, m.unwrap_or(0)))
@@ -158,8 +153,7 @@ async fn append_events<C: ConnectionTrait>(c: &C, events: &[NewEvent<'_>]) -> Re
     });
     run_events::Entity::insert_many(rows)
         .exec_without_returning(c)
-        .await
-        .map_err(errors::db)?;
+        .await?;
     Ok(())
 }
 
@@ -303,8 +297,7 @@ async fn apply_rows(
             .filter(dispatches::Column::State.eq(d.state.as_str()))
             .filter(dispatches::Column::LeaseToken.eq(d.lease_token.as_str()))
             .exec(txn)
-            .await
-            .map_err(errors::db)?
+            .await?
             .rows_affected
             == 1;
         if !won {
@@ -369,8 +362,7 @@ async fn apply_rows(
         .filter(runs::Column::Id.eq(run.id.as_str()))
         .filter(runs::Column::Status.eq(run.status.as_str()))
         .exec(txn)
-        .await
-        .map_err(errors::db)?
+        .await?
         .rows_affected
         == 1;
     if !won {
@@ -402,8 +394,7 @@ async fn apply_rows(
         )
         .filter(dispatches::Column::Kind.eq(DispatchKind::Create.as_str()))
         .exec(txn)
-        .await
-        .map_err(errors::db)?;
+        .await?;
     }
     if t.close_open_jobs {
         others(&[DispatchState::Pending, DispatchState::Dead])
@@ -412,14 +403,12 @@ async fn apply_rows(
                 Expr::value(DispatchState::Cancelled.as_str()),
             )
             .exec(txn)
-            .await
-            .map_err(errors::db)?;
+            .await?;
     }
     if let Some(kind) = t.new_job {
         dispatches::Entity::insert(super::pending_dispatch(&run.id, kind.as_str(), now))
             .exec_without_returning(txn)
-            .await
-            .map_err(errors::db)?;
+            .await?;
     }
     Ok(())
 }
@@ -473,7 +462,7 @@ async fn lease_in(
     if pg {
         candidates = candidates.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
     }
-    let candidates = candidates.all(txn).await.map_err(errors::db)?;
+    let candidates = candidates.all(txn).await?;
     if candidates.is_empty() {
         return Ok(None);
     }
@@ -486,8 +475,7 @@ async fn lease_in(
     }
     let mut locked: std::collections::HashMap<String, Run> = runs_q
         .all(txn)
-        .await
-        .map_err(errors::db)?
+        .await?
         .into_iter()
         .map(|m| run_from_model(m).map(|r| (r.id.clone(), r)))
         .collect::<Result<_>>()?;
@@ -599,8 +587,7 @@ async fn record_leases(
         .col_expr(dispatches::Column::UpdatedAt, Expr::value(now))
         .filter(dispatches::Column::Id.is_in(leases.iter().map(|(_, d, _, _)| d.id.as_str())))
         .exec(txn)
-        .await
-        .map_err(errors::db)?
+        .await?
         .rows_affected;
     if won != leases.len() as u64 {
         return Err(lost("a leased dispatch"));
@@ -629,8 +616,7 @@ async fn record_done(
         .filter(dispatches::Column::Id.is_in(done.iter().map(|(_, d, _)| d.id.as_str())))
         .filter(dispatches::Column::State.eq(DispatchState::Leased.as_str()))
         .exec(txn)
-        .await
-        .map_err(errors::db)?
+        .await?
         .rows_affected;
     if won != done.len() as u64 {
         return Err(lost("a completed dispatch"));
@@ -698,12 +684,7 @@ async fn record_runs(
                 .add(runs::Column::Status.eq(run.status.as_str())),
         );
     }
-    let won = q
-        .filter(cas)
-        .exec(txn)
-        .await
-        .map_err(errors::db)?
-        .rows_affected;
+    let won = q.filter(cas).exec(txn).await?.rows_affected;
     if won != moved.len() as u64 {
         return Err(lost("a run"));
     }
@@ -749,8 +730,7 @@ async fn complete_in(
         .distinct()
         .into_tuple()
         .all(txn)
-        .await
-        .map_err(errors::db)?;
+        .await?;
     let mut q = runs::Entity::find()
         .filter(runs::Column::Id.is_in(run_ids))
         .order_by_asc(runs::Column::Id);
@@ -759,8 +739,7 @@ async fn complete_in(
     }
     let mut locked: std::collections::HashMap<String, Run> = q
         .all(txn)
-        .await
-        .map_err(errors::db)?
+        .await?
         .into_iter()
         .map(|m| run_from_model(m).map(|r| (r.id.clone(), r)))
         .collect::<Result<_>>()?;
@@ -770,8 +749,7 @@ async fn complete_in(
     }
     let mut jobs: std::collections::HashMap<String, Dispatch> = q
         .all(txn)
-        .await
-        .map_err(errors::db)?
+        .await?
         .into_iter()
         .map(|m| dispatch_from_model(m).map(|d| (d.id.clone(), d)))
         .collect::<Result<_>>()?;
@@ -831,15 +809,14 @@ async fn complete_in(
 
 impl Store {
     async fn begin(&self) -> Result<DatabaseTransaction> {
-        self.db.begin().await.map_err(errors::db)
+        self.db.begin().await.map_err(Error::from)
     }
 
     /// A dispatch by id.
     pub async fn get_dispatch(&self, id: &str) -> Result<Option<Dispatch>> {
         dispatches::Entity::find_by_id(id.to_string())
             .one(&self.db)
-            .await
-            .map_err(errors::db)?
+            .await?
             .map(dispatch_from_model)
             .transpose()
     }
@@ -851,8 +828,7 @@ impl Store {
             .order_by_asc(dispatches::Column::CreatedAt)
             .order_by_asc(dispatches::Column::Id)
             .all(&self.db)
-            .await
-            .map_err(errors::db)?
+            .await?
             .into_iter()
             .map(dispatch_from_model)
             .collect()
@@ -866,7 +842,7 @@ impl Store {
             .filter(dispatches::Column::LeaseExpiresAt.gt(Utc::now()))
             .count(&self.db)
             .await
-            .map_err(errors::db)
+            .map_err(Error::from)
     }
 
     /// Leases up to `max` due jobs to `owner` (pending ones whose time has come, leased ones
@@ -897,7 +873,7 @@ impl Store {
                 })
             }
             Ok(Some(leased)) => {
-                txn.commit().await.map_err(errors::db)?;
+                txn.commit().await?;
                 Ok(LeaseOutcome::Leased(leased))
             }
             Err(e) => {
@@ -914,16 +890,14 @@ impl Store {
             .column_as(dispatches::Column::AvailableAt.min(), "m")
             .into_tuple()
             .one(&self.db)
-            .await
-            .map_err(errors::db)?;
+            .await?;
         let leased: Option<Option<DateTime<Utc>>> = dispatches::Entity::find()
             .filter(dispatches::Column::State.eq(DispatchState::Leased.as_str()))
             .select_only()
             .column_as(dispatches::Column::LeaseExpiresAt.min(), "m")
             .into_tuple()
             .one(&self.db)
-            .await
-            .map_err(errors::db)?;
+            .await?;
         Ok([pending.flatten(), leased.flatten()]
             .into_iter()
             .flatten()
@@ -960,7 +934,7 @@ impl Store {
         let txn = self.begin().await?;
         match complete_in(&txn, items, policy).await {
             Ok(out) => {
-                txn.commit().await.map_err(errors::db)?;
+                txn.commit().await?;
                 Ok(out)
             }
             Err(e) => {
@@ -1010,7 +984,7 @@ impl Store {
             .await;
             match result {
                 Ok(done) => {
-                    txn.commit().await.map_err(errors::db)?;
+                    txn.commit().await?;
                     Ok(done)
                 }
                 Err(e) => {
@@ -1044,7 +1018,7 @@ impl Store {
             .await;
             match result {
                 Ok((run, true)) => {
-                    txn.commit().await.map_err(errors::db)?;
+                    txn.commit().await?;
                     Ok((run, true))
                 }
                 Ok((run, false)) => {
@@ -1068,8 +1042,7 @@ impl Store {
             None => runs::Entity::find()
                 .filter(runs::Column::WorkflowName.eq(r.workflow_name.as_str()))
                 .one(&self.db)
-                .await
-                .map_err(errors::db)?
+                .await?
                 .map(|m| m.id)
                 .ok_or_else(|| {
                     Error::NotFound(format!("no run has workflow `{}`", r.workflow_name))
@@ -1145,8 +1118,7 @@ impl Store {
             .order_by_desc(dispatches::Column::Id)
             .limit(limit)
             .all(&self.db)
-            .await
-            .map_err(errors::db)?;
+            .await?;
         let mut out = Vec::with_capacity(rows.len());
         for m in rows {
             let d = dispatch_from_model(m)?;

@@ -1,5 +1,5 @@
-//! The one classification of database errors. Every store call maps its errors through [`db`]
-//! (sea-orm) or [`sqlx`] (the raw Postgres paths); nothing else in the server decides what a
+//! The one classification of database errors. Every store call's `?` converts a sea-orm or sqlx
+//! error into [`Error`] through [`db`] or [`sqlx`]; nothing else in the server decides what a
 //! database error means.
 //!
 //! - the database or the path to it is not there (connection, pool, I/O, TLS, shutdown,
@@ -112,9 +112,7 @@ fn to_error(class: Class, text: String) -> Error {
             "the database aborted the transaction (a concurrent change); try again: {text}"
         )),
         Class::Unique => Error::AlreadyExists(format!("already stored: {text}")),
-        Class::BadValue => {
-            Error::InvalidArgument(format!("a value cannot be stored as given: {text}"))
-        }
+        Class::BadValue => Error::malformed(format!("a value cannot be stored as given: {text}")),
         Class::Other => Error::Internal(format!("database: {text}")),
     }
 }
@@ -127,6 +125,20 @@ pub fn db(e: DbErr) -> Error {
 /// A sqlx error, classified.
 pub fn sqlx(e: sqlx::Error) -> Error {
     to_error(class_of_sqlx(&e), e.to_string())
+}
+
+/// `?` on a sea-orm result classifies its error ([`db`]).
+impl From<DbErr> for Error {
+    fn from(e: DbErr) -> Self {
+        db(e)
+    }
+}
+
+/// `?` on a sqlx result classifies its error ([`sqlx`]).
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        sqlx(e)
+    }
 }
 
 /// Runs `attempt` again while it fails with [`Error::Aborted`] (a deadlock or serialization
@@ -243,7 +255,7 @@ mod tests {
         let mut n = 0;
         let r: Result<(), Error> = retry_aborted(|| {
             n += 1;
-            async { Err(Error::InvalidArgument("bad".into())) }
+            async { Err(Error::malformed("bad")) }
         })
         .await;
         assert!(r.is_err());

@@ -22,7 +22,6 @@
 //! exact. `tx` is always 0 there. `run_events.id` is `AUTOINCREMENT`, so an id is never reused
 //! after the newest entries are pruned (a reused id below a cursor would be skipped).
 
-use super::errors;
 use crate::domain::{Error, Result};
 use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, Statement, Value};
 
@@ -45,7 +44,12 @@ impl std::fmt::Display for FeedCursor {
 impl std::str::FromStr for FeedCursor {
     type Err = Error;
     fn from_str(s: &str) -> Result<FeedCursor> {
-        let bad = || Error::InvalidArgument(format!("cursor `{s}` is not a cursor from an update"));
+        let bad = || {
+            Error::invalid(
+                "cursor",
+                format!("cursor `{s}` is not a cursor from an update"),
+            )
+        };
         let (tx, id) = match s.split_once('-') {
             Some((tx, id)) => (tx.parse::<u64>().map_err(|_| bad())?, id),
             None => (0, s),
@@ -96,12 +100,12 @@ pub(crate) async fn discord_after(
             [Value::from(cursor.id), limit.into()],
         ),
     };
-    let rows = db.query_all_raw(statement).await.map_err(errors::db)?;
+    let rows = db.query_all_raw(statement).await?;
     rows.iter()
         .map(|r| {
-            let id: i64 = r.try_get("", "id").map_err(errors::db)?;
-            let run_id: String = r.try_get("", "run_id").map_err(errors::db)?;
-            let tx: String = r.try_get("", "tx").map_err(errors::db)?;
+            let id: i64 = r.try_get("", "id")?;
+            let run_id: String = r.try_get("", "run_id")?;
+            let tx: String = r.try_get("", "tx")?;
             let tx = tx
                 .parse::<u64>()
                 .map_err(|e| Error::Internal(format!("feed transaction id `{tx}`: {e}")))?;
@@ -126,11 +130,10 @@ pub(crate) async fn now(db: &DatabaseConnection) -> Result<FeedCursor> {
     };
     let row = db
         .query_one_raw(Statement::from_string(backend, sql))
-        .await
-        .map_err(errors::db)?
+        .await?
         .ok_or_else(|| Error::Internal("feed position: no row".into()))?;
-    let tx: String = row.try_get("", "tx").map_err(errors::db)?;
-    let id: i64 = row.try_get("", "id").map_err(errors::db)?;
+    let tx: String = row.try_get("", "tx")?;
+    let id: i64 = row.try_get("", "id")?;
     let tx = tx
         .parse::<u64>()
         .map_err(|e| Error::Internal(format!("feed transaction id `{tx}`: {e}")))?;
@@ -151,8 +154,7 @@ pub(crate) async fn held_back_seconds(db: &DatabaseConnection) -> Result<f64> {
             "SELECT COALESCE(EXTRACT(EPOCH FROM now() - MIN(xact_start)), 0)::float8 AS s \
              FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()",
         ))
-        .await
-        .map_err(errors::db)?;
+        .await?;
     Ok(row
         .and_then(|r| r.try_get::<f64>("", "s").ok())
         .unwrap_or(0.0)

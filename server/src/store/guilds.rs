@@ -4,7 +4,7 @@
 
 use super::Store;
 use super::entities::discord_guilds;
-use super::errors;
+
 use crate::domain::policy::{DefaultPolicy, GuildPolicy};
 use crate::domain::{Error, Result};
 use chrono::{DateTime, Utc};
@@ -117,8 +117,7 @@ impl Store {
         let guild: Guild = discord_guilds::Entity::insert(row)
             .on_conflict(upsert)
             .exec_with_returning(&self.db)
-            .await
-            .map_err(errors::db)?
+            .await?
             .into();
         Self::audit_on(
             &self.db,
@@ -143,8 +142,7 @@ impl Store {
             q = q.filter(discord_guilds::Column::GuildId.eq(g));
         }
         Ok(q.all(&self.db)
-            .await
-            .map_err(errors::db)?
+            .await?
             .into_iter()
             .map(Guild::from)
             .collect())
@@ -175,7 +173,7 @@ impl Store {
                 .filter(C::Generation.eq(generation))
                 .filter(C::RegisteredGeneration.lt(generation))
         };
-        q.exec(&self.db).await.map_err(errors::db)?;
+        q.exec(&self.db).await?;
         self.guilds(Some(guild_id))
             .await?
             .pop()

@@ -137,11 +137,11 @@ impl Store {
             // The pool is made without a connection; `warm_up` opens the first ones together.
             opts.connect_lazy(true);
         }
-        let db = Database::connect(opts).await.map_err(errors::db)?;
+        let db = Database::connect(opts).await?;
         if backend == DatabaseBackend::Postgres {
             warm_up(&db);
             // As a connecting pool would: the database answers, or this fails now.
-            db.ping().await.map_err(errors::db)?;
+            db.ping().await?;
         }
         let codex_batch = (backend == DatabaseBackend::Postgres)
             .then(|| codex_batch::Batcher::new(&db, DEFAULT_CODEX_BATCH_SLOTS));
@@ -172,7 +172,7 @@ impl Store {
     pub async fn migrate(&self) -> Result<()> {
         facteur_migrations::migrate(&self.db)
             .await
-            .map_err(errors::db)
+            .map_err(Error::from)
     }
 
     /// `postgres` or `sqlite`.
@@ -190,7 +190,7 @@ impl Store {
 
     /// Round trip to the database.
     pub async fn ping(&self) -> Result<()> {
-        self.db.ping().await.map_err(errors::db)
+        self.db.ping().await.map_err(Error::from)
     }
 
     /// Closes the pool.
@@ -209,7 +209,7 @@ impl Store {
             return Ok((existing, true));
         }
         let id = uuid::Uuid::now_v7();
-        let txn = self.db.begin().await.map_err(errors::db)?;
+        let txn = self.db.begin().await?;
         match insert_run(&txn, id, &new, actor, Utc::now()).await {
             Ok(()) => {}
             Err(Inserted::Duplicate(e)) => {
@@ -224,7 +224,7 @@ impl Store {
             }
             Err(Inserted::Failed(e)) => return Err(e),
         }
-        txn.commit().await.map_err(errors::db)?;
+        txn.commit().await?;
         let run = self
             .get_run(&id.to_string())
             .await?
@@ -236,8 +236,7 @@ impl Store {
     pub async fn get_run(&self, id: &str) -> Result<Option<Run>> {
         let m = runs::Entity::find_by_id(id.to_string())
             .one(&self.db)
-            .await
-            .map_err(errors::db)?;
+            .await?;
         m.map(run_from_model).transpose()
     }
 
@@ -266,12 +265,7 @@ impl Store {
         if let Some(g) = guild {
             q = q.filter(runs::Column::GuildId.eq(g));
         }
-        let rows: Vec<(String, Option<i64>)> = q
-            .limit(limit)
-            .into_tuple()
-            .all(&self.db)
-            .await
-            .map_err(errors::db)?;
+        let rows: Vec<(String, Option<i64>)> = q.limit(limit).into_tuple().all(&self.db).await?;
         Ok(rows
             .into_iter()
             .map(|(id, n)| (id, n.unwrap_or_default()))
@@ -283,8 +277,7 @@ impl Store {
         let m = runs::Entity::find()
             .filter(runs::Column::IdempotencyKey.eq(key))
             .one(&self.db)
-            .await
-            .map_err(errors::db)?;
+            .await?;
         m.map(run_from_model).transpose()
     }
 
@@ -294,8 +287,7 @@ impl Store {
             .filter(run_events::Column::RunId.eq(run_id))
             .order_by_asc(run_events::Column::Sequence)
             .all(&self.db)
-            .await
-            .map_err(errors::db)?
+            .await?
             .into_iter()
             .map(event_from_model)
             .collect()
@@ -346,8 +338,7 @@ impl Store {
             .order_by_desc(runs::Column::Id)
             .limit(limit)
             .all(&self.db)
-            .await
-            .map_err(errors::db)?
+            .await?
             .into_iter()
             .map(run_from_model)
             .collect()
@@ -380,7 +371,7 @@ impl Store {
             .filter(dispatches::Column::RunId.eq(run_id))
             .count(&self.db)
             .await
-            .map_err(errors::db)
+            .map_err(Error::from)
     }
 }
 
@@ -450,7 +441,10 @@ const KEY_COLUMN: usize = 255;
 
 pub(crate) fn check_key(key: &str) -> Result<()> {
     if key.is_empty() {
-        return Err(Error::InvalidArgument("idempotency key is required".into()));
+        return Err(Error::invalid(
+            "idempotency_key",
+            "idempotency key is required",
+        ));
     }
     crate::domain::input::storable("idempotency key", key, KEY_COLUMN)
 }

@@ -36,8 +36,7 @@ impl Store {
             ..Default::default()
         })
         .exec_without_returning(c)
-        .await
-        .map_err(errors::db)?;
+        .await?;
         Ok(())
     }
 
@@ -64,8 +63,7 @@ impl Store {
             .order_by_desc(audit_events::Column::Id)
             .limit(limit)
             .all(&self.db)
-            .await
-            .map_err(errors::db)?;
+            .await?;
         Ok(rows
             .into_iter()
             .map(|r| {
@@ -103,16 +101,14 @@ impl Store {
     pub(crate) async fn stored_policy(&self, guild_id: &str) -> Result<Option<GuildPolicy>> {
         let Some(head) = guild_policies::Entity::find_by_id(guild_id.to_string())
             .one(&self.db)
-            .await
-            .map_err(errors::db)?
+            .await?
         else {
             return Ok(None);
         };
         let rows = role_policies::Entity::find()
             .filter(role_policies::Column::GuildId.eq(guild_id))
             .all(&self.db)
-            .await
-            .map_err(errors::db)?;
+            .await?;
         let mut commands = BTreeMap::new();
         for r in rows {
             commands.insert(
@@ -124,8 +120,7 @@ impl Store {
         let quotas = command_quotas::Entity::find()
             .filter(command_quotas::Column::GuildId.eq(guild_id))
             .all(&self.db)
-            .await
-            .map_err(errors::db)?
+            .await?
             .into_iter()
             .map(|q| {
                 let limit = |v: Option<i32>| v.map(|n| u32::try_from(n).unwrap_or(0));
@@ -161,8 +156,7 @@ impl Store {
         let stored: std::collections::BTreeSet<String> = guild_policies::Entity::find()
             .filter(guild_policies::Column::GuildId.is_in(wanted.clone()))
             .all(&self.db)
-            .await
-            .map_err(errors::db)?
+            .await?
             .into_iter()
             .map(|h| h.guild_id)
             .collect();
@@ -170,8 +164,7 @@ impl Store {
         for q in command_quotas::Entity::find()
             .filter(command_quotas::Column::GuildId.is_in(wanted))
             .all(&self.db)
-            .await
-            .map_err(errors::db)?
+            .await?
         {
             let limit = |v: Option<i32>| v.map(|n| u32::try_from(n).unwrap_or(0));
             quotas.entry(q.guild_id).or_default().insert(
@@ -237,7 +230,7 @@ impl Store {
             )));
         }
         let now = Utc::now();
-        let txn = self.db.begin().await.map_err(errors::db)?;
+        let txn = self.db.begin().await?;
         // Compare-and-set on the version: concurrent writers cannot both win.
         let changed = if before.is_some() {
             guild_policies::Entity::update_many()
@@ -254,8 +247,7 @@ impl Store {
                 .filter(guild_policies::Column::GuildId.eq(p.guild_id.as_str()))
                 .filter(guild_policies::Column::Version.eq(current))
                 .exec(&txn)
-                .await
-                .map_err(errors::db)?
+                .await?
                 .rows_affected
         } else {
             let row = guild_policies::ActiveModel {
@@ -284,13 +276,11 @@ impl Store {
         role_policies::Entity::delete_many()
             .filter(role_policies::Column::GuildId.eq(p.guild_id.as_str()))
             .exec(&txn)
-            .await
-            .map_err(errors::db)?;
+            .await?;
         command_quotas::Entity::delete_many()
             .filter(command_quotas::Column::GuildId.eq(p.guild_id.as_str()))
             .exec(&txn)
-            .await
-            .map_err(errors::db)?;
+            .await?;
         for (command, q) in &p.quotas {
             let limit = |v: Option<u32>| v.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
             command_quotas::Entity::insert(command_quotas::ActiveModel {
@@ -300,8 +290,7 @@ impl Store {
                 max_per_hour: Set(limit(q.max_per_hour)),
             })
             .exec_without_returning(&txn)
-            .await
-            .map_err(errors::db)?;
+            .await?;
         }
         for (command, roles) in &p.commands {
             let roles = serde_json::to_string(roles).map_err(|e| Error::Internal(e.to_string()))?;
@@ -311,15 +300,14 @@ impl Store {
                 role_ids: Set(roles),
             })
             .exec_without_returning(&txn)
-            .await
-            .map_err(errors::db)?;
+            .await?;
         }
         let payload = serde_json::json!({
             "before": before.as_ref().map(|b| serde_json::json!({"commands": b.commands, "default": b.default.as_str(), "version": b.version})),
             "after": {"commands": p.commands, "default": p.default.as_str(), "version": current + 1},
         });
         Self::audit_on(&txn, &p.guild_id, actor, "policy_set", "", payload).await?;
-        txn.commit().await.map_err(errors::db)?;
+        txn.commit().await?;
         self.policy_for(&p.guild_id).await
     }
 }
@@ -354,9 +342,9 @@ impl Store {
                 .filter(runs::Column::GuildId.eq(guild_id))
                 .filter(runs::Column::Command.eq(command))
         };
-        let active: Option<Tally> = of(true).into_model().one(c).await.map_err(errors::db)?;
+        let active: Option<Tally> = of(true).into_model().one(c).await?;
         let ended: Option<Tally> = if per_hour {
-            of(false).into_model().one(c).await.map_err(errors::db)?
+            of(false).into_model().one(c).await?
         } else {
             None
         };
@@ -380,7 +368,7 @@ impl Store {
             return Ok(Quoted::Started(Box::new(existing), true));
         }
         let (guild, command) = (new.requester.guild_id.clone(), new.command.clone());
-        let txn = self.db.begin().await.map_err(errors::db)?;
+        let txn = self.db.begin().await?;
         let b = txn.get_database_backend();
         let lock = if b == sea_orm::DatabaseBackend::Postgres {
             sea_orm::Statement::from_sql_and_values(
@@ -395,7 +383,7 @@ impl Store {
                 "UPDATE command_quotas SET guild_id = guild_id WHERE 1 = 0",
             )
         };
-        txn.execute_raw(lock).await.map_err(errors::db)?;
+        txn.execute_raw(lock).await?;
         let now = Utc::now();
         let usage =
             Self::usage_on(&txn, &guild, &command, now, quota.max_per_hour.is_some()).await?;
@@ -415,7 +403,7 @@ impl Store {
             }
             Err(super::Inserted::Failed(e)) => return Err(e),
         }
-        txn.commit().await.map_err(errors::db)?;
+        txn.commit().await?;
         let run = self
             .get_run(&id.to_string())
             .await?
@@ -430,11 +418,7 @@ impl Store {
         let of = |active| tallies(active, hour_ago).filter(runs::Column::GuildId.ne(""));
         let mut by: BTreeMap<(String, String), [Option<Tally>; 2]> = BTreeMap::new();
         for (i, active) in [(0, true), (1, false)] {
-            let rows: Vec<Tally> = of(active)
-                .into_model()
-                .all(&self.db)
-                .await
-                .map_err(errors::db)?;
+            let rows: Vec<Tally> = of(active).into_model().all(&self.db).await?;
             for t in rows {
                 let key = (t.guild_id.clone(), t.command.clone());
                 by.entry(key).or_default()[i] = Some(t);

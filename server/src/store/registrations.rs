@@ -4,7 +4,7 @@
 
 use super::Store;
 use super::entities::command_registrations as cr;
-use super::errors;
+
 use crate::domain::Result;
 use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
@@ -92,8 +92,7 @@ impl Store {
         cr::Entity::insert(row)
             .on_conflict(conflict)
             .exec_without_returning(&self.db)
-            .await
-            .map_err(errors::db)?;
+            .await?;
         Ok(())
     }
 
@@ -102,8 +101,7 @@ impl Store {
         Ok(cr::Entity::find()
             .order_by_asc(cr::Column::Scope)
             .all(&self.db)
-            .await
-            .map_err(errors::db)?
+            .await?
             .into_iter()
             .map(Registration::from)
             .collect())

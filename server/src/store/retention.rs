@@ -5,8 +5,8 @@
 //! batch are taken `FOR UPDATE SKIP LOCKED`: a run another transaction holds is left for the
 //! next pass, and two replicas pruning at once split the work.
 
+use super::Store;
 use super::entities::{audit_events, dispatches, run_events, runs};
-use super::{Store, errors};
 use crate::domain::Result;
 use crate::domain::retention::{Cutoffs, Pruned, prunable_statuses};
 use chrono::{DateTime, Utc};
@@ -32,7 +32,7 @@ fn prunable_runs(cutoff: DateTime<Utc>) -> sea_orm::Select<runs::Entity> {
 impl Store {
     /// One batch of finished runs past `cutoff` with their history and dispatches; the counts.
     pub async fn prune_runs_batch(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<Pruned> {
-        let txn = self.db.begin().await.map_err(errors::db)?;
+        let txn = self.db.begin().await?;
         let mut q = prunable_runs(cutoff)
             .select_only()
             .column(runs::Column::Id)
@@ -41,7 +41,7 @@ impl Store {
         if txn.get_database_backend() == DatabaseBackend::Postgres {
             q = q.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
         }
-        let ids: Vec<String> = q.into_tuple().all(&txn).await.map_err(errors::db)?;
+        let ids: Vec<String> = q.into_tuple().all(&txn).await?;
         if ids.is_empty() {
             let _ = txn.rollback().await;
             return Ok(Pruned::default());
@@ -49,22 +49,19 @@ impl Store {
         let events = run_events::Entity::delete_many()
             .filter(run_events::Column::RunId.is_in(ids.clone()))
             .exec(&txn)
-            .await
-            .map_err(errors::db)?
+            .await?
             .rows_affected;
         let jobs = dispatches::Entity::delete_many()
             .filter(dispatches::Column::RunId.is_in(ids.clone()))
             .exec(&txn)
-            .await
-            .map_err(errors::db)?
+            .await?
             .rows_affected;
         let gone = runs::Entity::delete_many()
             .filter(runs::Column::Id.is_in(ids))
             .exec(&txn)
-            .await
-            .map_err(errors::db)?
+            .await?
             .rows_affected;
-        txn.commit().await.map_err(errors::db)?;
+        txn.commit().await?;
         Ok(Pruned {
             runs: gone,
             run_events: events,
@@ -83,16 +80,14 @@ impl Store {
             .limit(batch as u64)
             .into_tuple()
             .all(&self.db)
-            .await
-            .map_err(errors::db)?;
+            .await?;
         if ids.is_empty() {
             return Ok(0);
         }
         Ok(audit_events::Entity::delete_many()
             .filter(audit_events::Column::Id.is_in(ids))
             .exec(&self.db)
-            .await
-            .map_err(errors::db)?
+            .await?
             .rows_affected)
     }
 
@@ -100,10 +95,7 @@ impl Store {
     pub async fn prunable(&self, cutoffs: &Cutoffs) -> Result<Pruned> {
         let mut p = Pruned::default();
         if let Some(cutoff) = cutoffs.runs {
-            p.runs = prunable_runs(cutoff)
-                .count(&self.db)
-                .await
-                .map_err(errors::db)?;
+            p.runs = prunable_runs(cutoff).count(&self.db).await?;
             let ids = || {
                 sea_orm::sea_query::Query::select()
                     .column(runs::Column::Id)
@@ -115,20 +107,17 @@ impl Store {
             p.run_events = run_events::Entity::find()
                 .filter(run_events::Column::RunId.in_subquery(ids()))
                 .count(&self.db)
-                .await
-                .map_err(errors::db)?;
+                .await?;
             p.dispatches = dispatches::Entity::find()
                 .filter(dispatches::Column::RunId.in_subquery(ids()))
                 .count(&self.db)
-                .await
-                .map_err(errors::db)?;
+                .await?;
         }
         if let Some(cutoff) = cutoffs.audit {
             p.audit_events = audit_events::Entity::find()
                 .filter(audit_events::Column::CreatedAt.lt(cutoff))
                 .count(&self.db)
-                .await
-                .map_err(errors::db)?;
+                .await?;
         }
         if let Some(cutoff) = cutoffs.codex_task_runs {
             p.codex_task_runs = self.prunable_task_runs(cutoff).await?;

@@ -3,7 +3,7 @@
 
 use super::Store;
 use super::entities::template_commands;
-use super::errors;
+
 use crate::domain::templates::Template;
 use crate::domain::{Error, Result};
 use sea_orm::ActiveValue::Set;
@@ -34,19 +34,17 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let txn = self.db.begin().await.map_err(errors::db)?;
+        let txn = self.db.begin().await?;
         template_commands::Entity::delete_many()
             .filter(template_commands::Column::Namespace.is_in(namespaces.iter().cloned()))
             .exec(&txn)
-            .await
-            .map_err(errors::db)?;
+            .await?;
         if !rows.is_empty() {
             template_commands::Entity::insert_many(rows)
                 .exec_without_returning(&txn)
-                .await
-                .map_err(errors::db)?;
+                .await?;
         }
-        txn.commit().await.map_err(errors::db)
+        txn.commit().await.map_err(Error::from)
     }
 
     /// Every reported template, by namespace and name.
@@ -55,8 +53,7 @@ impl Store {
             .order_by_asc(template_commands::Column::Namespace)
             .order_by_asc(template_commands::Column::Name)
             .all(&self.db)
-            .await
-            .map_err(errors::db)?
+            .await?
             .into_iter()
             .map(|m| {
                 serde_json::from_str(&m.definition).map_err(|e| {

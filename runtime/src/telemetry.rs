@@ -3,7 +3,7 @@
 //! `http/protobuf` (default) or `grpc`. Exporters connect lazily, so an absent collector never
 //! blocks or fails start-up. The returned guard flushes on drop.
 
-use crate::model::TelemetryConfig;
+use facteur_config::TelemetryConfig;
 use opentelemetry::trace::TracerProvider as _;
 pub use opentelemetry_otlp::Protocol;
 use opentelemetry_otlp::WithExportConfig;
@@ -243,6 +243,7 @@ pub fn init_with(
     force_json: bool,
     exporters: Exporters,
 ) -> TelemetryGuard {
+    facteur_client::send_trace_context(current_traceparent);
     let filter = || {
         EnvFilter::try_from_default_env()
             .or_else(|_| EnvFilter::try_new(&cfg.log_level))

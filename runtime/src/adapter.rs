@@ -2,9 +2,10 @@
 //! `[--config FILE] [--log-json] [run | config-check]`, start-up (configuration, runtime,
 //! telemetry, the exit code) and the control-plane client of `control_plane.*`.
 
-use crate::{Client, ClientConfig};
+use crate::telemetry;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use facteur_config::{Config, ControlPlaneConfig, Process, load, telemetry};
+use facteur_client::{Client, ClientConfig};
+use facteur_config::{Config, ControlPlaneConfig, Process, load};
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,7 +56,7 @@ where
         print!("{}", config.redacted_yaml());
         return ExitCode::SUCCESS;
     }
-    let runtime = match facteur_config::runtime::build() {
+    let runtime = match crate::runtime::build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -99,7 +100,7 @@ pub async fn follow<T, O, OF, E, EF>(
     E: Fn(T) -> EF,
     EF: std::future::Future<Output = ()>,
 {
-    let mut backoff = crate::Backoff::new(
+    let mut backoff = facteur_client::Backoff::new(
         std::time::Duration::from_millis(200),
         std::time::Duration::from_secs(15),
     );
