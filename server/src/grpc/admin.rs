@@ -237,8 +237,7 @@ impl AdminService for AdminApi {
         req: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::GetRunResponse>, Status> {
         let id = req.into_inner().run_id;
-        let run = runs::get(&self.0, &id).await?;
-        let events = self.0.store.run_events(&run.id).await?;
+        let (run, events) = runs::with_history(&self.0, &id).await?;
         Ok(Response::new(pb::GetRunResponse {
             run: Some(convert::run(&run)),
             events: events.iter().map(convert::event).collect(),

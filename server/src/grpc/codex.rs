@@ -61,22 +61,21 @@ impl CodexService for CodexApi {
         &self,
         req: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
-        let found = match req.into_inner().key {
+        use crate::service::codex::{TaskKey, find};
+        let r = match &req.get_ref().key {
             Some(pb::get_task_request::Key::TaskRunId(id)) => {
-                self.0.store.codex_by_task_run(&id).await?
+                find(&self.0, TaskKey::TaskRun(id)).await?
             }
-            Some(pb::get_task_request::Key::DeliveryId(id)) if !id.is_empty() => {
-                self.0.store.codex_by_delivery(&id).await?
+            Some(pb::get_task_request::Key::DeliveryId(id)) => {
+                find(&self.0, TaskKey::Delivery(id)).await?
             }
-            _ => {
+            None => {
                 return Err(Status::from(Error::invalid(
                     "task_run_id",
                     "task_run_id or delivery_id is required",
                 )));
             }
         };
-        let r =
-            found.ok_or_else(|| Status::from(Error::NotFound("no such codex task run".into())))?;
         Ok(Response::new(pb::GetTaskResponse {
             task: Some(record(&r)),
         }))

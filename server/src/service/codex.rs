@@ -1,10 +1,10 @@
 //! Codex task ingestion (wire-compat.md §5), shared by `CodexService.SubmitTask` and
 //! `POST /codex/tasks`: validate, plan, record and start, count.
 
-use crate::domain::Result;
 use crate::domain::codex::{carries_task, plan, task_digest};
+use crate::domain::{Error, Result};
 use crate::state::AppState;
-use crate::store::codex::CodexAccepted;
+use crate::store::codex::{CodexAccepted, CodexRecord};
 use facteur_proto::froussard::CodexTask;
 use std::time::Instant;
 
@@ -82,4 +82,29 @@ pub fn reject(state: &AppState, reason: &'static str) {
         vec![("reason", reason.to_string())],
         1,
     );
+}
+
+/// Which task run [`find`] looks up.
+#[derive(Clone, Copy, Debug)]
+pub enum TaskKey<'a> {
+    /// By the task run's id (a UUID).
+    TaskRun(&'a str),
+    /// By the delivery id the producer sent.
+    Delivery(&'a str),
+}
+
+/// One Codex task run: NOT_FOUND when there is none, INVALID_ARGUMENT for an empty key or a
+/// task run id that is not a UUID.
+pub async fn find(state: &AppState, key: TaskKey<'_>) -> Result<CodexRecord> {
+    let found = match key {
+        TaskKey::TaskRun(id) => state.store.codex_by_task_run(id).await?,
+        TaskKey::Delivery(id) if !id.is_empty() => state.store.codex_by_delivery(id).await?,
+        TaskKey::Delivery(_) => {
+            return Err(Error::invalid(
+                "delivery_id",
+                "task_run_id or delivery_id is required",
+            ));
+        }
+    };
+    found.ok_or_else(|| Error::NotFound("no such codex task run".into()))
 }

@@ -66,6 +66,16 @@ pub async fn get(state: &AppState, handle: &str) -> Result<Run> {
         .ok_or_else(|| Error::NotFound(format!("no run `{}`", handle.trim())))
 }
 
+/// A run (by any handle, as [`get`]) with its history, oldest first.
+pub async fn with_history(
+    state: &AppState,
+    handle: &str,
+) -> Result<(Run, Vec<crate::domain::RunEvent>)> {
+    let run = get(state, handle).await?;
+    let events = state.store.run_events(&run.id).await?;
+    Ok((run, events))
+}
+
 /// Validates `values` for `command` ([`crate::domain::catalog::Catalog::resolve`]); values
 /// it refuses are counted (`facteur_values_refused_total{command, rule}`) and audited in
 /// `guild_id` as `value_refused` by `actor`, with each option and rule and `context` (who,
