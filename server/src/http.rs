@@ -199,18 +199,10 @@ fn http_error(e: Error) -> Response {
     let code = http_status_of(&e);
     let details = crate::grpc::status::details_of(&e);
     let mut body = serde_json::Map::new();
-    let message = match &e {
-        Error::Internal(m) => {
-            tracing::error!(error = %m, "internal error");
-            "internal error; the server log has the cause".to_string()
-        }
-        Error::Unavailable { .. } => {
-            tracing::warn!(error = %e, "dependency unavailable");
-            e.to_string()
-        }
-        other => other.to_string(),
-    };
-    body.insert("error".into(), message.into());
+    body.insert(
+        "error".into(),
+        crate::grpc::status::public_message(&e).into(),
+    );
     if let Some(info) = details.error_info() {
         body.insert("reason".into(), info.reason.clone().into());
     }

@@ -67,22 +67,26 @@ pub fn details_of(e: &Error) -> tonic_types::ErrorDetails {
     d
 }
 
+/// What the caller reads of an error (gRPC and HTTP alike), logging what it must: an outage
+/// as a warning; an internal error's text is logged and never shown.
+pub fn public_message(e: &Error) -> String {
+    match e {
+        Error::Unavailable { .. } => {
+            tracing::warn!(error = %e, "dependency unavailable");
+            e.to_string()
+        }
+        Error::Internal(m) => {
+            tracing::error!(error = %m, "internal error");
+            "internal error; the server log has the cause".to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         use tonic_types::StatusExt;
-        let code = code_of(&e);
-        let message = match &e {
-            Error::Unavailable { .. } => {
-                tracing::warn!(error = %e, "dependency unavailable");
-                e.to_string()
-            }
-            Error::Internal(m) => {
-                tracing::error!(error = %m, "internal error");
-                "internal error; the server log has the cause".to_string()
-            }
-            other => other.to_string(),
-        };
-        Status::with_error_details(code, message, details_of(&e))
+        Status::with_error_details(code_of(&e), public_message(&e), details_of(&e))
     }
 }
 
