@@ -194,8 +194,13 @@ async fn measure(srv: &TestServer, n: usize, round: &str) -> anyhow::Result<Vec<
         out.push((name.into(), figures(&lat)));
     }
 
+    // The worst case: every command has an hourly limit, so the hour's ended runs are read.
+    let hourly: std::collections::BTreeSet<String> = (0..20)
+        .map(|i| format!("cmd{i}"))
+        .chain(["deploy".to_string(), "dispatch".to_string()])
+        .collect();
     let lat = timed(warm, n, |_| async {
-        store.quota_usage().await?;
+        store.quota_usage(&hourly).await?;
         Ok(())
     })
     .await?;

@@ -1113,7 +1113,10 @@ async fn status(client: &Client, url: &str) -> anyhow::Result<ExitCode> {
                     u.guild_id.clone(),
                     format!("/{}", u.command),
                     of(u.active, u.max_concurrent),
-                    of(u.last_hour, u.max_per_hour),
+                    match u.max_per_hour {
+                        Some(_) => of(u.last_hour, u.max_per_hour),
+                        None => "-".into(),
+                    },
                 ]
             })
             .collect();

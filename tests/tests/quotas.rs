@@ -20,6 +20,21 @@ fn deploy(id: &str) -> serde_json::Value {
     )
 }
 
+/// `/deploy`'s quota usage in the guild, as `GetStatus` reports it.
+async fn deploy_usage(admin: &facteur_client::Client) -> pb::QuotaUsage {
+    let status = admin
+        .admin()
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    status
+        .quota_usage
+        .into_iter()
+        .find(|u| u.guild_id == GUILD && u.command == "deploy")
+        .expect("usage")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_run_past_the_quota_is_refused_until_one_ends() {
     let f = Followed::start(Options {
@@ -75,20 +90,11 @@ async fn the_run_past_the_quota_is_refused_until_one_ends() {
             .any(|e| e.1 == "quota_refused" && e.3["limit"] == "max_concurrent")
     );
     let admin = f.s.srv.client(ADMIN_TOKEN).await;
-    let status = admin
-        .admin()
-        .get_status(pb::GetStatusRequest {})
-        .await
-        .expect("status")
-        .into_inner();
-    let usage = status
-        .quota_usage
-        .iter()
-        .find(|u| u.guild_id == GUILD && u.command == "deploy")
-        .expect("usage");
+    let usage = deploy_usage(&admin).await;
+    // No hourly limit: the hour's runs are not read, nor reported.
     assert_eq!(
         (usage.active, usage.max_concurrent, usage.last_hour),
-        (2, Some(2), 2)
+        (2, Some(2), 0)
     );
 
     // One run ends: there is room again.
@@ -127,6 +133,29 @@ async fn the_run_past_the_quota_is_refused_until_one_ends() {
     assert!(
         message_text(&refused["data"]).contains("limit of 1 concurrent run in this server"),
         "{refused}"
+    );
+
+    // An hourly limit in the guild's policy: the hour is counted, ended runs included
+    // (401 ended; 402 and 404 run; 403 and 405 were refused and never started).
+    let mut policy = policy_of(&admin, GUILD).await;
+    policy.guild_id = GUILD.into();
+    policy.quotas = vec![pb::CommandQuota {
+        command: "deploy".into(),
+        max_concurrent: Some(1),
+        max_per_hour: Some(10),
+    }];
+    admin
+        .admin()
+        .set_policy(pb::SetPolicyRequest {
+            policy: Some(policy.clone()),
+            expected_version: policy.version,
+        })
+        .await
+        .expect("set policy");
+    let usage = deploy_usage(&admin).await;
+    assert_eq!(
+        (usage.active, usage.last_hour, usage.max_per_hour),
+        (2, 3, Some(10))
     );
     f.stop().await;
 }

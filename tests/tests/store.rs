@@ -461,12 +461,22 @@ async fn quota_usage_counts_the_hour(backend: Backend) {
             .await
             .expect("shape");
     }
-    let usage = s.quota_usage().await.expect("usage");
+    let usage = s
+        .quota_usage(&["dispatch".to_string()].into())
+        .await
+        .expect("usage");
     let (_, _, u) = usage
         .iter()
         .find(|(g, _, _)| g == guild)
         .expect("the guild's usage");
     assert_eq!((u.active, u.last_hour), (2, 3), "{u:?}");
+    // Where no command has an hourly limit, the ended runs of the hour are not read.
+    let active_only = s.quota_usage(&Default::default()).await.expect("usage");
+    let (_, _, a) = active_only
+        .iter()
+        .find(|(g, _, _)| g == guild)
+        .expect("the guild's usage");
+    assert_eq!((a.active, a.last_hour), (2, 1), "{a:?}");
     let oldest = u.oldest_in_hour.expect("oldest in the hour");
     let want = now - chrono::Duration::seconds(600);
     assert!(

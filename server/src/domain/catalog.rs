@@ -121,6 +121,16 @@ impl Catalog {
         self.all(&t).cloned().collect()
     }
 
+    /// The commands to which the catalog gives an hourly limit: the only ones whose ended runs
+    /// of the hour a quota report must count.
+    pub fn hourly_limited(&self) -> std::collections::BTreeSet<String> {
+        let t = self.read();
+        self.all(&t)
+            .filter(|c| c.max_per_hour.is_some())
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
     /// The quota the catalog gives `command`: its configuration's, or its template's
     /// annotations under the operator's `command_policies` (a guild's policy may override it).
     pub fn quota_of(&self, command: &str) -> crate::domain::policy::Quota {

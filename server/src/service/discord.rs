@@ -142,12 +142,16 @@ async fn start_in_quota(state: &AppState, i: &Interaction, new: NewRun) -> Resul
     started
 }
 
-/// Every guild's use of every command with a quota (that ran within the hour or runs now).
+/// Every guild's use of every command with a quota (that runs now or, where an hourly limit is
+/// in force, ran within the hour). `last_hour` is counted only where the quota has an hourly
+/// limit: a report of concurrent quotas alone reads the active runs, not the hour's history.
 pub async fn quota_usage(state: &AppState) -> Result<Vec<(String, String, Quota, Usage)>> {
     let mut out = Vec::new();
+    let mut hourly = state.catalog.hourly_limited();
+    hourly.extend(state.store.hourly_limited().await?);
     // The quotas of every guild in two statements (not a policy read per guild and command:
     // a month of history has a row for every pair that ran in the last hour).
-    let usage = state.store.quota_usage().await?;
+    let usage = state.store.quota_usage(&hourly).await?;
     let guilds: Vec<String> = usage
         .iter()
         .map(|(g, _, _)| g.clone())
@@ -161,6 +165,15 @@ pub async fn quota_usage(state: &AppState) -> Result<Vec<(String, String, Quota,
             .and_then(|q| q.get(&command).copied())
             .unwrap_or_else(|| state.catalog.quota_of(&command));
         if !quota.is_unlimited() {
+            let usage = if quota.max_per_hour.is_some() {
+                usage
+            } else {
+                Usage {
+                    last_hour: 0,
+                    oldest_in_hour: None,
+                    ..usage
+                }
+            };
             out.push((guild, command, quota, usage));
         }
     }

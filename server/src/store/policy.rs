@@ -411,14 +411,26 @@ impl Store {
         Ok(Quoted::Started(Box::new(run), false))
     }
 
-    /// Every guild's use of every command that ran in the last hour or runs now:
-    /// (guild, command, usage).
-    pub async fn quota_usage(&self) -> Result<Vec<(String, String, Usage)>> {
+    /// Every guild's use of every command that runs now or, for the commands in `hourly` (those
+    /// with an hourly limit somewhere), ran in the last hour: (guild, command, usage). The
+    /// ended runs of the hour are read for those commands only: at a steady rate of runs they
+    /// are thousands of rows, and a quota of concurrent runs alone needs none of them.
+    pub async fn quota_usage(
+        &self,
+        hourly: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<(String, String, Usage)>> {
         let hour_ago = Utc::now() - chrono::Duration::hours(1);
         let of = |active| tallies(active, hour_ago).filter(runs::Column::GuildId.ne(""));
         let mut by: BTreeMap<(String, String), [Option<Tally>; 2]> = BTreeMap::new();
-        for (i, active) in [(0, true), (1, false)] {
-            let rows: Vec<Tally> = of(active).into_model().all(&self.db).await?;
+        let mut reads = vec![(0, of(true))];
+        if !hourly.is_empty() {
+            reads.push((
+                1,
+                of(false).filter(runs::Column::Command.is_in(hourly.iter().cloned())),
+            ));
+        }
+        for (i, q) in reads {
+            let rows: Vec<Tally> = q.into_model().all(&self.db).await?;
             for t in rows {
                 let key = (t.guild_id.clone(), t.command.clone());
                 by.entry(key).or_default()[i] = Some(t);
@@ -427,6 +439,17 @@ impl Store {
         Ok(by
             .into_iter()
             .map(|((g, c), [a, e])| (g, c, usage(a.as_ref(), e.as_ref())))
+            .collect())
+    }
+
+    /// The commands to which some guild's policy (or the global one) gives an hourly limit.
+    pub async fn hourly_limited(&self) -> Result<std::collections::BTreeSet<String>> {
+        Ok(command_quotas::Entity::find()
+            .filter(command_quotas::Column::MaxPerHour.is_not_null())
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|q| q.command)
             .collect())
     }
 }
