@@ -177,6 +177,40 @@ pub(crate) fn rss_of(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time process `pid` has used, user + system, in seconds (`/proc/<pid>/stat`, fields 14
+/// and 15, in clock ticks of 1/100 s as Linux reports them to user space).
+pub(crate) fn cpu_seconds_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces: count from the parenthesis that closes it.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // After the name: field 3 is index 0, so utime (14) is 11 and stime (15) is 12.
+    (tick(11) + tick(12)) as f64 / 100.0
+}
+
+/// The machine's CPU time so far, in clock ticks: (busy, total) from `/proc/stat`'s `cpu` line
+/// (busy is everything but idle and iowait).
+pub(crate) fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0, 0);
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
 /// Where process `pid`'s resident memory is (`/proc/<pid>/smaps`), MiB: anonymous (heap, stacks)
 /// and file-backed (the binary's own pages, shared libraries), the largest mappings by name
 /// (anonymous ones as `[anon]`), and the thread count.

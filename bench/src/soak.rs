@@ -13,7 +13,9 @@
 //! Every `BENCH_SOAK_INTERVAL_SECONDS` (default 60) one row: the server's resident memory, its open
 //! file descriptors (sockets included), the connections it holds to Postgres (`pg_stat_activity`),
 //! the runs not final yet (a backlog that grows means the pipeline falls behind), the database's
-//! size, and per kind of call the count, errors, p50 and p99 of that interval.
+//! size, and per kind of call the count, errors, p50 and p99 of that interval; and what explains
+//! a tail: the server's CPU seconds in the interval, the machine's busy fraction (`/proc/stat`)
+//! and how long the interval's `VACUUM (ANALYZE)` took (`vacuum_s`).
 //!
 //! Postgres with autovacuum off (as on this project's test machines) gets a `VACUUM (ANALYZE)`
 //! from the soak once per interval, as autovacuum would give a long-lived database.
@@ -24,7 +26,7 @@
 //! 25 %; the backlog within 50 %, or under ten seconds of load throughout. `flat` is all of them,
 //! with no call failed.
 
-use crate::process::{Server, database_bytes, mib, rss_of};
+use crate::process::{Server, cpu_seconds_of, database_bytes, machine_ticks, mib, rss_of};
 use crate::{percentile, round2};
 use facteur_client::{Client, ClientConfig, pb};
 use facteur_tests::fake_kube::FakeKube;
@@ -416,12 +418,20 @@ pub async fn run(minutes: u64, interval_s: u64, rate: f64) -> anyhow::Result<Val
     let mut pooled: Vec<BTreeMap<&'static str, Vec<f64>>> = Vec::new();
     let intervals = (minutes * 60).div_ceil(interval_s.max(1));
     let mut fed = 0u64;
+    let (mut cpu_before, mut ticks_before) = (cpu_seconds_of(pid), machine_ticks());
     for k in 1..=intervals {
         tokio::time::sleep_until((started_at + Duration::from_secs(k * interval_s)).into()).await;
         if let Some(status) = srv.child.try_wait()? {
             anyhow::bail!("facteur exited during the soak: {status}");
         }
         let windows = stats.take();
+        // What the interval cost the server and the machine, read before this interval's VACUUM
+        // (which is then timed on its own): a tail that follows the machine's load, or the
+        // VACUUM's growing length, is not the server's code.
+        let (cpu, ticks) = (cpu_seconds_of(pid), machine_ticks());
+        let server_cpu = cpu - cpu_before;
+        let busy = (ticks.0 - ticks_before.0) as f64 / (ticks.1 - ticks_before.1).max(1) as f64;
+        let vacuum_started = Instant::now();
         if !autovacuum {
             let out = Command::new("psql")
                 .args([db.url.as_str(), "-qAtc", "VACUUM (ANALYZE)"])
@@ -432,6 +442,8 @@ pub async fn run(minutes: u64, interval_s: u64, rate: f64) -> anyhow::Result<Val
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        let vacuum_s = vacuum_started.elapsed().as_secs_f64();
+        (cpu_before, ticks_before) = (cpu_seconds_of(pid), machine_ticks());
         let rss = rss_of(pid);
         let fds = open_fds(pid);
         let pg = psql_row(
@@ -476,6 +488,9 @@ pub async fn run(minutes: u64, interval_s: u64, rate: f64) -> anyhow::Result<Val
             "runs": runs[1],
             "database_mib": round2(bytes as f64 / 1048576.0),
             "feed_updates": updates - fed,
+            "server_cpu_s": round2(server_cpu),
+            "machine_busy": round2(busy),
+            "vacuum_s": round2(vacuum_s),
             "calls": calls,
         });
         fed = updates;
