@@ -547,7 +547,8 @@ async fn a_quota_set_live_and_its_usage_in_status() {
         .find(|l| l.starts_with(GUILD))
         .map(|l| l.split_whitespace().collect())
         .unwrap_or_default();
-    assert_eq!(row, [GUILD, "/dispatch", "1/1", "1"], "{status}");
+    // No hourly limit: the hour is not counted, and the column says so.
+    assert_eq!(row, [GUILD, "/dispatch", "1/1", "-"], "{status}");
     // Cleared: back to the configuration's (none), so the second fits.
     let (ok, out, _) =
         tokio::task::block_in_place(|| ctl(&url, &["quota", "set", GUILD, "dispatch"]));

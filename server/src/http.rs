@@ -330,19 +330,7 @@ async fn events(
         Ok(r) => r,
         Err(message) => return json_error(StatusCode::BAD_REQUEST, message),
     };
-    let result = async {
-        let i = interaction.validate()?;
-        discord::authorize(&state, &i, &command).await?;
-        discord::start(
-            &state,
-            &i,
-            &command,
-            &options,
-            crate::domain::run::RunSource::CompatEvent,
-        )
-        .await
-    }
-    .await;
+    let result = discord::run_event(&state, interaction, &command, &options).await;
     match result {
         Ok((run, _)) => {
             let correlation = if correlation_id.is_empty() {

@@ -8,10 +8,12 @@ pub mod dispatch;
 pub mod error;
 pub mod input;
 pub mod interaction;
+pub mod machine;
 pub mod policy;
 pub mod retention;
 pub mod run;
 pub mod templates;
+pub mod workflow;
 
 pub use error::{Error, Result};
 pub use run::{NewRun, Run, RunEvent, RunSource, RunStatus};

@@ -199,20 +199,31 @@ pub fn check_quota(
     Ok(())
 }
 
-/// Builds a map from (command, roles) pairs, rejecting a command listed twice.
+/// Builds a map from (command, roles) pairs, rejecting a bad name or a command listed twice.
 pub fn commands_from(pairs: Vec<(String, Vec<String>)>) -> Result<BTreeMap<String, Vec<String>>> {
+    by_command(pairs, "commands", "")
+}
+
+/// Builds a policy's quotas from (command, quota) pairs, rejecting a bad name or a command
+/// listed twice.
+pub fn quotas_from(pairs: Vec<(String, Quota)>) -> Result<BTreeMap<String, Quota>> {
+    by_command(pairs, "policy.quotas", "quotas: ")
+}
+
+/// A map by command name; `field` names the list in errors, `lead` starts their message.
+fn by_command<T>(pairs: Vec<(String, T)>, field: &str, lead: &str) -> Result<BTreeMap<String, T>> {
     let mut map = BTreeMap::new();
-    for (command, roles) in pairs {
+    for (command, value) in pairs {
         if !is_command_name(&command) {
             return Err(Error::invalid(
-                "commands",
-                format!("command name `{command}` must match ^[a-z0-9:_-]+$"),
+                field,
+                format!("{lead}command name `{command}` must match ^[a-z0-9:_-]+$"),
             ));
         }
-        if map.insert(command.clone(), roles).is_some() {
+        if map.insert(command.clone(), value).is_some() {
             return Err(Error::invalid(
-                "commands",
-                format!("command `{command}` is listed twice"),
+                field,
+                format!("{lead}command `{command}` is listed twice"),
             ));
         }
     }

@@ -1,15 +1,5 @@
-//! Runs and the run state machine (DESIGN.md §3).
-//!
-//! ```text
-//! queued ─▶ dispatching ─▶ submitted ─▶ running ─▶ succeeded
-//!    │           │             │           ├─────▶ failed
-//!    │           │             │           └─────▶ error
-//!    └───────────┴─────────────┴───────────────────▶ cancelled
-//! dispatching ─(attempts exhausted)─▶ dead_lettered ─(requeue)─▶ queued
-//! ```
-//!
-//! Transitions only move forward. [`RunStatus::can_move_to`] is the single authority: a late or
-//! repeated report that would move a run backwards is refused, and callers treat it as a no-op.
+//! Runs: what is stored of each, who asked, its steps and decisions, and the handles people
+//! type to name one. How a run moves from state to state is [`crate::domain::machine`].
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -75,36 +65,6 @@ impl RunStatus {
             self,
             RunStatus::Succeeded | RunStatus::Failed | RunStatus::Error | RunStatus::Cancelled
         )
-    }
-
-    /// Position along the forward path; states of one rank are alternatives, not successors.
-    fn rank(self) -> u8 {
-        match self {
-            RunStatus::Queued => 0,
-            RunStatus::Dispatching => 1,
-            RunStatus::DeadLettered => 2,
-            RunStatus::Submitted => 2,
-            RunStatus::Running => 3,
-            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Error | RunStatus::Cancelled => 4,
-        }
-    }
-
-    /// Whether `self → to` is a legal transition.
-    pub fn can_move_to(self, to: RunStatus) -> bool {
-        use RunStatus::*;
-        match (self, to) {
-            (a, b) if a.is_terminal() || a == b => false,
-            // An admin requeue is the one way back, and only from the dead-letter state.
-            (DeadLettered, Queued) => true,
-            (DeadLettered, Cancelled) => true,
-            (DeadLettered, _) => false,
-            (_, DeadLettered) => self == Dispatching || self == Queued,
-            // A failed create attempt hands the dispatch back to the queue for a retry.
-            (Dispatching, Queued) => true,
-            // Argo may report a Workflow's outcome before we saw it running, or before the
-            // adapter's Complete arrived: skipping ahead is fine, going back is not.
-            _ => to.rank() > self.rank(),
-        }
     }
 
     /// The run state an Argo Workflow phase means, if any (`""` and unknown phases mean none).
@@ -225,18 +185,6 @@ pub struct NewRun {
 /// Longest idempotency key a caller may choose (the column holds 255, room for prefixes).
 pub const MAX_IDEMPOTENCY_KEY: usize = 200;
 
-/// Only a finished run can be retried (FAILED_PRECONDITION otherwise).
-pub fn check_retryable(run: &Run) -> crate::domain::Result<()> {
-    if run.status.is_terminal() {
-        Ok(())
-    } else {
-        Err(crate::domain::Error::FailedPrecondition(format!(
-            "run `{}` is {}; only a finished run can be retried",
-            run.id, run.status
-        )))
-    }
-}
-
 impl NewRun {
     /// A replay of an idempotency key must ask for what the first request asked: the same
     /// command, parameters, requester and parent. Otherwise the key was reused for something
@@ -292,6 +240,52 @@ impl NewRun {
             parameters: run.parameters.clone(),
             parent_run_id: Some(run.id.clone()),
             trace_parent,
+        }
+    }
+}
+
+impl Run {
+    /// The suspend step the run waits at for a decision (none once decided, or when it waits
+    /// at none): what Approve and Reject act on.
+    pub fn waiting_step(&self) -> Option<&Approval> {
+        self.steps
+            .approval
+            .as_ref()
+            .filter(|a| a.decision.is_none())
+    }
+}
+
+#[cfg(test)]
+impl Run {
+    /// A run of `dispatch` in namespace `ns` (id `r1`), for the domain's tests.
+    pub(crate) fn example(status: RunStatus) -> Run {
+        let t = Utc::now();
+        Run {
+            id: "r1".into(),
+            number: 0,
+            idempotency_key: "k".into(),
+            command: "dispatch".into(),
+            source: RunSource::Admin,
+            status,
+            requester: Requester::default(),
+            namespace: "ns".into(),
+            workflow_template: "tpl".into(),
+            service_account: String::new(),
+            workflow_name: "wf-r1".into(),
+            workflow_uid: String::new(),
+            parameters: Default::default(),
+            message: String::new(),
+            progress: String::new(),
+            workflow_phase: String::new(),
+            parent_run_id: None,
+            attempts: 0,
+            created_at: t,
+            updated_at: t,
+            started_at: None,
+            finished_at: None,
+            cancel_requested_at: None,
+            steps: Default::default(),
+            trace_parent: String::new(),
         }
     }
 }
@@ -587,61 +581,6 @@ mod tests {
         let mut other = new_run();
         other.requester.principal = "someone-else".into();
         assert!(other.check_replay_of(&run).is_err());
-    }
-
-    #[test]
-    fn forward_path_is_legal() {
-        for (a, b) in [
-            (Queued, Dispatching),
-            (Dispatching, Submitted),
-            (Submitted, Running),
-            (Running, Succeeded),
-            (Running, Failed),
-            (Running, Error),
-        ] {
-            assert!(a.can_move_to(b), "{a} -> {b}");
-        }
-    }
-
-    #[test]
-    fn skipping_ahead_is_legal_going_back_is_not() {
-        assert!(Dispatching.can_move_to(Running));
-        assert!(Submitted.can_move_to(Succeeded));
-        assert!(!Running.can_move_to(Submitted));
-        assert!(!Running.can_move_to(Dispatching));
-        assert!(!Submitted.can_move_to(Dispatching));
-    }
-
-    #[test]
-    fn terminal_states_are_final() {
-        for t in [Succeeded, Failed, Error, Cancelled] {
-            for to in RunStatus::ALL {
-                assert!(!t.can_move_to(to), "{t} -> {to}");
-            }
-        }
-    }
-
-    #[test]
-    fn cancel_from_every_live_state() {
-        for s in [Queued, Dispatching, Submitted, Running, DeadLettered] {
-            assert!(s.can_move_to(Cancelled), "{s}");
-        }
-    }
-
-    #[test]
-    fn dead_letter_only_from_dispatch_and_back_only_by_requeue() {
-        assert!(Dispatching.can_move_to(DeadLettered));
-        assert!(!Running.can_move_to(DeadLettered));
-        assert!(!Submitted.can_move_to(DeadLettered));
-        assert!(DeadLettered.can_move_to(Queued));
-        assert!(!DeadLettered.can_move_to(Running));
-    }
-
-    #[test]
-    fn repeated_state_is_not_a_transition() {
-        for s in RunStatus::ALL {
-            assert!(!s.can_move_to(s));
-        }
     }
 
     #[test]

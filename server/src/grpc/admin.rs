@@ -5,11 +5,10 @@ use super::convert;
 use crate::auth::Principal;
 use crate::domain::Error;
 use crate::domain::dispatch::DispatchKind;
-use crate::domain::input::storable;
-use crate::domain::policy::{DefaultPolicy, GuildPolicy, Quota, commands_from};
+use crate::domain::policy::{DefaultPolicy, Quota};
 use crate::domain::retention::Retention;
-use crate::domain::run::{Decision as RunDecision, MAX_IDEMPOTENCY_KEY, Requester, RunSource};
-use crate::service::{runs, sessions};
+use crate::domain::run::Decision as RunDecision;
+use crate::service::{guilds, policy, runs, sessions, status};
 use crate::state::AppState;
 use crate::store::RunFilter;
 use chrono::{DateTime, Utc};
@@ -59,24 +58,16 @@ pub(crate) fn cursor(t: DateTime<Utc>, id: &str) -> String {
     format!("{}.{id}", t.timestamp_nanos_opt().unwrap_or(0))
 }
 
-fn idempotency_key(given: &str, default: impl FnOnce() -> String) -> Result<String, Status> {
-    if given.is_empty() {
-        return Ok(default());
-    }
-    storable("idempotency_key", given, MAX_IDEMPOTENCY_KEY)?;
-    Ok(given.to_string())
-}
-
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     async fn get_status(
         &self,
         _req: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let deps = self.0.health.check().await;
-        // Who serves what needs the database; when it is down the dependencies say so.
-        let served = crate::service::dispatch::served(&self.0).await.ok();
-        let (adapters, unserved_namespaces) = served
+        let report = status::report(&self.0).await;
+        let ready = report.ready();
+        let (adapters, unserved_namespaces) = report
+            .served
             .map(|s| {
                 let adapters = s
                     .adapters
@@ -107,8 +98,9 @@ impl AdminService for AdminApi {
             adapters,
             unserved_namespaces,
             version: env!("CARGO_PKG_VERSION").into(),
-            ready: deps.iter().all(|d| d.healthy),
-            dependencies: deps
+            ready,
+            dependencies: report
+                .dependencies
                 .into_iter()
                 .map(|d| pb::DependencyStatus {
                     name: d.name.into(),
@@ -121,12 +113,8 @@ impl AdminService for AdminApi {
             started_at: Some(convert::ts(self.0.started_at)),
             catalog_problems: self.0.catalog.problems(),
             catalog_repairs: self.0.catalog.repairs(),
-            registrations: self
-                .0
-                .store
-                .registrations()
-                .await
-                .unwrap_or_default()
+            registrations: report
+                .registrations
                 .into_iter()
                 .map(|r| pb::CommandRegistration {
                     ok: r.error.is_empty(),
@@ -139,9 +127,8 @@ impl AdminService for AdminApi {
                     updated_at: Some(convert::ts(r.updated_at)),
                 })
                 .collect(),
-            quota_usage: crate::service::discord::quota_usage(&self.0)
-                .await
-                .unwrap_or_default()
+            quota_usage: report
+                .quota_usage
                 .into_iter()
                 .map(|(guild_id, command, quota, u)| pb::QuotaUsage {
                     guild_id,
@@ -160,22 +147,16 @@ impl AdminService for AdminApi {
         req: Request<pb::StartRunRequest>,
     ) -> Result<Response<pb::StartRunResponse>, Status> {
         let principal = Principal::of(&req);
-        let trace_parent = facteur_runtime::telemetry::current_traceparent().unwrap_or_default();
         let r = req.into_inner();
         let params: std::collections::BTreeMap<String, String> = r.parameters.into_iter().collect();
-        let context = serde_json::json!({"principal": principal.name, "source": "admin"});
-        let resolved =
-            runs::resolve(&self.0, &r.command, &params, "", &principal.name, context).await?;
-        let key = idempotency_key(&r.idempotency_key, || {
-            format!("admin:{}", uuid::Uuid::new_v4())
-        })?;
-        let requester = Requester {
-            principal: principal.name.clone(),
-            display_name: principal.name.clone(),
-            ..Default::default()
-        };
-        let new = resolved.into_run(key, RunSource::Admin, requester, trace_parent);
-        let (run, duplicate) = runs::start(&self.0, new, &principal.name).await?;
+        let (run, duplicate) = runs::start_admin(
+            &self.0,
+            &r.command,
+            &params,
+            &r.idempotency_key,
+            &principal.name,
+        )
+        .await?;
         Ok(Response::new(pb::StartRunResponse {
             run: Some(convert::run(&run)),
             duplicate,
@@ -215,20 +196,10 @@ impl AdminService for AdminApi {
             created_before: time(r.created_before, "created_before")?,
         };
         let limit = page_size(r.page_size);
-        let runs = self
-            .0
-            .store
-            .list_runs(&filter, limit + 1, parse_cursor(&r.page_token)?)
-            .await?;
-        let more = runs.len() as u64 > limit;
-        let runs: Vec<_> = runs.into_iter().take(limit as usize).collect();
-        let next_page_token = match runs.last() {
-            Some(last) if more => cursor(last.created_at, &last.id),
-            _ => String::new(),
-        };
+        let page = runs::list(&self.0, &filter, limit, parse_cursor(&r.page_token)?).await?;
         Ok(Response::new(pb::ListRunsResponse {
-            runs: runs.iter().map(convert::run).collect(),
-            next_page_token,
+            runs: page.items.iter().map(convert::run).collect(),
+            next_page_token: page.next.map(|(t, id)| cursor(t, &id)).unwrap_or_default(),
         }))
     }
 
@@ -261,7 +232,6 @@ impl AdminService for AdminApi {
                 )));
             }
         };
-        storable("reason", &r.reason, 2000)?;
         let run = runs::cancel(&self.0, &run_id, kind, &principal.name, &r.reason).await?;
         tracing::info!(run_id = %run.id, status = %run.status, mode = kind.as_str(), principal = %principal.name, "cancel requested");
         Ok(Response::new(pb::CancelRunResponse {
@@ -275,15 +245,8 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::RetryRunResponse>, Status> {
         let principal = Principal::of(&req);
         let r = req.into_inner();
-        let old = runs::get(&self.0, &r.run_id).await?;
-        let key = idempotency_key(&r.idempotency_key, || {
-            format!("retry:{}:{}", old.id, uuid::Uuid::new_v4())
-        })?;
-        let requester = Requester {
-            principal: principal.name.clone(),
-            ..old.requester.clone()
-        };
-        let (run, _) = runs::retry(&self.0, &old, key, requester, &principal.name).await?;
+        let (run, _) =
+            runs::retry_as(&self.0, &r.run_id, &r.idempotency_key, &principal.name).await?;
         Ok(Response::new(pb::RetryRunResponse {
             run: Some(convert::run(&run)),
         }))
@@ -313,7 +276,6 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::RejectRunResponse>, Status> {
         let principal = Principal::of(&req);
         let r = req.into_inner();
-        storable("reason", &r.reason, 500)?;
         let decision = RunDecision {
             by: principal.name.clone(),
             approved: false,
@@ -333,26 +295,7 @@ impl AdminService for AdminApi {
         let principal = Principal::of(&req);
         let r = req.into_inner();
         convert::guild_id(&r.guild_id, false)?;
-        let c = &self.0.config;
-        let setup = self
-            .0
-            .store
-            .setup_guild(
-                &r.guild_id,
-                &principal.name,
-                &c.role_map,
-                DefaultPolicy::parse(&c.discord.default_policy),
-                r.reseed_policy,
-            )
-            .await?;
-        self.0.guilds_wake.notify_waiters();
-        tracing::info!(
-            guild_id = %r.guild_id,
-            generation = setup.guild.generation,
-            policy_seeded = setup.policy_seeded,
-            by = %principal.name,
-            "guild set up"
-        );
+        let setup = guilds::setup(&self.0, &r.guild_id, &principal.name, r.reseed_policy).await?;
         Ok(Response::new(pb::SetupGuildResponse {
             guild: Some(convert::guild(&setup.guild)),
             policy: Some(convert::policy(&setup.policy)),
@@ -399,13 +342,9 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ListGuildsResponse>, Status> {
         let only = req.into_inner().guild_id;
         convert::guild_id(&only, true)?;
-        let guilds = self
-            .0
-            .store
-            .guilds((!only.is_empty()).then_some(only.as_str()))
-            .await?;
+        let listed = guilds::list(&self.0, (!only.is_empty()).then_some(only.as_str())).await?;
         Ok(Response::new(pb::ListGuildsResponse {
-            guilds: guilds.iter().map(convert::guild).collect(),
+            guilds: listed.iter().map(convert::guild).collect(),
         }))
     }
 
@@ -415,7 +354,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::GetPolicyResponse>, Status> {
         let guild = req.into_inner().guild_id;
         convert::guild_id(&guild, true)?;
-        let p = self.0.store.policy_for(&guild).await?;
+        let p = policy::get(&self.0, &guild).await?;
         Ok(Response::new(pb::GetPolicyResponse {
             policy: Some(convert::policy(&p)),
         }))
@@ -431,12 +370,10 @@ impl AdminService for AdminApi {
             .policy
             .ok_or_else(|| Status::from(Error::invalid("policy", "policy is required")))?;
         let default = match pb::DefaultPolicy::try_from(p.default_policy) {
-            Ok(pb::DefaultPolicy::Allow) => DefaultPolicy::Allow,
-            Ok(pb::DefaultPolicy::Deny) => DefaultPolicy::Deny,
+            Ok(pb::DefaultPolicy::Allow) => Some(DefaultPolicy::Allow),
+            Ok(pb::DefaultPolicy::Deny) => Some(DefaultPolicy::Deny),
             // Unspecified keeps the default in force.
-            Ok(pb::DefaultPolicy::Unspecified) => {
-                self.0.store.policy_for(&p.guild_id).await?.default
-            }
+            Ok(pb::DefaultPolicy::Unspecified) => None,
             Err(_) => {
                 return Err(Status::from(Error::invalid(
                     "policy.default_policy",
@@ -444,50 +381,28 @@ impl AdminService for AdminApi {
                 )));
             }
         };
-        let commands = commands_from(
-            p.commands
+        let change = policy::PolicyChange {
+            guild_id: p.guild_id,
+            commands: p
+                .commands
                 .into_iter()
                 .map(|c| (c.command, c.role_ids))
                 .collect(),
-        )?;
-        let mut quotas = std::collections::BTreeMap::new();
-        for q in p.quotas {
-            if !facteur_config::is_command_name(&q.command) {
-                return Err(Status::from(Error::invalid(
-                    "policy.quotas",
-                    format!(
-                        "quotas: command name `{}` must match ^[a-z0-9:_-]+$",
-                        q.command
-                    ),
-                )));
-            }
-            let quota = Quota {
-                max_concurrent: q.max_concurrent,
-                max_per_hour: q.max_per_hour,
-            };
-            if quotas.insert(q.command.clone(), quota).is_some() {
-                return Err(Status::from(Error::invalid(
-                    "policy.quotas",
-                    format!("quotas: command `{}` is listed twice", q.command),
-                )));
-            }
-        }
-        let policy = GuildPolicy {
-            quotas,
-            guild_id: p.guild_id,
-            commands,
+            quotas: p
+                .quotas
+                .into_iter()
+                .map(|q| {
+                    let quota = Quota {
+                        max_concurrent: q.max_concurrent,
+                        max_per_hour: q.max_per_hour,
+                    };
+                    (q.command, quota)
+                })
+                .collect(),
             default,
-            version: 0,
-            updated_by: principal.name.clone(),
-            updated_at: None,
+            expected_version: (r.expected_version != 0).then_some(r.expected_version),
         };
-        let expected = (r.expected_version != 0).then_some(r.expected_version);
-        let stored = self
-            .0
-            .store
-            .set_policy(&policy, expected, &principal.name)
-            .await?;
-        tracing::info!(guild_id = %stored.guild_id, version = stored.version, principal = %principal.name, "role policy replaced");
+        let stored = policy::set(&self.0, change, &principal.name).await?;
         Ok(Response::new(pb::SetPolicyResponse {
             policy: Some(convert::policy(&stored)),
         }))
@@ -499,18 +414,12 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
         let r = req.into_inner();
         let limit = page_size(r.page_size);
-        let rows = self
-            .0
-            .store
-            .list_dead_letters(limit + 1, parse_cursor(&r.page_token)?)
-            .await?;
-        let more = rows.len() as u64 > limit;
-        let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
-        let next_page_token = match rows.last() {
-            Some((d, _)) if more => cursor(d.dead_lettered_at.unwrap_or_default(), &d.id),
-            _ => String::new(),
-        };
-        let dead_letters = rows
+        let page =
+            crate::service::dispatch::dead_letters(&self.0, limit, parse_cursor(&r.page_token)?)
+                .await?;
+        let next_page_token = page.next.map(|(t, id)| cursor(t, &id)).unwrap_or_default();
+        let dead_letters = page
+            .items
             .iter()
             .map(|(d, run)| pb::DeadLetter {
                 dispatch_id: d.id.clone(),

@@ -12,6 +12,7 @@
 //!  [Cancel] [Refresh] [Open in Argo ↗]
 //! ```
 
+use crate::domain::interaction::{Button, ModalId, actions};
 use crate::domain::run::{Run, RunStatus};
 use chrono::{DateTime, Utc};
 use facteur_proto::v1 as pb;
@@ -201,7 +202,7 @@ fn details(run: &Run) -> String {
             }
         }
     }
-    if let Some(a) = run.steps.approval.as_ref().filter(|a| a.decision.is_none()) {
+    if let Some(a) = run.waiting_step() {
         out.push_str(&format!("\n⏸ waiting for approval: **{}**", name(&a.node)));
     }
     if !run.steps.failed.is_empty() {
@@ -278,16 +279,16 @@ pub fn embed(run: &Run, ui_base_url: &str, now: DateTime<Utc>) -> pb::Embed {
     }
 }
 
-fn button(label: &str, action: pb::ComponentAction, run: &Run, danger: bool) -> pb::Button {
-    let verb = match action {
-        pb::ComponentAction::Cancel => "cancel",
-        pb::ComponentAction::Retry => "retry",
-        pb::ComponentAction::Approve => "approve",
-        pb::ComponentAction::Reject => "reject",
-        _ => "refresh",
+fn button(label: &str, b: Button, run: &Run, danger: bool) -> pb::Button {
+    let action = match b {
+        Button::Cancel => pb::ComponentAction::Cancel,
+        Button::Retry => pb::ComponentAction::Retry,
+        Button::Approve => pb::ComponentAction::Approve,
+        Button::Reject => pb::ComponentAction::Reject,
+        Button::Refresh => pb::ComponentAction::Refresh,
     };
     pb::Button {
-        custom_id: format!("{verb}:{}", run.id),
+        custom_id: b.custom_id(&run.id),
         label: label.into(),
         action: action as i32,
         run_id: run.id.clone(),
@@ -296,25 +297,19 @@ fn button(label: &str, action: pb::ComponentAction, run: &Run, danger: bool) -> 
     }
 }
 
-/// The buttons under a run's card: Cancel while it may still run, Retry once it ended,
-/// Refresh, and a link to Argo when its UI is configured.
+/// The buttons under a run's card: what the domain says may be done to it now
+/// ([`actions`]), and a link to Argo when its UI is configured.
 pub fn buttons(run: &Run, ui_base_url: &str) -> Vec<pb::Button> {
-    let mut out = Vec::new();
-    if run
-        .steps
-        .approval
-        .as_ref()
-        .is_some_and(|a| a.decision.is_none())
-    {
-        out.push(button("Approve", pb::ComponentAction::Approve, run, false));
-        out.push(button("Reject", pb::ComponentAction::Reject, run, true));
-    }
-    out.push(if run.status.is_terminal() {
-        button("Retry", pb::ComponentAction::Retry, run, false)
-    } else {
-        button("Cancel", pb::ComponentAction::Cancel, run, true)
-    });
-    out.push(button("Refresh", pb::ComponentAction::Refresh, run, false));
+    let mut out: Vec<pb::Button> = actions(run)
+        .into_iter()
+        .map(|b| match b {
+            Button::Approve => button("Approve", b, run, false),
+            Button::Reject => button("Reject", b, run, true),
+            Button::Retry => button("Retry", b, run, false),
+            Button::Cancel => button("Cancel", b, run, true),
+            Button::Refresh => button("Refresh", b, run, false),
+        })
+        .collect();
     if let Some(url) = argo_link(run, ui_base_url) {
         out.push(pb::Button {
             label: "Open in Argo".into(),
@@ -332,7 +327,7 @@ pub fn approval_modal(run: &Run) -> Option<pb::Modal> {
     let a = run.steps.approval.as_ref()?;
     let node = if a.node.is_empty() { "run" } else { &a.node };
     Some(pb::Modal {
-        custom_id: format!("approve:{}", run.id),
+        custom_id: ModalId::Approval(&run.id).encode(),
         title: clip(&format!("Approve {node}"), 45),
         inputs: a
             .parameters
@@ -539,7 +534,7 @@ mod tests {
                 },
             },
         ];
-        r.message = crate::domain::dispatch::rejection_text(&r.steps.decisions[1]);
+        r.message = crate::domain::machine::rejection_text(&r.steps.decisions[1]);
         let e = embed(&r, "", now());
         assert_eq!(
             e.description,

@@ -92,20 +92,14 @@ impl CodexService for CodexApi {
             r.page_size.min(500)
         });
         let after = super::admin::parse_cursor(&r.page_token)?;
-        let rows = self
-            .0
-            .store
-            .list_codex(&r.repository, &r.status, limit + 1, after)
-            .await?;
-        let more = rows.len() as u64 > limit;
-        let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
-        let next_page_token = match rows.last() {
-            Some(last) if more => super::admin::cursor(last.created_at, &last.task_run_id),
-            _ => String::new(),
-        };
+        let page =
+            crate::service::codex::list(&self.0, &r.repository, &r.status, limit, after).await?;
         Ok(Response::new(pb::ListTasksResponse {
-            tasks: rows.iter().map(record).collect(),
-            next_page_token,
+            tasks: page.items.iter().map(record).collect(),
+            next_page_token: page
+                .next
+                .map(|(t, id)| super::admin::cursor(t, &id))
+                .unwrap_or_default(),
         }))
     }
 }

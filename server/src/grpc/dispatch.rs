@@ -20,28 +20,6 @@ pub struct DispatchApi(pub Arc<AppState>);
 const DEFAULT_IN_FLIGHT: u32 = 16;
 const MAX_IN_FLIGHT: u32 = 256;
 
-/// Label values: at most 63 of `[A-Za-z0-9-_.]`, alphanumeric at both ends.
-pub fn label_value(s: &str) -> String {
-    let mut v: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    v.truncate(63);
-    v.trim_matches(|c: char| !c.is_ascii_alphanumeric())
-        .to_string()
-}
-
-use facteur_proto::workflow::COMMAND_LABEL;
-pub use facteur_proto::workflow::{
-    MANAGED_BY_LABEL, RUN_ID_LABEL, SHOW_LOGS_ANNOTATION, TRACEPARENT_ANNOTATION,
-};
-
 /// An adapter id as `Lease` and `GetAssignment` take it.
 fn adapter_id(raw: &str) -> Result<&str, Status> {
     let id = raw.trim();
@@ -72,36 +50,7 @@ fn job(l: &Leased, show_logs: bool) -> pb::LeaseResponse {
         DispatchKind::Approve => pb::DispatchKind::Approve,
         DispatchKind::Reject => pb::DispatchKind::Reject,
     };
-    let labels = [
-        (MANAGED_BY_LABEL.to_string(), "facteur".to_string()),
-        (RUN_ID_LABEL.to_string(), run.id.clone()),
-        (COMMAND_LABEL.to_string(), label_value(&run.command)),
-    ]
-    .into_iter()
-    .collect();
-    let requester = if run.requester.user_id.is_empty() {
-        &run.requester.principal
-    } else {
-        &run.requester.user_id
-    };
-    let mut annotations: std::collections::HashMap<String, String> = [
-        (
-            "facteur.proompteng.ai/requester".to_string(),
-            requester.clone(),
-        ),
-        (
-            "facteur.proompteng.ai/source".to_string(),
-            run.source.as_str().to_string(),
-        ),
-    ]
-    .into_iter()
-    .collect();
-    if !run.trace_parent.is_empty() {
-        annotations.insert(TRACEPARENT_ANNOTATION.into(), run.trace_parent.clone());
-    }
-    if show_logs {
-        annotations.insert(SHOW_LOGS_ANNOTATION.into(), "true".into());
-    }
+    let meta = crate::domain::workflow::metadata(run, show_logs);
     pb::LeaseResponse {
         dispatch_id: l.dispatch.id.clone(),
         run_id: run.id.clone(),
@@ -122,8 +71,8 @@ fn job(l: &Leased, show_logs: bool) -> pb::LeaseResponse {
                     value: v.clone(),
                 })
                 .collect(),
-            labels,
-            annotations,
+            labels: meta.labels.into_iter().collect(),
+            annotations: meta.annotations.into_iter().collect(),
         }),
         approval: matches!(
             l.dispatch.kind,

@@ -108,3 +108,21 @@ pub async fn find(state: &AppState, key: TaskKey<'_>) -> Result<CodexRecord> {
     };
     found.ok_or_else(|| Error::NotFound("no such codex task run".into()))
 }
+
+/// One page of the recorded Codex task runs (of `repository` and in `status`, when given),
+/// newest first, after `after` (a previous page's key).
+pub async fn list(
+    state: &AppState,
+    repository: &str,
+    status: &str,
+    limit: u64,
+    after: Option<(chrono::DateTime<chrono::Utc>, String)>,
+) -> Result<crate::service::Page<CodexRecord>> {
+    let rows = state
+        .store
+        .list_codex(repository, status, limit + 1, after)
+        .await?;
+    Ok(crate::service::Page::of(rows, limit, |r| {
+        (r.created_at, r.task_run_id.clone())
+    }))
+}

@@ -3,7 +3,7 @@
 //! `CommandService` and the `POST /events` compatibility endpoint.
 
 use crate::domain::dispatch::DispatchKind;
-pub use crate::domain::interaction::Interaction;
+pub use crate::domain::interaction::{Button, Interaction, ModalId};
 use crate::domain::policy::Decision;
 use crate::domain::policy::{Quota, Usage};
 use crate::domain::run::{Decision as RunDecision, NewRun, Run, RunSource};
@@ -214,7 +214,192 @@ where
     Ok((run, duplicate))
 }
 
+/// What a member asked for, as the edge decoded it.
+#[derive(Clone, Debug)]
+pub enum Invocation {
+    /// A slash command with its options (in the order Discord sent them).
+    Slash {
+        /// Command name.
+        command: String,
+        /// (name, value) of each option given.
+        options: Vec<(String, String)>,
+    },
+    /// A modal submitted, by its `custom_id` (see [`ModalId`]) and its inputs' values.
+    ModalSubmit {
+        /// The modal's `custom_id`.
+        custom_id: String,
+        /// The value of each input, by its `custom_id`.
+        values: BTreeMap<String, String>,
+    },
+}
+
+/// What an invocation comes to, for the edge to show.
+#[derive(Debug)]
+pub enum Invoked {
+    /// A run started, or the one this interaction already started (`duplicate`); `ephemeral`
+    /// when its command answers only the member.
+    Started {
+        /// The run.
+        run: Box<Run>,
+        /// A replay of an interaction that had started it.
+        duplicate: bool,
+        /// Shown to the member alone.
+        ephemeral: bool,
+    },
+    /// A suspend step approved with a modal's values: the card it was opened from is updated.
+    Approved(Box<Run>),
+    /// A built-in command's answer.
+    Builtin(Builtin),
+    /// The command asks for its values in its modal first (nothing started).
+    OpenModal(Box<facteur_config::CommandConfig>),
+}
+
+/// The Invoke flow: a slash command or a modal's submission, from decoding to what it comes
+/// to. Permission first (nobody sees a modal for a command they may not run), then the
+/// built-ins, the modal of a command that has one, and the run.
+pub async fn invoke(state: &AppState, i: &Interaction, what: Invocation) -> Result<Invoked> {
+    let (command, options, modal_submit) = match what {
+        Invocation::ModalSubmit { custom_id, values } => {
+            match ModalId::parse(&custom_id, "modal_custom_id")? {
+                ModalId::Approval(run_id) => {
+                    let run = approve_with_values(state, i, run_id, values).await?;
+                    return Ok(Invoked::Approved(Box::new(run)));
+                }
+                ModalId::Command(command) => (command.to_string(), values, true),
+            }
+        }
+        Invocation::Slash { command, options } => {
+            let mut by_name = BTreeMap::new();
+            for (name, value) in options {
+                if by_name.contains_key(&name) {
+                    return Err(Error::invalid(
+                        "options",
+                        format!("option `{name}` given twice"),
+                    ));
+                }
+                by_name.insert(name, value);
+            }
+            (command, by_name, false)
+        }
+    };
+    authorize(state, i, &command).await?;
+    if BUILTINS.contains(&command.as_str()) {
+        return Ok(Invoked::Builtin(
+            builtin(state, i, &command, &options).await?,
+        ));
+    }
+    let config = state.catalog.command(&command);
+    if let Some(c) = config
+        .as_ref()
+        .filter(|c| !modal_submit && c.modal.is_some())
+    {
+        return Ok(Invoked::OpenModal(Box::new(c.clone())));
+    }
+    // An unknown command is refused by `start`, with the catalog's own message.
+    let (run, duplicate) = start(state, i, &command, &options, RunSource::Discord).await?;
+    Ok(Invoked::Started {
+        run: Box::new(run),
+        duplicate,
+        ephemeral: config.is_some_and(|c| c.ephemeral),
+    })
+}
+
+/// The `POST /events` flow (the old front end's CommandEvent): the interaction checked, the
+/// member authorized, the run started.
+pub async fn run_event(
+    state: &AppState,
+    i: Interaction,
+    command: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<(Run, bool)> {
+    let i = i.validate()?;
+    authorize(state, &i, command).await?;
+    start(state, &i, command, options, RunSource::CompatEvent).await
+}
+
+/// Most suggestions Discord shows for an option.
+pub const MAX_SUGGESTIONS: usize = 25;
+
+/// What an option being typed is offered.
+#[derive(Debug)]
+pub enum Suggestions {
+    /// The member's own runs that match (the `run` option of the built-ins).
+    Runs(Vec<Run>),
+    /// The option's choices that match: (name, value).
+    Choices(Vec<(String, String)>),
+}
+
+/// Suggestions for `focused` of `command` as the member types `partial`: only for what the
+/// member may run (otherwise none: the run would be refused anyway), at most
+/// [`MAX_SUGGESTIONS`].
+pub async fn autocomplete(
+    state: &AppState,
+    i: &Interaction,
+    command: &str,
+    focused: &str,
+    partial: &str,
+) -> Result<Suggestions> {
+    if !may_run(state, i, command).await? {
+        return Ok(Suggestions::Choices(Vec::new()));
+    }
+    let partial = partial.to_lowercase();
+    if focused == "run" && BUILTINS.contains(&command) {
+        let number = partial.trim_start_matches('#');
+        let mut runs: Vec<Run> = own_runs(state, i, MAX_SUGGESTIONS as u64)
+            .await?
+            .into_iter()
+            .filter(|run| {
+                run.id.starts_with(&partial)
+                    || run.number.to_string().starts_with(number)
+                    || run.command.contains(&partial)
+            })
+            .collect();
+        runs.truncate(MAX_SUGGESTIONS);
+        return Ok(Suggestions::Runs(runs));
+    }
+    let mut choices: Vec<(String, String)> = state
+        .catalog
+        .command(command)
+        .and_then(|c| c.options.into_iter().find(|o| o.name == focused))
+        .map(|o| o.choices)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|ch| {
+            ch.name.to_lowercase().contains(&partial) || ch.value.to_lowercase().contains(&partial)
+        })
+        .map(|ch| (ch.name, ch.value))
+        .collect();
+    choices.truncate(MAX_SUGGESTIONS);
+    Ok(Suggestions::Choices(choices))
+}
+
+/// Records the message that shows run `run_id` in its channel (the card edited from then on,
+/// once the interaction's token has expired). Only a run that came from Discord has one.
+pub async fn record_message(
+    state: &AppState,
+    run_id: &str,
+    message: sessions::RunMessage,
+) -> Result<()> {
+    runs::check_id(run_id)?;
+    if !facteur_config::is_snowflake(&message.channel_id)
+        || !facteur_config::is_snowflake(&message.message_id)
+    {
+        return Err(Error::invalid(
+            "channel_id",
+            "channel_id and message_id must be snowflakes",
+        ));
+    }
+    let run = runs::get(state, run_id).await?;
+    if run.requester.guild_id.is_empty() {
+        return Err(Error::FailedPrecondition(
+            "the run did not come from Discord".into(),
+        ));
+    }
+    sessions::record_message(state, run_id, &message).await
+}
+
 /// What a built-in command answers.
+#[derive(Debug)]
 pub enum Builtin {
     /// One run (`/status`, `/cancel`).
     Run(Box<Run>),
@@ -262,21 +447,6 @@ pub async fn builtin(
     }
 }
 
-/// A button on a run's message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Button {
-    /// Cancel the run.
-    Cancel,
-    /// Start it again (finished runs).
-    Retry,
-    /// Show it as it is now.
-    Refresh,
-    /// Approve the suspend step it waits at.
-    Approve,
-    /// Reject the suspend step it waits at.
-    Reject,
-}
-
 /// What a click asks the edge to show.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Clicked {
@@ -284,32 +454,6 @@ pub enum Clicked {
     Run(Box<Run>, bool),
     /// The values the waiting step asks for, before approving (a modal).
     AskValues(Box<Run>),
-}
-
-impl Button {
-    /// From a component's `custom_id` (`<action>:<run id>`).
-    pub fn parse(custom_id: &str) -> Result<(Button, &str)> {
-        let (action, run_id) = custom_id.split_once(':').ok_or_else(|| {
-            Error::invalid(
-                "custom_id",
-                format!("custom_id `{custom_id}` is not <action>:<run id>"),
-            )
-        })?;
-        let b = match action {
-            "cancel" => Button::Cancel,
-            "retry" => Button::Retry,
-            "refresh" => Button::Refresh,
-            "approve" => Button::Approve,
-            "reject" => Button::Reject,
-            other => {
-                return Err(Error::invalid(
-                    "custom_id",
-                    format!("unknown action `{other}`"),
-                ));
-            }
-        };
-        Ok((b, run_id))
-    }
 }
 
 /// A click on a run's button. Every click is checked again: the button may be old, the
@@ -324,11 +468,7 @@ pub async fn click(
     let run = guild_run(state, i, run_id).await?;
     if let Button::Approve | Button::Reject = button {
         may_decide(state, i, &run).await?;
-        let asks = run
-            .steps
-            .approval
-            .as_ref()
-            .is_some_and(|a| !a.parameters.is_empty() && a.decision.is_none());
+        let asks = run.waiting_step().is_some_and(|a| !a.parameters.is_empty());
         if button == Button::Approve && asks {
             return Ok(Clicked::AskValues(Box::new(run)));
         }

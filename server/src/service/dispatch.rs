@@ -3,7 +3,7 @@
 
 use crate::domain::Result;
 use crate::domain::assignment;
-use crate::domain::dispatch::{Leased, Outcome, StatusReport};
+use crate::domain::dispatch::{Dispatch, Leased, Outcome, StatusReport};
 use crate::domain::run::Run;
 use crate::metrics::Metric;
 use crate::state::AppState;
@@ -60,6 +60,19 @@ pub struct Served {
 }
 
 /// The adapters, the unserved namespaces and the stranded runs; also sets their metrics.
+/// One page of the dead letters, newest first, after `after` (a previous page's key), each
+/// with its run.
+pub async fn dead_letters(
+    state: &AppState,
+    limit: u64,
+    after: Option<(chrono::DateTime<chrono::Utc>, String)>,
+) -> Result<crate::service::Page<(Dispatch, Run)>> {
+    let rows = state.store.list_dead_letters(limit + 1, after).await?;
+    Ok(crate::service::Page::of(rows, limit, |(d, _)| {
+        (d.dead_lettered_at.unwrap_or_default(), d.id.clone())
+    }))
+}
+
 pub async fn served(state: &AppState) -> Result<Served> {
     let now = chrono::Utc::now();
     let live = chrono::Duration::from_std(ADAPTER_LIVE).unwrap_or_default();

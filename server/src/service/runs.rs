@@ -2,9 +2,19 @@
 //! Discord commands and buttons, the compatibility endpoint).
 
 use crate::domain::dispatch::DispatchKind;
-use crate::domain::run::{Handle, NewRun, Requester, Run, check_retryable};
+use crate::domain::input::storable;
+use crate::domain::machine::check_retryable;
+use crate::domain::run::{Handle, MAX_IDEMPOTENCY_KEY, NewRun, Requester, Run, RunSource};
 use crate::domain::{Error, Result};
+use crate::service::Page;
 use crate::state::AppState;
+use crate::store::RunFilter;
+use chrono::{DateTime, Utc};
+
+/// Longest reason kept with a cancellation.
+const MAX_CANCEL_REASON: usize = 2000;
+/// Longest reason kept with a rejection.
+const MAX_DECISION_REASON: usize = 500;
 
 /// The current span's W3C trace context, carried by a run to its Workflow.
 pub fn trace_parent() -> String {
@@ -132,6 +142,40 @@ async fn refused(
 
 /// Records a new run (idempotent on its key) and wakes the lease streams. Returns the run and
 /// whether it was a replay.
+/// One page of the runs `filter` selects, newest first, after `after` (a previous page's key).
+pub async fn list(
+    state: &AppState,
+    filter: &RunFilter,
+    limit: u64,
+    after: Option<(DateTime<Utc>, String)>,
+) -> Result<Page<Run>> {
+    let rows = state.store.list_runs(filter, limit + 1, after).await?;
+    Ok(Page::of(rows, limit, |r| (r.created_at, r.id.clone())))
+}
+
+/// The StartRun flow: `command` with `params` resolved against the catalog and started for
+/// an admin `principal`, keyed on `idempotency_key` (a fresh one when empty: no replay).
+pub async fn start_admin(
+    state: &AppState,
+    command: &str,
+    params: &std::collections::BTreeMap<String, String>,
+    idempotency_key: &str,
+    principal: &str,
+) -> Result<(Run, bool)> {
+    let context = serde_json::json!({"principal": principal, "source": "admin"});
+    let resolved = resolve(state, command, params, "", principal, context).await?;
+    let key = key_or(idempotency_key, || {
+        format!("admin:{}", uuid::Uuid::new_v4())
+    })?;
+    let requester = Requester {
+        principal: principal.to_string(),
+        display_name: principal.to_string(),
+        ..Default::default()
+    };
+    let new = resolved.into_run(key, RunSource::Admin, requester, trace_parent());
+    start(state, new, principal).await
+}
+
 pub async fn start(state: &AppState, new: NewRun, actor: &str) -> Result<(Run, bool)> {
     let asked = new.clone();
     let (run, duplicate) = state.store.create_run(new, actor).await?;
@@ -156,14 +200,32 @@ pub fn retry_of(old: &Run, idempotency_key: String, requester: Requester) -> Res
 }
 
 /// Starts a new run with what `old` ran, if `old` is finished.
-pub async fn retry(
+/// The RetryRun flow: the run `handle` names started again for an admin `principal`, with the
+/// same command and parameters, keyed on `idempotency_key` (a fresh one when empty).
+pub async fn retry_as(
     state: &AppState,
-    old: &Run,
-    idempotency_key: String,
-    requester: Requester,
-    actor: &str,
+    handle: &str,
+    idempotency_key: &str,
+    principal: &str,
 ) -> Result<(Run, bool)> {
-    start(state, retry_of(old, idempotency_key, requester)?, actor).await
+    let old = get(state, handle).await?;
+    let key = key_or(idempotency_key, || {
+        format!("retry:{}:{}", old.id, uuid::Uuid::new_v4())
+    })?;
+    let requester = Requester {
+        principal: principal.to_string(),
+        ..old.requester.clone()
+    };
+    start(state, retry_of(&old, key, requester)?, principal).await
+}
+
+/// The caller's idempotency key, checked, or `default()` when it gave none.
+fn key_or(given: &str, default: impl FnOnce() -> String) -> Result<String> {
+    if given.is_empty() {
+        return Ok(default());
+    }
+    storable("idempotency_key", given, MAX_IDEMPOTENCY_KEY)?;
+    Ok(given.to_string())
 }
 
 /// Cancels a run (at once while queued; by a stop or terminate job once its Workflow may exist).
@@ -174,6 +236,7 @@ pub async fn cancel(
     actor: &str,
     reason: &str,
 ) -> Result<Run> {
+    storable("reason", reason, MAX_CANCEL_REASON)?;
     let run = state.store.cancel_run(run_id, kind, actor, reason).await?;
     state.wake_dispatchers();
     Ok(run)
@@ -192,6 +255,7 @@ pub async fn decide(
     guild_id: &str,
     context: serde_json::Value,
 ) -> Result<Run> {
+    storable("reason", &decision.reason, MAX_DECISION_REASON)?;
     let catalog = &state.catalog;
     let command = run.command.as_str();
     let supplied = |a: &crate::domain::run::Approval,

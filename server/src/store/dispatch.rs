@@ -15,8 +15,10 @@ use super::errors;
 use super::{Store, run_from_model};
 pub use crate::domain::dispatch::CompleteEffect;
 use crate::domain::dispatch::{
-    Dispatch, DispatchChange, DispatchKind, DispatchPolicy, DispatchState, Leased, Outcome,
-    RunChange, StatusReport, Transition, on_cancel, on_lease, on_outcome, on_report, on_requeue,
+    Dispatch, DispatchKind, DispatchPolicy, DispatchState, Leased, Outcome, StatusReport,
+};
+use crate::domain::machine::{
+    DispatchChange, RunChange, Transition, on_cancel, on_lease, on_outcome, on_report, on_requeue,
 };
 use crate::domain::run::{Run, RunSource, RunStatus};
 use crate::domain::{Error, Result};
@@ -1074,11 +1076,11 @@ impl Store {
         run_id: &str,
         node: &str,
         decision: crate::domain::run::Decision,
-        supplied: &crate::domain::dispatch::SuppliedCheck<'_>,
+        supplied: &crate::domain::machine::SuppliedCheck<'_>,
         actor: &str,
     ) -> Result<Run> {
         self.change_run(run_id, actor, |run| {
-            crate::domain::dispatch::on_decision(run, node, decision.clone(), supplied, Utc::now())
+            crate::domain::machine::on_decision(run, node, decision.clone(), supplied, Utc::now())
                 .map(Some)
         })
         .await
