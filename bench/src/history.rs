@@ -1,9 +1,10 @@
 //! `history`: the hot paths on a young Postgres database and on one holding months of history
 //! (`BENCH_HISTORY_RUNS`, default 10^6 finished runs spread over 90 days in 50 guilds and 20
 //! commands, four history entries and one dispatch each, an audit entry per ten runs), side by
-//! side with a young database (`BENCH_BASELINE_RUNS`, default 10^3 runs of the same shape, so
-//! every filtered page is as full as on the seeded one): p50/p99 of each path (sequential calls,
-//! after a warm-up), and the ratio seeded/young.
+//! side with a young database (`BENCH_BASELINE_RUNS`, default 10^3 runs of the same shape at
+//! the same rate of runs, so the last hour holds as many runs in both and every filtered page is
+//! as full: 50 members, 20 runs each at least): p50/p99 of each path (sequential calls, after a
+//! warm-up), and the ratio seeded/young.
 //! The goal is every ratio within 1.5.
 //!
 //! Paths: an interaction that starts a run (`Invoke` of a command with a quota: policy, quota
@@ -218,8 +219,16 @@ async fn measure(srv: &TestServer, n: usize, round: &str) -> anyhow::Result<Vec<
     Ok(out)
 }
 
-/// Seeds finished runs `start..runs` of other guilds and commands, with their history.
-async fn seed(db: &impl ConnectionTrait, start: u64, runs: u64) -> anyhow::Result<()> {
+/// Seeds finished runs `start..runs` of other guilds and commands, with their history, created
+/// between `ago.0` and `ago.1` seconds ago.
+async fn seed(
+    db: &impl ConnectionTrait,
+    start: u64,
+    runs: u64,
+    ago: (u64, u64),
+) -> anyhow::Result<()> {
+    let (newest, oldest) = ago;
+    let span = oldest.saturating_sub(newest);
     let b = db.get_database_backend();
     let exec = |sql: String| async move {
         db.execute_raw(Statement::from_string(b, sql)).await?;
@@ -235,16 +244,16 @@ async fn seed(db: &impl ConnectionTrait, start: u64, runs: u64) -> anyhow::Resul
                workflow_name, parameters, message, created_at, updated_at, started_at, finished_at) \
              SELECT md5('r' || i)::uuid::text, 'seed-' || i, 'cmd' || (i % 20), 'discord', \
                CASE WHEN i % 10 = 0 THEN 'failed' ELSE 'succeeded' END, '', \
-               (300000000000000000 + i % 1000)::text, (100000000000000000 + i % 50)::text, \
+               (300000000000000000 + i % 50)::text, (100000000000000000 + i % 50)::text, \
                '500000000000000001', 'member', '{NS}', 'seeded', 'facteur-seed-' || i, \
                '{{\"service\":\"api\"}}', '', t, t + interval '2 minutes', t, t + interval '2 minutes' \
-             FROM (SELECT i, now() - interval '90 days' * random() AS t \
+             FROM (SELECT i, now() - interval '{newest} seconds' - interval '{span} seconds' * random() AS t \
                    FROM generate_series({from}, {to} - 1) i) s"
         ))
         .await?;
         exec(format!(
             "INSERT INTO run_events (run_id, sequence, actor, kind, from_status, to_status, payload, created_at) \
-             SELECT md5('r' || i)::uuid::text, s, 'argo', 'status', 'running', 'running', '{{}}', now() - interval '90 days' * random() \
+             SELECT md5('r' || i)::uuid::text, s, 'argo', 'status', 'running', 'running', '{{}}', now() - interval '{newest} seconds' - interval '{span} seconds' * random() \
              FROM generate_series({from}, {to} - 1) i, generate_series(1, 4) s"
         ))
         .await?;
@@ -381,13 +390,26 @@ pub async fn run(seeded_runs: u64, baseline_runs: u64, samples: usize) -> anyhow
     // The baseline is a young database: `BENCH_BASELINE_RUNS` (default 1,000) runs of the same
     // shape, so every filtered page is as full as on the seeded one (an empty table answers
     // `ListRuns` by status with nothing to render, which is not the same work).
-    seed(srv.server.state.store.connection(), 0, baseline_runs).await?;
+    // Both are the same deployment at the same rate of runs (seeded_runs in 90 days), young and
+    // old: the baseline's runs fill its first hours, the history behind them the 90 days. So
+    // what grows with the rate (the last hour's runs that a quota counts) is the same in both,
+    // and the ratio measures history alone.
+    const SPAN: u64 = 90 * 86_400;
+    let young = (SPAN as f64 * baseline_runs as f64 / seeded_runs.max(1) as f64) as u64;
+    seed(
+        srv.server.state.store.connection(),
+        0,
+        baseline_runs,
+        (0, young.max(3_600)),
+    )
+    .await?;
     let empty = measure(&srv, samples, "empty").await?;
     let t = Instant::now();
     seed(
         srv.server.state.store.connection(),
         baseline_runs,
         seeded_runs,
+        (young.max(3_600), SPAN),
     )
     .await?;
     let seeded_in = t.elapsed();
