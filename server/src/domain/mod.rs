@@ -1,6 +1,7 @@
 //! The domain: runs and their state machine, and the errors every edge maps from.
 //! Free of tonic, sea-orm and redis types: handlers translate at the edge.
 
+pub mod approval;
 pub mod assignment;
 pub mod catalog;
 pub mod codex;

@@ -505,24 +505,11 @@ pub async fn click(
 /// `require_second_person`. A refusal is audited with the reason.
 pub async fn may_decide(state: &AppState, i: &Interaction, run: &Run) -> Result<()> {
     let cmd = state.catalog.command(&run.command).unwrap_or_default();
-    let refused = if cmd.require_second_person && i.user_id == run.requester.user_id {
-        Some(format!(
-            "`/{}` needs a second person: the member who started a run may not approve it",
-            run.command
-        ))
-    } else if !cmd.approvers.is_empty() && !i.role_ids.iter().any(|r| cmd.approvers.contains(r)) {
-        Some(format!(
-            "approving `/{}` needs one of the roles {}",
-            run.command,
-            cmd.approvers
-                .iter()
-                .map(|r| format!("<@&{r}>"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-    } else {
-        None
+    let rules = crate::domain::approval::Rules {
+        approvers: &cmd.approvers,
+        require_second_person: cmd.require_second_person,
     };
+    let refused = crate::domain::approval::may_decide(rules, run, &i.user_id, &i.role_ids).err();
     let node = run.steps.approval.as_ref().map(|a| a.node.clone());
     if let Some(reason) = refused {
         let payload = serde_json::json!({"run_id": run.id, "node": node, "user_id": i.user_id,

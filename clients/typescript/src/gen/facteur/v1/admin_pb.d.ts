@@ -394,7 +394,7 @@ export declare type QuotaUsage = Message<"facteur.v1.QuotaUsage"> & {
   maxConcurrent?: number | undefined;
 
   /**
-   * Runs started in the last hour.
+   * Runs started in the last hour; counted only where an hourly limit is in force (else 0).
    *
    * @generated from field: uint64 last_hour = 5;
    */
