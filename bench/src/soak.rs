@@ -430,7 +430,8 @@ pub async fn run(minutes: u64, interval_s: u64, rate: f64) -> anyhow::Result<Val
         // VACUUM's growing length, is not the server's code.
         let (cpu, ticks) = (cpu_seconds_of(pid), machine_ticks());
         let server_cpu = cpu - cpu_before;
-        let busy = (ticks.0 - ticks_before.0) as f64 / (ticks.1 - ticks_before.1).max(1) as f64;
+        let busy = ticks.0.saturating_sub(ticks_before.0) as f64
+            / ticks.1.saturating_sub(ticks_before.1).max(1) as f64;
         let vacuum_started = Instant::now();
         if !autovacuum {
             let out = Command::new("psql")

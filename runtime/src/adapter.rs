@@ -10,14 +10,21 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(Parser)]
-struct Cli {
+/// The options every facteur binary takes: `--config FILE` and `--log-json`.
+#[derive(clap::Args, Debug, Default)]
+pub struct CommonArgs {
     /// Configuration file (YAML). Also FACTEUR_CONFIG_FILE.
     #[arg(long, global = true)]
-    config: Option<PathBuf>,
+    pub config: Option<PathBuf>,
     /// Log as JSON whatever the terminal.
     #[arg(long, global = true)]
-    log_json: bool,
+    pub log_json: bool,
+}
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -45,7 +52,7 @@ where
         .version(env!("CARGO_PKG_VERSION"))
         .get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let config = match load(cli.config.as_deref(), process) {
+    let config = match load(cli.common.config.as_deref(), process) {
         Ok(c) => c,
         Err(e) => {
             eprint!("{e}");
@@ -64,7 +71,7 @@ where
         }
     };
     runtime.block_on(async move {
-        let _telemetry = telemetry::init(name, &config.telemetry, cli.log_json);
+        let _telemetry = telemetry::init(name, &config.telemetry, cli.common.log_json);
         match run(config).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -4,7 +4,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use facteur_config::{Process, load};
 use facteur_runtime::telemetry;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
@@ -19,12 +18,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "facteur control plane: Discord and Codex requests become Argo Workflows runs"
 )]
 struct Cli {
-    /// Configuration file (YAML). Also FACTEUR_CONFIG_FILE.
-    #[arg(long, global = true)]
-    config: Option<PathBuf>,
-    /// Log as JSON whatever the terminal.
-    #[arg(long, global = true)]
-    log_json: bool,
+    #[command(flatten)]
+    common: facteur_runtime::adapter::CommonArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -80,7 +75,7 @@ async fn run(cli: Cli) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        return match load(cli.config.as_deref(), process) {
+        return match load(cli.common.config.as_deref(), process) {
             Ok(c) => {
                 print!("{}", c.redacted_yaml());
                 eprintln!("configuration is valid");
@@ -92,14 +87,14 @@ async fn run(cli: Cli) -> ExitCode {
             }
         };
     }
-    let config = match load(cli.config.as_deref(), Process::Server) {
+    let config = match load(cli.common.config.as_deref(), Process::Server) {
         Ok(c) => c,
         Err(e) => {
             eprint!("{e}");
             return ExitCode::from(2);
         }
     };
-    let _telemetry = telemetry::init("facteur", &config.telemetry, cli.log_json);
+    let _telemetry = telemetry::init("facteur", &config.telemetry, cli.common.log_json);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => facteur_server::app::open_store(&config).await.map(|_| ()),
         Command::Serve => serve(config).await,
