@@ -13,9 +13,11 @@ use tokio_util::sync::CancellationToken;
 pub type Assigned = watch::Receiver<Option<Vec<String>>>;
 
 /// Keeps `tx` current until `shutdown`.
+#[allow(clippy::too_many_arguments)] // TODO(#32): one adapter identity (id, cluster) struct
 pub async fn follow(
     control: Client,
     adapter_id: String,
+    cluster: String,
     narrowing: Vec<String>,
     max_in_flight: u32,
     fallback: Vec<String>,
@@ -29,6 +31,7 @@ pub async fn follow(
             adapter_id: adapter_id.clone(),
             namespaces: narrowing.clone(),
             max_in_flight,
+            cluster: cluster.clone(),
         };
         let mut dispatch = control.dispatch();
         let answer = tokio::select! {

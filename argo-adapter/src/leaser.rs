@@ -12,10 +12,12 @@ pub use facteur_proto::workflow::TRACEPARENT_ANNOTATION;
 
 /// Keeps a lease stream open until `shutdown` (the adapters' one reconnect loop,
 /// [`facteur_runtime::adapter::follow`]); jobs run concurrently up to `max_in_flight`.
+#[allow(clippy::too_many_arguments)] // TODO(#32): one adapter identity (id, cluster) struct
 pub async fn run(
     control: Client,
     workflows: Workflows,
     adapter_id: String,
+    cluster: String,
     mut assigned: crate::assignment::Assigned,
     max_in_flight: u32,
     grace: Duration,
@@ -32,6 +34,7 @@ pub async fn run(
             adapter_id: adapter_id.clone(),
             max_in_flight,
             namespaces,
+            cluster: cluster.clone(),
         };
         async move {
             let stream = dispatch.lease(req).await;

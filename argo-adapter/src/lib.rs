@@ -44,7 +44,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let adapter_id = adapter_id();
-    tracing::info!(adapter_id = %adapter_id, narrowing = ?config.argo.namespaces, "argo-adapter starting");
+    let cluster = config.argo.cluster.clone();
+    tracing::info!(adapter_id = %adapter_id, cluster = %cluster, narrowing = ?config.argo.namespaces, "argo-adapter starting");
     let workflows = workflows::Workflows::new(kube.clone());
     let mut tasks = tokio::task::JoinSet::new();
     // The server says where runs go; this adapter's `argo.namespaces` may only narrow that.
@@ -52,6 +53,7 @@ pub async fn run(
     tasks.spawn(assignment::follow(
         control.clone(),
         adapter_id.clone(),
+        cluster.clone(),
         config.argo.namespaces.clone(),
         config.argo.max_in_flight,
         config.watch_namespaces(),
@@ -66,6 +68,7 @@ pub async fn run(
         workflows.clone(),
         control.clone(),
         adapter_id.clone(),
+        cluster.clone(),
         assigned.clone(),
         shutdown.clone(),
     ));
@@ -73,13 +76,14 @@ pub async fn run(
         control.clone(),
         workflows.clone(),
         adapter_id,
+        cluster.clone(),
         assigned.clone(),
         config.argo.max_in_flight,
         Duration::from_secs(config.argo.shutdown_grace_seconds),
         shutdown.clone(),
     ));
-    let reporter =
-        status::Reporter::new(control.clone()).with_logs(workflows.clone(), config.secrets());
+    let reporter = status::Reporter::new(control.clone(), cluster)
+        .with_logs(workflows.clone(), config.secrets());
     tasks.spawn(watch::follow(
         workflows.clone(),
         assigned,

@@ -322,6 +322,8 @@ pub fn report_of(obj: &DynamicObject, source: &str) -> Option<pb::ReportWorkflow
         current_step: current_step(status),
         log_tail: String::new(),
         approval: waiting_approval(obj),
+        // Set by the reporter, which knows its cluster.
+        cluster: String::new(),
     })
 }
 
@@ -332,16 +334,19 @@ type Fingerprint = (String, String, String, String);
 #[derive(Clone)]
 pub struct Reporter {
     client: Client,
+    /// The cluster this adapter drives: every report says it.
+    cluster: String,
     last: Arc<Mutex<HashMap<String, Fingerprint>>>,
     /// Where failed steps' logs are read, and the secrets masked in them.
     logs: Option<(Workflows, Arc<[String]>)>,
 }
 
 impl Reporter {
-    /// Reports through `client`.
-    pub fn new(client: Client) -> Self {
+    /// Reports through `client`, for Workflows of `cluster`.
+    pub fn new(client: Client, cluster: String) -> Self {
         Self {
             client,
+            cluster,
             last: Arc::default(),
             logs: None,
         }
@@ -375,7 +380,8 @@ impl Reporter {
 
     /// Sends `r` (retrying while the server is unavailable). A report the server rejects is
     /// logged and dropped: the watch will send the Workflow's state again.
-    pub async fn send(&self, r: pb::ReportWorkflowStatusRequest) {
+    pub async fn send(&self, mut r: pb::ReportWorkflowStatusRequest) {
+        r.cluster.clone_from(&self.cluster);
         let key = format!("{}/{}", r.namespace, r.workflow_name);
         let fingerprint = (
             r.phase.clone(),

@@ -117,6 +117,7 @@ pub async fn follow(
     workflows: Workflows,
     control: Client,
     adapter_id: String,
+    cluster: String,
     assigned: crate::assignment::Assigned,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -126,6 +127,7 @@ pub async fn follow(
     let reporting = tokio::spawn(report(
         control,
         adapter_id,
+        cluster,
         seen.clone(),
         changed.clone(),
         stop.clone(),
@@ -218,6 +220,7 @@ async fn watch(
 async fn report(
     control: Client,
     adapter_id: String,
+    cluster: String,
     seen: Arc<Mutex<Seen>>,
     changed: Arc<Notify>,
     shutdown: CancellationToken,
@@ -234,6 +237,7 @@ async fn report(
             let Ok(s) = seen.lock() else { return };
             pb::ReportWorkflowTemplatesRequest {
                 adapter_id: adapter_id.clone(),
+                cluster: cluster.clone(),
                 namespaces: s.listed.keys().cloned().collect(),
                 templates: s.listed.values().flat_map(report_of).collect(),
             }

@@ -87,7 +87,7 @@ async fn deterministic_refusals_are_sent_once_and_outages_are_retried() {
     let s = Scripted::default();
     let url = serve(s.clone()).await;
     let client = Client::lazy(ClientConfig::new(url)).expect("client");
-    let reporter = facteur_argo::status::Reporter::new(client);
+    let reporter = facteur_argo::status::Reporter::new(client, "default".into());
     let cases = [
         (vec![Code::InvalidArgument], 1),
         (vec![Code::FailedPrecondition], 1),

@@ -101,6 +101,7 @@ async fn sigterm_idle_in_flight_and_past_the_grace() {
     let db = TestDb::new(Backend::Sqlite).await;
     let mut c = with_tokens(config(&db));
     c.auth.tokens.push(facteur_config::TokenConfig {
+        cluster: String::new(),
         name: "argo-trace".into(),
         role: "argo-adapter".into(),
         token: facteur_config::Secret(secrets.control_plane_token.clone()),

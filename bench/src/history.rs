@@ -84,6 +84,7 @@ async fn measure(srv: &TestServer, n: usize, round: &str) -> anyhow::Result<Vec<
         let key = format!("bench-{round}-{i}");
         async move {
             a.start_run(pb::StartRunRequest {
+                cluster: String::new(),
                 command: "dispatch".into(),
                 parameters: [("payload".to_string(), "{}".to_string())].into(),
                 idempotency_key: key,
@@ -104,6 +105,7 @@ async fn measure(srv: &TestServer, n: usize, round: &str) -> anyhow::Result<Vec<
         let run = admin
             .admin()
             .start_run(pb::StartRunRequest {
+                cluster: String::new(),
                 command: "dispatch".into(),
                 parameters: [("payload".to_string(), "{}".to_string())].into(),
                 idempotency_key: format!("bench-lease-{round}-{i}"),
@@ -115,7 +117,7 @@ async fn measure(srv: &TestServer, n: usize, round: &str) -> anyhow::Result<Vec<
         leased_names.push(run.target.map(|t| t.workflow_name).unwrap_or_default());
         let t = Instant::now();
         store
-            .lease_batch("bench-adapter", &namespaces, &policy, 32)
+            .lease_batch("bench-adapter", "default", &namespaces, &policy, 32)
             .await?;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }

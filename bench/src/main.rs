@@ -109,6 +109,7 @@ async fn dispatch(
         let client = a.0.clone();
         tasks.push(tokio::spawn(async move {
             let req = pb::StartRunRequest {
+                cluster: String::new(),
                 command: "dispatch".into(),
                 parameters: [("payload".into(), format!("burst-{i}"))].into(),
                 idempotency_key: String::new(),

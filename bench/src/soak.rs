@@ -279,6 +279,7 @@ pub async fn run(minutes: u64, interval_s: u64, rate: f64) -> anyhow::Result<Val
             async move {
                 let r = c
                     .start_run(pb::StartRunRequest {
+                        cluster: String::new(),
                         command: "dispatch".into(),
                         parameters: [("payload".to_string(), format!("soak-{i}"))].into(),
                         idempotency_key: format!("soak-{i}"),

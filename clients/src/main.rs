@@ -492,6 +492,7 @@ async fn start_run(
 ) -> anyhow::Result<ExitCode> {
     let parameters = key_values(params)?;
     let req = pb::StartRunRequest {
+        cluster: String::new(),
         command,
         parameters,
         idempotency_key: key.unwrap_or_default(),

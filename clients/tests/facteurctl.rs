@@ -22,16 +22,19 @@ async fn server_with(
     c.database.url = Secret(format!("sqlite://{}?mode=rwc", dir.join("f.db").display()));
     c.auth.tokens = vec![
         TokenConfig {
+            cluster: String::new(),
             name: "ops".into(),
             role: "admin".into(),
             token: Secret(TOKEN.into()),
         },
         TokenConfig {
+            cluster: String::new(),
             name: "discord".into(),
             role: "discord-adapter".into(),
             token: Secret(ADAPTER_TOKEN.into()),
         },
         TokenConfig {
+            cluster: String::new(),
             name: "argo".into(),
             role: "argo-adapter".into(),
             token: Secret(ARGO_TOKEN.into()),
@@ -269,6 +272,7 @@ async fn commands_lists_the_catalog_with_each_source() {
     let r = argo
         .dispatch()
         .report_workflow_templates(pb::ReportWorkflowTemplatesRequest {
+            cluster: String::new(),
             adapter_id: "a1".into(),
             namespaces: vec!["argo-workflows".into()],
             templates: vec![
@@ -285,6 +289,7 @@ async fn commands_lists_the_catalog_with_each_source() {
     let bad = argo
         .dispatch()
         .report_workflow_templates(pb::ReportWorkflowTemplatesRequest {
+            cluster: String::new(),
             adapter_id: "a1".into(),
             namespaces: vec!["other".into()],
             templates: vec![template("x", "x")],
@@ -585,6 +590,7 @@ async fn every_run_has_a_number_people_can_type() {
                 let run = admin
                     .admin()
                     .start_run(pb::StartRunRequest {
+                        cluster: String::new(),
                         command: "dispatch".into(),
                         parameters: [("payload".to_string(), "x".to_string())].into(),
                         idempotency_key: format!("h-{t}-{k}"),

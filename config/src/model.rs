@@ -68,6 +68,10 @@ pub struct Config {
     pub discord: DiscordConfig,
     /// Argo Workflows defaults and the argo-adapter.
     pub argo: ArgoConfig,
+    /// The Kubernetes clusters runs go to, each served by argo-adapters of its name. Empty:
+    /// one cluster, `default`, with `argo.ui_base_url`. The first listed is where commands and
+    /// Codex tasks that name no cluster run.
+    pub clusters: Vec<ClusterConfig>,
     /// Command name → Discord role ids allowed to run it (seeds the role policy).
     pub role_map: BTreeMap<String, Vec<String>>,
     /// Codex implementation orchestration (wire-compat.md §5).
@@ -98,6 +102,8 @@ pub struct CommandConfig {
     pub workflow_template: String,
     /// Namespace; empty uses `argo.namespace`.
     pub namespace: String,
+    /// Cluster (a name of `clusters`); empty: the first one listed (`default` without any).
+    pub cluster: String,
     /// Service account; empty uses `argo.service_account`.
     pub service_account: String,
     /// Prefix of Workflow names; empty uses `<name>-`.
@@ -552,6 +558,36 @@ pub struct TokenConfig {
     pub role: String,
     /// The bearer token (at least 16 characters).
     pub token: Secret,
+    /// For an `argo-adapter` token: the only cluster it may lease, report and list templates
+    /// for. Empty: any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster: String,
+}
+
+/// One entry of `clusters`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Its name (a DNS label: `^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`, at most 63), as its
+    /// argo-adapters give it (`argo.cluster`).
+    pub name: String,
+    /// Base URL of that cluster's Argo UI, for the "Open in Argo" links.
+    pub ui_base_url: String,
+    /// Namespaces runs go to there, besides those of the commands that name the cluster.
+    pub namespaces: Vec<String>,
+}
+
+/// The cluster of a deployment without `clusters`.
+pub const DEFAULT_CLUSTER: &str = "default";
+
+/// Whether `s` is a cluster name: a DNS label (1–63 of `[a-z0-9-]`, no `-` at either end).
+pub fn is_cluster_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// `telemetry.*`
@@ -643,8 +679,12 @@ pub struct ArgoConfig {
     pub kubeconfig: String,
     /// Listener of the exit-handler callback endpoint. Default `0.0.0.0:8082`.
     pub callback_listen_address: String,
-    /// Base URL of the Argo UI, for links in Discord messages.
+    /// Base URL of the Argo UI, for links in Discord messages (of the `default` cluster when
+    /// `clusters` is empty).
     pub ui_base_url: String,
+    /// argo-adapter: the name of the cluster it drives (`clusters[].name` on the server).
+    /// Default `default`.
+    pub cluster: String,
     /// argo-adapter: the namespaces it may serve (its RBAC scope). The server assigns every
     /// namespace it dispatches to; this only narrows that. Empty: no narrowing.
     pub namespaces: Vec<String>,
@@ -667,6 +707,7 @@ impl Default for ArgoConfig {
             kubeconfig: String::new(),
             callback_listen_address: "0.0.0.0:8082".into(),
             ui_base_url: String::new(),
+            cluster: DEFAULT_CLUSTER.into(),
             namespaces: Vec::new(),
             callback_token: Secret::default(),
             max_in_flight: 16,
@@ -699,6 +740,8 @@ pub struct CodexOrchestratorConfig {
     pub autonomous_generate_name_prefix: String,
     /// Judge prompt passed as the `judge_prompt` parameter when set.
     pub judge_prompt: String,
+    /// Cluster of the Workflows (a name of `clusters`); empty: the first one listed.
+    pub cluster: String,
 }
 
 impl Default for CodexOrchestratorConfig {
@@ -714,6 +757,7 @@ impl Default for CodexOrchestratorConfig {
             parameters: BTreeMap::new(),
             autonomous_generate_name_prefix: "codex-autonomous-".into(),
             judge_prompt: String::new(),
+            cluster: String::new(),
         }
     }
 }
@@ -883,6 +927,36 @@ impl Config {
         ns
     }
 
+    /// The clusters runs go to: `clusters`, or the one `default` cluster (with
+    /// `argo.ui_base_url`) without any.
+    pub fn clusters(&self) -> Vec<ClusterConfig> {
+        if self.clusters.is_empty() {
+            vec![ClusterConfig {
+                name: DEFAULT_CLUSTER.into(),
+                ui_base_url: self.argo.ui_base_url.clone(),
+                namespaces: Vec::new(),
+            }]
+        } else {
+            self.clusters.clone()
+        }
+    }
+
+    /// Where a command or a Codex task that names no cluster runs: the first listed.
+    pub fn default_cluster(&self) -> &str {
+        self.clusters
+            .first()
+            .map_or(DEFAULT_CLUSTER, |c| c.name.as_str())
+    }
+
+    /// `cluster` itself, or [`Config::default_cluster`] when empty.
+    pub fn cluster_or_default<'a>(&'a self, cluster: &'a str) -> &'a str {
+        if cluster.is_empty() {
+            self.default_cluster()
+        } else {
+            cluster
+        }
+    }
+
     /// Whether gRPC auth is on (at least one token configured).
     pub fn auth_enabled(&self) -> bool {
         !self.auth.tokens.is_empty()
@@ -1001,6 +1075,72 @@ impl Config {
                     );
                 }
             }
+            let clusters = self.clusters();
+            let known: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+            let unknown = |name: &str| {
+                format!(
+                    "`{name}` is not a configured cluster (clusters: {})",
+                    known.join(", ")
+                )
+            };
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, c) in self.clusters.iter().enumerate() {
+                if !is_cluster_name(&c.name) {
+                    err(
+                        &format!("clusters[{i}].name"),
+                        format!(
+                            "`{}` is not a cluster name (a DNS label: ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$, at most 63)",
+                            c.name
+                        ),
+                    );
+                } else if !seen.insert(c.name.as_str()) {
+                    err(
+                        &format!("clusters[{i}].name"),
+                        format!("duplicate cluster `{}`", c.name),
+                    );
+                }
+                let web =
+                    c.ui_base_url.starts_with("http://") || c.ui_base_url.starts_with("https://");
+                if !c.ui_base_url.is_empty() && !web {
+                    err(
+                        &format!("clusters[{i}].ui_base_url"),
+                        format!("`{}` must start with http:// or https://", c.ui_base_url),
+                    );
+                }
+                for (j, n) in c.namespaces.iter().enumerate() {
+                    if n.trim().is_empty() {
+                        err(
+                            &format!("clusters[{i}].namespaces[{j}]"),
+                            "must not be empty".into(),
+                        );
+                    }
+                }
+            }
+            for (i, t) in self.auth.tokens.iter().enumerate() {
+                if t.cluster.is_empty() {
+                    continue;
+                }
+                if t.role != "argo-adapter" {
+                    err(
+                        &format!("auth.tokens[{i}].cluster"),
+                        format!(
+                            "only argo-adapter tokens are bound to a cluster (this one is `{}`)",
+                            t.role
+                        ),
+                    );
+                } else if !known.contains(&t.cluster.as_str()) {
+                    err(&format!("auth.tokens[{i}].cluster"), unknown(&t.cluster));
+                }
+            }
+            for (i, c) in self.commands.iter().enumerate() {
+                if !c.cluster.is_empty() && !known.contains(&c.cluster.as_str()) {
+                    err(&format!("commands[{i}].cluster"), unknown(&c.cluster));
+                }
+            }
+            let codex = &self.codex_implementation_orchestrator.cluster;
+            if !codex.is_empty() && !known.contains(&codex.as_str()) {
+                err("codex_implementation_orchestrator.cluster", unknown(codex));
+            }
             if self.dispatcher.lease_seconds == 0 {
                 err("dispatcher.lease_seconds", "must be at least 1".into());
             }
@@ -1111,6 +1251,15 @@ impl Config {
                     "is not a socket address (host:port)".into(),
                 );
             }
+        }
+        if process == Process::ArgoAdapter && !is_cluster_name(&self.argo.cluster) {
+            err(
+                "argo.cluster",
+                format!(
+                    "`{}` is not a cluster name (a DNS label: ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$, at most 63)",
+                    self.argo.cluster
+                ),
+            );
         }
         if process == Process::ArgoAdapter
             && self

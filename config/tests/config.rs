@@ -397,6 +397,7 @@ fn every_secret_the_configuration_holds_can_be_masked() {
     ]);
     let mut c = load_from(None, &e, Process::Server).expect("valid");
     c.auth.tokens.push(facteur_config::TokenConfig {
+        cluster: String::new(),
         name: "ops".into(),
         role: "admin".into(),
         token: facteur_config::Secret("admin-token-5".into()),

@@ -21,6 +21,7 @@ mod m20261207_000010_feed_and_retention;
 mod m20261207_000011_command_registrations;
 mod m20261207_000012_run_decisions;
 mod m20261207_000013_run_numbers;
+mod m20261207_000014_clusters;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000011_command_registrations::Migration),
             Box::new(m20261207_000012_run_decisions::Migration),
             Box::new(m20261207_000013_run_numbers::Migration),
+            Box::new(m20261207_000014_clusters::Migration),
         ]
     }
 }

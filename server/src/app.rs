@@ -176,6 +176,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 
     let state = Arc::new(AppState {
         catalog: crate::domain::catalog::Catalog::from_config(&config),
+        argo_ui: crate::domain::workflow::ArgoUi::of(&config),
         dispatch_policy: crate::domain::dispatch::DispatchPolicy::from_config(&config.dispatcher),
         dispatch_wake: tokio::sync::Notify::new(),
         guilds_wake: tokio::sync::Notify::new(),

@@ -68,6 +68,9 @@ pub struct Principal {
     pub name: String,
     /// Its role (`None` when auth is off: everything is allowed on loopback).
     pub role: Option<Role>,
+    /// The one cluster an argo-adapter token may act for (`auth.tokens[].cluster`); `None`:
+    /// any.
+    pub cluster: Option<String>,
 }
 
 impl Principal {
@@ -79,6 +82,7 @@ impl Principal {
             .unwrap_or_else(|| Principal {
                 name: "local".into(),
                 role: None,
+                cluster: None,
             })
     }
 }
@@ -121,7 +125,8 @@ impl From<AuthError> for Status {
 
 /// The configured tokens.
 pub struct Authenticator {
-    tokens: Vec<(String, Role, Vec<u8>)>,
+    /// (name, role, token, bound cluster).
+    tokens: Vec<(String, Role, Vec<u8>, Option<String>)>,
 }
 
 impl Authenticator {
@@ -131,8 +136,14 @@ impl Authenticator {
             .tokens
             .iter()
             .filter_map(|t| {
-                Role::parse(&t.role)
-                    .map(|r| (t.name.clone(), r, t.token.expose().as_bytes().to_vec()))
+                Role::parse(&t.role).map(|r| {
+                    (
+                        t.name.clone(),
+                        r,
+                        t.token.expose().as_bytes().to_vec(),
+                        (!t.cluster.is_empty()).then(|| t.cluster.clone()),
+                    )
+                })
             })
             .collect();
         Self { tokens }
@@ -153,6 +164,7 @@ impl Authenticator {
             return Ok(Principal {
                 name: "local".into(),
                 role: None,
+                cluster: None,
             });
         }
         let header = header.ok_or(AuthError::Missing)?;
@@ -164,13 +176,13 @@ impl Authenticator {
             .ok_or(AuthError::Malformed)?;
         // Compare against every token without an early exit, so timing says nothing about
         // which (or whether a) prefix matched.
-        let mut found: Option<(&str, Role)> = None;
-        for (name, role, t) in &self.tokens {
+        let mut found: Option<(&str, Role, &Option<String>)> = None;
+        for (name, role, t, cluster) in &self.tokens {
             if bool::from(t.as_slice().ct_eq(token)) {
-                found = Some((name, *role));
+                found = Some((name, *role, cluster));
             }
         }
-        let (name, role) = found.ok_or(AuthError::Unknown)?;
+        let (name, role, cluster) = found.ok_or(AuthError::Unknown)?;
         if !allowed.contains(&role) {
             return Err(AuthError::Forbidden {
                 principal: name.to_string(),
@@ -180,6 +192,7 @@ impl Authenticator {
         Ok(Principal {
             name: name.to_string(),
             role: Some(role),
+            cluster: cluster.clone(),
         })
     }
 }
@@ -209,11 +222,13 @@ mod tests {
         Authenticator::from_config(&AuthConfig {
             tokens: vec![
                 TokenConfig {
+                    cluster: String::new(),
                     name: "ops".into(),
                     role: "admin".into(),
                     token: Secret("admin-token-0123456789".into()),
                 },
                 TokenConfig {
+                    cluster: String::new(),
                     name: "argo".into(),
                     role: "argo-adapter".into(),
                     token: Secret("argo-token-0123456789".into()),

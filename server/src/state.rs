@@ -30,6 +30,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The command catalog.
     pub catalog: Catalog,
+    /// Each cluster's Argo UI, for the links on cards.
+    pub argo_ui: crate::domain::workflow::ArgoUi,
     /// Leasing and retry policy.
     pub dispatch_policy: DispatchPolicy,
     /// Woken whenever a dispatch may have become leasable (new run, retry, requeue, capacity).

@@ -161,6 +161,7 @@ async fn a_redis_outage_starts_no_run_behind_a_failure() {
         admin
             .admin()
             .start_run(pb::StartRunRequest {
+                cluster: String::new(),
                 command: "deploy".into(),
                 parameters: [("service".to_string(), "api".to_string())].into(),
                 idempotency_key: String::new(),

@@ -201,6 +201,7 @@ pub fn with_tokens(mut c: Config) -> Config {
         name: name.into(),
         role: role.into(),
         token: Secret(token.into()),
+        cluster: String::new(),
     })
     .collect();
     c
@@ -389,6 +390,7 @@ pub fn sample_run(key: &str) -> facteur_server::domain::NewRun {
         command: "dispatch".into(),
         source: facteur_server::domain::RunSource::Admin,
         requester: Default::default(),
+        cluster: "default".into(),
         namespace: "argo-workflows".into(),
         workflow_template: "facteur-dispatch".into(),
         service_account: String::new(),

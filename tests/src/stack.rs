@@ -89,6 +89,7 @@ impl Admin {
                 command: command.into(),
                 parameters,
                 idempotency_key: String::new(),
+                cluster: String::new(),
             })
             .await
             .expect("start run")

@@ -202,7 +202,10 @@ async fn unserved_is_visible(backend: Backend) {
     assert_eq!(code, 200);
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("facteur_unserved_namespaces 2"), "{text}");
-    assert!(text.contains("facteur_stranded_runs 1"), "{text}");
+    assert!(
+        text.contains("facteur_stranded_runs{cluster=\"default\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("facteur_adapters_connected 1"), "{text}");
 
     // An adapter that serves it comes: the run is taken at once, nothing is unserved.

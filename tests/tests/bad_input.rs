@@ -329,6 +329,7 @@ async fn bad_interactions_and_parameters_are_invalid_argument_and_write_nothing(
         let err = a
             .admin()
             .start_run(pb::StartRunRequest {
+                cluster: String::new(),
                 command: "deploy".into(),
                 parameters: params
                     .into_iter()

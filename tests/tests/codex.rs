@@ -726,6 +726,7 @@ async fn a_delivery_that_cannot_be_written_fails_alone() {
         command: "deploy".into(),
         source: RunSource::Admin,
         requester: Default::default(),
+        cluster: "default".into(),
         namespace: "jangar".into(),
         workflow_template: "deploy".into(),
         service_account: String::new(),

@@ -552,7 +552,7 @@ async fn exit_handler_callbacks_are_a_fast_path() {
         facteur_client::ClientConfig::new(srv.grpc_url()).with_token(ARGO_TOKEN),
     )
     .expect("client");
-    let reporter = facteur_argo::status::Reporter::new(control);
+    let reporter = facteur_argo::status::Reporter::new(control, "default".into());
     let app = facteur_argo::callback::router(
         facteur_config::Secret("callback-token-0123456789".into()),
         reporter,

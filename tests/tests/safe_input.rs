@@ -253,6 +253,7 @@ async fn injection_payloads_are_refused_on_every_path_unless_the_template_allows
             let r = admin
                 .admin()
                 .start_run(pb::StartRunRequest {
+                    cluster: String::new(),
                     command: command.into(),
                     parameters: [("message".to_string(), case.payload.clone())].into(),
                     idempotency_key: key.clone(),
@@ -370,6 +371,7 @@ async fn configured_commands_and_template_refs_are_linted_too() {
     let start = |text: &str, key: &str| {
         let mut a = admin.admin();
         let req = pb::StartRunRequest {
+            cluster: String::new(),
             command: "note".into(),
             parameters: [("text".to_string(), text.to_string())].into(),
             idempotency_key: key.into(),

@@ -211,16 +211,16 @@ async fn start_run_and_the_pages_of_the_list() {
     let s = state(&srv);
     let params: BTreeMap<String, String> = [("service".to_string(), "api".to_string())].into();
     for n in 0..5 {
-        runs::start_admin(s, "deploy", &params, &format!("key-{n}"), "ops")
+        runs::start_admin(s, "deploy", &params, "", &format!("key-{n}"), "ops")
             .await
             .expect("starts");
     }
-    let (_, duplicate) = runs::start_admin(s, "deploy", &params, "key-0", "ops")
+    let (_, duplicate) = runs::start_admin(s, "deploy", &params, "", "key-0", "ops")
         .await
         .expect("replay");
     assert!(duplicate);
     let long = "k".repeat(10_000);
-    let e = runs::start_admin(s, "deploy", &params, &long, "ops")
+    let e = runs::start_admin(s, "deploy", &params, "", &long, "ops")
         .await
         .expect_err("too long");
     assert_eq!(field_of(&e), "idempotency_key");

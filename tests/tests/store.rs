@@ -316,7 +316,7 @@ async fn leases_and_completions_go_in_batches(backend: Backend) {
 
     let lease = |owner: &'static str, max: usize| {
         let (s, ns) = (s.clone(), ns.clone());
-        tokio::spawn(async move { s.lease_batch(owner, &ns, &policy, max).await })
+        tokio::spawn(async move { s.lease_batch(owner, "default", &ns, &policy, max).await })
     };
     let (a, b) = (lease("a", 4), lease("b", 4));
     let mut leased = Vec::new();
@@ -330,7 +330,11 @@ async fn leases_and_completions_go_in_batches(backend: Backend) {
         }
     }
     while leased.len() < 10 {
-        match s.lease_batch("c", &ns, &policy, 10).await.expect("lease") {
+        match s
+            .lease_batch("c", "default", &ns, &policy, 10)
+            .await
+            .expect("lease")
+        {
             LeaseOutcome::Leased(l) => leased.extend(l),
             LeaseOutcome::Idle { .. } => break,
         }
@@ -345,7 +349,9 @@ async fn leases_and_completions_go_in_batches(backend: Backend) {
     );
     assert!(leased.iter().all(|l| l.run.namespace == "argo-workflows"));
     assert!(matches!(
-        s.lease_batch("c", &ns, &policy, 10).await.expect("lease"),
+        s.lease_batch("c", "default", &ns, &policy, 10)
+            .await
+            .expect("lease"),
         LeaseOutcome::Idle { .. }
     ));
 

@@ -3,7 +3,7 @@
 //! Argo, on top of the configured base parameters (`argo.parameters`).
 
 use crate::domain::input::{Refusal, Refusals, Rule, safe_text, shell_safe, storable};
-use crate::domain::templates::{Merged, Template, lint_configured, merge};
+use crate::domain::templates::{CLUSTER_OPTION, Merged, Template, lint_configured, merge};
 use crate::domain::{Error, Result};
 use facteur_config::{CommandConfig, Config, OptionConfig, is_snowflake};
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,6 +19,8 @@ pub struct Resolved {
     pub command: String,
     /// WorkflowTemplate.
     pub workflow_template: String,
+    /// Cluster.
+    pub cluster: String,
     /// Namespace.
     pub namespace: String,
     /// Service account.
@@ -43,6 +45,7 @@ impl Resolved {
             command: self.command,
             source,
             requester,
+            cluster: self.cluster,
             namespace: self.namespace,
             workflow_template: self.workflow_template,
             service_account: self.service_account,
@@ -61,6 +64,8 @@ pub struct Catalog {
     configured: Vec<CommandConfig>,
     templates: Arc<RwLock<FromTemplates>>,
     base: BTreeMap<String, String>,
+    /// The clusters runs go to (names), the first the default one.
+    clusters: Vec<String>,
     namespace: String,
     template: String,
     service_account: String,
@@ -93,6 +98,7 @@ impl Catalog {
             configured: c.catalog(),
             templates: Arc::default(),
             base: c.argo.parameters.clone(),
+            clusters: c.clusters().into_iter().map(|k| k.name).collect(),
             namespace: c.argo.namespace.clone(),
             template: c.argo.workflow_template.clone(),
             service_account: c.argo.service_account.clone(),
@@ -231,7 +237,7 @@ impl Catalog {
 
     /// Replaces the templates' commands with those of `reported`; whether anything changed.
     pub fn set_templates(&self, mut reported: Vec<Template>) -> bool {
-        reported.sort_by_key(|t| (t.namespace.clone(), t.name.clone()));
+        reported.sort_by_key(|t| (t.cluster.clone(), t.namespace.clone(), t.name.clone()));
         if self.read().reported == reported {
             return false;
         }
@@ -242,8 +248,13 @@ impl Catalog {
             .chain(BUILTINS.iter().map(|b| b.to_string()))
             .collect();
         let merged = merge(&taken, &reported, &self.policies);
-        let configured =
-            lint_configured(&self.configured, &reported, &self.namespace, &self.template);
+        let configured = lint_configured(
+            &self.configured,
+            &reported,
+            self.default_cluster(),
+            &self.namespace,
+            &self.template,
+        );
         let mut t = self.templates.write().unwrap_or_else(|e| e.into_inner());
         t.merged = merged;
         t.configured = Some(configured);
@@ -259,6 +270,43 @@ impl Catalog {
             .any(|c| c.name == command && c.show_logs)
     }
 
+    /// Where commands that name no cluster run: the first configured.
+    pub fn default_cluster(&self) -> &str {
+        self.clusters
+            .first()
+            .map_or(facteur_config::DEFAULT_CLUSTER, String::as_str)
+    }
+
+    /// The clusters runs go to.
+    pub fn clusters(&self) -> &[String] {
+        &self.clusters
+    }
+
+    /// The clusters `command` runs in, and where in each: one for a configured command or a
+    /// template in one cluster, several for a template in several (its `cluster` option).
+    pub fn placements(&self, command: &str) -> Vec<(String, String)> {
+        let t = self.read();
+        if let Some(targets) = t.merged.clusters.get(command) {
+            return targets
+                .iter()
+                .map(|(k, v)| (k.clone(), v.namespace.clone()))
+                .collect();
+        }
+        self.all(&t)
+            .find(|c| c.name == command)
+            .map(|c| vec![(self.cluster_of(c), self.namespace_of(c))])
+            .unwrap_or_default()
+    }
+
+    /// The cluster `cmd` runs in: its own, else the default one.
+    pub fn cluster_of(&self, cmd: &CommandConfig) -> String {
+        if cmd.cluster.is_empty() {
+            self.default_cluster().to_string()
+        } else {
+            cmd.cluster.clone()
+        }
+    }
+
     /// The namespace `cmd` runs in: its own, else `argo.namespace`.
     pub fn namespace_of(&self, cmd: &CommandConfig) -> String {
         if cmd.namespace.is_empty() {
@@ -271,6 +319,28 @@ impl Catalog {
     /// Validates `values` against `command` and resolves what it runs: every value refused
     /// is named with its rule ([`Error::Refused`]), an unknown command is INVALID_ARGUMENT.
     pub fn resolve(&self, command: &str, values: &BTreeMap<String, String>) -> Result<Resolved> {
+        self.resolve_in(command, values, "")
+    }
+
+    /// [`Catalog::resolve`] in the cluster `cluster` asks for (empty: the command's own, or its
+    /// `cluster` option's for a command in several): a cluster the command does not run in is
+    /// INVALID_ARGUMENT naming those it does.
+    pub fn resolve_in(
+        &self,
+        command: &str,
+        values: &BTreeMap<String, String>,
+        cluster: &str,
+    ) -> Result<Resolved> {
+        if !cluster.is_empty() && !self.clusters.iter().any(|k| k == cluster) {
+            return Err(Error::invalid(
+                "cluster",
+                format!(
+                    "unknown cluster `{}`; known: {}",
+                    facteur_config::discord::clip(cluster, 63),
+                    self.clusters.join(", ")
+                ),
+            ));
+        }
         for name in values.keys() {
             storable("option name", name, MAX_OPTION_NAME)?;
         }
@@ -319,8 +389,40 @@ impl Catalog {
                 );
             }
         }
+        let targets = t.merged.clusters.get(&cmd.name);
+        let mut values = std::borrow::Cow::Borrowed(values);
+        if let Some(targets) = targets
+            && !cluster.is_empty()
+        {
+            match values.get(CLUSTER_OPTION) {
+                Some(v) if v != cluster => refuse(
+                    CLUSTER_OPTION,
+                    Rule::Choice,
+                    format!("is `{v}` but the request asks for cluster `{cluster}`"),
+                ),
+                Some(_) => {}
+                None if targets.contains_key(cluster) => {
+                    values
+                        .to_mut()
+                        .insert(CLUSTER_OPTION.to_string(), cluster.to_string());
+                }
+                None => {}
+            }
+        }
         let mut parameters = self.base.clone();
+        let mut chosen: Option<String> = None;
         for o in &cmd.options {
+            if targets.is_some() && o.name == CLUSTER_OPTION {
+                // Where to run, not a parameter of the Workflow.
+                match values.get(&o.name) {
+                    None => refuse(&o.name, Rule::Required, "is required".into()),
+                    Some(v) => match check_value(o, v, None) {
+                        Ok(v) => chosen = Some(v),
+                        Err((rule, m)) => refuse(&o.name, rule, m),
+                    },
+                }
+                continue;
+            }
             match values.get(&o.name) {
                 None if o.required => refuse(&o.name, Rule::Required, "is required".into()),
                 None => {}
@@ -340,6 +442,30 @@ impl Catalog {
         if !refused.is_empty() {
             return Err(Error::Refused(Refusals(refused)));
         }
+        let (cluster, namespace, template) = match (targets, chosen) {
+            (Some(targets), Some(k)) => {
+                let target = targets.get(&k).ok_or_else(|| {
+                    Error::Internal(format!("command `{command}` has no target in `{k}`"))
+                })?;
+                (
+                    k,
+                    target.namespace.clone(),
+                    target.workflow_template.clone(),
+                )
+            }
+            _ => {
+                let own = self.cluster_of(cmd);
+                if !cluster.is_empty() && cluster != own {
+                    return Err(Error::invalid(
+                        "cluster",
+                        format!(
+                            "command `{command}` runs in cluster `{own}` only, not `{cluster}`"
+                        ),
+                    ));
+                }
+                (own, self.namespace_of(cmd), cmd.workflow_template.clone())
+            }
+        };
         let or = |v: &str, d: &str| {
             if v.is_empty() {
                 d.to_string()
@@ -349,8 +475,9 @@ impl Catalog {
         };
         Ok(Resolved {
             command: cmd.name.clone(),
-            workflow_template: or(&cmd.workflow_template, &self.template),
-            namespace: self.namespace_of(cmd),
+            workflow_template: or(&template, &self.template),
+            cluster,
+            namespace,
             service_account: or(&cmd.service_account, &self.service_account),
             workflow_name_prefix: or(
                 &cmd.workflow_name_prefix,

@@ -20,6 +20,8 @@ pub struct CodexPlan {
     pub delivery_id: String,
     /// WorkflowTemplate.
     pub workflow_template: String,
+    /// Cluster (`codex_implementation_orchestrator.cluster`, else the default one).
+    pub cluster: String,
     /// Namespace.
     pub namespace: String,
     /// Service account.
@@ -314,6 +316,7 @@ pub fn plan(
     Ok(CodexPlan {
         delivery_id,
         workflow_template,
+        cluster: config.cluster_or_default(&c.cluster).to_string(),
         namespace,
         service_account,
         workflow_name_prefix: prefix,

@@ -189,6 +189,8 @@ pub struct StatusReport {
     pub run_id: Option<String>,
     /// Namespace.
     pub namespace: String,
+    /// Cluster of the reporting adapter: a run of another cluster is not touched.
+    pub cluster: String,
     /// Workflow name.
     pub workflow_name: String,
     /// Workflow UID.

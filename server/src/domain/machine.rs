@@ -355,6 +355,14 @@ pub fn on_outcome(
 /// A Workflow status observed by an adapter. Monotonic: a report that would move the run
 /// backwards (late, repeated, out of order) gives `None`.
 pub fn on_report(run: &Run, r: &StatusReport, now: DateTime<Utc>) -> Result<Option<Transition>> {
+    if r.cluster != run.cluster {
+        // A Workflow of the same name in another cluster is another Workflow: it never moves
+        // this run (and the reporter learns nothing of it but that it is not its own).
+        return Err(Error::NotFound(format!(
+            "no run `{}` in cluster `{}`",
+            run.id, r.cluster
+        )));
+    }
     if !r.workflow_name.is_empty() && r.workflow_name != run.workflow_name {
         return Err(Error::invalid(
             "workflow_name",

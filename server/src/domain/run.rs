@@ -166,6 +166,8 @@ pub struct NewRun {
     pub source: RunSource,
     /// Requester.
     pub requester: Requester,
+    /// Cluster of the Workflow.
+    pub cluster: String,
     /// Namespace of the Workflow.
     pub namespace: String,
     /// WorkflowTemplate.
@@ -198,6 +200,9 @@ impl NewRun {
         if self.parameters != existing.parameters {
             differs.push("parameters");
         }
+        if self.cluster != existing.cluster {
+            differs.push("cluster");
+        }
         if self.parent_run_id != existing.parent_run_id {
             differs.push("the run retried");
         }
@@ -229,6 +234,7 @@ impl NewRun {
             command: run.command.clone(),
             source: RunSource::Retry,
             requester,
+            cluster: run.cluster.clone(),
             namespace: run.namespace.clone(),
             workflow_template: run.workflow_template.clone(),
             service_account: run.service_account.clone(),
@@ -268,6 +274,7 @@ impl Run {
             source: RunSource::Admin,
             status,
             requester: Requester::default(),
+            cluster: String::new(),
             namespace: "ns".into(),
             workflow_template: "tpl".into(),
             service_account: String::new(),
@@ -307,6 +314,8 @@ pub struct Run {
     pub status: RunStatus,
     /// Requester.
     pub requester: Requester,
+    /// Cluster.
+    pub cluster: String,
     /// Namespace.
     pub namespace: String,
     /// WorkflowTemplate.
@@ -520,6 +529,7 @@ mod tests {
                 principal: "ops".into(),
                 ..Default::default()
             },
+            cluster: "default".into(),
             namespace: "ns".into(),
             workflow_template: "t".into(),
             service_account: String::new(),
@@ -540,6 +550,7 @@ mod tests {
             source: n.source,
             status: RunStatus::Running,
             requester: n.requester.clone(),
+            cluster: n.cluster.clone(),
             namespace: n.namespace.clone(),
             workflow_template: n.workflow_template.clone(),
             service_account: String::new(),

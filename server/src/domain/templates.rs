@@ -115,6 +115,7 @@ fn policy_of(t: &Template, command: &mut CommandConfig) -> Result<(), String> {
 pub fn lint_configured(
     commands: &[CommandConfig],
     templates: &[Template],
+    cluster: &str,
     namespace: &str,
     template: &str,
 ) -> Vec<CommandConfig> {
@@ -129,13 +130,14 @@ pub fn lint_configured(
         .iter()
         .map(|c| {
             let mut c = c.clone();
-            let (ns, name) = (
+            let (cl, ns, name) = (
+                or(&c.cluster, cluster),
                 or(&c.namespace, namespace),
                 or(&c.workflow_template, template),
             );
             let Some(t) = templates
                 .iter()
-                .find(|t| t.namespace == ns && t.name == name)
+                .find(|t| t.cluster == cl && t.namespace == ns && t.name == name)
             else {
                 return c;
             };
@@ -175,8 +177,11 @@ pub struct TemplateParameter {
 }
 
 /// A labelled WorkflowTemplate, as an argo-adapter reported it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Template {
+    /// Cluster (of the adapter that reported it).
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
     /// Namespace.
     pub namespace: String,
     /// Name.
@@ -193,10 +198,33 @@ pub struct Template {
     pub refused: String,
 }
 
+fn default_cluster() -> String {
+    facteur_config::DEFAULT_CLUSTER.to_string()
+}
+
+impl Default for Template {
+    fn default() -> Self {
+        Template {
+            cluster: default_cluster(),
+            namespace: String::new(),
+            name: String::new(),
+            command: String::new(),
+            annotations: BTreeMap::new(),
+            parameters: Vec::new(),
+            refused: String::new(),
+        }
+    }
+}
+
 impl Template {
-    /// `namespace/name`: where the command comes from.
+    /// Where the command comes from: `namespace/name`, after `cluster/` outside the `default`
+    /// cluster.
     pub fn source(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+        if self.cluster == facteur_config::DEFAULT_CLUSTER {
+            format!("{}/{}", self.namespace, self.name)
+        } else {
+            format!("{}/{}/{}", self.cluster, self.namespace, self.name)
+        }
     }
 }
 
@@ -306,6 +334,7 @@ pub fn command_of(t: &Template) -> Result<(CommandConfig, Vec<String>), String> 
         description: description.to_string(),
         workflow_template: t.name.clone(),
         namespace: t.namespace.clone(),
+        cluster: t.cluster.clone(),
         options,
         ..Default::default()
     };
@@ -339,6 +368,8 @@ pub struct Merged {
     /// For each command from a template, where each policy rule it sets comes from (rule →
     /// `annotation <key>` or `configuration (command_policies.<name>)`).
     pub policy_sources: BTreeMap<String, BTreeMap<String, String>>,
+    /// For each command whose templates are in several clusters, where it runs in each.
+    pub clusters: BTreeMap<String, BTreeMap<String, Target>>,
 }
 
 /// The policy rules a command can set, by the names `facteurctl commands` shows.
@@ -397,9 +428,23 @@ fn apply_policy(
     sources
 }
 
+/// The option a command whose template is in several clusters gets: which cluster to run in.
+pub const CLUSTER_OPTION: &str = "cluster";
+
+/// Where a command from templates runs in one cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Namespace of the template.
+    pub namespace: String,
+    /// Its name.
+    pub workflow_template: String,
+}
+
 /// Merges `templates` into a catalog that already has the commands `taken` (the configured ones
 /// and the built-ins): a name already taken keeps its command; of two templates naming the same
-/// command, the first by `namespace/name` wins.
+/// command in one cluster, the first by `namespace/name` wins. A command whose templates are in
+/// several clusters is one command with a required [`CLUSTER_OPTION`] choosing among them, when
+/// they define it alike; otherwise it is left out, with the reason.
 ///
 /// `policies` are the operator's overrides by command name ([`apply_policy`]); one that names
 /// no command is listed among the problems.
@@ -409,16 +454,17 @@ pub fn merge(
     policies: &BTreeMap<String, facteur_config::PolicyOverride>,
 ) -> Merged {
     let mut sorted: Vec<&Template> = templates.iter().collect();
-    sorted.sort_by_key(|t| (t.namespace.clone(), t.name.clone()));
+    sorted.sort_by_key(|t| (t.namespace.clone(), t.name.clone(), t.cluster.clone()));
     let mut out = Merged::default();
-    let mut by: BTreeMap<String, String> = BTreeMap::new();
     for t in &sorted {
         if !t.refused.is_empty() {
             out.problems
                 .push(format!("{}: report refused: {}", t.source(), t.refused));
         }
     }
-    // An unlabelled template (reported for its lint: a configured command's) is no command.
+    // The first template of each command in each cluster, commands in the order of their first
+    // template. An unlabelled template (reported for its lint: a configured command's) is none.
+    let mut groups: Vec<(String, Vec<&Template>)> = Vec::new();
     for t in sorted
         .into_iter()
         .filter(|t| !t.command.is_empty() && t.refused.is_empty())
@@ -432,29 +478,60 @@ pub fn merge(
             ));
             continue;
         }
-        if let Some(first) = by.get(&name) {
+        match groups.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, group)) => match group.iter().find(|f| f.cluster == t.cluster) {
+                Some(first) => out.problems.push(format!(
+                    "{source}: command `{name}` is already defined by the template {}",
+                    first.source()
+                )),
+                None => group.push(t),
+            },
+            None => groups.push((name, vec![t])),
+        }
+    }
+    for (name, group) in groups {
+        let mut made: Vec<(&Template, CommandConfig, Vec<String>)> = Vec::new();
+        for t in group {
+            match command_of(t) {
+                Ok((c, repairs)) => made.push((t, c, repairs)),
+                Err(why) => out.problems.push(format!("{}: {why}", t.source())),
+            }
+        }
+        let Some((first, _, _)) = made.first() else {
+            continue;
+        };
+        let first = *first;
+        let sources: Vec<String> = made.iter().map(|(t, _, _)| t.source()).collect();
+        let source = sources.join(", ");
+        if taken.len() + out.commands.len() >= COMMANDS_MAX {
             out.problems.push(format!(
-                "{source}: command `{name}` is already defined by the template {first}"
+                "{source}: command `{name}` left out: Discord registers at most {COMMANDS_MAX} commands per guild and the catalog has {COMMANDS_MAX} (the configured ones, the built-ins and templates before it by namespace/name)"
             ));
             continue;
         }
-        match command_of(t) {
-            Ok(_) if taken.len() + out.commands.len() >= COMMANDS_MAX => {
-                out.problems.push(format!(
-                    "{source}: command `{name}` left out: Discord registers at most {COMMANDS_MAX} commands per guild and the catalog has {COMMANDS_MAX} (the configured ones, the built-ins and templates before it by namespace/name)"
-                ));
+        let (mut c, targets) = if made.len() == 1 {
+            (made[0].1.clone(), None)
+        } else {
+            match across_clusters(&name, &made) {
+                Ok((c, targets)) => (c, Some(targets)),
+                Err(why) => {
+                    out.problems.push(format!("{source}: {why}"));
+                    continue;
+                }
             }
-            Ok((mut c, repairs)) => {
-                by.insert(name, source.clone());
-                out.repairs
-                    .extend(repairs.into_iter().map(|r| format!("{source}: {r}")));
-                let policy = policies.get(&c.name);
-                let sources = apply_policy(t, &mut c, policy);
-                out.policy_sources.insert(c.name.clone(), sources);
-                out.commands.push((c, source));
-            }
-            Err(why) => out.problems.push(format!("{source}: {why}")),
+        };
+        for (t, _, repairs) in &made {
+            let at = t.source();
+            out.repairs
+                .extend(repairs.iter().map(|r| format!("{at}: {r}")));
         }
+        let policy = policies.get(&c.name);
+        let policy_sources = apply_policy(first, &mut c, policy);
+        out.policy_sources.insert(c.name.clone(), policy_sources);
+        if let Some(targets) = targets {
+            out.clusters.insert(c.name.clone(), targets);
+        }
+        out.commands.push((c, source));
     }
     for name in policies.keys() {
         if !out.commands.iter().any(|(c, _)| &c.name == name) {
@@ -464,6 +541,89 @@ pub fn merge(
         }
     }
     out
+}
+
+/// One command from the templates of `name` in several clusters (`made`: each template with
+/// the command it reads as): they must read alike but for where they are; the command gets a
+/// required [`CLUSTER_OPTION`] whose choices are the clusters, each with its target.
+#[allow(clippy::type_complexity)]
+fn across_clusters(
+    name: &str,
+    made: &[(&Template, CommandConfig, Vec<String>)],
+) -> Result<(CommandConfig, BTreeMap<String, Target>), String> {
+    let placeless = |c: &CommandConfig| {
+        let mut c = c.clone();
+        c.namespace.clear();
+        c.workflow_template.clear();
+        c.cluster.clear();
+        serde_json::to_value(&c).unwrap_or_default()
+    };
+    let (first_t, first, _) = &made[0];
+    let shape = placeless(first);
+    if let Some((t, c, _)) = made.iter().skip(1).find(|(_, c, _)| placeless(c) != shape) {
+        let options = |c: &CommandConfig| {
+            let names: Vec<&str> = c.options.iter().map(|o| o.name.as_str()).collect();
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        };
+        return Err(format!(
+            "command `{name}` left out: its templates in clusters {} and {} define it differently (their description, options or policy differ; options: {} / {}); make them agree or label one otherwise",
+            first_t.cluster,
+            t.cluster,
+            options(first),
+            options(c)
+        ));
+    }
+    if first.options.iter().any(|o| o.name == CLUSTER_OPTION) {
+        return Err(format!(
+            "command `{name}` left out: it is in several clusters, and its parameter `{CLUSTER_OPTION}` takes the name of the option that chooses among them"
+        ));
+    }
+    if first.options.len() >= MAX_OPTIONS {
+        return Err(format!(
+            "command `{name}` left out: it is in several clusters and has {} options; with the `{CLUSTER_OPTION}` option Discord's {MAX_OPTIONS} would be exceeded",
+            first.options.len()
+        ));
+    }
+    let mut clusters: Vec<&str> = made.iter().map(|(t, _, _)| t.cluster.as_str()).collect();
+    clusters.sort();
+    let mut c = first.clone();
+    c.namespace.clear();
+    c.workflow_template.clear();
+    c.cluster.clear();
+    c.options.insert(
+        0,
+        OptionConfig {
+            name: CLUSTER_OPTION.into(),
+            description: "Cluster to run in".into(),
+            kind: "string".into(),
+            required: true,
+            choices: clusters
+                .iter()
+                .map(|k| ChoiceConfig {
+                    name: k.to_string(),
+                    value: k.to_string(),
+                })
+                .collect(),
+            ..Default::default()
+        },
+    );
+    let targets = made
+        .iter()
+        .map(|(t, _, _)| {
+            (
+                t.cluster.clone(),
+                Target {
+                    namespace: t.namespace.clone(),
+                    workflow_template: t.name.clone(),
+                },
+            )
+        })
+        .collect();
+    Ok((c, targets))
 }
 
 #[cfg(test)]
@@ -561,7 +721,7 @@ mod tests {
             ],
             ..Default::default()
         }];
-        let linted = lint_configured(&configured, &reported, "argo-workflows", "dflt");
+        let linted = lint_configured(&configured, &reported, "default", "argo-workflows", "dflt");
         let uses: Vec<Vec<&str>> = linted
             .iter()
             .flat_map(|c| c.options.iter())

@@ -118,3 +118,49 @@ mod tests {
         assert_eq!(m.annotations[SHOW_LOGS_ANNOTATION], "true");
     }
 }
+
+/// Where each cluster's Argo UI is (`clusters[].ui_base_url`, or `argo.ui_base_url` for the one
+/// `default` cluster), for the links on cards.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArgoUi {
+    bases: BTreeMap<String, String>,
+}
+
+impl ArgoUi {
+    /// From the configuration.
+    pub fn of(config: &facteur_config::Config) -> ArgoUi {
+        ArgoUi {
+            bases: config
+                .clusters()
+                .into_iter()
+                .map(|c| (c.name, c.ui_base_url.trim_end_matches('/').to_string()))
+                .collect(),
+        }
+    }
+
+    /// One UI, of the `default` cluster.
+    pub fn single(base: &str) -> ArgoUi {
+        ArgoUi {
+            bases: [(
+                facteur_config::DEFAULT_CLUSTER.to_string(),
+                base.trim_end_matches('/').to_string(),
+            )]
+            .into(),
+        }
+    }
+
+    /// The Argo UI of `cluster` (empty: none known).
+    pub fn base(&self, cluster: &str) -> &str {
+        self.bases.get(cluster).map_or("", String::as_str)
+    }
+}
+
+/// Where `run`'s Workflow is, as people read it: `namespace/name`, after `cluster/` outside the
+/// `default` cluster.
+pub fn place_of(run: &Run) -> String {
+    if run.cluster.is_empty() || run.cluster == facteur_config::DEFAULT_CLUSTER {
+        format!("{}/{}", run.namespace, run.workflow_name)
+    } else {
+        format!("{}/{}/{}", run.cluster, run.namespace, run.workflow_name)
+    }
+}

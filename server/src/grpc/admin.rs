@@ -66,14 +66,28 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let report = status::report(&self.0).await;
         let ready = report.ready();
-        let (adapters, unserved_namespaces) = report
+        let (adapters, unserved_namespaces, clusters) = report
             .served
             .map(|s| {
+                let clusters = s
+                    .clusters
+                    .into_iter()
+                    .map(|c| pb::ClusterStatus {
+                        name: c.name,
+                        ui_base_url: c.ui_base_url,
+                        adapters: c.adapters,
+                        namespaces: c.namespaces,
+                        last_seen_at: c.last_seen_at.map(convert::ts),
+                        queued_runs: u32::try_from(c.queued_runs).unwrap_or(u32::MAX),
+                        stranded_runs: u32::try_from(c.stranded_runs).unwrap_or(u32::MAX),
+                    })
+                    .collect();
                 let adapters = s
                     .adapters
                     .into_iter()
                     .map(|a| pb::AdapterStatus {
                         adapter_id: a.id,
+                        cluster: a.cluster,
                         namespaces: a.namespaces,
                         connected_at: Some(convert::ts(a.connected_at)),
                         last_seen_at: Some(convert::ts(a.seen_at)),
@@ -85,16 +99,18 @@ impl AdminService for AdminApi {
                     .unserved
                     .into_iter()
                     .map(|u| pb::UnservedNamespace {
+                        cluster: u.cluster,
                         namespace: u.namespace,
                         queued_runs: u32::try_from(u.queued.runs).unwrap_or(u32::MAX),
                         oldest_queued_at: u.queued.oldest.map(convert::ts),
                         configured: u.configured,
                     })
                     .collect();
-                (adapters, unserved)
+                (adapters, unserved, clusters)
             })
             .unwrap_or_default();
         Ok(Response::new(pb::GetStatusResponse {
+            clusters,
             adapters,
             unserved_namespaces,
             version: env!("CARGO_PKG_VERSION").into(),
@@ -153,6 +169,7 @@ impl AdminService for AdminApi {
             &self.0,
             &r.command,
             &params,
+            &r.cluster,
             &r.idempotency_key,
             &principal.name,
         )
@@ -192,6 +209,7 @@ impl AdminService for AdminApi {
             command: nonempty(r.command),
             requester: nonempty(r.requester),
             guild_id: nonempty(r.guild_id),
+            cluster: nonempty(r.cluster),
             created_after: time(r.created_after, "created_after")?,
             created_before: time(r.created_before, "created_before")?,
         };

@@ -14,6 +14,7 @@
 
 use crate::domain::interaction::{Button, ModalId, actions};
 use crate::domain::run::{Run, RunStatus};
+use crate::domain::workflow::{ArgoUi, place_of};
 use chrono::{DateTime, Utc};
 use facteur_proto::v1 as pb;
 
@@ -95,8 +96,8 @@ fn bar(done: u64, total: u64) -> String {
 }
 
 /// Where the run's Workflow is in Argo's UI, once it may exist.
-pub fn argo_link(run: &Run, ui_base_url: &str) -> Option<String> {
-    let base = ui_base_url.trim_end_matches('/');
+pub fn argo_link(run: &Run, ui: &ArgoUi) -> Option<String> {
+    let base = ui.base(&run.cluster);
     let created = !run.workflow_uid.is_empty()
         || matches!(
             run.status,
@@ -238,13 +239,10 @@ fn ts(t: DateTime<Utc>) -> facteur_proto::Timestamp {
 }
 
 /// The embed of one run.
-pub fn embed(run: &Run, ui_base_url: &str, now: DateTime<Utc>) -> pb::Embed {
+pub fn embed(run: &Run, ui: &ArgoUi, now: DateTime<Utc>) -> pb::Embed {
     let mut fields = vec![
         field("Requested by", requester(run)),
-        field(
-            "Target",
-            format!("`{}/{}`", run.namespace, run.workflow_name),
-        ),
+        field("Target", format!("`{}`", place_of(run))),
     ];
     if let Some(start) = run.started_at {
         fields.push(field("Started", format!("<t:{}:R>", start.timestamp())));
@@ -275,7 +273,7 @@ pub fn embed(run: &Run, ui_base_url: &str, now: DateTime<Utc>) -> pb::Embed {
         fields,
         footer: format!("run {}", run.id),
         timestamp: Some(ts(run.updated_at)),
-        url: argo_link(run, ui_base_url).unwrap_or_default(),
+        url: argo_link(run, ui).unwrap_or_default(),
     }
 }
 
@@ -299,7 +297,7 @@ fn button(label: &str, b: Button, run: &Run, danger: bool) -> pb::Button {
 
 /// The buttons under a run's card: what the domain says may be done to it now
 /// ([`actions`]), and a link to Argo when its UI is configured.
-pub fn buttons(run: &Run, ui_base_url: &str) -> Vec<pb::Button> {
+pub fn buttons(run: &Run, ui: &ArgoUi) -> Vec<pb::Button> {
     let mut out: Vec<pb::Button> = actions(run)
         .into_iter()
         .map(|b| match b {
@@ -310,7 +308,7 @@ pub fn buttons(run: &Run, ui_base_url: &str) -> Vec<pb::Button> {
             Button::Refresh => button("Refresh", b, run, false),
         })
         .collect();
-    if let Some(url) = argo_link(run, ui_base_url) {
+    if let Some(url) = argo_link(run, ui) {
         out.push(pb::Button {
             label: "Open in Argo".into(),
             url,
@@ -360,12 +358,12 @@ pub fn approval_modal(run: &Run) -> Option<pb::Modal> {
 }
 
 /// A run's message: its card and the buttons that act on it.
-pub fn run_card(run: &Run, ui_base_url: &str, now: DateTime<Utc>, ephemeral: bool) -> pb::Reply {
+pub fn run_card(run: &Run, ui: &ArgoUi, now: DateTime<Utc>, ephemeral: bool) -> pb::Reply {
     pb::Reply {
         content: String::new(),
         ephemeral,
-        buttons: buttons(run, ui_base_url),
-        embeds: vec![embed(run, ui_base_url, now)],
+        buttons: buttons(run, ui),
+        embeds: vec![embed(run, ui, now)],
     }
 }
 
@@ -430,6 +428,7 @@ mod tests {
                 display_name: "ana".into(),
                 ..Default::default()
             },
+            cluster: "default".into(),
             namespace: "argo-workflows".into(),
             workflow_template: "deploy".into(),
             service_account: String::new(),
@@ -462,7 +461,7 @@ mod tests {
         let mut r = run(RunStatus::Running);
         r.progress = "1/3".into();
         r.steps.current = "build".into();
-        let e = embed(&r, "https://argo.example/", now());
+        let e = embed(&r, &ArgoUi::single("https://argo.example/"), now());
         assert_eq!(
             e.title, "/deploy · run 3f2a9c1e",
             "stored before numbers existed"
@@ -471,7 +470,10 @@ mod tests {
             number: 1234,
             ..r.clone()
         };
-        assert_eq!(embed(&numbered, "", now()).title, "/deploy · run #1234");
+        assert_eq!(
+            embed(&numbered, &ArgoUi::default(), now()).title,
+            "/deploy · run #1234"
+        );
         assert_eq!(e.color, 0x3498db);
         assert_eq!(
             e.description,
@@ -496,7 +498,7 @@ mod tests {
             e.url,
             "https://argo.example/workflows/argo-workflows/deploy-3f2a9c1e"
         );
-        let b = buttons(&r, "https://argo.example/");
+        let b = buttons(&r, &ArgoUi::single("https://argo.example/"));
         let labels: Vec<&str> = b.iter().map(|b| b.label.as_str()).collect();
         assert_eq!(labels, ["Cancel", "Refresh", "Open in Argo"]);
         assert_eq!(b[0].custom_id, format!("cancel:{}", r.id));
@@ -535,7 +537,7 @@ mod tests {
             },
         ];
         r.message = crate::domain::machine::rejection_text(&r.steps.decisions[1]);
-        let e = embed(&r, "", now());
+        let e = embed(&r, &ArgoUi::default(), now());
         assert_eq!(
             e.description,
             format!(
@@ -555,7 +557,7 @@ mod tests {
         r.message = "child failed (build: exit code 2)".into();
         r.steps.failed = "build".into();
         r.steps.log_tail = "compiling\nerror: ```boom```\n".into();
-        let e = embed(&r, "", now());
+        let e = embed(&r, &ArgoUi::default(), now());
         assert_eq!(e.color, 0xe74c3c);
         assert_eq!(
             e.description,
@@ -564,7 +566,10 @@ mod tests {
         );
         assert!(e.url.is_empty(), "no Argo UI configured");
         assert_eq!(e.fields[3].value, "1m 12s");
-        let labels: Vec<String> = buttons(&r, "").into_iter().map(|b| b.label).collect();
+        let labels: Vec<String> = buttons(&r, &ArgoUi::default())
+            .into_iter()
+            .map(|b| b.label)
+            .collect();
         assert_eq!(labels, ["Retry", "Refresh"]);
     }
 
@@ -586,10 +591,10 @@ mod tests {
         let mut r = run(RunStatus::Queued);
         r.workflow_uid.clear();
         r.started_at = None;
-        assert_eq!(argo_link(&r, "https://argo.example"), None);
+        assert_eq!(argo_link(&r, &ArgoUi::single("https://argo.example")), None);
         r.message = "x".repeat(10_000);
         r.steps.log_tail = "y".repeat(1000);
-        let e = embed(&r, "https://argo.example", now());
+        let e = embed(&r, &ArgoUi::single("https://argo.example"), now());
         assert!(e.description.chars().count() <= DESCRIPTION_MAX);
         assert_eq!(e.description.lines().next(), Some("**queued**"));
         assert!(e.fields.iter().all(|f| f.name != "Started"));

@@ -25,12 +25,7 @@ pub struct CommandApi(pub Arc<AppState>);
 impl CommandApi {
     /// A run's card, linked to the Argo UI when one is configured.
     fn card(&self, run: &Run, ephemeral: bool) -> pb::Reply {
-        card::run_card(
-            run,
-            &self.0.config.argo.ui_base_url,
-            chrono::Utc::now(),
-            ephemeral,
-        )
+        card::run_card(run, &self.0.argo_ui, chrono::Utc::now(), ephemeral)
     }
 }
 
@@ -394,7 +389,7 @@ impl CommandService for CommandApi {
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(feeds::follow_runs(self.0.clone(), start, tx));
-        let ui = self.0.config.argo.ui_base_url.clone();
+        let ui = self.0.argo_ui.clone();
         let stream = ReceiverStream::new(rx).map(move |change| {
             Ok(pb::WatchRunsResponse {
                 cursor: change.cursor.to_string(),

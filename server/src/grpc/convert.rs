@@ -65,6 +65,7 @@ pub fn run(r: &Run) -> pb::Run {
             display_name: r.requester.display_name.clone(),
         }),
         target: Some(pb::WorkflowTarget {
+            cluster: r.cluster.clone(),
             namespace: r.namespace.clone(),
             workflow_template: r.workflow_template.clone(),
             service_account: r.service_account.clone(),

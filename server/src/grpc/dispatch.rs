@@ -59,6 +59,7 @@ fn job(l: &Leased, show_logs: bool) -> pb::LeaseResponse {
         lease_expires_at: l.dispatch.lease_expires_at.map(convert::ts),
         lease_token: l.dispatch.lease_token.clone(),
         workflow: Some(pb::WorkflowSpec {
+            cluster: run.cluster.clone(),
             namespace: run.namespace.clone(),
             name: run.workflow_name.clone(),
             workflow_template: run.workflow_template.clone(),
@@ -97,9 +98,10 @@ impl DispatchService for DispatchApi {
         if self.0.config.dispatcher.disabled {
             return Err(Status::from(Error::Disabled { feature: "dispatcher", message: "dispatching is disabled on this server (dispatcher.disabled / FACTEUR_DISABLE_DISPATCHER)".into() }));
         }
+        let cluster = dispatch::adapter_cluster(&self.0, principal.cluster.as_deref(), &r.cluster)?;
         let max = in_flight(r.max_in_flight);
         let owner = format!("{}/{id}", principal.name);
-        let rx = dispatch::lease_stream(self.0.clone(), owner, r.namespaces, max);
+        let rx = dispatch::lease_stream(self.0.clone(), owner, cluster, r.namespaces, max);
         let state = self.0.clone();
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx)
@@ -122,9 +124,16 @@ impl DispatchService for DispatchApi {
                 )));
             }
         }
+        let cluster = dispatch::adapter_cluster(&self.0, principal.cluster.as_deref(), &r.cluster)?;
         let owner = format!("{}/{id}", principal.name);
-        let a = dispatch::assignment(&self.0, &owner, &r.namespaces, in_flight(r.max_in_flight))
-            .await?;
+        let a = dispatch::assignment(
+            &self.0,
+            &owner,
+            &cluster,
+            &r.namespaces,
+            in_flight(r.max_in_flight),
+        )
+        .await?;
         Ok(Response::new(pb::GetAssignmentResponse {
             namespaces: a.namespaces,
             dispatch_namespaces: a.dispatch,
@@ -139,10 +148,12 @@ impl DispatchService for DispatchApi {
         let principal = Principal::of(&req);
         let r = req.into_inner();
         let id = adapter_id(&r.adapter_id)?;
+        let cluster = dispatch::adapter_cluster(&self.0, principal.cluster.as_deref(), &r.cluster)?;
         let templates = r
             .templates
             .into_iter()
             .map(|t| Template {
+                cluster: cluster.clone(),
                 namespace: t.namespace,
                 name: t.name,
                 command: t.command,
@@ -162,7 +173,7 @@ impl DispatchService for DispatchApi {
             })
             .collect();
         let by = format!("{}/{id}", principal.name);
-        let done = templates::report(&self.0, &by, r.namespaces, templates).await?;
+        let done = templates::report(&self.0, &by, &cluster, r.namespaces, templates).await?;
         Ok(Response::new(pb::ReportWorkflowTemplatesResponse {
             commands: done.commands as u32,
             problems: done.problems,
@@ -243,8 +254,10 @@ impl DispatchService for DispatchApi {
                 ),
             )));
         }
+        let cluster = dispatch::adapter_cluster(&self.0, principal.cluster.as_deref(), &r.cluster)?;
         let time = |t: &Option<facteur_proto::Timestamp>| t.as_ref().and_then(convert::from_ts);
         let report = StatusReport {
+            cluster,
             run_id: (!r.run_id.is_empty()).then(|| r.run_id.clone()),
             started_at: time(&r.started_at),
             finished_at: time(&r.finished_at),

@@ -28,19 +28,35 @@ pub struct Assignment {
     pub dispatch: Vec<String>,
 }
 
-/// Records a heartbeat of adapter `owner` and tells it what to serve: everything this server
-/// dispatches to, narrowed by the adapter's own list.
+/// The cluster an adapter acts for: the one it names (empty: `default`), allowed to its token
+/// ([`assignment::adapter_cluster`]) and one this server dispatches to (else NOT_FOUND naming
+/// those it does).
+pub fn adapter_cluster(state: &AppState, bound: Option<&str>, named: &str) -> Result<String> {
+    let cluster = assignment::adapter_cluster(bound, named)?;
+    if state.catalog.clusters().contains(&cluster) {
+        return Ok(cluster);
+    }
+    Err(crate::domain::Error::NotFound(format!(
+        "this server dispatches to no cluster `{}` (clusters: {}); set the adapter's argo.cluster to one of them, or add it to the server's clusters",
+        facteur_config::discord::clip(&cluster, 63),
+        state.catalog.clusters().join(", ")
+    )))
+}
+
+/// Records a heartbeat of adapter `owner` of `cluster` and tells it what to serve: everything
+/// this server dispatches to in that cluster, narrowed by the adapter's own list.
 pub async fn assignment(
     state: &AppState,
     owner: &str,
+    cluster: &str,
     narrowing: &[String],
     max_in_flight: u32,
 ) -> Result<Assignment> {
-    let dispatch = assignment::dispatch_namespaces(&state.config, &state.catalog);
+    let dispatch = assignment::dispatch_namespaces(&state.config, &state.catalog, cluster);
     let namespaces = assignment::assign(&dispatch, narrowing);
     state
         .store
-        .adapter_heartbeat(owner, &namespaces, max_in_flight)
+        .adapter_heartbeat(owner, cluster, &namespaces, max_in_flight)
         .await?;
     Ok(Assignment {
         namespaces,
@@ -57,6 +73,27 @@ pub struct Served {
     pub unserved: Vec<assignment::Unserved>,
     /// Runs waiting longer than `dispatcher.strand_after_seconds` in those.
     pub stranded: u64,
+    /// Each cluster, in the configuration's order.
+    pub clusters: Vec<ClusterView>,
+}
+
+/// One cluster as [`served`] sees it.
+#[derive(Clone, Debug)]
+pub struct ClusterView {
+    /// Its name.
+    pub name: String,
+    /// Base URL of its Argo UI.
+    pub ui_base_url: String,
+    /// Its adapters heard from within [`ADAPTER_LIVE`].
+    pub adapters: u32,
+    /// The namespaces they serve.
+    pub namespaces: Vec<String>,
+    /// When one of them was last heard from.
+    pub last_seen_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Runs waiting to be dispatched there.
+    pub queued_runs: u64,
+    /// Runs stranded there.
+    pub stranded_runs: u64,
 }
 
 /// The adapters, the unserved namespaces and the stranded runs; also sets their metrics.
@@ -77,9 +114,12 @@ pub async fn served(state: &AppState) -> Result<Served> {
     let now = chrono::Utc::now();
     let live = chrono::Duration::from_std(ADAPTER_LIVE).unwrap_or_default();
     let adapters = state.store.adapters_seen(now - live).await?;
-    let queued = state.store.queued_by_namespace().await?;
-    let dispatch = assignment::dispatch_namespaces(&state.config, &state.catalog);
-    let sets: Vec<Vec<String>> = adapters.iter().map(|a| a.namespaces.clone()).collect();
+    let queued = state.store.queued_by_place().await?;
+    let dispatch = assignment::dispatch_places(&state.config, &state.catalog);
+    let sets: Vec<(String, Vec<String>)> = adapters
+        .iter()
+        .map(|a| (a.cluster.clone(), a.namespaces.clone()))
+        .collect();
     let unserved = assignment::unserved(&dispatch, &sets, &queued);
     let after = chrono::Duration::seconds(
         i64::try_from(state.config.dispatcher.strand_after_seconds).unwrap_or(i64::MAX),
@@ -88,11 +128,42 @@ pub async fn served(state: &AppState) -> Result<Served> {
     let m = &state.metrics;
     m.set_gauge(Metric::AdaptersConnected, vec![], adapters.len() as f64);
     m.set_gauge(Metric::UnservedNamespaces, vec![], unserved.len() as f64);
-    m.set_gauge(Metric::StrandedRuns, vec![], stranded as f64);
+    let mut clusters = Vec::new();
+    for c in state.config.clusters() {
+        let mine = |a: &&AdapterSeen| a.cluster == c.name;
+        let mut namespaces: Vec<String> = adapters
+            .iter()
+            .filter(mine)
+            .flat_map(|a| a.namespaces.clone())
+            .collect();
+        namespaces.sort();
+        namespaces.dedup();
+        let stranded_runs =
+            assignment::stranded(unserved.iter().filter(|u| u.cluster == c.name), now, after);
+        m.set_gauge(
+            Metric::StrandedRuns,
+            vec![("cluster", c.name.clone())],
+            stranded_runs as f64,
+        );
+        clusters.push(ClusterView {
+            adapters: adapters.iter().filter(mine).count() as u32,
+            namespaces,
+            last_seen_at: adapters.iter().filter(mine).map(|a| a.seen_at).max(),
+            queued_runs: queued
+                .iter()
+                .filter(|(p, _)| p.cluster == c.name)
+                .map(|(_, q)| q.runs)
+                .sum(),
+            stranded_runs,
+            name: c.name,
+            ui_base_url: c.ui_base_url,
+        });
+    }
     Ok(Served {
         adapters,
         unserved,
         stranded,
+        clusters,
     })
 }
 
@@ -108,11 +179,11 @@ pub async fn watch_served(state: Arc<AppState>, interval: Duration) {
         match served(&state).await {
             Ok(s) if s.stranded != last => {
                 if s.stranded > 0 {
-                    let namespaces: Vec<&str> = s
+                    let namespaces: Vec<String> = s
                         .unserved
                         .iter()
                         .filter(|u| u.queued.runs > 0)
-                        .map(|u| u.namespace.as_str())
+                        .map(|u| format!("{}/{}", u.cluster, u.namespace))
                         .collect();
                     tracing::warn!(stranded_runs = s.stranded, namespaces = ?namespaces, adapters = s.adapters.len(), "runs wait in namespaces that no argo-adapter serves (AdminService.GetStatus lists them)");
                 } else {
@@ -130,28 +201,30 @@ pub async fn watch_served(state: Arc<AppState>, interval: Duration) {
 /// an expired lease, a retry whose backoff ended, or a job created on another replica is seen.
 const IDLE_RECHECK: Duration = Duration::from_millis(500);
 
-/// Jobs for adapter `owner` (at most `max` held at once), for runs in `namespaces` (empty:
-/// any), until the receiver is dropped or the server shuts down.
+/// Jobs for adapter `owner` of `cluster` (at most `max` held at once), for runs there in
+/// `namespaces` (empty: any), until the receiver is dropped or the server shuts down.
 pub fn lease_stream(
     state: Arc<AppState>,
     owner: String,
+    cluster: String,
     namespaces: Vec<String>,
     max: u32,
 ) -> mpsc::Receiver<Leased> {
     let (tx, rx) = mpsc::channel(max as usize);
-    let span = tracing::info_span!("lease_stream", owner = %owner);
-    tokio::spawn(lease_loop(state, owner, namespaces, max, tx).instrument(span));
+    let span = tracing::info_span!("lease_stream", owner = %owner, cluster = %cluster);
+    tokio::spawn(lease_loop(state, owner, cluster, namespaces, max, tx).instrument(span));
     rx
 }
 
 async fn lease_loop(
     state: Arc<AppState>,
     owner: String,
+    cluster: String,
     namespaces: Vec<String>,
     max: u32,
     tx: mpsc::Sender<Leased>,
 ) {
-    tracing::info!(owner = %owner, max_in_flight = max, "adapter leasing");
+    tracing::info!(owner = %owner, cluster = %cluster, max_in_flight = max, "adapter leasing");
     loop {
         let notified = state.dispatch_wake.notified();
         tokio::pin!(notified);
@@ -162,6 +235,7 @@ async fn lease_loop(
                 .store
                 .lease_batch(
                     &owner,
+                    &cluster,
                     &namespaces,
                     &state.dispatch_policy,
                     (u64::from(max) - held) as usize,

@@ -98,7 +98,20 @@ pub async fn resolve(
     actor: &str,
     context: serde_json::Value,
 ) -> Result<crate::domain::catalog::Resolved> {
-    match state.catalog.resolve(command, values) {
+    resolve_in(state, command, values, "", guild_id, actor, context).await
+}
+
+/// [`resolve`] in the cluster `cluster` asks for (empty: the command's own).
+pub async fn resolve_in(
+    state: &AppState,
+    command: &str,
+    values: &std::collections::BTreeMap<String, String>,
+    cluster: &str,
+    guild_id: &str,
+    actor: &str,
+    context: serde_json::Value,
+) -> Result<crate::domain::catalog::Resolved> {
+    match state.catalog.resolve_in(command, values, cluster) {
         Err(Error::Refused(r)) => Err(refused(state, r, command, guild_id, actor, context).await),
         other => other,
     }
@@ -149,6 +162,18 @@ pub async fn list(
     limit: u64,
     after: Option<(DateTime<Utc>, String)>,
 ) -> Result<Page<Run>> {
+    if let Some(c) = &filter.cluster
+        && !state.catalog.clusters().contains(c)
+    {
+        return Err(Error::invalid(
+            "cluster",
+            format!(
+                "unknown cluster `{}`; known: {}",
+                facteur_config::discord::clip(c, 63),
+                state.catalog.clusters().join(", ")
+            ),
+        ));
+    }
     let rows = state.store.list_runs(filter, limit + 1, after).await?;
     Ok(Page::of(rows, limit, |r| (r.created_at, r.id.clone())))
 }
@@ -159,11 +184,12 @@ pub async fn start_admin(
     state: &AppState,
     command: &str,
     params: &std::collections::BTreeMap<String, String>,
+    cluster: &str,
     idempotency_key: &str,
     principal: &str,
 ) -> Result<(Run, bool)> {
     let context = serde_json::json!({"principal": principal, "source": "admin"});
-    let resolved = resolve(state, command, params, "", principal, context).await?;
+    let resolved = resolve_in(state, command, params, cluster, "", principal, context).await?;
     let key = key_or(idempotency_key, || {
         format!("admin:{}", uuid::Uuid::new_v4())
     })?;

@@ -84,6 +84,7 @@ fn sort_out(
                     String::new()
                 },
                 refused: e.to_string(),
+                cluster: t.cluster,
                 namespace: t.namespace,
                 name: t.name,
                 ..Default::default()
@@ -93,11 +94,12 @@ fn sort_out(
     Ok((kept, dropped))
 }
 
-/// Stores what adapter `by` found in `namespaces` and rebuilds the catalog; templates refused
-/// are refused alone ([`sort_out`]).
+/// Stores what adapter `by` found in `namespaces` of `cluster` and rebuilds the catalog;
+/// templates refused are refused alone ([`sort_out`]).
 pub async fn report(
     state: &AppState,
     by: &str,
+    cluster: &str,
     namespaces: Vec<String>,
     templates: Vec<Template>,
 ) -> Result<Reported> {
@@ -107,7 +109,7 @@ pub async fn report(
     }
     state
         .store
-        .replace_templates(&namespaces, &templates, by)
+        .replace_templates(cluster, &namespaces, &templates, by)
         .await?;
     reload(state).await?;
     Ok(Reported {

@@ -1,12 +1,12 @@
 //! The argo-adapters heard from (`DispatchService.GetAssignment`), and the runs waiting per
-//! namespace: what `AdminService.GetStatus` needs to tell served namespaces from unserved ones.
+//! cluster and namespace: what `AdminService.GetStatus` needs to tell served namespaces from unserved ones.
 //! Every replica writes and reads the same rows, so any replica answers for all adapters.
 
 use super::Store;
 use super::entities::{adapters, dispatches};
 
 use crate::domain::Result;
-use crate::domain::assignment::Queued;
+use crate::domain::assignment::{Place, Queued};
 use crate::domain::dispatch::DispatchState;
 use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::Set;
@@ -24,6 +24,8 @@ const FORGET_AFTER: chrono::Duration = chrono::Duration::hours(1);
 pub struct AdapterSeen {
     /// `<principal>/<adapter id>`.
     pub id: String,
+    /// The cluster it drives.
+    pub cluster: String,
     /// Namespaces it serves.
     pub namespaces: Vec<String>,
     /// Jobs it accepts at once.
@@ -37,10 +39,11 @@ pub struct AdapterSeen {
 }
 
 impl Store {
-    /// Records a heartbeat of adapter `id` serving `namespaces`.
+    /// Records a heartbeat of adapter `id` serving `namespaces` of `cluster`.
     pub async fn adapter_heartbeat(
         &self,
         id: &str,
+        cluster: &str,
         namespaces: &[String],
         max_in_flight: u32,
     ) -> Result<()> {
@@ -48,6 +51,7 @@ impl Store {
         let now = Utc::now();
         let row = adapters::ActiveModel {
             id: Set(id.to_string()),
+            cluster: Set(cluster.to_string()),
             namespaces: Set(serde_json::to_string(namespaces).unwrap_or_else(|_| "[]".into())),
             max_in_flight: Set(i32::try_from(max_in_flight).unwrap_or(i32::MAX)),
             connected_at: Set(now),
@@ -56,7 +60,7 @@ impl Store {
         adapters::Entity::insert(row)
             .on_conflict(
                 OnConflict::column(C::Id)
-                    .update_columns([C::Namespaces, C::MaxInFlight, C::SeenAt])
+                    .update_columns([C::Cluster, C::Namespaces, C::MaxInFlight, C::SeenAt])
                     .to_owned(),
             )
             .exec(&self.db)
@@ -96,18 +100,19 @@ impl Store {
                 max_in_flight: u32::try_from(m.max_in_flight).unwrap_or(0),
                 connected_at: m.connected_at,
                 seen_at: m.seen_at,
+                cluster: m.cluster,
                 id: m.id,
             })
             .collect())
     }
 
-    /// Runs waiting to be dispatched (a pending job), per namespace.
-    pub async fn queued_by_namespace(&self) -> Result<BTreeMap<String, Queued>> {
+    /// Runs waiting to be dispatched (a pending job), per cluster and namespace.
+    pub async fn queued_by_place(&self) -> Result<BTreeMap<Place, Queued>> {
         let b = self.db.get_database_backend();
         let sql = format!(
-            "SELECT r.namespace AS ns, COUNT(*) AS n, MIN(d.created_at) AS oldest \
+            "SELECT r.cluster AS cl, r.namespace AS ns, COUNT(*) AS n, MIN(d.created_at) AS oldest \
              FROM dispatches d JOIN runs r ON r.id = d.run_id \
-             WHERE d.state = '{}' GROUP BY r.namespace",
+             WHERE d.state = '{}' GROUP BY r.cluster, r.namespace",
             DispatchState::Pending.as_str()
         );
         let rows = self
@@ -116,11 +121,12 @@ impl Store {
             .await?;
         let mut out = BTreeMap::new();
         for row in rows {
-            let ns: String = row.try_get("", "ns")?;
+            let cluster: String = row.try_get("", "cl")?;
+            let namespace: String = row.try_get("", "ns")?;
             let n: i64 = row.try_get("", "n")?;
             let oldest: Option<DateTime<Utc>> = row.try_get("", "oldest")?;
             out.insert(
-                ns,
+                Place { cluster, namespace },
                 Queued {
                     runs: u64::try_from(n).unwrap_or(0),
                     oldest,

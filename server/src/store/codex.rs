@@ -233,7 +233,7 @@ impl Store {
         let workflow_name = crate::domain::run::workflow_name(&plan.workflow_name_prefix, &run_id);
         let source_ref = format!("{}#{}", plan.repository, plan.issue_number);
         let task_meta = serde_json::json!({"repository": plan.repository, "issue_number": plan.issue_number, "delivery_id": plan.delivery_id});
-        let run_meta = serde_json::json!({"facteur_run_id": run_id.to_string(), "workflow_name": workflow_name, "namespace": plan.namespace, "workflow_template": plan.workflow_template});
+        let run_meta = serde_json::json!({"facteur_run_id": run_id.to_string(), "workflow_name": workflow_name, "cluster": plan.cluster, "namespace": plan.namespace, "workflow_template": plan.workflow_template});
         let accepted = |ids: (String, String, String)| CodexAccepted {
             idea_id: ids.0,
             task_id: ids.1,
@@ -259,6 +259,7 @@ impl Store {
                 display_name: plan.repository.clone(),
                 ..Default::default()
             },
+            cluster: plan.cluster.clone(),
             namespace: plan.namespace.clone(),
             workflow_template: plan.workflow_template.clone(),
             service_account: plan.service_account.clone(),
@@ -288,6 +289,7 @@ impl Store {
                 command: new.command,
                 principal: principal.to_string(),
                 display_name: new.requester.display_name,
+                cluster: new.cluster,
                 namespace: new.namespace,
                 template: new.workflow_template,
                 service_account: new.service_account,

@@ -74,6 +74,8 @@ pub struct Row {
     pub principal: String,
     /// Requester display name.
     pub display_name: String,
+    /// Cluster.
+    pub cluster: String,
     /// Namespace.
     pub namespace: String,
     /// WorkflowTemplate.
@@ -120,7 +122,7 @@ pub struct Written {
 /// `$12` run id, `$13` idempotency key, `$14` command, `$15` principal, `$16` display name,
 /// `$17` namespace, `$18` template, `$19` service account, `$20` parameters, `$21` traceparent,
 /// `$22` dispatch id, `$23` event payload, `$24` the parameter key that keeps the task
-/// ([`codex::TASK_PARAMETER`]).
+/// ([`codex::TASK_PARAMETER`]), `$25` cluster.
 pub const SUBMIT_ONE: &str = "WITH seen AS (
     SELECT 1 FROM codex_kb.task_runs WHERE delivery_id = $11 LIMIT 1),
 idea AS (
@@ -143,10 +145,10 @@ run AS (
     INSERT INTO runs (id, idempotency_key, command, source, status, requester_principal, requester_user_id, guild_id,
         channel_id, requester_name, namespace, workflow_template, service_account, workflow_name, workflow_uid, parameters,
         message, progress, workflow_phase, parent_run_id, attempts, created_at, updated_at, started_at, finished_at,
-        cancel_requested_at, cancel_mode, trace_parent)
+        cancel_requested_at, cancel_mode, trace_parent, cluster)
     SELECT $12, $13, $14, 'codex', 'queued', $15, '', '', '', $16, $17, $18, $19, $9, '', 
         jsonb_set($20::jsonb, ARRAY[$24::text], to_jsonb($3::text))::text, '', '', '', NULL, 0,
-        $4::timestamptz, $4::timestamptz, NULL, NULL, NULL, '', $21 FROM tr
+        $4::timestamptz, $4::timestamptz, NULL, NULL, NULL, '', $21, $25 FROM tr
     RETURNING id),
 disp AS (
     INSERT INTO dispatches (id, run_id, kind, state, attempts, available_at, lease_owner, lease_token, lease_expires_at,
@@ -163,6 +165,7 @@ SELECT 0 AS ord, (SELECT id::text FROM idea) AS idea_id, (SELECT id::text FROM t
 /// a task of megabytes is not held twice while it is bound.
 fn submit_one(r: Row) -> Result<sqlx::query::Query<'static, Postgres, PgArguments>> {
     use sqlx::Arguments as _;
+    let cluster = r.cluster;
     let values = [
         r.idea_id,
         r.source_ref,
@@ -190,13 +193,18 @@ fn submit_one(r: Row) -> Result<sqlx::query::Query<'static, Postgres, PgArgument
     ];
     let mut args = PgArguments::default();
     // Each text is bound as its length (4 bytes) and its bytes.
-    let size = values.iter().map(|v| v.len() + 4).sum::<usize>() + codex::TASK_PARAMETER.len() + 4;
-    args.reserve(values.len() + 1, size);
+    let size = values.iter().map(|v| v.len() + 4).sum::<usize>()
+        + codex::TASK_PARAMETER.len()
+        + 4
+        + cluster.len()
+        + 4;
+    args.reserve(values.len() + 2, size);
     let bind_error = |e| Error::Internal(format!("binding a codex delivery: {e}"));
     for v in values {
         args.add(v).map_err(bind_error)?;
     }
     args.add(codex::TASK_PARAMETER).map_err(bind_error)?;
+    args.add(cluster).map_err(bind_error)?;
     Ok(sqlx::query_with(SUBMIT_ONE, args))
 }
 
@@ -206,7 +214,7 @@ pub const SUBMIT_BATCH: &str = "WITH input AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(ord int, idea_id uuid, source_ref text, payload text,
         task_id uuid, stage text, task_meta jsonb, task_run_id uuid, workflow_name text, run_meta jsonb,
         delivery_id text, run_id text, idem text, command text, principal text, display_name text,
-        namespace text, template text, service_account text, params text, traceparent text,
+        cluster text, namespace text, template text, service_account text, params text, traceparent text,
         dispatch_id text, event text, now timestamptz)),
 fresh AS (
     SELECT input.* FROM input LEFT JOIN LATERAL (
@@ -235,11 +243,11 @@ run AS (
     INSERT INTO runs (id, idempotency_key, command, source, status, requester_principal, requester_user_id, guild_id,
         channel_id, requester_name, namespace, workflow_template, service_account, workflow_name, workflow_uid, parameters,
         message, progress, workflow_phase, parent_run_id, attempts, created_at, updated_at, started_at, finished_at,
-        cancel_requested_at, cancel_mode, trace_parent)
+        cancel_requested_at, cancel_mode, trace_parent, cluster)
     SELECT f.run_id, f.idem, f.command, 'codex', 'queued', f.principal, '', '', '', f.display_name, f.namespace,
         f.template, f.service_account, f.workflow_name, '',
         jsonb_set(f.params::jsonb, ARRAY[$2::text], to_jsonb(f.payload))::text, '', '', '', NULL, 0, f.now, f.now, NULL, NULL,
-        NULL, '', f.traceparent
+        NULL, '', f.traceparent, f.cluster
     FROM fresh f JOIN tr USING (delivery_id)
     RETURNING id),
 disp AS (

@@ -420,6 +420,7 @@ async fn apply_rows(
 async fn lease_in(
     txn: &DatabaseTransaction,
     owner: &str,
+    cluster: &str,
     namespaces: &[String],
     policy: &DispatchPolicy,
     max: usize,
@@ -439,6 +440,18 @@ async fn lease_in(
                 .add(dispatches::Column::LeaseExpiresAt.lte(now)),
         );
     let mut candidates = dispatches::Entity::find().filter(due);
+    // Only the jobs of this adapter's cluster, in the query for the same reason as the
+    // namespaces below (and the same scalar subquery on the run's primary key).
+    let cluster_of_run = sea_orm::sea_query::Query::select()
+        .column((runs::Entity, runs::Column::Cluster))
+        .from(runs::Entity)
+        .and_where(
+            Expr::col((runs::Entity, runs::Column::Id))
+                .equals((dispatches::Entity, dispatches::Column::RunId)),
+        )
+        .to_owned();
+    candidates = candidates
+        .filter(Expr::expr(Expr::SubQuery(None, Box::new(cluster_of_run.into()))).eq(cluster));
     if !namespaces.is_empty() {
         // In the query, so jobs for namespaces this adapter does not serve never crowd out the
         // ones it does. As a scalar subquery on the run's primary key, evaluated for each due
@@ -493,7 +506,9 @@ async fn lease_in(
         let Some(run) = locked.remove(&c.run_id) else {
             continue;
         };
-        if !namespaces.is_empty() && !namespaces.contains(&run.namespace) {
+        if run.cluster != cluster
+            || (!namespaces.is_empty() && !namespaces.contains(&run.namespace))
+        {
             continue;
         }
         let d = dispatch_from_model(c)?;
@@ -848,7 +863,8 @@ impl Store {
     }
 
     /// Leases up to `max` due jobs to `owner` (pending ones whose time has come, leased ones
-    /// whose lease expired), for runs in `namespaces` (empty: any), oldest first, in one
+    /// whose lease expired), for runs in `cluster` and `namespaces` (empty: any of the
+    /// cluster's), oldest first, in one
     /// transaction: one statement claims the candidates and one their runs, both `FOR UPDATE
     /// SKIP LOCKED` on Postgres (jobs and runs another transaction holds are left to it, and
     /// concurrent adapters take disjoint jobs), one statement records the leases, one the runs
@@ -862,12 +878,13 @@ impl Store {
     pub async fn lease_batch(
         &self,
         owner: &str,
+        cluster: &str,
         namespaces: &[String],
         policy: &DispatchPolicy,
         max: usize,
     ) -> Result<LeaseOutcome> {
         let txn = self.begin().await?;
-        match lease_in(&txn, owner, namespaces, policy, max.max(1)).await {
+        match lease_in(&txn, owner, cluster, namespaces, policy, max.max(1)).await {
             Ok(None) => {
                 let _ = txn.rollback().await;
                 Ok(LeaseOutcome::Idle {
@@ -1043,11 +1060,15 @@ impl Store {
             Some(id) => id.clone(),
             None => runs::Entity::find()
                 .filter(runs::Column::WorkflowName.eq(r.workflow_name.as_str()))
+                .filter(runs::Column::Cluster.eq(r.cluster.as_str()))
                 .one(&self.db)
                 .await?
                 .map(|m| m.id)
                 .ok_or_else(|| {
-                    Error::NotFound(format!("no run has workflow `{}`", r.workflow_name))
+                    Error::NotFound(format!(
+                        "no run has workflow `{}` in cluster `{}`",
+                        r.workflow_name, r.cluster
+                    ))
                 })?,
         };
         self.change_run(&run_id, actor, |run| on_report(run, r, Utc::now()))

@@ -18,6 +18,7 @@ pub mod runs {
         pub guild_id: String,
         pub channel_id: String,
         pub requester_name: String,
+        pub cluster: String,
         pub namespace: String,
         pub workflow_template: String,
         pub service_account: String,
@@ -217,6 +218,7 @@ pub mod adapters {
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: String,
+        pub cluster: String,
         pub namespaces: String,
         pub max_in_flight: i32,
         pub connected_at: DateTimeUtc,
@@ -235,6 +237,8 @@ pub mod template_commands {
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "template_commands")]
     pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub cluster: String,
         #[sea_orm(primary_key, auto_increment = false)]
         pub namespace: String,
         #[sea_orm(primary_key, auto_increment = false)]

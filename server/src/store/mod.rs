@@ -41,6 +41,8 @@ pub struct RunFilter {
     pub requester: Option<String>,
     /// Guild id.
     pub guild_id: Option<String>,
+    /// Cluster.
+    pub cluster: Option<String>,
     /// Created at or after.
     pub created_after: Option<DateTime<Utc>>,
     /// Created before.
@@ -317,6 +319,9 @@ impl Store {
         if let Some(g) = &f.guild_id {
             q = q.filter(runs::Column::GuildId.eq(g.as_str()));
         }
+        if let Some(c) = &f.cluster {
+            q = q.filter(runs::Column::Cluster.eq(c.as_str()));
+        }
         if let Some(t) = f.created_after {
             q = q.filter(runs::Column::CreatedAt.gte(t));
         }
@@ -389,6 +394,7 @@ pub(crate) fn created_payload(new: &NewRun) -> serde_json::Value {
         "source": new.source.as_str(),
         "command": new.command,
         "workflow_template": new.workflow_template,
+        "cluster": new.cluster,
         "namespace": new.namespace,
         "parent_run_id": new.parent_run_id,
     })
@@ -470,6 +476,7 @@ pub(crate) async fn insert_run<C: sea_orm::ConnectionTrait>(
         guild_id: Set(new.requester.guild_id.clone()),
         channel_id: Set(new.requester.channel_id.clone()),
         requester_name: Set(new.requester.display_name.clone()),
+        cluster: Set(new.cluster.clone()),
         namespace: Set(new.namespace.clone()),
         workflow_template: Set(new.workflow_template.clone()),
         service_account: Set(new.service_account.clone()),
@@ -570,6 +577,7 @@ pub(crate) fn run_from_model(m: runs::Model) -> Result<Run> {
         id: m.id,
         idempotency_key: m.idempotency_key,
         command: m.command,
+        cluster: m.cluster,
         namespace: m.namespace,
         workflow_template: m.workflow_template,
         service_account: m.service_account,

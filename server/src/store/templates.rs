@@ -1,5 +1,5 @@
 //! The labelled WorkflowTemplates the argo-adapters reported: one row per template, replaced per
-//! namespace by each report, read by every replica to build the same catalog.
+//! cluster and namespace by each report, read by every replica to build the same catalog.
 
 use super::Store;
 use super::entities::template_commands;
@@ -10,10 +10,11 @@ use sea_orm::ActiveValue::Set;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait};
 
 impl Store {
-    /// Replaces the templates of `namespaces` with `templates` (all of which lie in them), in one
-    /// transaction.
+    /// Replaces the templates of `namespaces` in `cluster` with `templates` (all of which lie
+    /// there), in one transaction.
     pub async fn replace_templates(
         &self,
+        cluster: &str,
         namespaces: &[String],
         templates: &[Template],
         reported_by: &str,
@@ -23,6 +24,7 @@ impl Store {
             .iter()
             .map(|t| {
                 Ok(template_commands::ActiveModel {
+                    cluster: Set(cluster.to_string()),
                     namespace: Set(t.namespace.clone()),
                     name: Set(t.name.clone()),
                     command: Set(t.command.clone()),
@@ -36,6 +38,7 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
         let txn = self.db.begin().await?;
         template_commands::Entity::delete_many()
+            .filter(template_commands::Column::Cluster.eq(cluster))
             .filter(template_commands::Column::Namespace.is_in(namespaces.iter().cloned()))
             .exec(&txn)
             .await?;
@@ -47,20 +50,25 @@ impl Store {
         txn.commit().await.map_err(Error::from)
     }
 
-    /// Every reported template, by namespace and name.
+    /// Every reported template, by cluster, namespace and name.
     pub async fn templates(&self) -> Result<Vec<Template>> {
         template_commands::Entity::find()
+            .order_by_asc(template_commands::Column::Cluster)
             .order_by_asc(template_commands::Column::Namespace)
             .order_by_asc(template_commands::Column::Name)
             .all(&self.db)
             .await?
             .into_iter()
             .map(|m| {
-                serde_json::from_str(&m.definition).map_err(|e| {
+                let t: Template = serde_json::from_str(&m.definition).map_err(|e| {
                     Error::Internal(format!(
-                        "stored template {}/{} is invalid: {e}",
-                        m.namespace, m.name
+                        "stored template {}/{}/{} is invalid: {e}",
+                        m.cluster, m.namespace, m.name
                     ))
+                })?;
+                Ok(Template {
+                    cluster: m.cluster,
+                    ..t
                 })
             })
             .collect()

@@ -282,6 +282,13 @@ export declare type GetStatusResponse = Message<"facteur.v1.GetStatusResponse"> 
    * @generated from field: repeated facteur.v1.CommandRegistration registrations = 10;
    */
   registrations: CommandRegistration[];
+
+  /**
+   * Each cluster runs go to: who serves it and what waits there.
+   *
+   * @generated from field: repeated facteur.v1.ClusterStatus clusters = 11;
+   */
+  clusters: ClusterStatus[];
 };
 
 /**
@@ -289,6 +296,69 @@ export declare type GetStatusResponse = Message<"facteur.v1.GetStatusResponse"> 
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
 export declare const GetStatusResponseSchema: GenMessage<GetStatusResponse>;
+
+/**
+ * One cluster as the server sees it.
+ *
+ * @generated from message facteur.v1.ClusterStatus
+ */
+export declare type ClusterStatus = Message<"facteur.v1.ClusterStatus"> & {
+  /**
+   * Its name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Base URL of its Argo UI.
+   *
+   * @generated from field: string ui_base_url = 2;
+   */
+  uiBaseUrl: string;
+
+  /**
+   * argo-adapters of this cluster heard from recently.
+   *
+   * @generated from field: uint32 adapters = 3;
+   */
+  adapters: number;
+
+  /**
+   * Namespaces they serve.
+   *
+   * @generated from field: repeated string namespaces = 4;
+   */
+  namespaces: string[];
+
+  /**
+   * When one of them was last heard from (unset: never, or too long ago).
+   *
+   * @generated from field: google.protobuf.Timestamp last_seen_at = 5;
+   */
+  lastSeenAt?: Timestamp | undefined;
+
+  /**
+   * Runs waiting there to be dispatched.
+   *
+   * @generated from field: uint32 queued_runs = 6;
+   */
+  queuedRuns: number;
+
+  /**
+   * Of those, runs waiting in a namespace none of its adapters serves for longer than
+   * `dispatcher.strand_after_seconds`.
+   *
+   * @generated from field: uint32 stranded_runs = 7;
+   */
+  strandedRuns: number;
+};
+
+/**
+ * Describes the message facteur.v1.ClusterStatus.
+ * Use `create(ClusterStatusSchema)` to create a new message.
+ */
+export declare const ClusterStatusSchema: GenMessage<ClusterStatus>;
 
 /**
  * The last registration of the catalog in one scope, as the discord-adapter reported it.
@@ -461,6 +531,13 @@ export declare type AdapterStatus = Message<"facteur.v1.AdapterStatus"> & {
    * @generated from field: uint32 max_in_flight = 6;
    */
   maxInFlight: number;
+
+  /**
+   * The cluster it drives.
+   *
+   * @generated from field: string cluster = 7;
+   */
+  cluster: string;
 };
 
 /**
@@ -502,6 +579,13 @@ export declare type UnservedNamespace = Message<"facteur.v1.UnservedNamespace"> 
    * @generated from field: bool configured = 4;
    */
   configured: boolean;
+
+  /**
+   * Its cluster.
+   *
+   * @generated from field: string cluster = 5;
+   */
+  cluster: string;
 };
 
 /**
@@ -536,6 +620,14 @@ export declare type StartRunRequest = Message<"facteur.v1.StartRunRequest"> & {
    * @generated from field: string idempotency_key = 3;
    */
   idempotencyKey: string;
+
+  /**
+   * Cluster to run in. Empty: the command's own (required for a command whose template is
+   * in several clusters, which may also take it as its `cluster` parameter).
+   *
+   * @generated from field: string cluster = 4;
+   */
+  cluster: string;
 };
 
 /**
@@ -632,6 +724,13 @@ export declare type ListRunsRequest = Message<"facteur.v1.ListRunsRequest"> & {
    * @generated from field: string guild_id = 8;
    */
   guildId: string;
+
+  /**
+   * Only runs in this cluster.
+   *
+   * @generated from field: string cluster = 9;
+   */
+  cluster: string;
 };
 
 /**

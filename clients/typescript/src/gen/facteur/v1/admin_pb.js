@@ -13,7 +13,7 @@ import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
  * Describes the file facteur/v1/admin.proto.
  */
 export const file_facteur_v1_admin = /*@__PURE__*/
-  fileDesc("ChZmYWN0ZXVyL3YxL2FkbWluLnByb3RvEgpmYWN0ZXVyLnYxIh8KDFBydW5lUmVxdWVzdBIPCgdkcnlfcnVuGAEgASgIIioKC1BydW5lZENvdW50EgwKBGtpbmQYASABKAkSDQoFY291bnQYAiABKAQiWgoNUHJ1bmVSZXNwb25zZRInCgZjb3VudHMYASADKAsyFy5mYWN0ZXVyLnYxLlBydW5lZENvdW50Eg8KB2RyeV9ydW4YAiABKAgSDwoHd2luZG93cxgDIAEoCSIUChJMaXN0Q2F0YWxvZ1JlcXVlc3QiaQoTTGlzdENhdGFsb2dSZXNwb25zZRIvCghjb21tYW5kcxgBIAMoCzIdLmZhY3RldXIudjEuQ29tbWFuZERlZmluaXRpb24SEAoIcHJvYmxlbXMYAiADKAkSDwoHcmVwYWlycxgDIAMoCSISChBHZXRTdGF0dXNSZXF1ZXN0ImcKEERlcGVuZGVuY3lTdGF0dXMSDAoEbmFtZRgBIAEoCRIPCgdiYWNrZW5kGAIgASgJEg8KB2hlYWx0aHkYAyABKAgSDwoHbWVzc2FnZRgEIAEoCRISCgpsYXRlbmN5X21zGAUgASgBIpgDChFHZXRTdGF0dXNSZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgJEjIKDGRlcGVuZGVuY2llcxgCIAMoCzIcLmZhY3RldXIudjEuRGVwZW5kZW5jeVN0YXR1cxIuCgpzdGFydGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVyZWFkeRgEIAEoCBIrCghhZGFwdGVycxgFIAMoCzIZLmZhY3RldXIudjEuQWRhcHRlclN0YXR1cxI6ChN1bnNlcnZlZF9uYW1lc3BhY2VzGAYgAygLMh0uZmFjdGV1ci52MS5VbnNlcnZlZE5hbWVzcGFjZRIYChBjYXRhbG9nX3Byb2JsZW1zGAcgAygJEisKC3F1b3RhX3VzYWdlGAggAygLMhYuZmFjdGV1ci52MS5RdW90YVVzYWdlEhcKD2NhdGFsb2dfcmVwYWlycxgJIAMoCRI2Cg1yZWdpc3RyYXRpb25zGAogAygLMh8uZmFjdGV1ci52MS5Db21tYW5kUmVnaXN0cmF0aW9uItwBChNDb21tYW5kUmVnaXN0cmF0aW9uEg0KBXNjb3BlGAEgASgJEgoKAm9rGAIgASgIEhAKCGNvbW1hbmRzGAMgASgNEg0KBWVycm9yGAQgASgJEhQKDGRpc2NvcmRfY29kZRgFIAEoBRIQCghmYWlsdXJlcxgGIAEoDRIxCg1yZWdpc3RlcmVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKuAQoKUXVvdGFVc2FnZRIQCghndWlsZF9pZBgBIAEoCRIPCgdjb21tYW5kGAIgASgJEg4KBmFjdGl2ZRgDIAEoBBIbCg5tYXhfY29uY3VycmVudBgEIAEoDUgAiAEBEhEKCWxhc3RfaG91chgFIAEoBBIZCgxtYXhfcGVyX2hvdXIYBiABKA1IAYgBAUIRCg9fbWF4X2NvbmN1cnJlbnRCDwoNX21heF9wZXJfaG91ciLFAQoNQWRhcHRlclN0YXR1cxISCgphZGFwdGVyX2lkGAEgASgJEhIKCm5hbWVzcGFjZXMYAiADKAkSMAoMY29ubmVjdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxsYXN0X3NlZW5fYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWluX2ZsaWdodBgFIAEoDRIVCg1tYXhfaW5fZmxpZ2h0GAYgASgNIoUBChFVbnNlcnZlZE5hbWVzcGFjZRIRCgluYW1lc3BhY2UYASABKAkSEwoLcXVldWVkX3J1bnMYAiABKA0SNAoQb2xkZXN0X3F1ZXVlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKY29uZmlndXJlZBgEIAEoCCKvAQoPU3RhcnRSdW5SZXF1ZXN0Eg8KB2NvbW1hbmQYASABKAkSPwoKcGFyYW1ldGVycxgCIAMoCzIrLmZhY3RldXIudjEuU3RhcnRSdW5SZXF1ZXN0LlBhcmFtZXRlcnNFbnRyeRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkaMQoPUGFyYW1ldGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQwoQU3RhcnRSdW5SZXNwb25zZRIcCgNydW4YASABKAsyDy5mYWN0ZXVyLnYxLlJ1bhIRCglkdXBsaWNhdGUYAiABKAgi/AEKD0xpc3RSdW5zUmVxdWVzdBIlCgZzdGF0dXMYASABKA4yFS5mYWN0ZXVyLnYxLlJ1blN0YXR1cxIPCgdjb21tYW5kGAIgASgJEhEKCXJlcXVlc3RlchgDIAEoCRIxCg1jcmVhdGVkX2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJcGFnZV9zaXplGAYgASgNEhIKCnBhZ2VfdG9rZW4YByABKAkSEAoIZ3VpbGRfaWQYCCABKAkiSgoQTGlzdFJ1bnNSZXNwb25zZRIdCgRydW5zGAEgAygLMg8uZmFjdGV1ci52MS5SdW4SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIh8KDUdldFJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJIlQKDkdldFJ1blJlc3BvbnNlEhwKA3J1bhgBIAEoCzIPLmZhY3RldXIudjEuUnVuEiQKBmV2ZW50cxgCIAMoCzIULmZhY3RldXIudjEuUnVuRXZlbnQiWAoQQ2FuY2VsUnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkSJAoEbW9kZRgCIAEoDjIWLmZhY3RldXIudjEuQ2FuY2VsTW9kZRIOCgZyZWFzb24YAyABKAkiMQoRQ2FuY2VsUnVuUmVzcG9uc2USHAoDcnVuGAEgASgLMg8uZmFjdGV1ci52MS5SdW4iOgoPUmV0cnlSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYAiABKAkiMAoQUmV0cnlSdW5SZXNwb25zZRIcCgNydW4YASABKAsyDy5mYWN0ZXVyLnYxLlJ1biKbAQoRQXBwcm92ZVJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEgwKBG5vZGUYAiABKAkSOQoGdmFsdWVzGAMgAygLMikuZmFjdGV1ci52MS5BcHByb3ZlUnVuUmVxdWVzdC5WYWx1ZXNFbnRyeRotCgtWYWx1ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjIKEkFwcHJvdmVSdW5SZXNwb25zZRIcCgNydW4YASABKAsyDy5mYWN0ZXVyLnYxLlJ1biJAChBSZWplY3RSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIMCgRub2RlGAIgASgJEg4KBnJlYXNvbhgDIAEoCSIxChFSZWplY3RSdW5SZXNwb25zZRIcCgNydW4YASABKAsyDy5mYWN0ZXVyLnYxLlJ1biIyCg1Db21tYW5kUG9saWN5Eg8KB2NvbW1hbmQYASABKAkSEAoIcm9sZV9pZHMYAiADKAki/gEKC0d1aWxkUG9saWN5EhAKCGd1aWxkX2lkGAEgASgJEisKCGNvbW1hbmRzGAIgAygLMhkuZmFjdGV1ci52MS5Db21tYW5kUG9saWN5EjEKDmRlZmF1bHRfcG9saWN5GAMgASgOMhkuZmFjdGV1ci52MS5EZWZhdWx0UG9saWN5Eg8KB3ZlcnNpb24YBCABKAMSEgoKdXBkYXRlZF9ieRgFIAEoCRIuCgp1cGRhdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgZxdW90YXMYByADKAsyGC5mYWN0ZXVyLnYxLkNvbW1hbmRRdW90YSJ7CgxDb21tYW5kUXVvdGESDwoHY29tbWFuZBgBIAEoCRIbCg5tYXhfY29uY3VycmVudBgCIAEoDUgAiAEBEhkKDG1heF9wZXJfaG91chgDIAEoDUgBiAEBQhEKD19tYXhfY29uY3VycmVudEIPCg1fbWF4X3Blcl9ob3VyIiQKEEdldFBvbGljeVJlcXVlc3QSEAoIZ3VpbGRfaWQYASABKAkiPAoRR2V0UG9saWN5UmVzcG9uc2USJwoGcG9saWN5GAEgASgLMhcuZmFjdGV1ci52MS5HdWlsZFBvbGljeSJVChBTZXRQb2xpY3lSZXF1ZXN0EicKBnBvbGljeRgBIAEoCzIXLmZhY3RldXIudjEuR3VpbGRQb2xpY3kSGAoQZXhwZWN0ZWRfdmVyc2lvbhgCIAEoAyI8ChFTZXRQb2xpY3lSZXNwb25zZRInCgZwb2xpY3kYASABKAsyFy5mYWN0ZXVyLnYxLkd1aWxkUG9saWN5IpsBCgpEZWFkTGV0dGVyEhMKC2Rpc3BhdGNoX2lkGAEgASgJEhwKA3J1bhgCIAEoCzIPLmZhY3RldXIudjEuUnVuEhAKCGF0dGVtcHRzGAMgASgNEhIKCmxhc3RfZXJyb3IYBCABKAkSNAoQZGVhZF9sZXR0ZXJlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPwoWTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJgChdMaXN0RGVhZExldHRlcnNSZXNwb25zZRIsCgxkZWFkX2xldHRlcnMYASADKAsyFi5mYWN0ZXVyLnYxLkRlYWRMZXR0ZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIi8KGFJlcXVldWVEZWFkTGV0dGVyUmVxdWVzdBITCgtkaXNwYXRjaF9pZBgBIAEoCSI5ChlSZXF1ZXVlRGVhZExldHRlclJlc3BvbnNlEhwKA3J1bhgBIAEoCzIPLmZhY3RldXIudjEuUnVuIicKE0xpc3RTZXNzaW9uc1JlcXVlc3QSEAoIZ3VpbGRfaWQYASABKAkimAEKB1Nlc3Npb24SFgoOaW50ZXJhY3Rpb25faWQYASABKAkSDgoGcnVuX2lkGAIgASgJEhAKCGd1aWxkX2lkGAMgASgJEhIKCmNoYW5uZWxfaWQYBCABKAkSDwoHdXNlcl9pZBgFIAEoCRIuCgpleHBpcmVzX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI9ChRMaXN0U2Vzc2lvbnNSZXNwb25zZRIlCghzZXNzaW9ucxgBIAMoCzITLmZhY3RldXIudjEuU2Vzc2lvbiI8ChFTZXR1cEd1aWxkUmVxdWVzdBIQCghndWlsZF9pZBgBIAEoCRIVCg1yZXNlZWRfcG9saWN5GAIgASgIInYKElNldHVwR3VpbGRSZXNwb25zZRIgCgVndWlsZBgBIAEoCzIRLmZhY3RldXIudjEuR3VpbGQSJwoGcG9saWN5GAIgASgLMhcuZmFjdGV1ci52MS5HdWlsZFBvbGljeRIVCg1wb2xpY3lfc2VlZGVkGAMgASgIIiUKEUxpc3RHdWlsZHNSZXF1ZXN0EhAKCGd1aWxkX2lkGAEgASgJIjcKEkxpc3RHdWlsZHNSZXNwb25zZRIhCgZndWlsZHMYASADKAsyES5mYWN0ZXVyLnYxLkd1aWxkKloKCkNhbmNlbE1vZGUSGwoXQ0FOQ0VMX01PREVfVU5TUEVDSUZJRUQQABIUChBDQU5DRUxfTU9ERV9TVE9QEAESGQoVQ0FOQ0VMX01PREVfVEVSTUlOQVRFEAIqYgoNRGVmYXVsdFBvbGljeRIeChpERUZBVUxUX1BPTElDWV9VTlNQRUNJRklFRBAAEhgKFERFRkFVTFRfUE9MSUNZX0FMTE9XEAESFwoTREVGQVVMVF9QT0xJQ1lfREVOWRACMpwKCgxBZG1pblNlcnZpY2USSAoJR2V0U3RhdHVzEhwuZmFjdGV1ci52MS5HZXRTdGF0dXNSZXF1ZXN0Gh0uZmFjdGV1ci52MS5HZXRTdGF0dXNSZXNwb25zZRJFCghTdGFydFJ1bhIbLmZhY3RldXIudjEuU3RhcnRSdW5SZXF1ZXN0GhwuZmFjdGV1ci52MS5TdGFydFJ1blJlc3BvbnNlEkUKCExpc3RSdW5zEhsuZmFjdGV1ci52MS5MaXN0UnVuc1JlcXVlc3QaHC5mYWN0ZXVyLnYxLkxpc3RSdW5zUmVzcG9uc2USPwoGR2V0UnVuEhkuZmFjdGV1ci52MS5HZXRSdW5SZXF1ZXN0GhouZmFjdGV1ci52MS5HZXRSdW5SZXNwb25zZRJICglDYW5jZWxSdW4SHC5mYWN0ZXVyLnYxLkNhbmNlbFJ1blJlcXVlc3QaHS5mYWN0ZXVyLnYxLkNhbmNlbFJ1blJlc3BvbnNlEkUKCFJldHJ5UnVuEhsuZmFjdGV1ci52MS5SZXRyeVJ1blJlcXVlc3QaHC5mYWN0ZXVyLnYxLlJldHJ5UnVuUmVzcG9uc2USSwoKQXBwcm92ZVJ1bhIdLmZhY3RldXIudjEuQXBwcm92ZVJ1blJlcXVlc3QaHi5mYWN0ZXVyLnYxLkFwcHJvdmVSdW5SZXNwb25zZRJICglSZWplY3RSdW4SHC5mYWN0ZXVyLnYxLlJlamVjdFJ1blJlcXVlc3QaHS5mYWN0ZXVyLnYxLlJlamVjdFJ1blJlc3BvbnNlEkgKCUdldFBvbGljeRIcLmZhY3RldXIudjEuR2V0UG9saWN5UmVxdWVzdBodLmZhY3RldXIudjEuR2V0UG9saWN5UmVzcG9uc2USSAoJU2V0UG9saWN5EhwuZmFjdGV1ci52MS5TZXRQb2xpY3lSZXF1ZXN0Gh0uZmFjdGV1ci52MS5TZXRQb2xpY3lSZXNwb25zZRJaCg9MaXN0RGVhZExldHRlcnMSIi5mYWN0ZXVyLnYxLkxpc3REZWFkTGV0dGVyc1JlcXVlc3QaIy5mYWN0ZXVyLnYxLkxpc3REZWFkTGV0dGVyc1Jlc3BvbnNlEmAKEVJlcXVldWVEZWFkTGV0dGVyEiQuZmFjdGV1ci52MS5SZXF1ZXVlRGVhZExldHRlclJlcXVlc3QaJS5mYWN0ZXVyLnYxLlJlcXVldWVEZWFkTGV0dGVyUmVzcG9uc2USUQoMTGlzdFNlc3Npb25zEh8uZmFjdGV1ci52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0GiAuZmFjdGV1ci52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZRJLCgpTZXR1cEd1aWxkEh0uZmFjdGV1ci52MS5TZXR1cEd1aWxkUmVxdWVzdBoeLmZhY3RldXIudjEuU2V0dXBHdWlsZFJlc3BvbnNlEksKCkxpc3RHdWlsZHMSHS5mYWN0ZXVyLnYxLkxpc3RHdWlsZHNSZXF1ZXN0Gh4uZmFjdGV1ci52MS5MaXN0R3VpbGRzUmVzcG9uc2USTgoLTGlzdENhdGFsb2cSHi5mYWN0ZXVyLnYxLkxpc3RDYXRhbG9nUmVxdWVzdBofLmZhY3RldXIudjEuTGlzdENhdGFsb2dSZXNwb25zZRI8CgVQcnVuZRIYLmZhY3RldXIudjEuUHJ1bmVSZXF1ZXN0GhkuZmFjdGV1ci52MS5QcnVuZVJlc3BvbnNlYgZwcm90bzM", [file_facteur_v1_command, file_facteur_v1_run, file_google_protobuf_timestamp]);
+  fileDesc("ChZmYWN0ZXVyL3YxL2FkbWluLnByb3RvEgpmYWN0ZXVyLnYxIh8KDFBydW5lUmVxdWVzdBIPCgdkcnlfcnVuGAEgASgIIioKC1BydW5lZENvdW50EgwKBGtpbmQYASABKAkSDQoFY291bnQYAiABKAQiWgoNUHJ1bmVSZXNwb25zZRInCgZjb3VudHMYASADKAsyFy5mYWN0ZXVyLnYxLlBydW5lZENvdW50Eg8KB2RyeV9ydW4YAiABKAgSDwoHd2luZG93cxgDIAEoCSIUChJMaXN0Q2F0YWxvZ1JlcXVlc3QiaQoTTGlzdENhdGFsb2dSZXNwb25zZRIvCghjb21tYW5kcxgBIAMoCzIdLmZhY3RldXIudjEuQ29tbWFuZERlZmluaXRpb24SEAoIcHJvYmxlbXMYAiADKAkSDwoHcmVwYWlycxgDIAMoCSISChBHZXRTdGF0dXNSZXF1ZXN0ImcKEERlcGVuZGVuY3lTdGF0dXMSDAoEbmFtZRgBIAEoCRIPCgdiYWNrZW5kGAIgASgJEg8KB2hlYWx0aHkYAyABKAgSDwoHbWVzc2FnZRgEIAEoCRISCgpsYXRlbmN5X21zGAUgASgBIsUDChFHZXRTdGF0dXNSZXNwb25zZRIPCgd2ZXJzaW9uGAEgASgJEjIKDGRlcGVuZGVuY2llcxgCIAMoCzIcLmZhY3RldXIudjEuRGVwZW5kZW5jeVN0YXR1cxIuCgpzdGFydGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVyZWFkeRgEIAEoCBIrCghhZGFwdGVycxgFIAMoCzIZLmZhY3RldXIudjEuQWRhcHRlclN0YXR1cxI6ChN1bnNlcnZlZF9uYW1lc3BhY2VzGAYgAygLMh0uZmFjdGV1ci52MS5VbnNlcnZlZE5hbWVzcGFjZRIYChBjYXRhbG9nX3Byb2JsZW1zGAcgAygJEisKC3F1b3RhX3VzYWdlGAggAygLMhYuZmFjdGV1ci52MS5RdW90YVVzYWdlEhcKD2NhdGFsb2dfcmVwYWlycxgJIAMoCRI2Cg1yZWdpc3RyYXRpb25zGAogAygLMh8uZmFjdGV1ci52MS5Db21tYW5kUmVnaXN0cmF0aW9uEisKCGNsdXN0ZXJzGAsgAygLMhkuZmFjdGV1ci52MS5DbHVzdGVyU3RhdHVzIrYBCg1DbHVzdGVyU3RhdHVzEgwKBG5hbWUYASABKAkSEwoLdWlfYmFzZV91cmwYAiABKAkSEAoIYWRhcHRlcnMYAyABKA0SEgoKbmFtZXNwYWNlcxgEIAMoCRIwCgxsYXN0X3NlZW5fYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3F1ZXVlZF9ydW5zGAYgASgNEhUKDXN0cmFuZGVkX3J1bnMYByABKA0i3AEKE0NvbW1hbmRSZWdpc3RyYXRpb24SDQoFc2NvcGUYASABKAkSCgoCb2sYAiABKAgSEAoIY29tbWFuZHMYAyABKA0SDQoFZXJyb3IYBCABKAkSFAoMZGlzY29yZF9jb2RlGAUgASgFEhAKCGZhaWx1cmVzGAYgASgNEjEKDXJlZ2lzdGVyZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIq4BCgpRdW90YVVzYWdlEhAKCGd1aWxkX2lkGAEgASgJEg8KB2NvbW1hbmQYAiABKAkSDgoGYWN0aXZlGAMgASgEEhsKDm1heF9jb25jdXJyZW50GAQgASgNSACIAQESEQoJbGFzdF9ob3VyGAUgASgEEhkKDG1heF9wZXJfaG91chgGIAEoDUgBiAEBQhEKD19tYXhfY29uY3VycmVudEIPCg1fbWF4X3Blcl9ob3VyItYBCg1BZGFwdGVyU3RhdHVzEhIKCmFkYXB0ZXJfaWQYASABKAkSEgoKbmFtZXNwYWNlcxgCIAMoCRIwCgxjb25uZWN0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3Rfc2Vlbl9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJaW5fZmxpZ2h0GAUgASgNEhUKDW1heF9pbl9mbGlnaHQYBiABKA0SDwoHY2x1c3RlchgHIAEoCSKWAQoRVW5zZXJ2ZWROYW1lc3BhY2USEQoJbmFtZXNwYWNlGAEgASgJEhMKC3F1ZXVlZF9ydW5zGAIgASgNEjQKEG9sZGVzdF9xdWV1ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNvbmZpZ3VyZWQYBCABKAgSDwoHY2x1c3RlchgFIAEoCSLAAQoPU3RhcnRSdW5SZXF1ZXN0Eg8KB2NvbW1hbmQYASABKAkSPwoKcGFyYW1ldGVycxgCIAMoCzIrLmZhY3RldXIudjEuU3RhcnRSdW5SZXF1ZXN0LlBhcmFtZXRlcnNFbnRyeRIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSDwoHY2x1c3RlchgEIAEoCRoxCg9QYXJhbWV0ZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJDChBTdGFydFJ1blJlc3BvbnNlEhwKA3J1bhgBIAEoCzIPLmZhY3RldXIudjEuUnVuEhEKCWR1cGxpY2F0ZRgCIAEoCCKNAgoPTGlzdFJ1bnNSZXF1ZXN0EiUKBnN0YXR1cxgBIAEoDjIVLmZhY3RldXIudjEuUnVuU3RhdHVzEg8KB2NvbW1hbmQYAiABKAkSEQoJcmVxdWVzdGVyGAMgASgJEjEKDWNyZWF0ZWRfYWZ0ZXIYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmNyZWF0ZWRfYmVmb3JlGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglwYWdlX3NpemUYBiABKA0SEgoKcGFnZV90b2tlbhgHIAEoCRIQCghndWlsZF9pZBgIIAEoCRIPCgdjbHVzdGVyGAkgASgJIkoKEExpc3RSdW5zUmVzcG9uc2USHQoEcnVucxgBIAMoCzIPLmZhY3RldXIudjEuUnVuEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIfCg1HZXRSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCSJUCg5HZXRSdW5SZXNwb25zZRIcCgNydW4YASABKAsyDy5mYWN0ZXVyLnYxLlJ1bhIkCgZldmVudHMYAiADKAsyFC5mYWN0ZXVyLnYxLlJ1bkV2ZW50IlgKEENhbmNlbFJ1blJlcXVlc3QSDgoGcnVuX2lkGAEgASgJEiQKBG1vZGUYAiABKA4yFi5mYWN0ZXVyLnYxLkNhbmNlbE1vZGUSDgoGcmVhc29uGAMgASgJIjEKEUNhbmNlbFJ1blJlc3BvbnNlEhwKA3J1bhgBIAEoCzIPLmZhY3RldXIudjEuUnVuIjoKD1JldHJ5UnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkSFwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJIjAKEFJldHJ5UnVuUmVzcG9uc2USHAoDcnVuGAEgASgLMg8uZmFjdGV1ci52MS5SdW4imwEKEUFwcHJvdmVSdW5SZXF1ZXN0Eg4KBnJ1bl9pZBgBIAEoCRIMCgRub2RlGAIgASgJEjkKBnZhbHVlcxgDIAMoCzIpLmZhY3RldXIudjEuQXBwcm92ZVJ1blJlcXVlc3QuVmFsdWVzRW50cnkaLQoLVmFsdWVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIyChJBcHByb3ZlUnVuUmVzcG9uc2USHAoDcnVuGAEgASgLMg8uZmFjdGV1ci52MS5SdW4iQAoQUmVqZWN0UnVuUmVxdWVzdBIOCgZydW5faWQYASABKAkSDAoEbm9kZRgCIAEoCRIOCgZyZWFzb24YAyABKAkiMQoRUmVqZWN0UnVuUmVzcG9uc2USHAoDcnVuGAEgASgLMg8uZmFjdGV1ci52MS5SdW4iMgoNQ29tbWFuZFBvbGljeRIPCgdjb21tYW5kGAEgASgJEhAKCHJvbGVfaWRzGAIgAygJIv4BCgtHdWlsZFBvbGljeRIQCghndWlsZF9pZBgBIAEoCRIrCghjb21tYW5kcxgCIAMoCzIZLmZhY3RldXIudjEuQ29tbWFuZFBvbGljeRIxCg5kZWZhdWx0X3BvbGljeRgDIAEoDjIZLmZhY3RldXIudjEuRGVmYXVsdFBvbGljeRIPCgd2ZXJzaW9uGAQgASgDEhIKCnVwZGF0ZWRfYnkYBSABKAkSLgoKdXBkYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKAoGcXVvdGFzGAcgAygLMhguZmFjdGV1ci52MS5Db21tYW5kUXVvdGEiewoMQ29tbWFuZFF1b3RhEg8KB2NvbW1hbmQYASABKAkSGwoObWF4X2NvbmN1cnJlbnQYAiABKA1IAIgBARIZCgxtYXhfcGVyX2hvdXIYAyABKA1IAYgBAUIRCg9fbWF4X2NvbmN1cnJlbnRCDwoNX21heF9wZXJfaG91ciIkChBHZXRQb2xpY3lSZXF1ZXN0EhAKCGd1aWxkX2lkGAEgASgJIjwKEUdldFBvbGljeVJlc3BvbnNlEicKBnBvbGljeRgBIAEoCzIXLmZhY3RldXIudjEuR3VpbGRQb2xpY3kiVQoQU2V0UG9saWN5UmVxdWVzdBInCgZwb2xpY3kYASABKAsyFy5mYWN0ZXVyLnYxLkd1aWxkUG9saWN5EhgKEGV4cGVjdGVkX3ZlcnNpb24YAiABKAMiPAoRU2V0UG9saWN5UmVzcG9uc2USJwoGcG9saWN5GAEgASgLMhcuZmFjdGV1ci52MS5HdWlsZFBvbGljeSKbAQoKRGVhZExldHRlchITCgtkaXNwYXRjaF9pZBgBIAEoCRIcCgNydW4YAiABKAsyDy5mYWN0ZXVyLnYxLlJ1bhIQCghhdHRlbXB0cxgDIAEoDRISCgpsYXN0X2Vycm9yGAQgASgJEjQKEGRlYWRfbGV0dGVyZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIj8KFkxpc3REZWFkTGV0dGVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkiYAoXTGlzdERlYWRMZXR0ZXJzUmVzcG9uc2USLAoMZGVhZF9sZXR0ZXJzGAEgAygLMhYuZmFjdGV1ci52MS5EZWFkTGV0dGVyEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIvChhSZXF1ZXVlRGVhZExldHRlclJlcXVlc3QSEwoLZGlzcGF0Y2hfaWQYASABKAkiOQoZUmVxdWV1ZURlYWRMZXR0ZXJSZXNwb25zZRIcCgNydW4YASABKAsyDy5mYWN0ZXVyLnYxLlJ1biInChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EhAKCGd1aWxkX2lkGAEgASgJIpgBCgdTZXNzaW9uEhYKDmludGVyYWN0aW9uX2lkGAEgASgJEg4KBnJ1bl9pZBgCIAEoCRIQCghndWlsZF9pZBgDIAEoCRISCgpjaGFubmVsX2lkGAQgASgJEg8KB3VzZXJfaWQYBSABKAkSLgoKZXhwaXJlc19hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPQoUTGlzdFNlc3Npb25zUmVzcG9uc2USJQoIc2Vzc2lvbnMYASADKAsyEy5mYWN0ZXVyLnYxLlNlc3Npb24iPAoRU2V0dXBHdWlsZFJlcXVlc3QSEAoIZ3VpbGRfaWQYASABKAkSFQoNcmVzZWVkX3BvbGljeRgCIAEoCCJ2ChJTZXR1cEd1aWxkUmVzcG9uc2USIAoFZ3VpbGQYASABKAsyES5mYWN0ZXVyLnYxLkd1aWxkEicKBnBvbGljeRgCIAEoCzIXLmZhY3RldXIudjEuR3VpbGRQb2xpY3kSFQoNcG9saWN5X3NlZWRlZBgDIAEoCCIlChFMaXN0R3VpbGRzUmVxdWVzdBIQCghndWlsZF9pZBgBIAEoCSI3ChJMaXN0R3VpbGRzUmVzcG9uc2USIQoGZ3VpbGRzGAEgAygLMhEuZmFjdGV1ci52MS5HdWlsZCpaCgpDYW5jZWxNb2RlEhsKF0NBTkNFTF9NT0RFX1VOU1BFQ0lGSUVEEAASFAoQQ0FOQ0VMX01PREVfU1RPUBABEhkKFUNBTkNFTF9NT0RFX1RFUk1JTkFURRACKmIKDURlZmF1bHRQb2xpY3kSHgoaREVGQVVMVF9QT0xJQ1lfVU5TUEVDSUZJRUQQABIYChRERUZBVUxUX1BPTElDWV9BTExPVxABEhcKE0RFRkFVTFRfUE9MSUNZX0RFTlkQAjKcCgoMQWRtaW5TZXJ2aWNlEkgKCUdldFN0YXR1cxIcLmZhY3RldXIudjEuR2V0U3RhdHVzUmVxdWVzdBodLmZhY3RldXIudjEuR2V0U3RhdHVzUmVzcG9uc2USRQoIU3RhcnRSdW4SGy5mYWN0ZXVyLnYxLlN0YXJ0UnVuUmVxdWVzdBocLmZhY3RldXIudjEuU3RhcnRSdW5SZXNwb25zZRJFCghMaXN0UnVucxIbLmZhY3RldXIudjEuTGlzdFJ1bnNSZXF1ZXN0GhwuZmFjdGV1ci52MS5MaXN0UnVuc1Jlc3BvbnNlEj8KBkdldFJ1bhIZLmZhY3RldXIudjEuR2V0UnVuUmVxdWVzdBoaLmZhY3RldXIudjEuR2V0UnVuUmVzcG9uc2USSAoJQ2FuY2VsUnVuEhwuZmFjdGV1ci52MS5DYW5jZWxSdW5SZXF1ZXN0Gh0uZmFjdGV1ci52MS5DYW5jZWxSdW5SZXNwb25zZRJFCghSZXRyeVJ1bhIbLmZhY3RldXIudjEuUmV0cnlSdW5SZXF1ZXN0GhwuZmFjdGV1ci52MS5SZXRyeVJ1blJlc3BvbnNlEksKCkFwcHJvdmVSdW4SHS5mYWN0ZXVyLnYxLkFwcHJvdmVSdW5SZXF1ZXN0Gh4uZmFjdGV1ci52MS5BcHByb3ZlUnVuUmVzcG9uc2USSAoJUmVqZWN0UnVuEhwuZmFjdGV1ci52MS5SZWplY3RSdW5SZXF1ZXN0Gh0uZmFjdGV1ci52MS5SZWplY3RSdW5SZXNwb25zZRJICglHZXRQb2xpY3kSHC5mYWN0ZXVyLnYxLkdldFBvbGljeVJlcXVlc3QaHS5mYWN0ZXVyLnYxLkdldFBvbGljeVJlc3BvbnNlEkgKCVNldFBvbGljeRIcLmZhY3RldXIudjEuU2V0UG9saWN5UmVxdWVzdBodLmZhY3RldXIudjEuU2V0UG9saWN5UmVzcG9uc2USWgoPTGlzdERlYWRMZXR0ZXJzEiIuZmFjdGV1ci52MS5MaXN0RGVhZExldHRlcnNSZXF1ZXN0GiMuZmFjdGV1ci52MS5MaXN0RGVhZExldHRlcnNSZXNwb25zZRJgChFSZXF1ZXVlRGVhZExldHRlchIkLmZhY3RldXIudjEuUmVxdWV1ZURlYWRMZXR0ZXJSZXF1ZXN0GiUuZmFjdGV1ci52MS5SZXF1ZXVlRGVhZExldHRlclJlc3BvbnNlElEKDExpc3RTZXNzaW9ucxIfLmZhY3RldXIudjEuTGlzdFNlc3Npb25zUmVxdWVzdBogLmZhY3RldXIudjEuTGlzdFNlc3Npb25zUmVzcG9uc2USSwoKU2V0dXBHdWlsZBIdLmZhY3RldXIudjEuU2V0dXBHdWlsZFJlcXVlc3QaHi5mYWN0ZXVyLnYxLlNldHVwR3VpbGRSZXNwb25zZRJLCgpMaXN0R3VpbGRzEh0uZmFjdGV1ci52MS5MaXN0R3VpbGRzUmVxdWVzdBoeLmZhY3RldXIudjEuTGlzdEd1aWxkc1Jlc3BvbnNlEk4KC0xpc3RDYXRhbG9nEh4uZmFjdGV1ci52MS5MaXN0Q2F0YWxvZ1JlcXVlc3QaHy5mYWN0ZXVyLnYxLkxpc3RDYXRhbG9nUmVzcG9uc2USPAoFUHJ1bmUSGC5mYWN0ZXVyLnYxLlBydW5lUmVxdWVzdBoZLmZhY3RldXIudjEuUHJ1bmVSZXNwb25zZWIGcHJvdG8z", [file_facteur_v1_command, file_facteur_v1_run, file_google_protobuf_timestamp]);
 
 /**
  * Describes the message facteur.v1.PruneRequest.
@@ -72,263 +72,270 @@ export const GetStatusResponseSchema = /*@__PURE__*/
   messageDesc(file_facteur_v1_admin, 7);
 
 /**
+ * Describes the message facteur.v1.ClusterStatus.
+ * Use `create(ClusterStatusSchema)` to create a new message.
+ */
+export const ClusterStatusSchema = /*@__PURE__*/
+  messageDesc(file_facteur_v1_admin, 8);
+
+/**
  * Describes the message facteur.v1.CommandRegistration.
  * Use `create(CommandRegistrationSchema)` to create a new message.
  */
 export const CommandRegistrationSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 8);
+  messageDesc(file_facteur_v1_admin, 9);
 
 /**
  * Describes the message facteur.v1.QuotaUsage.
  * Use `create(QuotaUsageSchema)` to create a new message.
  */
 export const QuotaUsageSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 9);
+  messageDesc(file_facteur_v1_admin, 10);
 
 /**
  * Describes the message facteur.v1.AdapterStatus.
  * Use `create(AdapterStatusSchema)` to create a new message.
  */
 export const AdapterStatusSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 10);
+  messageDesc(file_facteur_v1_admin, 11);
 
 /**
  * Describes the message facteur.v1.UnservedNamespace.
  * Use `create(UnservedNamespaceSchema)` to create a new message.
  */
 export const UnservedNamespaceSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 11);
+  messageDesc(file_facteur_v1_admin, 12);
 
 /**
  * Describes the message facteur.v1.StartRunRequest.
  * Use `create(StartRunRequestSchema)` to create a new message.
  */
 export const StartRunRequestSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 12);
+  messageDesc(file_facteur_v1_admin, 13);
 
 /**
  * Describes the message facteur.v1.StartRunResponse.
  * Use `create(StartRunResponseSchema)` to create a new message.
  */
 export const StartRunResponseSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 13);
+  messageDesc(file_facteur_v1_admin, 14);
 
 /**
  * Describes the message facteur.v1.ListRunsRequest.
  * Use `create(ListRunsRequestSchema)` to create a new message.
  */
 export const ListRunsRequestSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 14);
+  messageDesc(file_facteur_v1_admin, 15);
 
 /**
  * Describes the message facteur.v1.ListRunsResponse.
  * Use `create(ListRunsResponseSchema)` to create a new message.
  */
 export const ListRunsResponseSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 15);
+  messageDesc(file_facteur_v1_admin, 16);
 
 /**
  * Describes the message facteur.v1.GetRunRequest.
  * Use `create(GetRunRequestSchema)` to create a new message.
  */
 export const GetRunRequestSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 16);
+  messageDesc(file_facteur_v1_admin, 17);
 
 /**
  * Describes the message facteur.v1.GetRunResponse.
  * Use `create(GetRunResponseSchema)` to create a new message.
  */
 export const GetRunResponseSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 17);
+  messageDesc(file_facteur_v1_admin, 18);
 
 /**
  * Describes the message facteur.v1.CancelRunRequest.
  * Use `create(CancelRunRequestSchema)` to create a new message.
  */
 export const CancelRunRequestSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 18);
+  messageDesc(file_facteur_v1_admin, 19);
 
 /**
  * Describes the message facteur.v1.CancelRunResponse.
  * Use `create(CancelRunResponseSchema)` to create a new message.
  */
 export const CancelRunResponseSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 19);
+  messageDesc(file_facteur_v1_admin, 20);
 
 /**
  * Describes the message facteur.v1.RetryRunRequest.
  * Use `create(RetryRunRequestSchema)` to create a new message.
  */
 export const RetryRunRequestSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 20);
+  messageDesc(file_facteur_v1_admin, 21);
 
 /**
  * Describes the message facteur.v1.RetryRunResponse.
  * Use `create(RetryRunResponseSchema)` to create a new message.
  */
 export const RetryRunResponseSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 21);
+  messageDesc(file_facteur_v1_admin, 22);
 
 /**
  * Describes the message facteur.v1.ApproveRunRequest.
  * Use `create(ApproveRunRequestSchema)` to create a new message.
  */
 export const ApproveRunRequestSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 22);
+  messageDesc(file_facteur_v1_admin, 23);
 
 /**
  * Describes the message facteur.v1.ApproveRunResponse.
  * Use `create(ApproveRunResponseSchema)` to create a new message.
  */
 export const ApproveRunResponseSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 23);
+  messageDesc(file_facteur_v1_admin, 24);
 
 /**
  * Describes the message facteur.v1.RejectRunRequest.
  * Use `create(RejectRunRequestSchema)` to create a new message.
  */
 export const RejectRunRequestSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 24);
+  messageDesc(file_facteur_v1_admin, 25);
 
 /**
  * Describes the message facteur.v1.RejectRunResponse.
  * Use `create(RejectRunResponseSchema)` to create a new message.
  */
 export const RejectRunResponseSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 25);
+  messageDesc(file_facteur_v1_admin, 26);
 
 /**
  * Describes the message facteur.v1.CommandPolicy.
  * Use `create(CommandPolicySchema)` to create a new message.
  */
 export const CommandPolicySchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 26);
+  messageDesc(file_facteur_v1_admin, 27);
 
 /**
  * Describes the message facteur.v1.GuildPolicy.
  * Use `create(GuildPolicySchema)` to create a new message.
  */
 export const GuildPolicySchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 27);
+  messageDesc(file_facteur_v1_admin, 28);
 
 /**
  * Describes the message facteur.v1.CommandQuota.
  * Use `create(CommandQuotaSchema)` to create a new message.
  */
 export const CommandQuotaSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 28);
+  messageDesc(file_facteur_v1_admin, 29);
 
 /**
  * Describes the message facteur.v1.GetPolicyRequest.
  * Use `create(GetPolicyRequestSchema)` to create a new message.
  */
 export const GetPolicyRequestSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 29);
+  messageDesc(file_facteur_v1_admin, 30);
 
 /**
  * Describes the message facteur.v1.GetPolicyResponse.
  * Use `create(GetPolicyResponseSchema)` to create a new message.
  */
 export const GetPolicyResponseSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 30);
+  messageDesc(file_facteur_v1_admin, 31);
 
 /**
  * Describes the message facteur.v1.SetPolicyRequest.
  * Use `create(SetPolicyRequestSchema)` to create a new message.
  */
 export const SetPolicyRequestSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 31);
+  messageDesc(file_facteur_v1_admin, 32);
 
 /**
  * Describes the message facteur.v1.SetPolicyResponse.
  * Use `create(SetPolicyResponseSchema)` to create a new message.
  */
 export const SetPolicyResponseSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 32);
+  messageDesc(file_facteur_v1_admin, 33);
 
 /**
  * Describes the message facteur.v1.DeadLetter.
  * Use `create(DeadLetterSchema)` to create a new message.
  */
 export const DeadLetterSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 33);
+  messageDesc(file_facteur_v1_admin, 34);
 
 /**
  * Describes the message facteur.v1.ListDeadLettersRequest.
  * Use `create(ListDeadLettersRequestSchema)` to create a new message.
  */
 export const ListDeadLettersRequestSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 34);
+  messageDesc(file_facteur_v1_admin, 35);
 
 /**
  * Describes the message facteur.v1.ListDeadLettersResponse.
  * Use `create(ListDeadLettersResponseSchema)` to create a new message.
  */
 export const ListDeadLettersResponseSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 35);
+  messageDesc(file_facteur_v1_admin, 36);
 
 /**
  * Describes the message facteur.v1.RequeueDeadLetterRequest.
  * Use `create(RequeueDeadLetterRequestSchema)` to create a new message.
  */
 export const RequeueDeadLetterRequestSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 36);
+  messageDesc(file_facteur_v1_admin, 37);
 
 /**
  * Describes the message facteur.v1.RequeueDeadLetterResponse.
  * Use `create(RequeueDeadLetterResponseSchema)` to create a new message.
  */
 export const RequeueDeadLetterResponseSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 37);
+  messageDesc(file_facteur_v1_admin, 38);
 
 /**
  * Describes the message facteur.v1.ListSessionsRequest.
  * Use `create(ListSessionsRequestSchema)` to create a new message.
  */
 export const ListSessionsRequestSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 38);
+  messageDesc(file_facteur_v1_admin, 39);
 
 /**
  * Describes the message facteur.v1.Session.
  * Use `create(SessionSchema)` to create a new message.
  */
 export const SessionSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 39);
+  messageDesc(file_facteur_v1_admin, 40);
 
 /**
  * Describes the message facteur.v1.ListSessionsResponse.
  * Use `create(ListSessionsResponseSchema)` to create a new message.
  */
 export const ListSessionsResponseSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 40);
+  messageDesc(file_facteur_v1_admin, 41);
 
 /**
  * Describes the message facteur.v1.SetupGuildRequest.
  * Use `create(SetupGuildRequestSchema)` to create a new message.
  */
 export const SetupGuildRequestSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 41);
+  messageDesc(file_facteur_v1_admin, 42);
 
 /**
  * Describes the message facteur.v1.SetupGuildResponse.
  * Use `create(SetupGuildResponseSchema)` to create a new message.
  */
 export const SetupGuildResponseSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 42);
+  messageDesc(file_facteur_v1_admin, 43);
 
 /**
  * Describes the message facteur.v1.ListGuildsRequest.
  * Use `create(ListGuildsRequestSchema)` to create a new message.
  */
 export const ListGuildsRequestSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 43);
+  messageDesc(file_facteur_v1_admin, 44);
 
 /**
  * Describes the message facteur.v1.ListGuildsResponse.
  * Use `create(ListGuildsResponseSchema)` to create a new message.
  */
 export const ListGuildsResponseSchema = /*@__PURE__*/
-  messageDesc(file_facteur_v1_admin, 44);
+  messageDesc(file_facteur_v1_admin, 45);
 
 /**
  * Describes the enum facteur.v1.CancelMode.

@@ -41,6 +41,13 @@ export declare type ReportWorkflowTemplatesRequest = Message<"facteur.v1.ReportW
    * @generated from field: repeated facteur.v1.WorkflowTemplateCommand templates = 3;
    */
   templates: WorkflowTemplateCommand[];
+
+  /**
+   * The cluster they are in (the adapter's `argo.cluster`); empty: `default`.
+   *
+   * @generated from field: string cluster = 4;
+   */
+  cluster: string;
 };
 
 /**
@@ -201,6 +208,14 @@ export declare type GetAssignmentRequest = Message<"facteur.v1.GetAssignmentRequ
    * @generated from field: uint32 max_in_flight = 3;
    */
   maxInFlight: number;
+
+  /**
+   * The cluster this adapter drives (`argo.cluster`); empty: `default`. A name the server
+   * does not dispatch to is NOT_FOUND.
+   *
+   * @generated from field: string cluster = 4;
+   */
+  cluster: string;
 };
 
 /**
@@ -264,11 +279,18 @@ export declare type LeaseRequest = Message<"facteur.v1.LeaseRequest"> & {
   maxInFlight: number;
 
   /**
-   * Only jobs for these namespaces; empty accepts all.
+   * Only jobs for these namespaces; empty accepts all (of the cluster).
    *
    * @generated from field: repeated string namespaces = 3;
    */
   namespaces: string[];
+
+  /**
+   * Only jobs for runs in this cluster (the adapter's `argo.cluster`); empty: `default`.
+   *
+   * @generated from field: string cluster = 4;
+   */
+  cluster: string;
 };
 
 /**
@@ -331,6 +353,13 @@ export declare type WorkflowSpec = Message<"facteur.v1.WorkflowSpec"> & {
    * @generated from field: map<string, string> annotations = 7;
    */
   annotations: { [key: string]: string };
+
+  /**
+   * The cluster it is in (the leasing adapter's own).
+   *
+   * @generated from field: string cluster = 8;
+   */
+  cluster: string;
 };
 
 /**
@@ -651,6 +680,14 @@ export declare type ReportWorkflowStatusRequest = Message<"facteur.v1.ReportWork
    * @generated from field: facteur.v1.Approval approval = 15;
    */
   approval?: Approval | undefined;
+
+  /**
+   * The cluster the Workflow is in (the adapter's `argo.cluster`); empty: `default`. A run
+   * of another cluster is not touched (NOT_FOUND).
+   *
+   * @generated from field: string cluster = 16;
+   */
+  cluster: string;
 };
 
 /**

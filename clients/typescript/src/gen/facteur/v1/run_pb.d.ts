@@ -94,6 +94,14 @@ export declare type WorkflowTarget = Message<"facteur.v1.WorkflowTarget"> & {
    * @generated from field: string workflow_name = 4;
    */
   workflowName: string;
+
+  /**
+   * Cluster of the Workflow (`clusters[].name` of the server's configuration; `default`
+   * without any).
+   *
+   * @generated from field: string cluster = 5;
+   */
+  cluster: string;
 };
 
 /**
