@@ -111,24 +111,8 @@ pub fn unserved(
     served: &[(String, Vec<String>)],
     queued: &BTreeMap<Place, Queued>,
 ) -> Vec<Unserved> {
-    let covered: BTreeSet<Place> = served
-        .iter()
-        .flat_map(|(cluster, ns)| {
-            ns.iter().map(|n| Place {
-                cluster: cluster.clone(),
-                namespace: n.clone(),
-            })
-        })
-        .collect();
-    let configured: BTreeSet<Place> = dispatch
-        .iter()
-        .flat_map(|(cluster, ns)| {
-            ns.iter().map(|n| Place {
-                cluster: cluster.clone(),
-                namespace: n.clone(),
-            })
-        })
-        .collect();
+    let covered: BTreeSet<Place> = served.iter().flat_map(|(c, n)| places(c, n)).collect();
+    let configured: BTreeSet<Place> = dispatch.iter().flat_map(|(c, n)| places(c, n)).collect();
     let wanted: BTreeSet<&Place> = configured.iter().chain(queued.keys()).collect();
     wanted
         .into_iter()
@@ -143,6 +127,14 @@ pub fn unserved(
             configured: configured.contains(p),
         })
         .collect()
+}
+
+/// The places of `namespaces` in `cluster`.
+fn places<'a>(cluster: &'a str, namespaces: &'a [String]) -> impl Iterator<Item = Place> + 'a {
+    namespaces.iter().map(move |n| Place {
+        cluster: cluster.to_string(),
+        namespace: n.clone(),
+    })
 }
 
 /// Runs stranded: waiting in an unserved namespace for longer than `after`.

@@ -391,9 +391,7 @@ impl Catalog {
         }
         let targets = t.merged.clusters.get(&cmd.name);
         let mut values = std::borrow::Cow::Borrowed(values);
-        if let Some(targets) = targets
-            && !cluster.is_empty()
-        {
+        if targets.is_some() && !cluster.is_empty() {
             match values.get(CLUSTER_OPTION) {
                 Some(v) if v != cluster => refuse(
                     CLUSTER_OPTION,
@@ -401,12 +399,13 @@ impl Catalog {
                     format!("is `{v}` but the request asks for cluster `{cluster}`"),
                 ),
                 Some(_) => {}
-                None if targets.contains_key(cluster) => {
+                // Checked as the option's value: a cluster the command is not in is refused
+                // as not one of its choices, which are named.
+                None => {
                     values
                         .to_mut()
                         .insert(CLUSTER_OPTION.to_string(), cluster.to_string());
                 }
-                None => {}
             }
         }
         let mut parameters = self.base.clone();
@@ -751,6 +750,108 @@ mod tests {
         p.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    /// A deployment with clusters `east` and `west`, and the template `build` (labelled
+    /// `build`, one parameter `ref`) in each cluster of `templates`, with its description.
+    fn two_clusters(templates: &[(&str, &str)]) -> Catalog {
+        let c = facteur_config::Config {
+            clusters: ["east", "west"]
+                .map(|n| facteur_config::ClusterConfig {
+                    name: n.into(),
+                    ..Default::default()
+                })
+                .to_vec(),
+            ..Default::default()
+        };
+        let cat = Catalog::from_config(&c);
+        cat.set_templates(
+            templates
+                .iter()
+                .map(|(cluster, described)| Template {
+                    cluster: cluster.to_string(),
+                    namespace: format!("ci-{cluster}"),
+                    name: "build".into(),
+                    command: "build".into(),
+                    annotations: [(
+                        crate::domain::templates::DESCRIPTION_ANNOTATION.to_string(),
+                        described.to_string(),
+                    )]
+                    .into(),
+                    parameters: vec![crate::domain::templates::TemplateParameter {
+                        name: "ref".into(),
+                        description: "git ref".into(),
+                        ..Default::default()
+                    }],
+                    refused: String::new(),
+                })
+                .collect(),
+        );
+        cat
+    }
+
+    #[test]
+    fn a_template_in_two_clusters_is_one_command_that_asks_where() {
+        let cat = two_clusters(&[("east", "Build"), ("west", "Build")]);
+        let cmd = cat.command("build").expect("one command");
+        let choice = &cmd.options[0];
+        assert_eq!((choice.name.as_str(), choice.required), ("cluster", true));
+        let values: Vec<&str> = choice.choices.iter().map(|c| c.value.as_str()).collect();
+        assert_eq!(values, ["east", "west"]);
+        assert!(cat.problems().is_empty(), "{:?}", cat.problems());
+        // Each choice runs in its own cluster's namespace; the choice is no Workflow parameter.
+        let west = cat
+            .resolve("build", &vals(&[("cluster", "west"), ("ref", "main")]))
+            .expect("west");
+        assert_eq!(
+            (west.cluster.as_str(), west.namespace.as_str()),
+            ("west", "ci-west")
+        );
+        assert!(!west.parameters.contains_key("cluster"));
+        // The request's cluster stands for the option; asking both ways differently is refused.
+        let east = cat
+            .resolve_in("build", &vals(&[("ref", "main")]), "east")
+            .expect("east");
+        assert_eq!(east.namespace, "ci-east");
+        assert!(matches!(
+            cat.resolve_in("build", &vals(&[("cluster", "west"), ("ref", "x")]), "east"),
+            Err(Error::Refused(_))
+        ));
+        // Without a cluster it is required; an unknown one is INVALID_ARGUMENT naming the known.
+        assert!(matches!(
+            cat.resolve("build", &vals(&[("ref", "main")])),
+            Err(Error::Refused(r)) if r.0[0].option == "cluster"
+        ));
+        let e = cat
+            .resolve_in("build", &vals(&[("ref", "main")]), "north")
+            .expect_err("unknown");
+        assert!(e.to_string().contains("east, west"), "{e}");
+        // One cluster's template gone: one command in the other, no choice any more.
+        let cat = two_clusters(&[("west", "Build")]);
+        let cmd = cat.command("build").expect("west only");
+        assert!(cmd.options.iter().all(|o| o.name != "cluster"));
+        let r = cat
+            .resolve("build", &vals(&[("ref", "main")]))
+            .expect("west");
+        assert_eq!(r.cluster, "west");
+        assert!(
+            cat.resolve_in("build", &vals(&[("ref", "main")]), "east")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn templates_that_disagree_across_clusters_leave_the_command_out_saying_why() {
+        let cat = two_clusters(&[("east", "Build"), ("west", "Build it differently")]);
+        assert!(cat.command("build").is_none());
+        let problems = cat.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("east")
+                && problems[0].contains("west")
+                && problems[0].contains("left out"),
+            "{problems:?}"
+        );
     }
 
     #[test]

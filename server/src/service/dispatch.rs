@@ -128,8 +128,19 @@ pub async fn served(state: &AppState) -> Result<Served> {
     let m = &state.metrics;
     m.set_gauge(Metric::AdaptersConnected, vec![], adapters.len() as f64);
     m.set_gauge(Metric::UnservedNamespaces, vec![], unserved.len() as f64);
+    // The configured clusters, then any other that runs still wait in (one taken out of the
+    // configuration): their stranded runs stay visible.
+    let mut listed = state.config.clusters();
+    for u in &unserved {
+        if !listed.iter().any(|c| c.name == u.cluster) {
+            listed.push(facteur_config::ClusterConfig {
+                name: u.cluster.clone(),
+                ..Default::default()
+            });
+        }
+    }
     let mut clusters = Vec::new();
-    for c in state.config.clusters() {
+    for c in listed {
         let mine = |a: &&AdapterSeen| a.cluster == c.name;
         let mut namespaces: Vec<String> = adapters
             .iter()

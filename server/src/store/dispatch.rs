@@ -442,34 +442,26 @@ async fn lease_in(
     let mut candidates = dispatches::Entity::find().filter(due);
     // Only the jobs of this adapter's cluster, in the query for the same reason as the
     // namespaces below (and the same scalar subquery on the run's primary key).
-    let cluster_of_run = sea_orm::sea_query::Query::select()
-        .column((runs::Entity, runs::Column::Cluster))
-        .from(runs::Entity)
-        .and_where(
-            Expr::col((runs::Entity, runs::Column::Id))
-                .equals((dispatches::Entity, dispatches::Column::RunId)),
-        )
-        .to_owned();
-    candidates = candidates
-        .filter(Expr::expr(Expr::SubQuery(None, Box::new(cluster_of_run.into()))).eq(cluster));
-    if !namespaces.is_empty() {
-        // In the query, so jobs for namespaces this adapter does not serve never crowd out the
-        // ones it does. As a scalar subquery on the run's primary key, evaluated for each due
-        // job: `run_id IN (SELECT id FROM runs WHERE namespace IN …)` let the planner read every
-        // run of the namespace (a sequential scan of `runs` and an index probe of `dispatches`
-        // per run, on every lease round: the soak's latencies grew with the table).
-        let namespace_of_run = sea_orm::sea_query::Query::select()
-            .column((runs::Entity, runs::Column::Namespace))
+    let of_run = |column: runs::Column| {
+        let q = sea_orm::sea_query::Query::select()
+            .column((runs::Entity, column))
             .from(runs::Entity)
             .and_where(
                 Expr::col((runs::Entity, runs::Column::Id))
                     .equals((dispatches::Entity, dispatches::Column::RunId)),
             )
             .to_owned();
-        candidates = candidates.filter(
-            Expr::expr(Expr::SubQuery(None, Box::new(namespace_of_run.into())))
-                .is_in(namespaces.iter().cloned()),
-        );
+        Expr::expr(Expr::SubQuery(None, Box::new(q.into())))
+    };
+    candidates = candidates.filter(of_run(runs::Column::Cluster).eq(cluster));
+    if !namespaces.is_empty() {
+        // In the query, so jobs for namespaces this adapter does not serve never crowd out the
+        // ones it does. As a scalar subquery on the run's primary key, evaluated for each due
+        // job: `run_id IN (SELECT id FROM runs WHERE namespace IN …)` let the planner read every
+        // run of the namespace (a sequential scan of `runs` and an index probe of `dispatches`
+        // per run, on every lease round: the soak's latencies grew with the table).
+        candidates =
+            candidates.filter(of_run(runs::Column::Namespace).is_in(namespaces.iter().cloned()));
     }
     let mut candidates = candidates
         .order_by_asc(dispatches::Column::AvailableAt)
